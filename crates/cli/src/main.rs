@@ -1,0 +1,3 @@
+//! The `mixtral` command-line tool.
+
+fn main() {}
