@@ -1,0 +1,161 @@
+//! One safetensors file, memory-mapped: its header parsed and checked, its tensors borrowed.
+
+use crate::{DType, Error, Result, Shape, Storage, Tensor};
+use memmap2::Mmap;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The largest header accepted (the limit the `safetensors` crate itself applies).
+pub const MAX_HEADER_BYTES: u64 = 100_000_000;
+
+/// What the header says about one tensor.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    /// The dtype as the file spells it (may be one this engine does not support).
+    pub dtype: safetensors::Dtype,
+    /// The shape.
+    pub shape: Shape,
+    /// Absolute byte range within the file.
+    pub range: Range<usize>,
+}
+
+impl TensorInfo {
+    /// The dtype, if this engine supports it.
+    pub fn dtype(&self) -> Option<DType> {
+        DType::from_safetensors(self.dtype)
+    }
+}
+
+/// A memory-mapped safetensors file.
+///
+/// Opening reads only the header; tensor bytes stay in the page cache until a kernel reads
+/// them. Tensors handed out borrow the mapping (through an `Arc`), so no weight is ever copied.
+#[derive(Debug)]
+pub struct SafetensorsFile {
+    path: PathBuf,
+    map: Arc<Mmap>,
+    tensors: BTreeMap<String, TensorInfo>,
+}
+
+impl SafetensorsFile {
+    /// Maps `path` and validates its header against the file's length.
+    pub fn open(path: impl AsRef<Path>) -> Result<SafetensorsFile> {
+        let path = path.as_ref();
+        let file = File::open(path).map_err(|e| Error::io(path, e))?;
+        // SAFETY: the mapping is read-only and we never hand out `&mut` into it. The one hazard
+        // left is another process truncating or rewriting the file while it is mapped, which
+        // memory-mapped model loaders (safetensors, llama.cpp) all accept and document: do not
+        // modify a checkpoint while an engine has it open.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        let tensors = parse_header(path, &map)?;
+        Ok(SafetensorsFile {
+            path: path.to_path_buf(),
+            map: Arc::new(map),
+            tensors,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Every tensor the header lists, by name.
+    pub fn infos(&self) -> &BTreeMap<String, TensorInfo> {
+        &self.tensors
+    }
+
+    /// The address range of the whole mapping (to prove tensors borrow it).
+    pub fn mapped_range(&self) -> Range<usize> {
+        let start = self.map.as_ptr() as usize;
+        start..start + self.map.len()
+    }
+
+    /// The tensor `name`, borrowing the mapped bytes.
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        let info = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
+            path: self.path.clone(),
+            name: name.to_string(),
+        })?;
+        let dtype = info.dtype().ok_or_else(|| Error::UnsupportedDtype {
+            path: self.path.clone(),
+            name: name.to_string(),
+            dtype: info.dtype.to_string(),
+        })?;
+        let storage = Storage::Mapped {
+            map: Arc::clone(&self.map),
+            range: info.range.clone(),
+        };
+        Tensor::from_storage(dtype, info.shape.clone(), storage)
+    }
+}
+
+/// Reads the 8-byte length, the JSON header, and checks that the data ends where the file does.
+fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, TensorInfo>> {
+    let file_len = bytes.len() as u64;
+    let truncated = |what, expected| Error::Truncated {
+        path: path.into(),
+        what,
+        expected,
+        found: file_len,
+    };
+    let len_bytes: [u8; 8] = bytes
+        .get(..8)
+        .ok_or(truncated("header length", 8))?
+        .try_into()
+        .expect("8 bytes");
+    let header_len = u64::from_le_bytes(len_bytes);
+    if header_len > MAX_HEADER_BYTES {
+        return Err(Error::HeaderTooLarge {
+            path: path.into(),
+            len: header_len,
+            max: MAX_HEADER_BYTES,
+        });
+    }
+    let data_start = 8 + header_len as usize;
+    let header = bytes
+        .get(8..data_start)
+        .ok_or(truncated("header", data_start as u64))?;
+    let corrupt = |source: Box<dyn std::error::Error + Send + Sync>| Error::CorruptHeader {
+        path: path.into(),
+        source,
+    };
+    // `safetensors::tensor::Metadata` checks that offsets are contiguous, ordered and that each
+    // byte length matches dtype × shape.
+    let meta: safetensors::tensor::Metadata =
+        serde_json::from_slice(header).map_err(|e| corrupt(Box::new(e)))?;
+    let data_len = meta.data_len();
+    let expected = data_start as u64 + data_len as u64;
+    if expected > file_len {
+        return Err(truncated("tensor data", expected));
+    }
+    if expected < file_len {
+        return Err(Error::TrailingBytes {
+            path: path.into(),
+            expected,
+            found: file_len,
+        });
+    }
+    let mut tensors = BTreeMap::new();
+    for (name, info) in meta.tensors() {
+        let shape = Shape::new(info.shape.clone());
+        if shape.checked_numel().is_none() {
+            return Err(corrupt(
+                format!("tensor `{name}`: shape {shape} overflows").into(),
+            ));
+        }
+        let (start, end) = info.data_offsets;
+        tensors.insert(
+            name,
+            TensorInfo {
+                dtype: info.dtype,
+                shape,
+                range: data_start + start..data_start + end,
+            },
+        );
+    }
+    Ok(tensors)
+}

@@ -1,0 +1,68 @@
+//! Where a tensor's bytes live: owned, aligned host memory or a range of a memory-mapped file.
+
+use memmap2::Mmap;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// The bytes behind a tensor.
+///
+/// Cloning is cheap: both variants share their buffer through an `Arc`. A mapped tensor
+/// borrows its bytes from the file's pages, so opening a 93 GB checkpoint costs no memory
+/// beyond the pages later touched. Device memory joins this enum with the CUDA backend.
+#[derive(Clone, Debug)]
+pub enum Storage {
+    /// Host memory owned by the tensor, 8-byte aligned.
+    Owned(Arc<AlignedBytes>),
+    /// A byte range of a read-only memory-mapped file.
+    Mapped {
+        /// The whole mapped file.
+        map: Arc<Mmap>,
+        /// The tensor's bytes within it.
+        range: Range<usize>,
+    },
+}
+
+impl Storage {
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Owned(b) => b.as_bytes(),
+            Storage::Mapped { map, range } => &map[range.clone()],
+        }
+    }
+
+    /// Byte offset of the data within its buffer (for error messages).
+    pub(crate) fn offset(&self) -> usize {
+        match self {
+            Storage::Owned(_) => 0,
+            Storage::Mapped { range, .. } => range.start,
+        }
+    }
+}
+
+/// A heap buffer of bytes aligned to 8, so any [`crate::Element`] can view it.
+#[derive(Debug, Clone)]
+pub struct AlignedBytes {
+    words: Vec<u64>,
+    len: usize,
+}
+
+impl AlignedBytes {
+    /// `len` zero bytes.
+    pub fn zeroed(len: usize) -> AlignedBytes {
+        AlignedBytes {
+            words: vec![0; len.div_ceil(8)],
+            len,
+        }
+    }
+
+    /// The bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.words)[..self.len]
+    }
+
+    /// The bytes, writable.
+    pub fn as_bytes_mut(&mut self) -> &mut [u8] {
+        &mut bytemuck::cast_slice_mut(&mut self.words)[..self.len]
+    }
+}

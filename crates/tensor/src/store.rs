@@ -1,0 +1,163 @@
+//! A set of safetensors files seen as one name → tensor map: a single file, or the shards a
+//! Hugging Face `model.safetensors.index.json` lists.
+
+use crate::{Error, Result, SafetensorsFile, Tensor, TensorInfo};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The single-file checkpoint name transformers writes.
+pub const SINGLE_FILE: &str = "model.safetensors";
+/// The shard index name transformers writes.
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// Tensors gathered from one or more memory-mapped safetensors files.
+#[derive(Debug)]
+pub struct TensorStore {
+    files: Vec<SafetensorsFile>,
+    /// Tensor name → index into `files`.
+    by_name: BTreeMap<String, usize>,
+}
+
+#[derive(Deserialize)]
+struct Index {
+    weight_map: BTreeMap<String, String>,
+}
+
+impl TensorStore {
+    /// Opens the checkpoint in a Hugging Face model directory: `model.safetensors.index.json`
+    /// and its shards if the index exists, else `model.safetensors`.
+    pub fn open_dir(dir: impl AsRef<Path>) -> Result<TensorStore> {
+        let dir = dir.as_ref();
+        let index = dir.join(INDEX_FILE);
+        if index.is_file() {
+            return TensorStore::open_index(&index);
+        }
+        let single = dir.join(SINGLE_FILE);
+        if single.is_file() {
+            return TensorStore::open_files([single]);
+        }
+        Err(Error::NoSafetensors {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Opens the shards listed by an index file; every tensor it names must be in its shard.
+    pub fn open_index(index: &Path) -> Result<TensorStore> {
+        let text = std::fs::read(index).map_err(|e| Error::io(index, e))?;
+        let parsed: Index =
+            serde_json::from_slice(&text).map_err(|source| Error::CorruptIndex {
+                path: index.into(),
+                source,
+            })?;
+        let dir = index.parent().unwrap_or(Path::new("."));
+        let mut shards: Vec<&String> = parsed.weight_map.values().collect();
+        shards.sort();
+        shards.dedup();
+        let mut paths = Vec::with_capacity(shards.len());
+        for shard in shards {
+            let path = dir.join(shard);
+            if !path.is_file() {
+                return Err(Error::MissingShard {
+                    index: index.into(),
+                    shard: shard.clone(),
+                });
+            }
+            paths.push(path);
+        }
+        let store = TensorStore::open_files(paths)?;
+        for (name, shard) in &parsed.weight_map {
+            let in_shard = store
+                .by_name
+                .get(name)
+                .map(|&i| store.files[i].path().ends_with(shard));
+            if in_shard != Some(true) {
+                return Err(Error::MissingTensor {
+                    path: dir.join(shard),
+                    name: name.clone(),
+                });
+            }
+        }
+        Ok(store)
+    }
+
+    /// Opens the given files; a tensor name found in several files is taken from the last.
+    pub fn open_files(paths: impl IntoIterator<Item = PathBuf>) -> Result<TensorStore> {
+        let mut files = Vec::new();
+        let mut by_name = BTreeMap::new();
+        for path in paths {
+            let file = SafetensorsFile::open(&path)?;
+            for name in file.infos().keys() {
+                by_name.insert(name.clone(), files.len());
+            }
+            files.push(file);
+        }
+        Ok(TensorStore { files, by_name })
+    }
+
+    /// The files, in the order they were opened.
+    pub fn files(&self) -> &[SafetensorsFile] {
+        &self.files
+    }
+
+    /// Every tensor name, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// Number of tensors.
+    pub fn len(&self) -> usize {
+        self.by_name.len()
+    }
+
+    /// True when no file holds a tensor.
+    pub fn is_empty(&self) -> bool {
+        self.by_name.is_empty()
+    }
+
+    /// The header entry of `name` and the file that holds it.
+    pub fn info(&self, name: &str) -> Option<(&TensorInfo, &Path)> {
+        let file = &self.files[*self.by_name.get(name)?];
+        Some((&file.infos()[name], file.path()))
+    }
+
+    /// The tensor `name`, borrowing its file's mapping.
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        match self.by_name.get(name) {
+            Some(&i) => self.files[i].tensor(name),
+            None => Err(Error::MissingTensor {
+                path: self.describe(),
+                name: name.to_string(),
+            }),
+        }
+    }
+
+    /// True when `ptr` lies inside one of the mapped files.
+    pub fn maps_address(&self, ptr: *const u8) -> bool {
+        self.files
+            .iter()
+            .any(|f| f.mapped_range().contains(&(ptr as usize)))
+    }
+
+    /// Total bytes of tensor data across files.
+    pub fn data_bytes(&self) -> u64 {
+        self.files
+            .iter()
+            .flat_map(|f| f.infos().values())
+            .map(|i| i.range.len() as u64)
+            .sum()
+    }
+
+    /// A path naming the store in messages: its only file, or the folder of its shards.
+    fn describe(&self) -> PathBuf {
+        match self.files.as_slice() {
+            [one] => one.path().to_path_buf(),
+            [first, ..] => first
+                .path()
+                .parent()
+                .unwrap_or(Path::new("."))
+                .to_path_buf(),
+            [] => PathBuf::new(),
+        }
+    }
+}
