@@ -42,7 +42,7 @@ impl DType {
     /// Bytes needed to store `n_elements` values, or `None` when `n_elements` is not a whole
     /// number of blocks or the size overflows.
     pub fn storage_bytes(self, n_elements: usize) -> Option<usize> {
-        if n_elements % self.block_len() != 0 {
+        if !n_elements.is_multiple_of(self.block_len()) {
             return None;
         }
         (n_elements / self.block_len()).checked_mul(self.block_bytes())
