@@ -1,1 +1,39 @@
-//! model
+//! The Mixtral model graph: config, weights, KV cache, prefill and decode.
+//!
+//! Sits above the kernels and tensor crates (`tensor ← kernels ← model ← mixtral`). It knows
+//! the Hugging Face names and shapes of a Mixtral checkpoint and composes the kernels into
+//! the forward pass.
+//!
+//! # Dimension legend
+//! `T` tokens, `S` cached positions, `D` hidden, `H` query heads, `G` KV heads, `Dh` head_dim,
+//! `F` FFN width, `E` experts, `K` top-k, `V` vocab. Code uses the words (`n_tokens`,
+//! `hidden`, `n_kv_heads`, `top_k`); comments use the letters.
+//!
+//! # Design decisions
+//! - **Everything from `config.json`.** Nothing is hard-coded to 8x7B: [`Config`] carries
+//!   every field that changes the math, with transformers' defaults.
+//! - **Weights are borrowed.** [`Weights`] holds tensors that point into the mapped
+//!   checkpoint; both expert layouts (per-expert tensors and transformers 5.x fused 3-D
+//!   tensors) become the same per-expert views without a copy.
+//! - **Validate once, at load.** Every tensor's presence, shape and dtype is checked when
+//!   the checkpoint opens, so the forward pass never meets a bad shape.
+//!
+//! ```
+//! use mixtral_model::Checkpoint;
+//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-f32");
+//! let ckpt = Checkpoint::open(dir)?;
+//! assert_eq!(ckpt.config.num_local_experts, 8);
+//! assert_eq!(ckpt.weights.layers[1].experts[7].w2.dims(), &[64, 128]);
+//! # Ok::<(), mixtral_model::Error>(())
+//! ```
+
+mod checkpoint;
+mod config;
+mod error;
+pub mod names;
+mod weights;
+
+pub use checkpoint::Checkpoint;
+pub use config::Config;
+pub use error::{Error, Result};
+pub use weights::{ExpertWeights, LayerWeights, Warning, Weights};

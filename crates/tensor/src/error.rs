@@ -128,6 +128,16 @@ pub enum Error {
         /// Elements given.
         found: usize,
     },
+    /// A slice of the outermost dimension reaches past its end.
+    #[error("rows {start}..{start}+{len} are out of bounds for shape {shape}")]
+    OutOfBounds {
+        /// The tensor's shape.
+        shape: crate::Shape,
+        /// First row asked for.
+        start: usize,
+        /// Rows asked for.
+        len: usize,
+    },
     /// A mutable view was asked of a tensor whose storage is shared or read-only.
     #[error("tensor storage is shared or memory-mapped and cannot be written")]
     NotWritable,

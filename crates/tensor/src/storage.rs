@@ -31,6 +31,23 @@ impl Storage {
         }
     }
 
+    /// A sub-range of these bytes sharing the same buffer (`range` relative to [`Storage::bytes`]).
+    pub(crate) fn sub_range(&self, range: Range<usize>) -> Storage {
+        match self {
+            Storage::Owned(b) => {
+                // Owned buffers cannot share a sub-range without an offset field; copy the slice.
+                // Only small owned tensors (tests, activations) take this path.
+                let mut buf = AlignedBytes::zeroed(range.len());
+                buf.as_bytes_mut().copy_from_slice(&b.as_bytes()[range]);
+                Storage::Owned(Arc::new(buf))
+            }
+            Storage::Mapped { map, range: r } => Storage::Mapped {
+                map: Arc::clone(map),
+                range: r.start + range.start..r.start + range.end,
+            },
+        }
+    }
+
     /// Byte offset of the data within its buffer (for error messages).
     pub(crate) fn offset(&self) -> usize {
         match self {

@@ -148,6 +148,38 @@ impl Tensor {
         }
     }
 
+    /// Rows `start..start + len` of the outermost dimension. A mapped tensor's rows borrow the
+    /// same mapping; an owned tensor's rows are copied.
+    pub fn narrow_outer(&self, start: usize, len: usize) -> Result<Tensor> {
+        let dims = self.dims();
+        let outer = dims.first().copied().unwrap_or(1);
+        if dims.is_empty() || start.checked_add(len).is_none_or(|end| end > outer) {
+            return Err(Error::OutOfBounds {
+                shape: self.shape.clone(),
+                start,
+                len,
+            });
+        }
+        let row_elems: usize = dims[1..].iter().product();
+        let row_bytes = self
+            .dtype
+            .storage_bytes(row_elems)
+            .expect("row of a valid tensor");
+        let mut new_dims = dims.to_vec();
+        new_dims[0] = len;
+        let storage = self
+            .storage
+            .sub_range(start * row_bytes..(start + len) * row_bytes);
+        Tensor::from_storage(self.dtype, Shape::new(new_dims), storage)
+    }
+
+    /// Entry `i` of the outermost dimension, as a tensor of one rank less (borrowed when mapped).
+    pub fn index_outer(&self, i: usize) -> Result<Tensor> {
+        let row = self.narrow_outer(i, 1)?;
+        let shape = Shape::new(self.dims()[1..].to_vec());
+        Tensor::from_storage(self.dtype, shape, row.storage)
+    }
+
     /// The elements widened to f32 (a copy), for float tensors.
     pub fn to_f32_vec(&self) -> Result<Vec<f32>> {
         Ok(match self.dtype {
@@ -219,6 +251,24 @@ mod tests {
         assert!(matches!(t.as_mut_slice::<f32>(), Err(Error::NotWritable)));
         drop(shared);
         assert!(t.as_mut_slice::<f32>().is_ok());
+    }
+
+    #[test]
+    fn narrowing_shares_storage_and_checks_bounds() {
+        let t = Tensor::from_vec((0..24).map(|v| v as f32).collect(), [2, 3, 4]).unwrap();
+        let e1 = t.index_outer(1).unwrap();
+        assert_eq!(e1.dims(), &[3, 4]);
+        let rows = e1.narrow_outer(1, 2).unwrap();
+        assert_eq!(rows.dims(), &[2, 4]);
+        assert_eq!(
+            rows.as_slice::<f32>().unwrap(),
+            &(16..24).map(|v| v as f32).collect::<Vec<_>>()[..]
+        );
+        assert!(matches!(
+            t.narrow_outer(1, 2),
+            Err(Error::OutOfBounds { .. })
+        ));
+        assert!(matches!(t.index_outer(2), Err(Error::OutOfBounds { .. })));
     }
 
     #[test]

@@ -73,6 +73,12 @@ fn loaded_tensors_borrow_the_mapping() {
         "tensor data is not inside the mapped file"
     );
     let range = store.files()[0].mapped_range();
+    let row = t.narrow_outer(3, 2).unwrap();
+    assert!(row.is_mapped());
+    assert_eq!(
+        row.as_bytes().as_ptr() as usize,
+        ptr as usize + 3 * t.dims()[1] * 4
+    );
     assert!(
         range.contains(&(ptr as usize)) && range.contains(&(ptr as usize + t.as_bytes().len() - 1))
     );

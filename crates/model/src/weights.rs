@@ -1,0 +1,257 @@
+//! `Weights`: every tensor a Mixtral needs, found by name, checked against the config, and
+//! borrowed from the memory-mapped checkpoint.
+
+use crate::{Config, Error, Result, names};
+use mixtral_tensor::{Shape, Tensor, TensorStore};
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+/// One expert's SwiGLU weights: `w2(silu(w1 x) ⊙ w3 x)`.
+#[derive(Clone, Debug)]
+pub struct ExpertWeights {
+    /// Gate projection `[F, D]`.
+    pub w1: Tensor,
+    /// Down projection `[D, F]`.
+    pub w2: Tensor,
+    /// Up projection `[F, D]`.
+    pub w3: Tensor,
+}
+
+/// One decoder layer's weights.
+#[derive(Clone, Debug)]
+pub struct LayerWeights {
+    /// RMSNorm before attention `[D]`.
+    pub attn_norm: Tensor,
+    /// `[H·Dh, D]`.
+    pub wq: Tensor,
+    /// `[G·Dh, D]`.
+    pub wk: Tensor,
+    /// `[G·Dh, D]`.
+    pub wv: Tensor,
+    /// `[D, H·Dh]`.
+    pub wo: Tensor,
+    /// RMSNorm before the MoE block `[D]`.
+    pub moe_norm: Tensor,
+    /// Router `[E, D]`.
+    pub router: Tensor,
+    /// The `E` experts.
+    pub experts: Vec<ExpertWeights>,
+}
+
+/// All of a Mixtral's weights, borrowed from the checkpoint's mapping.
+#[derive(Clone, Debug)]
+pub struct Weights {
+    /// `[V, D]`.
+    pub embed: Tensor,
+    /// The decoder layers.
+    pub layers: Vec<LayerWeights>,
+    /// Final RMSNorm `[D]`.
+    pub norm: Tensor,
+    /// `[V, D]` (the embedding again when tied).
+    pub lm_head: Tensor,
+}
+
+/// Something worth telling the user that does not stop loading.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Warning {
+    /// The checkpoint holds tensors the model does not use.
+    UnusedTensors {
+        /// Their names, sorted.
+        names: Vec<String>,
+    },
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Warning::UnusedTensors { names } => {
+                write!(
+                    f,
+                    "{} unused tensor(s) in the checkpoint: {}",
+                    names.len(),
+                    names.join(", ")
+                )
+            }
+        }
+    }
+}
+
+/// Looks tensors up by name, checks them, and remembers which were used.
+struct Loader<'a> {
+    store: &'a TensorStore,
+    used: BTreeSet<String>,
+}
+
+impl Loader<'_> {
+    /// The tensor `name`, which must have shape `expected` and a float dtype.
+    fn get(&mut self, name: &str, expected: &[usize]) -> Result<Tensor> {
+        let Some((info, path)) = self.store.info(name) else {
+            return Err(Error::MissingTensor {
+                path: self.root(),
+                name: name.to_string(),
+            });
+        };
+        let path = path.to_path_buf();
+        if info.shape.dims() != expected {
+            return Err(Error::WrongShape {
+                path,
+                name: name.to_string(),
+                expected: Shape::from(expected),
+                found: info.shape.clone(),
+            });
+        }
+        let tensor = self.store.tensor(name)?;
+        if !tensor.dtype().is_float() {
+            return Err(Error::WeightDtype {
+                path,
+                name: name.to_string(),
+                dtype: tensor.dtype(),
+            });
+        }
+        self.used.insert(name.to_string());
+        Ok(tensor)
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.store.info(name).is_some()
+    }
+
+    /// The checkpoint's folder, for messages about tensors no file holds.
+    fn root(&self) -> PathBuf {
+        let first = self
+            .store
+            .files()
+            .first()
+            .map(|f| f.path().to_path_buf())
+            .unwrap_or_default();
+        first.parent().map(PathBuf::from).unwrap_or(first)
+    }
+}
+
+impl Weights {
+    /// Finds and checks every tensor `cfg` implies; returns warnings about the rest.
+    pub fn load(store: &TensorStore, cfg: &Config) -> Result<(Weights, Vec<Warning>)> {
+        let mut ld = Loader {
+            store,
+            used: BTreeSet::new(),
+        };
+        let (v, d) = (cfg.vocab_size, cfg.hidden_size);
+        let embed = ld.get(names::EMBED, &[v, d])?;
+        let lm_head = if cfg.tie_word_embeddings && !ld.has(names::LM_HEAD) {
+            embed.clone()
+        } else {
+            ld.get(names::LM_HEAD, &[v, d])?
+        };
+        let norm = ld.get(names::FINAL_NORM, &[d])?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|l| load_layer(&mut ld, cfg, l))
+            .collect::<Result<_>>()?;
+        let unused: Vec<String> = store
+            .names()
+            .filter(|n| !ld.used.contains(*n))
+            .map(String::from)
+            .collect();
+        let warnings = if unused.is_empty() {
+            vec![]
+        } else {
+            vec![Warning::UnusedTensors { names: unused }]
+        };
+        Ok((
+            Weights {
+                embed,
+                layers,
+                norm,
+                lm_head,
+            },
+            warnings,
+        ))
+    }
+
+    /// Every weight tensor once (the embedding once even when tied).
+    pub fn tensors(&self) -> Vec<&Tensor> {
+        let mut all = vec![&self.embed, &self.norm];
+        if !std::ptr::eq(
+            self.lm_head.as_bytes().as_ptr(),
+            self.embed.as_bytes().as_ptr(),
+        ) {
+            all.push(&self.lm_head);
+        }
+        for l in &self.layers {
+            all.extend([
+                &l.attn_norm,
+                &l.wq,
+                &l.wk,
+                &l.wv,
+                &l.wo,
+                &l.moe_norm,
+                &l.router,
+            ]);
+            all.extend(l.experts.iter().flat_map(|e| [&e.w1, &e.w2, &e.w3]));
+        }
+        all
+    }
+}
+
+fn load_layer(ld: &mut Loader<'_>, cfg: &Config, l: usize) -> Result<LayerWeights> {
+    let (d, q, kv, e) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.num_local_experts,
+    );
+    let fused = ld.has(&names::fused_gate_up(l));
+    let router_name = if fused {
+        names::fused_router(l)
+    } else {
+        names::router(l)
+    };
+    Ok(LayerWeights {
+        attn_norm: ld.get(&names::attn_norm(l), &[d])?,
+        wq: ld.get(&names::wq(l), &[q, d])?,
+        wk: ld.get(&names::wk(l), &[kv, d])?,
+        wv: ld.get(&names::wv(l), &[kv, d])?,
+        wo: ld.get(&names::wo(l), &[d, q])?,
+        moe_norm: ld.get(&names::moe_norm(l), &[d])?,
+        router: ld.get(&router_name, &[e, d])?,
+        experts: if fused {
+            fused_experts(ld, cfg, l)?
+        } else {
+            split_experts(ld, cfg, l)?
+        },
+    })
+}
+
+fn split_experts(ld: &mut Loader<'_>, cfg: &Config, l: usize) -> Result<Vec<ExpertWeights>> {
+    let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
+    (0..cfg.num_local_experts)
+        .map(|e| {
+            Ok(ExpertWeights {
+                w1: ld.get(&names::expert_w1(l, e), &[f, d])?,
+                w2: ld.get(&names::expert_w2(l, e), &[d, f])?,
+                w3: ld.get(&names::expert_w3(l, e), &[f, d])?,
+            })
+        })
+        .collect()
+}
+
+/// Experts of the transformers 5.x layout, each a borrowed slice of the 3-D tensors.
+fn fused_experts(ld: &mut Loader<'_>, cfg: &Config, l: usize) -> Result<Vec<ExpertWeights>> {
+    let (d, f, e) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_local_experts,
+    );
+    let gate_up = ld.get(&names::fused_gate_up(l), &[e, 2 * f, d])?;
+    let down = ld.get(&names::fused_down(l), &[e, d, f])?;
+    (0..e)
+        .map(|i| {
+            let gu = gate_up.index_outer(i)?; // [2F, D], gate rows first
+            Ok(ExpertWeights {
+                w1: gu.narrow_outer(0, f)?,
+                w3: gu.narrow_outer(f, f)?,
+                w2: down.index_outer(i)?,
+            })
+        })
+        .collect()
+}
