@@ -1,0 +1,114 @@
+//! `mixtral inspect` on good and broken checkpoints: a summary, or one clean error and exit 1.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn fixture(model: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/models"
+    ))
+    .join(model)
+}
+
+fn inspect(dir: &Path) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_mixtral"))
+        .arg("inspect")
+        .arg("--model")
+        .arg(dir)
+        .output()
+        .unwrap();
+    let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        text(out.stdout),
+        text(out.stderr),
+    )
+}
+
+/// A writable copy of a fixture model directory.
+fn copy_of(model: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(model)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn assert_clean_failure(dir: &Path, needle: &str) {
+    let (code, stdout, stderr) = inspect(dir);
+    assert_eq!(code, 1, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(
+        stderr.contains(needle),
+        "stderr does not mention `{needle}`: {stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    assert!(stderr.lines().count() <= 4, "{stderr}");
+}
+
+#[test]
+fn summarises_each_fixture() {
+    for (model, needle) in [
+        ("tiny-f32", "MoE 8 experts top-2"),
+        ("tiny-bf16", "BF16: 19.01 MiB"),
+        ("tiny-variant-f32", "sliding window 16"),
+    ] {
+        let (code, stdout, stderr) = inspect(&fixture(model));
+        assert_eq!(code, 0, "{model}: {stderr}");
+        assert!(stdout.contains(needle), "{model}: {stdout}");
+    }
+}
+
+#[test]
+fn missing_directory_fails_cleanly() {
+    assert_clean_failure(Path::new("/nonexistent/model"), "not a model directory");
+}
+
+#[test]
+fn truncated_weights_fail_cleanly() {
+    let dir = copy_of("tiny-f32");
+    let file = dir.path().join("model.safetensors");
+    let len = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    assert_clean_failure(dir.path(), "file is truncated");
+}
+
+#[test]
+fn corrupt_header_fails_cleanly_with_its_cause() {
+    let dir = copy_of("tiny-f32");
+    let file = dir.path().join("model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[8] = b'#';
+    std::fs::write(&file, bytes).unwrap();
+    assert_clean_failure(dir.path(), "corrupt safetensors header");
+    let (_, _, stderr) = inspect(dir.path());
+    assert!(stderr.contains("caused by:"), "{stderr}");
+}
+
+#[test]
+fn missing_shard_fails_cleanly() {
+    let dir = copy_of("tiny-bf16");
+    std::fs::remove_file(dir.path().join("model-00002-of-00002.safetensors")).unwrap();
+    assert_clean_failure(dir.path(), "model-00002-of-00002.safetensors");
+}
+
+#[test]
+fn config_contradicting_tensors_fails_cleanly() {
+    let dir = copy_of("tiny-f32");
+    let path = dir.path().join("config.json");
+    let config = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("\"hidden_size\": 64", "\"hidden_size\": 32");
+    std::fs::write(&path, config).unwrap();
+    assert_clean_failure(dir.path(), "expected [1024, 32], found [1024, 64]");
+}
