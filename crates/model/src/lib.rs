@@ -30,10 +30,16 @@
 mod checkpoint;
 mod config;
 mod error;
+mod forward;
+mod kv_cache;
 pub mod names;
+mod routing;
 mod weights;
 
 pub use checkpoint::Checkpoint;
 pub use config::Config;
 pub use error::{Error, Result};
+pub use forward::{ForwardOptions, Logits, Model, Output};
+pub use kv_cache::KvCache;
+pub use routing::{LayerRouting, RoutingTrace};
 pub use weights::{ExpertWeights, LayerWeights, Warning, Weights};

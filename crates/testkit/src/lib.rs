@@ -1,3 +1,162 @@
 //! Test helpers shared by the Mixtral crates: closeness checks, seeded data, fixture paths.
 //!
-//! A dev-dependency only; it depends on none of our crates so there are no dev-dependency cycles.
+//! A dev-dependency only, and it depends on none of our crates, so there are no
+//! dev-dependency cycles. Everything works on plain slices.
+
+use std::path::PathBuf;
+
+/// The repository's `tests/fixtures` folder (reference data from transformers et al.).
+pub fn fixtures_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
+}
+
+/// The fixture model directory `name` (`tiny-f32`, `tiny-bf16`, `tiny-variant-f32`).
+pub fn fixture_model(name: &str) -> PathBuf {
+    fixtures_dir().join("models").join(name)
+}
+
+/// Largest `|x|`.
+pub fn max_abs(x: &[f32]) -> f32 {
+    x.iter().fold(0f32, |m, v| m.max(v.abs()))
+}
+
+/// Index of the largest element (the first one on ties).
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+/// The worst element-wise disagreement between two equally long slices.
+#[derive(Clone, Copy, Debug)]
+pub struct Worst {
+    /// Where it is.
+    pub index: usize,
+    /// Our value there.
+    pub got: f32,
+    /// The reference value there.
+    pub want: f32,
+    /// `max |got - want| / max |want|`.
+    pub rel: f32,
+}
+
+/// Finds the largest `|got - want|` and scales it by `max |want|` (the fixtures' metric).
+pub fn worst(got: &[f32], want: &[f32]) -> Worst {
+    assert_eq!(got.len(), want.len(), "compared slices differ in length");
+    let mut w = Worst {
+        index: 0,
+        got: 0.0,
+        want: 0.0,
+        rel: 0.0,
+    };
+    let mut max_diff = -1f32;
+    for (i, (&g, &r)) in got.iter().zip(want).enumerate() {
+        let d = if g.is_nan() || r.is_nan() {
+            f32::INFINITY
+        } else {
+            (g - r).abs()
+        };
+        if d > max_diff {
+            max_diff = d;
+            w = Worst {
+                index: i,
+                got: g,
+                want: r,
+                rel: 0.0,
+            };
+        }
+    }
+    w.rel = max_diff / max_abs(want).max(f32::MIN_POSITIVE);
+    w
+}
+
+/// Fails with the worst index, got, want and `what` when `max |got - want| > rel_tol · max |want|`.
+pub fn check_rel(what: &str, got: &[f32], want: &[f32], rel_tol: f32) -> Result<Worst, String> {
+    let w = worst(got, want);
+    if w.rel <= rel_tol {
+        Ok(w)
+    } else {
+        Err(format!(
+            "{what}: max |diff| / max |ref| = {:.3e} > {rel_tol:.1e} (worst at {}: got {}, want {})",
+            w.rel, w.index, w.got, w.want
+        ))
+    }
+}
+
+/// Fails when `|got - want| > atol + rtol · |want|` anywhere, naming the worst element.
+pub fn check_close(
+    what: &str,
+    got: &[f32],
+    want: &[f32],
+    atol: f32,
+    rtol: f32,
+) -> Result<(), String> {
+    assert_eq!(got.len(), want.len(), "{what}: lengths differ");
+    let mut worst: Option<(usize, f32)> = None;
+    for (i, (&g, &r)) in got.iter().zip(want).enumerate() {
+        let excess = (g - r).abs() - (atol + rtol * r.abs());
+        if excess > 0.0 || excess.is_nan() {
+            let e = if excess.is_nan() {
+                f32::INFINITY
+            } else {
+                excess
+            };
+            if worst.is_none_or(|(_, w)| e > w) {
+                worst = Some((i, e));
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some((i, _)) => Err(format!(
+            "{what}: element {i} got {} want {} (atol {atol:e}, rtol {rtol:e})",
+            got[i], want[i]
+        )),
+    }
+}
+
+/// `n` values uniform in `[-1, 1)` from a seeded SplitMix64 stream.
+pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worst_finds_the_largest_difference() {
+        let w = worst(&[1.0, 2.0, 3.0], &[1.0, 2.5, 4.0]);
+        assert_eq!(w.index, 2);
+        assert_eq!(w.rel, 0.25);
+        assert!(check_rel("x", &[1.0, 2.0, 3.0], &[1.0, 2.5, 4.0], 0.2).is_err());
+    }
+
+    #[test]
+    fn nan_never_passes() {
+        assert!(check_rel("x", &[f32::NAN], &[1.0], 1.0).is_err());
+        assert!(check_close("x", &[f32::NAN], &[1.0], 1.0, 1.0).is_err());
+    }
+
+    #[test]
+    fn uniform_is_seeded_and_in_range() {
+        let a = uniform(1000, 7);
+        assert_eq!(a, uniform(1000, 7));
+        assert_ne!(a, uniform(1000, 8));
+        assert!(a.iter().all(|v| (-1.0..1.0).contains(v)));
+    }
+}

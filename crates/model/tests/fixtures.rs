@@ -1,0 +1,311 @@
+//! The forward pass against transformers' `MixtralForCausalLM` on every fixture model:
+//! logits at every position, cached decode, greedy continuations and router choices.
+//!
+//! Tolerances are the fixtures' README's: for an f32 engine, every stored logits tensor within
+//! `1e-4 × max |ref|`, argmax identical at every position, greedy tokens identical.
+
+use mixtral_model::{ForwardOptions, Logits, Model, RoutingTrace};
+use mixtral_tensor::SafetensorsFile;
+use mixtral_testkit::{argmax, check_rel, fixture_model};
+use serde_json::Value;
+
+const REL_TOL: f32 = 1e-4;
+const MODELS: [&str; 3] = ["tiny-f32", "tiny-bf16", "tiny-variant-f32"];
+
+struct Fixture {
+    model: Model,
+    expected: Value,
+    logits: SafetensorsFile,
+}
+
+impl Fixture {
+    fn load(name: &str) -> Fixture {
+        let dir = fixture_model(name);
+        let model = Model::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let expected =
+            serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+        let logits = SafetensorsFile::open(dir.join("expected_logits.safetensors")).unwrap();
+        Fixture {
+            model,
+            expected,
+            logits,
+        }
+    }
+
+    fn f32s(&self, tensor: &str) -> Option<Vec<f32>> {
+        self.logits
+            .infos()
+            .contains_key(tensor)
+            .then(|| self.logits.tensor(tensor).unwrap().to_f32_vec().unwrap())
+    }
+
+    fn i32s(&self, tensor: &str) -> Vec<i32> {
+        self.logits
+            .tensor(tensor)
+            .unwrap()
+            .as_slice::<i32>()
+            .unwrap()
+            .to_vec()
+    }
+
+    fn cases(&self) -> &[Value] {
+        self.expected["cases"].as_array().unwrap()
+    }
+
+    fn vocab(&self) -> usize {
+        self.model.config().vocab_size
+    }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn positions(start: usize, n: usize) -> Vec<usize> {
+    (start..start + n).collect()
+}
+
+/// Full-sequence forward with every logits row and the routing trace.
+fn forward_all(m: &Model, tokens: &[u32]) -> (Vec<f32>, RoutingTrace) {
+    let mut cache = m.new_cache();
+    let opts = ForwardOptions {
+        logits: Logits::All,
+        trace_routing: true,
+    };
+    let out = m
+        .prefill(tokens, &positions(0, tokens.len()), &mut cache, opts)
+        .unwrap();
+    (out.logits, out.routing.unwrap())
+}
+
+#[test]
+fn logits_at_every_position_match_transformers() {
+    for name in MODELS {
+        let fx = Fixture::load(name);
+        let v = fx.vocab();
+        for (i, case) in fx.cases().iter().enumerate() {
+            let tokens = ids(&case["input_ids"]);
+            let (logits, _) = forward_all(&fx.model, &tokens);
+            let n = tokens.len();
+            if let Some(all) = fx.f32s(&format!("prompt{i}.logits_all")) {
+                let w = check_rel(
+                    &format!("{name} prompt{i} logits_all"),
+                    &logits,
+                    &all,
+                    REL_TOL,
+                )
+                .unwrap();
+                println!(
+                    "{name} prompt{i}: all-position logits rel max diff {:.2e}",
+                    w.rel
+                );
+            }
+            if let Some(tail) = fx.f32s(&format!("prompt{i}.logits_tail")) {
+                let start = case["logits_tail_start"].as_u64().unwrap() as usize;
+                check_rel(
+                    &format!("{name} prompt{i} logits_tail"),
+                    &logits[start * v..],
+                    &tail,
+                    REL_TOL,
+                )
+                .unwrap();
+            }
+            let last = fx.f32s(&format!("prompt{i}.logits_last")).unwrap();
+            check_rel(
+                &format!("{name} prompt{i} logits_last"),
+                &logits[(n - 1) * v..],
+                &last,
+                REL_TOL,
+            )
+            .unwrap();
+            let want_argmax = fx.i32s(&format!("prompt{i}.argmax_all"));
+            for (t, &want) in want_argmax.iter().enumerate() {
+                let got = argmax(&logits[t * v..(t + 1) * v]);
+                assert_eq!(got as i32, want, "{name} prompt{i}: argmax at position {t}");
+            }
+        }
+    }
+}
+
+#[test]
+fn prefill_then_decode_matches_the_full_forward() {
+    for name in MODELS {
+        let fx = Fixture::load(name);
+        let v = fx.vocab();
+        let inc = &fx.expected["incremental"];
+        let (prompt, prefill) = (
+            inc["prompt"].as_u64().unwrap() as usize,
+            inc["prefill"].as_u64().unwrap() as usize,
+        );
+        let tokens = ids(&fx.cases()[prompt]["input_ids"]);
+        let mut cache = fx.model.new_cache();
+        let all = ForwardOptions {
+            logits: Logits::All,
+            ..Default::default()
+        };
+        let mut got = fx
+            .model
+            .prefill(&tokens[..prefill], &positions(0, prefill), &mut cache, all)
+            .unwrap()
+            .logits;
+        for (p, &tok) in tokens.iter().enumerate().skip(prefill) {
+            let out = fx
+                .model
+                .decode(tok, p, &mut cache, ForwardOptions::default())
+                .unwrap();
+            got.extend_from_slice(out.last());
+        }
+        assert_eq!(cache.len(), tokens.len());
+        let want = fx
+            .f32s(&format!("incremental.prompt{prompt}.logits"))
+            .unwrap();
+        // tiny-bf16 stores only the decoded rows (positions prefill..).
+        let got = &got[got.len() - want.len()..];
+        let w = check_rel(&format!("{name} incremental"), got, &want, REL_TOL).unwrap();
+        println!("{name}: cached decode rel max diff {:.2e}", w.rel);
+        // And against our own full forward, row for row.
+        let (full, _) = forward_all(&fx.model, &tokens);
+        check_rel(
+            &format!("{name} incremental vs own full"),
+            got,
+            &full[full.len() - got.len()..],
+            REL_TOL,
+        )
+        .unwrap();
+        assert_eq!(got.len() % v, 0);
+    }
+}
+
+#[test]
+fn greedy_continuations_are_token_for_token_identical() {
+    for name in MODELS {
+        let fx = Fixture::load(name);
+        for (i, case) in fx.cases().iter().enumerate() {
+            let tokens = ids(&case["input_ids"]);
+            let want = ids(&case["greedy_new_tokens"]);
+            let step_logits = fx.f32s(&format!("prompt{i}.greedy_step_logits")).unwrap();
+            let v = fx.vocab();
+            let mut cache = fx.model.new_cache();
+            let out = fx
+                .model
+                .prefill(
+                    &tokens,
+                    &positions(0, tokens.len()),
+                    &mut cache,
+                    ForwardOptions::default(),
+                )
+                .unwrap();
+            let mut row = out.last().to_vec();
+            let mut got = Vec::new();
+            for step in 0..want.len() {
+                if step < 4 {
+                    let what = format!("{name} prompt{i} greedy step {step} logits");
+                    check_rel(&what, &row, &step_logits[step * v..(step + 1) * v], REL_TOL)
+                        .unwrap();
+                }
+                let next = argmax(&row) as u32;
+                got.push(next);
+                let pos = tokens.len() + step;
+                row = fx
+                    .model
+                    .decode(next, pos, &mut cache, ForwardOptions::default())
+                    .unwrap()
+                    .last()
+                    .to_vec();
+            }
+            assert_eq!(got, want, "{name} prompt{i}: greedy continuation");
+        }
+    }
+}
+
+#[test]
+fn router_choices_match_at_every_position_with_a_clear_margin() {
+    for name in MODELS {
+        let fx = Fixture::load(name);
+        let c = fx.model.config();
+        let (layers, e, k) = (
+            c.num_hidden_layers,
+            c.num_local_experts,
+            c.num_experts_per_tok,
+        );
+        let prompt = fx.expected["router"]["prompt"].as_u64().unwrap() as usize;
+        let tokens = ids(&fx.cases()[prompt]["input_ids"]);
+        let (_, trace) = forward_all(&fx.model, &tokens);
+        let want_ids = fx.i32s(&format!("router.prompt{prompt}.top_indices")); // [L, T, K]
+        let want_w = fx
+            .f32s(&format!("router.prompt{prompt}.top_weights"))
+            .unwrap(); // [L, T, K]
+        let ref_logits = fx.f32s(&format!("router.prompt{prompt}.logits")).unwrap(); // [L, T, E]
+        let (mut checked, mut skipped) = (0, 0);
+        for l in 0..layers {
+            for t in 0..tokens.len() {
+                let at = (l * tokens.len() + t) * k;
+                let mut sorted = ref_logits[(l * tokens.len() + t) * e..][..e].to_vec();
+                sorted.sort_by(|a, b| b.total_cmp(a));
+                let margin = if k < e {
+                    sorted[k - 1] - sorted[k]
+                } else {
+                    f32::INFINITY
+                };
+                if margin <= REL_TOL * sorted[0].abs().max(1.0) {
+                    skipped += 1;
+                    continue;
+                }
+                let want: Vec<u32> = want_ids[at..at + k].iter().map(|&x| x as u32).collect();
+                assert_eq!(
+                    trace.experts(l, t),
+                    want.as_slice(),
+                    "{name}: layer {l} token {t} experts"
+                );
+                check_rel(
+                    &format!("{name}: layer {l} token {t} weights"),
+                    trace.weights(l, t),
+                    &want_w[at..at + k],
+                    REL_TOL,
+                )
+                .unwrap();
+                checked += 1;
+            }
+        }
+        assert_eq!(checked + skipped, layers * tokens.len());
+        assert!(checked > 0);
+        println!(
+            "{name}: {checked} token-layers checked, {skipped} skipped for a margin under tolerance"
+        );
+    }
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let fx = Fixture::load("tiny-f32");
+    let m = &fx.model;
+    let mut cache = m.new_cache();
+    let opts = ForwardOptions::default();
+    let err = m.prefill(&[], &[], &mut cache, opts).unwrap_err();
+    assert_eq!(err.to_string(), "empty input: at least one token is needed");
+    let err = m
+        .prefill(&[1, 5000], &[0, 1], &mut cache, opts)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "token id 5000 at position 1 is out of range for a vocabulary of 1024"
+    );
+    let err = m.prefill(&[1], &[3], &mut cache, opts).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "position 3 given where the cache expects 0"
+    );
+    let too_long = vec![1u32; 4097];
+    let err = m
+        .prefill(&too_long, &positions(0, 4097), &mut cache, opts)
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sequence of 4097 positions exceeds max_position_embeddings = 4096"
+    );
+    assert!(cache.is_empty(), "a rejected call must not touch the cache");
+}
