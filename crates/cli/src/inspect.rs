@@ -1,14 +1,16 @@
 //! `mixtral inspect`: load and validate a checkpoint, then summarise it.
 
-use crate::{ModelArg, report};
+use crate::args::DEFAULT_MODEL;
+use crate::report;
 use mixtral::model::Checkpoint;
 use std::collections::BTreeMap;
 
 /// Arguments of `mixtral inspect`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    #[command(flatten)]
-    model: ModelArg,
+    /// Hugging Face model directory. Defaults to the tiny test model shipped in the repository.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    model: std::path::PathBuf,
     /// Context length to size the KV cache for (defaults to max_position_embeddings).
     #[arg(long)]
     context: Option<usize>,
@@ -19,7 +21,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let start = std::time::Instant::now();
-    let ckpt = Checkpoint::open(&args.model.model)?;
+    let ckpt = Checkpoint::open(&args.model)?;
     let opened = start.elapsed();
     let c = &ckpt.config;
     println!("model        {}", ckpt.dir.display());

@@ -1,17 +1,17 @@
-//! The `mixtral` command-line tool: inspect checkpoints, compute logits, generate text.
+//! The `mixtral` command-line tool: inspect checkpoints, compute logits, generate and chat.
 
+mod args;
+mod chat;
+mod generate;
 mod inspect;
+mod interrupt;
+mod logits;
+mod progress;
 mod report;
+mod tokenize;
 
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
 use std::process::ExitCode;
-
-/// The tiny test checkpoint shipped in the repository: the default `--model`.
-pub(crate) const DEFAULT_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/fixtures/models/tiny-bf16"
-);
 
 #[derive(Parser)]
 #[command(
@@ -26,22 +26,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Generate a continuation of a prompt, streaming it as it comes.
+    Generate(generate::Args),
+    /// Chat interactively in the Mixtral instruct format.
+    Chat(chat::Args),
+    /// Write every position's logits (and optionally router choices) to a safetensors file.
+    Logits(logits::Args),
+    /// Print the token ids of a text or a conversation as JSON.
+    Tokenize(tokenize::TokenizeArgs),
+    /// Print the text of token ids as JSON.
+    Detokenize(tokenize::DetokenizeArgs),
     /// Load and validate a checkpoint, and print a summary of its config and tensors.
     Inspect(inspect::Args),
-}
-
-/// Arguments shared by every command that loads a model.
-#[derive(clap::Args)]
-pub(crate) struct ModelArg {
-    /// Hugging Face model directory (config.json + safetensors). Defaults to the tiny test
-    /// model shipped in the repository.
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    pub model: PathBuf,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Generate(args) => generate::run(args),
+        Command::Chat(args) => chat::run(args),
+        Command::Logits(args) => logits::run(args),
+        Command::Tokenize(args) => tokenize::tokenize(args),
+        Command::Detokenize(args) => tokenize::detokenize(args),
         Command::Inspect(args) => inspect::run(args),
     };
     match result {

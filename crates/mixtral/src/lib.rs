@@ -3,12 +3,42 @@
 //! The top of the crate graph: it composes [`tensor`], [`kernels`], [`model`], [`sampler`]
 //! and [`tokenizer`], and is the only crate that re-exports the others.
 //!
+//! Stream a chat answer:
+//!
 //! ```
-//! let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-f32");
-//! let ckpt = mixtral::model::Checkpoint::open(dir)?;
-//! println!("{} layers, {} experts", ckpt.config.num_hidden_layers, ckpt.config.num_local_experts);
-//! # Ok::<(), mixtral::model::Error>(())
+//! use mixtral::{Engine, Message, Prompt};
+//! let engine = Engine::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-bf16"))?;
+//! let chat = Prompt::Chat(vec![Message::user("What is the capital of France?")]);
+//! let mut params = engine.params();
+//! params.max_new_tokens = 16;
+//! for token in engine.generate(&chat, &params)? {
+//!     print!("{}", token?.text);
+//! }
+//! # Ok::<(), mixtral::Error>(())
 //! ```
+//!
+//! (The repository's tiny test model has random weights: its answers are not text.)
+//!
+//! # Design decisions
+//! - **Iterator, not callback.** [`Generation`] yields tokens as they are computed; the caller
+//!   decides how to print, collect or stop (Ctrl-C: [`Generation::interrupt`]).
+//! - **Sessions keep the cache.** [`Engine::generate_in`] reuses the cached prefix of a
+//!   [`Session`], so a multi-turn chat only computes the new turn.
+//! - **Defaults come from the model directory** (`generation_config.json`), as transformers
+//!   reads them: greedy unless `do_sample` is set; penalties off.
+
+mod defaults;
+mod engine;
+mod error;
+mod generate;
+
+pub use defaults::Defaults;
+pub use engine::{ComputeDType, Device, Engine, LoadOptions};
+pub use error::{Error, Result};
+pub use generate::{FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token};
+pub use mixtral_model::{Output, RoutingTrace};
+pub use mixtral_sampler::SamplerConfig;
+pub use mixtral_tokenizer::chat::{Message, Role};
 
 pub use mixtral_kernels as kernels;
 pub use mixtral_model as model;

@@ -1,0 +1,165 @@
+//! Arguments shared by several commands: the model directory, threads, prompts, sampling.
+
+use mixtral::{Engine, LoadOptions, Message, Prompt};
+use std::path::PathBuf;
+
+/// The tiny test checkpoint shipped in the repository: the default `--model`.
+pub(crate) const DEFAULT_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/models/tiny-bf16"
+);
+
+/// Which model to load, and on how many threads.
+#[derive(clap::Args)]
+pub(crate) struct ModelArgs {
+    /// Hugging Face model directory (config.json + safetensors + tokenizer.json). Defaults to
+    /// the tiny random-weight test model shipped in the repository.
+    #[arg(long, default_value = DEFAULT_MODEL)]
+    pub model: PathBuf,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+impl ModelArgs {
+    /// Loads the engine, with a progress bar while weights are paged in.
+    pub(crate) fn load(&self) -> Result<Engine, mixtral::Error> {
+        let opts = LoadOptions {
+            threads: self.threads,
+            prefault: true,
+            ..LoadOptions::default()
+        };
+        let bar = crate::progress::bytes("loading weights");
+        let engine = Engine::load_with(&self.model, opts, |done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        });
+        bar.finish_and_clear();
+        engine
+    }
+}
+
+/// Exactly one of text, token ids or a chat file.
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+pub(crate) struct PromptArgs {
+    /// Prompt text (BOS is prepended).
+    #[arg(long)]
+    pub prompt: Option<String>,
+    /// Prompt token ids, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub tokens: Option<Vec<u32>>,
+    /// A conversation as JSON: `[{"role": "user", "content": "…"}, …]`.
+    #[arg(long)]
+    pub chat: Option<PathBuf>,
+}
+
+impl PromptArgs {
+    pub(crate) fn prompt(&self) -> Result<Prompt, Box<dyn std::error::Error>> {
+        Ok(match (&self.prompt, &self.tokens, &self.chat) {
+            (Some(text), _, _) => Prompt::Text(text.clone()),
+            (_, Some(ids), _) => Prompt::Tokens(ids.clone()),
+            (_, _, Some(path)) => Prompt::Chat(read_chat(path)?),
+            _ => unreachable!("clap requires one prompt argument"),
+        })
+    }
+}
+
+/// Errors reading a `--chat` file.
+#[derive(Debug)]
+pub(crate) enum ChatFileError {
+    Read(PathBuf, std::io::Error),
+    Parse(PathBuf, serde_json::Error),
+}
+
+impl std::fmt::Display for ChatFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChatFileError::Read(p, _) => write!(f, "{}: cannot read chat file", p.display()),
+            ChatFileError::Parse(p, _) => {
+                write!(
+                    f,
+                    "{}: expected a JSON list of {{\"role\": …, \"content\": …}} messages",
+                    p.display()
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ChatFileError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ChatFileError::Read(_, e) => Some(e),
+            ChatFileError::Parse(_, e) => Some(e),
+        }
+    }
+}
+
+/// Reads a conversation file.
+pub(crate) fn read_chat(path: &std::path::Path) -> Result<Vec<Message>, ChatFileError> {
+    let bytes = std::fs::read(path).map_err(|e| ChatFileError::Read(path.to_path_buf(), e))?;
+    serde_json::from_slice(&bytes).map_err(|e| ChatFileError::Parse(path.to_path_buf(), e))
+}
+
+/// Sampling and stopping options; unset ones come from the model's generation_config.json.
+#[derive(clap::Args)]
+pub(crate) struct SamplingArgs {
+    /// Most new tokens to generate.
+    #[arg(long)]
+    pub max_new_tokens: Option<usize>,
+    /// Keep generating past EOS.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long)]
+    pub temperature: Option<f32>,
+    /// Keep only the K most likely tokens.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability reaches P.
+    #[arg(long)]
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than P times the most likely one.
+    #[arg(long)]
+    pub min_p: Option<f32>,
+    /// Repetition penalty (1 is off; off by default, as it hurts Mixtral).
+    #[arg(long)]
+    pub repeat_penalty: Option<f32>,
+    /// Random seed (runs with the same seed and settings repeat exactly).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stop when this string appears (not printed); may be repeated.
+    #[arg(long)]
+    pub stop: Vec<String>,
+}
+
+impl SamplingArgs {
+    /// The engine's defaults with these options applied.
+    pub(crate) fn params(&self, engine: &Engine) -> mixtral::GenerateParams {
+        let mut p = engine.params();
+        let s = &mut p.sampling;
+        if let Some(t) = self.temperature {
+            s.temperature = t;
+        }
+        if let Some(k) = self.top_k {
+            s.top_k = Some(k);
+        }
+        if let Some(v) = self.top_p {
+            s.top_p = v;
+        }
+        if let Some(v) = self.min_p {
+            s.min_p = v;
+        }
+        if let Some(v) = self.repeat_penalty {
+            s.repetition_penalty = v;
+        }
+        s.seed = self.seed;
+        if let Some(n) = self.max_new_tokens {
+            p.max_new_tokens = n;
+        }
+        p.ignore_eos = self.ignore_eos;
+        p.stop_strings = self.stop.clone();
+        p
+    }
+}

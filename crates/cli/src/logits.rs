@@ -1,0 +1,64 @@
+//! `mixtral logits`: every position's logits (and optionally the routing) as safetensors.
+
+use crate::args::ModelArgs;
+use mixtral::tensor::{Tensor, save};
+use mixtral::{Engine, Prompt};
+use std::path::PathBuf;
+
+/// Arguments of `mixtral logits`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Token ids, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        required_unless_present = "text",
+        conflicts_with = "text"
+    )]
+    tokens: Option<Vec<u32>>,
+    /// Text, encoded with BOS first (needs tokenizer.json).
+    #[arg(long)]
+    text: Option<String>,
+    /// Output file (safetensors): `logits` F32 [seq_len, vocab].
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write `routing.{layer}.experts` I64 [seq_len, k] and `routing.{layer}.weights` F32.
+    #[arg(long)]
+    routing: bool,
+}
+
+pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let engine = Engine::load(&args.model.model)?;
+    let prompt = match (args.tokens, args.text) {
+        (Some(ids), _) => Prompt::Tokens(ids),
+        (None, Some(text)) => Prompt::Text(text),
+        (None, None) => unreachable!("clap requires --tokens or --text"),
+    };
+    let ids = engine.encode(&prompt)?;
+    let out = engine.logits(&ids, args.routing)?;
+    let (t, v) = (ids.len(), engine.config().vocab_size);
+    let mut tensors = vec![("logits".to_string(), Tensor::from_vec(out.logits, [t, v])?)];
+    if let Some(trace) = out.routing {
+        let k = trace.top_k;
+        for (l, layer) in trace.layers.into_iter().enumerate() {
+            let experts: Vec<i64> = layer.experts.iter().map(|&e| e as i64).collect();
+            tensors.push((
+                format!("routing.{l}.experts"),
+                Tensor::from_vec(experts, [t, k])?,
+            ));
+            tensors.push((
+                format!("routing.{l}.weights"),
+                Tensor::from_vec(layer.weights, [t, k])?,
+            ));
+        }
+    }
+    save(&args.out, &tensors)?;
+    eprintln!(
+        "wrote {} tensors for {t} positions to {}",
+        tensors.len(),
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! `mixtral tokenize` and `mixtral detokenize`: the tokenizer on its own, as JSON.
+
+use mixtral::{Engine, Prompt};
+use std::path::{Path, PathBuf};
+
+/// Arguments of `mixtral tokenize`.
+#[derive(clap::Args)]
+pub(crate) struct TokenizeArgs {
+    /// Model directory (only tokenizer.json is needed).
+    #[arg(long, default_value = crate::args::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Text to encode (SentencePiece dummy prefix, no BOS unless --bos).
+    #[arg(long, required_unless_present = "chat", conflicts_with = "chat")]
+    text: Option<String>,
+    /// A conversation file to render in the instruct format (always starts with BOS).
+    #[arg(long)]
+    chat: Option<PathBuf>,
+    /// Prepend BOS to --text.
+    #[arg(long)]
+    bos: bool,
+}
+
+/// Arguments of `mixtral detokenize`.
+#[derive(clap::Args)]
+pub(crate) struct DetokenizeArgs {
+    /// Model directory (only tokenizer.json is needed).
+    #[arg(long, default_value = crate::args::DEFAULT_MODEL)]
+    model: PathBuf,
+    /// Token ids, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    ids: Vec<u32>,
+}
+
+fn tokenizer(dir: &Path) -> Result<mixtral::tokenizer::Tokenizer, mixtral::Error> {
+    if !dir.join("tokenizer.json").is_file() {
+        return Err(mixtral::Error::NoTokenizer { dir: dir.to_path_buf() });
+    }
+    Ok(mixtral::tokenizer::Tokenizer::from_dir(dir)?)
+}
+
+pub(crate) fn tokenize(args: TokenizeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let ids = match (&args.text, &args.chat) {
+        (Some(text), _) => {
+            let tok = tokenizer(&args.model)?;
+            let mut ids = if args.bos { vec![tok.bos_id()] } else { vec![] };
+            ids.extend(tok.encode(text)?);
+            ids
+        }
+        (None, Some(path)) => {
+            let messages = crate::args::read_chat(path)?;
+            let engine = Engine::load(&args.model)?;
+            engine.encode(&Prompt::Chat(messages))?
+        }
+        (None, None) => unreachable!("clap requires --text or --chat"),
+    };
+    println!("{}", serde_json::json!({ "ids": ids }));
+    Ok(())
+}
+
+pub(crate) fn detokenize(args: DetokenizeArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let text = tokenizer(&args.model)?.decode(&args.ids)?;
+    println!("{}", serde_json::json!({ "text": text }));
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! The `mixtral` commands end to end on the shipped tiny models: greedy output equals the
+//! transformers fixture, tokenize/detokenize/logits print what the libraries compute, and bad
+//! input is one clear line on stderr with a non-zero exit.
+
+use serde_json::Value;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn fixture(model: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/models"
+    ))
+    .join(model)
+}
+
+fn mixtral(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mixtral"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn assert_fails_cleanly(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "expected failure, stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains(needle),
+        "stderr does not mention `{needle}`: {stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+fn expected(model: &str) -> Value {
+    serde_json::from_slice(&std::fs::read(fixture(model).join("expected.json")).unwrap()).unwrap()
+}
+
+fn csv(v: &Value) -> String {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[test]
+fn generate_greedy_json_equals_the_fixture_continuation() {
+    for model in ["tiny-bf16", "tiny-variant-f32"] {
+        let dir = fixture(model);
+        let exp = expected(model);
+        let case = &exp["cases"][1];
+        let out = mixtral(&[
+            "generate",
+            "--model",
+            dir.to_str().unwrap(),
+            "--tokens",
+            &csv(&case["input_ids"]),
+            "--max-new-tokens",
+            "32",
+            "--ignore-eos",
+            "--temperature",
+            "0",
+            "--json",
+        ]);
+        let json = stdout_json(&out);
+        assert_eq!(json["ids"], case["greedy_new_tokens"], "{model}");
+        assert_eq!(json["finish_reason"], "length");
+        assert_eq!(json["prompt_tokens"], case["len"]);
+        assert!(json["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    }
+}
+
+#[test]
+fn generate_streams_text_with_the_default_model() {
+    let out = mixtral(&["generate", "--prompt", "Hello", "--max-new-tokens", "5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("finish: length"));
+}
+
+#[test]
+fn tokenize_chat_matches_mistral_common() {
+    let cases = std::fs::read_to_string(fixture("../tokenizer/chat_cases.jsonl")).unwrap();
+    let case: Value = cases
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|c| c["ids"].is_array())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("chat.json");
+    std::fs::write(&file, case["messages"].to_string()).unwrap();
+    let json = stdout_json(&mixtral(&["tokenize", "--chat", file.to_str().unwrap()]));
+    assert_eq!(json["ids"], case["ids"]);
+}
+
+#[test]
+fn tokenize_and_detokenize_round_trip() {
+    let json = stdout_json(&mixtral(&["tokenize", "--text", "Hello world", "--bos"]));
+    let ids = csv(&json["ids"]);
+    assert!(ids.starts_with("1,"));
+    let back = stdout_json(&mixtral(&["detokenize", "--ids", &ids]));
+    assert_eq!(back["text"], "Hello world");
+}
+
+#[test]
+fn logits_file_matches_the_fixture() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("out.safetensors");
+    let model = fixture("tiny-f32");
+    let exp = expected("tiny-f32");
+    let ids = csv(&exp["cases"][0]["input_ids"]);
+    let out = mixtral(&[
+        "logits",
+        "--model",
+        model.to_str().unwrap(),
+        "--tokens",
+        &ids,
+        "--out",
+        out_path.to_str().unwrap(),
+        "--routing",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = mixtral::tensor::SafetensorsFile::open(&out_path).unwrap();
+    let want =
+        mixtral::tensor::SafetensorsFile::open(model.join("expected_logits.safetensors")).unwrap();
+    let (g, w) = (
+        got.tensor("logits").unwrap(),
+        want.tensor("prompt0.logits_all").unwrap(),
+    );
+    assert_eq!(g.dims(), w.dims());
+    let (g, w) = (g.as_slice::<f32>().unwrap(), w.as_slice::<f32>().unwrap());
+    let max_ref = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(
+        g.iter()
+            .zip(w)
+            .all(|(a, b)| (a - b).abs() <= 1e-4 * max_ref)
+    );
+    let experts = got.tensor("routing.1.experts").unwrap();
+    assert_eq!(experts.dims(), &[5, 2]);
+    assert!(
+        experts
+            .as_slice::<i64>()
+            .unwrap()
+            .iter()
+            .all(|&e| (0..8).contains(&e))
+    );
+    assert_eq!(got.tensor("routing.0.weights").unwrap().dims(), &[5, 2]);
+}
+
+#[test]
+fn bad_input_fails_with_one_clear_line() {
+    let f32 = fixture("tiny-f32");
+    let f32 = f32.to_str().unwrap();
+    assert_fails_cleanly(
+        &mixtral(&["generate", "--model", "/nonexistent", "--prompt", "x"]),
+        "not a model directory",
+    );
+    assert_fails_cleanly(
+        &mixtral(&[
+            "logits", "--model", f32, "--tokens", "1,5000", "--out", "/tmp/x",
+        ]),
+        "out of range",
+    );
+    assert_fails_cleanly(
+        &mixtral(&["logits", "--model", f32, "--text", "hi", "--out", "/tmp/x"]),
+        "no tokenizer.json",
+    );
+    let long: Vec<String> = (0..4097).map(|_| "1".to_string()).collect();
+    assert_fails_cleanly(
+        &mixtral(&[
+            "logits",
+            "--model",
+            f32,
+            "--tokens",
+            &long.join(","),
+            "--out",
+            "/tmp/x",
+        ]),
+        "max_position_embeddings",
+    );
+    assert_fails_cleanly(
+        &mixtral(&["generate", "--temperature=-1", "--prompt", "x"]),
+        "temperature",
+    );
+    assert_fails_cleanly(
+        &mixtral(&["generate", "--top-p", "abc", "--prompt", "x"]),
+        "invalid value",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("chat.json");
+    std::fs::write(&bad, "[{\"role\": \"robot\"}]").unwrap();
+    assert_fails_cleanly(
+        &mixtral(&["generate", "--chat", bad.to_str().unwrap()]),
+        "chat.json",
+    );
+    std::fs::write(
+        &bad,
+        r#"[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]"#,
+    )
+    .unwrap();
+    assert_fails_cleanly(
+        &mixtral(&["generate", "--chat", bad.to_str().unwrap()]),
+        "assistant",
+    );
+}

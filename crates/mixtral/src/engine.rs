@@ -1,0 +1,187 @@
+//! `Engine`: a loaded model with its tokenizer, worker threads and generation defaults.
+
+use crate::{Defaults, Error, Result};
+use mixtral_model::{Checkpoint, Config, ForwardOptions, Logits, Model, Output};
+use mixtral_tokenizer::Tokenizer;
+use std::path::{Path, PathBuf};
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Device {
+    /// The host CPU (the CUDA backend will add a variant here).
+    #[default]
+    Cpu,
+}
+
+/// The precision activations are computed in. Weights stay in their stored dtype.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ComputeDType {
+    /// f32 activations and accumulation (bf16/f16 weights widened as they are read).
+    #[default]
+    F32,
+}
+
+/// How to load a model.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LoadOptions {
+    /// Where to run.
+    pub device: Device,
+    /// Worker threads; `None` uses one per core.
+    pub threads: Option<usize>,
+    /// Activation precision.
+    pub dtype: ComputeDType,
+    /// Read every weight page once at load (with progress), so the first token is not slowed
+    /// by page faults. Off: pages load lazily on first use.
+    pub prefault: bool,
+}
+
+/// A model ready to generate: weights (memory-mapped), tokenizer, threads, defaults.
+pub struct Engine {
+    pub(crate) model: Model,
+    pub(crate) tokenizer: Option<Tokenizer>,
+    pub(crate) defaults: Defaults,
+    pool: rayon::ThreadPool,
+    dir: PathBuf,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("dir", &self.dir)
+            .field("threads", &self.pool.current_num_threads())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Loads a Hugging Face model directory with default options.
+    pub fn load(dir: impl AsRef<Path>) -> Result<Engine> {
+        Engine::load_with(dir, LoadOptions::default(), |_, _| {})
+    }
+
+    /// Loads a model directory; `progress(done_bytes, total_bytes)` is called while weights are
+    /// paged in (only with [`LoadOptions::prefault`]).
+    pub fn load_with(
+        dir: impl AsRef<Path>,
+        opts: LoadOptions,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Engine> {
+        let dir = dir.as_ref();
+        if opts.threads == Some(0) {
+            return Err(Error::InvalidOption {
+                option: "threads",
+                reason: "must be at least 1",
+            });
+        }
+        let threads = opts.threads.unwrap_or(0); // 0: rayon picks one per core
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("mixtral-{i}"))
+            .build()
+            .map_err(|source| Error::Threads { threads, source })?;
+        let ckpt = Checkpoint::open(dir)?;
+        if opts.prefault {
+            prefault(&ckpt, &mut progress);
+        }
+        let tokenizer = match dir.join("tokenizer.json").is_file() {
+            true => Some(Tokenizer::from_dir(dir)?),
+            false => None,
+        };
+        let defaults = Defaults::read(dir, &ckpt.config, tokenizer.as_ref())?;
+        let model = Model::new(ckpt)?;
+        Ok(Engine {
+            model,
+            tokenizer,
+            defaults,
+            pool,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// The model directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The architecture.
+    pub fn config(&self) -> &Config {
+        self.model.config()
+    }
+
+    /// The model (for research code that drives prefill/decode itself).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// The tokenizer, if the directory has one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The tokenizer, or an error naming the directory.
+    pub fn require_tokenizer(&self) -> Result<&Tokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::NoTokenizer {
+            dir: self.dir.clone(),
+        })
+    }
+
+    /// Defaults from `generation_config.json` and the tokenizer.
+    pub fn defaults(&self) -> &Defaults {
+        &self.defaults
+    }
+
+    /// Worker threads in use.
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// Logits at every position of `tokens` (a fresh sequence), and with `routing` the router's
+    /// choices per layer and token.
+    ///
+    /// ```
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-f32");
+    /// let engine = mixtral::Engine::load(dir)?;
+    /// let out = engine.logits(&[1, 140, 585], true)?;
+    /// assert_eq!(out.rows, 3);
+    /// let routing = out.routing.unwrap();
+    /// println!("token 2, layer 0 → experts {:?}", routing.experts(0, 2));
+    /// # Ok::<(), mixtral::Error>(())
+    /// ```
+    pub fn logits(&self, tokens: &[u32], routing: bool) -> Result<Output> {
+        let mut cache = self.model.new_cache();
+        let positions: Vec<usize> = (0..tokens.len()).collect();
+        let opts = ForwardOptions {
+            logits: Logits::All,
+            trace_routing: routing,
+        };
+        self.run(|| self.model.prefill(tokens, &positions, &mut cache, opts))
+    }
+
+    /// Runs `f` on this engine's worker threads.
+    pub(crate) fn run<T: Send>(
+        &self,
+        f: impl FnOnce() -> mixtral_model::Result<T> + Send,
+    ) -> Result<T> {
+        Ok(self.pool.install(f)?)
+    }
+}
+
+/// Touches one byte per page of every weight, reporting progress, so later reads hit memory.
+fn prefault(ckpt: &Checkpoint, progress: &mut impl FnMut(u64, u64)) {
+    const PAGE: usize = 4096;
+    let tensors = ckpt.weights.tensors();
+    let total: u64 = tensors.iter().map(|t| t.as_bytes().len() as u64).sum();
+    let mut done = 0u64;
+    for t in tensors {
+        let bytes = t.as_bytes();
+        let mut sum = 0u8;
+        for i in (0..bytes.len()).step_by(PAGE) {
+            sum = sum.wrapping_add(bytes[i]);
+        }
+        std::hint::black_box(sum);
+        done += bytes.len() as u64;
+        progress(done, total);
+    }
+}

@@ -1,0 +1,53 @@
+//! Errors of the facade: the lower crates' errors, plus what only the facade can get wrong.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading a model or generating with it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Loading or running the model failed.
+    #[error(transparent)]
+    Model(#[from] mixtral_model::Error),
+    /// Tokenizing or chat formatting failed.
+    #[error(transparent)]
+    Tokenizer(#[from] mixtral_tokenizer::Error),
+    /// Sampling parameters or logits were invalid.
+    #[error(transparent)]
+    Sampler(#[from] mixtral_sampler::Error),
+    /// Text was given but the model directory has no `tokenizer.json`.
+    #[error("{}: no tokenizer.json, so text cannot be encoded or decoded (give token ids instead)", dir.display())]
+    NoTokenizer {
+        /// The model directory.
+        dir: PathBuf,
+    },
+    /// `generation_config.json` exists but is malformed.
+    #[error("{}: invalid generation config", path.display())]
+    GenerationConfig {
+        /// The file.
+        path: PathBuf,
+        /// The parser's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The worker thread pool could not be created.
+    #[error("cannot start {threads} worker threads")]
+    Threads {
+        /// Threads asked for.
+        threads: usize,
+        /// Why.
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
+    /// A load option is out of range.
+    #[error("invalid option `{option}`: {reason}")]
+    InvalidOption {
+        /// The option.
+        option: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+}
+
+/// The result type of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

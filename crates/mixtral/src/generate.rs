@@ -1,0 +1,369 @@
+//! Streaming generation: `Session` (a sequence's KV cache and ids), `Generation` (an iterator
+//! of tokens with their text), and the parameters that steer it.
+
+use crate::{Engine, Result};
+use mixtral_model::{ForwardOptions, KvCache};
+use mixtral_sampler::{Sampled, Sampler, SamplerConfig, StopConfig, StopReason, Stopper};
+use mixtral_tokenizer::IncrementalDecoder;
+use mixtral_tokenizer::chat::Message;
+use std::time::{Duration, Instant};
+
+/// Prompt tokens prefilled per forward call, so long prompts can report progress.
+const PREFILL_CHUNK: usize = 128;
+
+/// What to generate from.
+#[derive(Clone, Debug)]
+pub enum Prompt {
+    /// Plain text, encoded with BOS first.
+    Text(String),
+    /// Token ids, used as they are.
+    Tokens(Vec<u32>),
+    /// A conversation in the Mixtral instruct format (BOS, `[INST] … [/INST]` turns).
+    Chat(Vec<Message>),
+}
+
+/// How to sample and when to stop.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GenerateParams {
+    /// Sampling settings (temperature 0 is greedy).
+    pub sampling: SamplerConfig,
+    /// Most tokens to generate.
+    pub max_new_tokens: usize,
+    /// Strings that end generation (never printed).
+    pub stop_strings: Vec<String>,
+    /// Token ids that end generation, besides EOS.
+    pub stop_token_ids: Vec<u32>,
+    /// Keep going past EOS.
+    pub ignore_eos: bool,
+}
+
+/// One generated token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Token {
+    /// Its id.
+    pub id: u32,
+    /// Text that is safe to print now (may be empty while a multi-byte character or a
+    /// possible stop string is held back).
+    pub text: String,
+    /// Log-probability of the token under the model's distribution.
+    pub logprob: f32,
+    /// The most likely alternatives and their log-probabilities, if asked for.
+    pub top_logprobs: Vec<(u32, f32)>,
+}
+
+/// Why generation ended.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FinishReason {
+    /// EOS, a stop token, a stop string or the token limit.
+    Stop(StopReason),
+    /// [`Generation::interrupt`] was called (e.g. Ctrl-C).
+    Interrupted,
+}
+
+impl FinishReason {
+    /// `"stop"`, `"length"` or `"interrupted"`, as OpenAI-style APIs spell them.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop(r) => r.finish_reason().as_str(),
+            FinishReason::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Timings of one generation.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stats {
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Prompt tokens actually computed (the rest were reused from the session's cache).
+    pub prefill_tokens: usize,
+    /// Time spent in prefill.
+    pub prefill_time: Duration,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// Single-token forward calls run.
+    pub decode_steps: usize,
+    /// Time spent in them.
+    pub decode_time: Duration,
+}
+
+impl Stats {
+    /// Prompt tokens computed per second.
+    pub fn prefill_tokens_per_s(&self) -> f64 {
+        rate(self.prefill_tokens, self.prefill_time)
+    }
+
+    /// Generated tokens per second of decode time.
+    pub fn decode_tokens_per_s(&self) -> f64 {
+        rate(self.decode_steps, self.decode_time)
+    }
+}
+
+fn rate(n: usize, t: Duration) -> f64 {
+    if t.is_zero() {
+        0.0
+    } else {
+        n as f64 / t.as_secs_f64()
+    }
+}
+
+/// One sequence's state across generations: the KV cache and the ids it holds. Reusing a
+/// session lets a chat continue without recomputing the conversation so far.
+#[derive(Clone, Debug)]
+pub struct Session {
+    cache: KvCache,
+    ids: Vec<u32>,
+}
+
+impl Session {
+    /// The ids whose keys and values are cached.
+    pub fn ids(&self) -> &[u32] {
+        &self.ids
+    }
+}
+
+/// A running generation: iterate it to get tokens as they are produced.
+pub struct Generation<'e> {
+    engine: &'e Engine,
+    session: Session,
+    sampler: Sampler,
+    stopper: Stopper,
+    decoder: Option<IncrementalDecoder<'e>>,
+    logits: Vec<f32>,
+    /// The last sampled token, not yet run through the model.
+    pending: Option<u32>,
+    finish: Option<FinishReason>,
+    generated: Vec<u32>,
+    stats: Stats,
+}
+
+impl Engine {
+    /// Parameters from the model's defaults (`generation_config.json`), 256 new tokens at most.
+    pub fn params(&self) -> GenerateParams {
+        GenerateParams {
+            sampling: self.defaults.sampling.clone(),
+            max_new_tokens: self.defaults.max_new_tokens.unwrap_or(256),
+            stop_strings: vec![],
+            stop_token_ids: vec![],
+            ignore_eos: false,
+        }
+    }
+
+    /// The prompt's token ids.
+    pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        Ok(match prompt {
+            Prompt::Tokens(ids) => ids.clone(),
+            Prompt::Text(text) => {
+                let tok = self.require_tokenizer()?;
+                let mut ids = vec![tok.bos_id()];
+                ids.extend(tok.encode(text)?);
+                ids
+            }
+            Prompt::Chat(messages) => self.require_tokenizer()?.encode_chat(messages)?,
+        })
+    }
+
+    /// An empty session.
+    pub fn session(&self) -> Session {
+        Session {
+            cache: self.model.new_cache(),
+            ids: vec![],
+        }
+    }
+
+    /// Starts generating from `prompt` in a fresh session.
+    ///
+    /// ```
+    /// use mixtral::{Engine, Prompt};
+    /// let engine = Engine::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-bf16"))?;
+    /// let mut params = engine.params();
+    /// params.max_new_tokens = 8;
+    /// for token in engine.generate(&Prompt::Text("Hello".into()), &params)? {
+    ///     print!("{}", token?.text);
+    /// }
+    /// # Ok::<(), mixtral::Error>(())
+    /// ```
+    pub fn generate(&self, prompt: &Prompt, params: &GenerateParams) -> Result<Generation<'_>> {
+        let ids = self.encode(prompt)?;
+        self.generate_in(self.session(), &ids, params, |_, _| {})
+    }
+
+    /// Starts generating from `prompt_ids` in `session`, reusing its cache for the longest
+    /// common prefix; `progress(done, total)` is called as prompt chunks are prefilled.
+    pub fn generate_in(
+        &self,
+        mut session: Session,
+        prompt_ids: &[u32],
+        params: &GenerateParams,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Generation<'_>> {
+        let sampler = Sampler::new(params.sampling.clone())?;
+        let stopper = Stopper::new(StopConfig {
+            eos_token_ids: if params.ignore_eos {
+                vec![]
+            } else {
+                self.defaults.eos_token_ids.clone()
+            },
+            stop_token_ids: params.stop_token_ids.clone(),
+            stop_strings: params.stop_strings.clone(),
+            max_new_tokens: Some(params.max_new_tokens),
+        })?;
+        // Keep the cached prefix, but always recompute at least the last prompt token: its
+        // logits choose the first new token.
+        let shared = session
+            .ids
+            .iter()
+            .zip(prompt_ids)
+            .take_while(|(a, b)| a == b)
+            .count();
+        let keep = shared.min(prompt_ids.len().saturating_sub(1));
+        session.cache.truncate(keep);
+        session.ids.truncate(keep);
+        let start = Instant::now();
+        let todo = &prompt_ids[keep..];
+        let mut logits = Vec::new();
+        if todo.is_empty() {
+            return Err(mixtral_model::Error::EmptyInput.into());
+        }
+        for chunk in todo.chunks(PREFILL_CHUNK) {
+            let positions: Vec<usize> =
+                (session.ids.len()..session.ids.len() + chunk.len()).collect();
+            let out = self.run(|| {
+                self.model.prefill(
+                    chunk,
+                    &positions,
+                    &mut session.cache,
+                    ForwardOptions::default(),
+                )
+            })?;
+            logits = out.last().to_vec();
+            session.ids.extend_from_slice(chunk);
+            progress(session.ids.len() - keep, todo.len());
+        }
+        let stats = Stats {
+            prompt_tokens: prompt_ids.len(),
+            prefill_tokens: todo.len(),
+            prefill_time: start.elapsed(),
+            ..Stats::default()
+        };
+        Ok(Generation {
+            engine: self,
+            session,
+            sampler,
+            stopper,
+            decoder: self.tokenizer.as_ref().map(|t| t.stream()),
+            logits,
+            pending: None,
+            finish: None,
+            generated: vec![],
+            stats,
+        })
+    }
+}
+
+impl std::fmt::Debug for Generation<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Generation")
+            .field("generated", &self.generated)
+            .field("finish", &self.finish)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Generation<'_> {
+    /// Why generation ended, once it has.
+    pub fn finish_reason(&self) -> Option<&FinishReason> {
+        self.finish.as_ref()
+    }
+
+    /// Timings so far.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Ids generated so far.
+    pub fn generated(&self) -> &[u32] {
+        &self.generated
+    }
+
+    /// Stops generation: the iterator ends and the finish reason is `Interrupted`.
+    pub fn interrupt(&mut self) {
+        if self.finish.is_none() {
+            self.finish = Some(FinishReason::Interrupted);
+        }
+    }
+
+    /// Ends the generation and returns its session (the cache holds the prompt and every
+    /// generated token that was run through the model).
+    pub fn into_session(self) -> Session {
+        self.session
+    }
+
+    /// Runs the pending token through the model, leaving its logits in `self.logits`.
+    fn advance(&mut self, id: u32) -> Result<()> {
+        let (engine, session) = (self.engine, &mut self.session);
+        let pos = session.ids.len();
+        let start = Instant::now();
+        let out = engine.run(|| {
+            engine
+                .model
+                .decode(id, pos, &mut session.cache, ForwardOptions::default())
+        })?;
+        self.stats.decode_time += start.elapsed();
+        self.stats.decode_steps += 1;
+        self.logits = out.last().to_vec();
+        session.ids.push(id);
+        Ok(())
+    }
+
+    fn step(&mut self) -> Result<Token> {
+        if let Some(id) = self.pending.take() {
+            self.advance(id)?;
+        }
+        let history: Vec<u32> = self
+            .session
+            .ids
+            .iter()
+            .chain(&self.generated)
+            .copied()
+            .collect();
+        let Sampled {
+            token: id,
+            logprob,
+            top,
+        } = self.sampler.sample(&self.logits, &history)?;
+        let piece = match &mut self.decoder {
+            Some(d) => d.push(id)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        let step = self.stopper.push(id, &piece);
+        self.generated.push(id);
+        self.stats.generated_tokens += 1;
+        match step.stop {
+            Some(reason) => self.finish = Some(FinishReason::Stop(reason)),
+            None => self.pending = Some(id),
+        }
+        Ok(Token {
+            id,
+            text: step.text,
+            logprob,
+            top_logprobs: top,
+        })
+    }
+}
+
+impl Iterator for Generation<'_> {
+    type Item = Result<Token>;
+
+    fn next(&mut self) -> Option<Result<Token>> {
+        if self.finish.is_some() {
+            return None;
+        }
+        let result = self.step();
+        if result.is_err() {
+            self.finish = Some(FinishReason::Interrupted);
+        }
+        Some(result)
+    }
+}

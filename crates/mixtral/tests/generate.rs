@@ -1,0 +1,121 @@
+//! The facade against the fixtures: greedy generation reproduces transformers' continuation,
+//! sessions reuse their cache, and stop conditions end generation.
+
+use mixtral::{Engine, FinishReason, Prompt, SamplerConfig};
+use serde_json::Value;
+
+const TINY_BF16: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../../tests/fixtures/models/tiny-bf16"
+);
+
+fn expected() -> Value {
+    serde_json::from_slice(&std::fs::read(format!("{TINY_BF16}/expected.json")).unwrap()).unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+#[test]
+fn greedy_generation_equals_the_fixture_continuation() {
+    let engine = Engine::load(TINY_BF16).unwrap();
+    let exp = expected();
+    for case in exp["cases"].as_array().unwrap() {
+        let mut params = engine.params();
+        params.sampling = SamplerConfig::default();
+        params.max_new_tokens = 32;
+        params.ignore_eos = true; // the fixture never stops at EOS
+        let prompt = Prompt::Tokens(ids(&case["input_ids"]));
+        let mut generation = engine.generate(&prompt, &params).unwrap();
+        let got: Vec<u32> = generation.by_ref().map(|t| t.unwrap().id).collect();
+        assert_eq!(got, ids(&case["greedy_new_tokens"]));
+        assert_eq!(generation.finish_reason().unwrap().as_str(), "length");
+        let stats = generation.stats();
+        assert_eq!(
+            (
+                stats.prompt_tokens,
+                stats.generated_tokens,
+                stats.decode_steps
+            ),
+            (case["len"].as_u64().unwrap() as usize, 32, 31)
+        );
+    }
+}
+
+#[test]
+fn a_session_reuses_its_cached_prefix() {
+    let engine = Engine::load(TINY_BF16).unwrap();
+    let mut params = engine.params();
+    params.max_new_tokens = 4;
+    let first: Vec<u32> = (1..30).collect();
+    let mut g = engine
+        .generate_in(engine.session(), &first, &params, |_, _| {})
+        .unwrap();
+    let a: Vec<u32> = g.by_ref().map(|t| t.unwrap().id).collect();
+    let session = g.into_session();
+    assert_eq!(session.ids().len(), first.len() + 3); // the last sampled token was never run
+    let mut longer = first.clone();
+    longer.extend([500, 600]);
+    let g = engine
+        .generate_in(session, &longer, &params, |_, _| {})
+        .unwrap();
+    assert_eq!(
+        g.stats().prefill_tokens,
+        2,
+        "only the new tokens are computed"
+    );
+    let fresh = engine
+        .generate_in(engine.session(), &longer, &params, |_, _| {})
+        .unwrap();
+    let (reused, recomputed): (Vec<u32>, Vec<u32>) = (
+        g.map(|t| t.unwrap().id).collect(),
+        fresh.map(|t| t.unwrap().id).collect(),
+    );
+    assert_eq!(reused, recomputed);
+    assert_eq!(a.len(), 4);
+}
+
+#[test]
+fn eos_stops_generation_unless_ignored() {
+    let engine = Engine::load(TINY_BF16).unwrap();
+    let exp = expected();
+    let case = &exp["cases"][0];
+    let continuation = ids(&case["greedy_new_tokens"]);
+    // Make the 3rd greedy token a stop token: generation must end right there.
+    let mut params = engine.params();
+    params.max_new_tokens = 32;
+    params.stop_token_ids = vec![continuation[2]];
+    let mut g = engine
+        .generate(&Prompt::Tokens(ids(&case["input_ids"])), &params)
+        .unwrap();
+    let got: Vec<u32> = g.by_ref().map(|t| t.unwrap().id).collect();
+    let stop_at = continuation
+        .iter()
+        .position(|&t| t == continuation[2])
+        .unwrap();
+    assert_eq!(got, continuation[..=stop_at]);
+    assert!(matches!(
+        g.finish_reason(),
+        Some(FinishReason::Stop(mixtral::sampler::StopReason::StopToken(
+            _
+        )))
+    ));
+}
+
+#[test]
+fn text_prompts_need_a_tokenizer() {
+    let engine = Engine::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/models/tiny-f32"
+    ))
+    .unwrap();
+    let err = engine
+        .generate(&Prompt::Text("hi".into()), &engine.params())
+        .unwrap_err();
+    assert!(err.to_string().contains("no tokenizer.json"), "{err}");
+}
