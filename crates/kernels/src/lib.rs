@@ -14,6 +14,7 @@
 //!   checkpoint opens; kernels assert slice lengths (a failed assertion is a bug, not bad input).
 
 pub mod attention;
+pub mod cuda;
 pub mod matmul;
 pub mod moe;
 pub mod rmsnorm;

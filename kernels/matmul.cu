@@ -1,0 +1,65 @@
+// matmul.cu: GEMV for decode (a few activation rows against a bf16 weight): y = x Wᵀ.
+//
+// Reference twin: `mixtral_kernels::matmul::reference::matmul` (x [rows, k], W [n, k] in the
+//   checkpoint's [out, in] layout, y [rows, n]); here x is bf16, as the normed activations are.
+//
+// Entry points
+//   matmul_gemv_bf16  x bf16 [R, K], W bf16 [N, K] -> y f32 [R, N], R ≤ GEMV_MAX_ROWS (8).
+//                     Used for every decode projection (q, k, v, o, router gate) and lm_head.
+// Work split: 256 threads = 8 warps per block, GEMV_ROWS_PER_WARP (2) output columns n per
+//   warp (grid.x = ceil(N / 16)). Each lane streams 16-byte chunks (8 bf16) of the warp's W rows
+//   with non-allocating loads, so a warp reads 512 contiguous bytes per row per step, and
+//   multiplies them by the matching chunks of all R rows of x (x is small and stays in L1/L2).
+//   Per-lane partial sums are reduced with warp shuffles; lane 0 writes.
+// Bytes moved per call: N·K·2 (each weight read once) + R·K·2 per warp from cache + R·N·4.
+//   The kernel is bandwidth-bound: lm_head (32000 × 4096) reads 262 MB.
+// Accumulation: f32, per lane in index order over its chunks, then a shuffle tree: not the
+//   reference's left-to-right sum (expect ~√K ulp-level differences).
+// Shape limits: K % 8 == 0, rows of x and W 16-byte aligned, 1 ≤ R ≤ 8.
+
+#define GEMV_THREADS 256
+#define GEMV_ROWS_PER_WARP 2
+#define GEMV_MAX_ROWS 8
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+matmul_gemv_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
+                 float* __restrict__ y, int rows, int n, int k) {
+    const int lane = threadIdx.x % WARP;
+    const int n0 = (blockIdx.x * (GEMV_THREADS / WARP) + threadIdx.x / WARP) * GEMV_ROWS_PER_WARP;
+    if (n0 >= n) return;  // warp-uniform
+
+    float acc[GEMV_MAX_ROWS][GEMV_ROWS_PER_WARP];
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; ++r)
+#pragma unroll
+        for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j) acc[r][j] = 0.0f;
+
+    const uint4* wrow[GEMV_ROWS_PER_WARP];
+#pragma unroll
+    for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j) {
+        const int col = min(n0 + j, n - 1);  // a missing last column re-reads a valid row
+        wrow[j] = (const uint4*)(w + (size_t)col * k);
+    }
+    const int chunks = k / 8;
+    for (int c = lane; c < chunks; c += WARP) {
+        uint4 wv[GEMV_ROWS_PER_WARP];
+#pragma unroll
+        for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j) wv[j] = ld_stream_u4(wrow[j] + c);
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+            if (r >= rows) break;
+            const uint4 xv = ((const uint4*)(x + (size_t)r * k))[c];
+#pragma unroll
+            for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j) acc[r][j] = dot_bf16x8(xv, wv[j], acc[r][j]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+        if (r >= rows) break;
+#pragma unroll
+        for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j) {
+            const float s = warp_sum(acc[r][j]);
+            if (lane == 0 && n0 + j < n) y[(size_t)r * n + n0 + j] = s;
+        }
+    }
+}

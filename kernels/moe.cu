@@ -1,0 +1,249 @@
+// moe.cu: the sparse MoE block on the device: group the T·K (token, expert) assignments by
+// expert, run every expert's SwiGLU MLP as one grouped tensor-core GEMM pair, and sum each
+// token's K outputs with its router weights.
+//
+// Reference twin: `mixtral_kernels::moe::reference::moe`
+//   y[t] = Σ_j weights[t, j] · w2_e(silu(w1_e x[t]) ⊙ w3_e x[t]), e = ids[t, j].
+//
+// Entry points, launched in this order for one MoE call (A = T·K assignments, E experts):
+//   moe_align_u32         ids u32 [A] -> offsets u32 [E+1] (first permuted row of each expert),
+//                         tile_offsets u32 [E+1] (first M tile of each expert), slot_of u32 [A]
+//                         (permuted row of assignment a), row_token u32 [A] (token of a row).
+//                         One block of 1024 threads: shared-memory histogram, prefix sum by one
+//                         thread (E ≤ 256), then slots from per-expert atomic cursors. The row
+//                         order inside an expert is not fixed, but each GEMM row depends only on
+//                         its own input row, so results are bitwise reproducible.
+//   moe_gemm_swiglu_bf16  act bf16 [A, F] = silu(x[row_token] w1_eᵀ) ⊙ (x[row_token] w3_eᵀ):
+//                         grouped GEMM with the row gather fused into the A-tile load, w1 and w3
+//                         tiles computed together, SwiGLU in f32 in the epilogue, one bf16 round.
+//   moe_gemm_down_bf16    out f32 [A, D] = act w2_eᵀ: the same grouped GEMM, plain epilogue.
+//                         With E = 1, offsets = [0, T], tile_offsets = [0, ceil(T/64)] and
+//                         row_map = null it is a dense bf16 GEMM (prefill projections, lm_head).
+//   moe_combine_f32       y f32 [T, D] = Σ_j weights[t, j] · out[slot_of[t·K + j]], in j order.
+// GEMM work split: grid (ceil(A/64) + E, ceil(N/64)); block x finds its expert by scanning
+//   tile_offsets and exits if it is past the last tile, so an expert with no tokens costs
+//   nothing and no host sync is needed. A block computes a 64-row × 64-column tile (per weight
+//   matrix) with 4 warps in a 2×2 layout, each warp 32×32 as 2×4 mma.sync m16n8k16 tiles (bf16
+//   in, f32 accumulate); K is walked in steps of 32 through a 2-stage cp.async double buffer.
+// Bytes moved per call (T tokens, D = 4096, F = 14336, E_hit experts hit): weights 3·E_hit·F·D·2
+//   once per 64-row tile of each expert; activations A·(D·2 + F·2 + F·2 + D·4) + T·D·4.
+// Accumulation: f32 everywhere (MMA accumulators, SwiGLU, combine); the SwiGLU product is
+//   rounded to bf16 once (the reference keeps it in f32: expect bf16-level differences).
+// Shape limits: K dims (D for the first GEMM, F for the second) % 32 == 0; N % 2 == 0; rows
+//   16-byte aligned; E ≤ 256; A < 2^31. Rows of a tile past the expert's end read zeros.
+
+#define GEMM_BM 64
+#define GEMM_BN 64
+#define GEMM_BK 32
+#define GEMM_LD (GEMM_BK + 8)  // padded row: 80 bytes, conflict-free fragment reads
+#define GEMM_THREADS 128
+#define MOE_MAX_EXPERTS 256
+
+extern "C" __global__ void __launch_bounds__(1024)
+moe_align_u32(const unsigned* __restrict__ ids, int n_assign, int top_k, int n_experts,
+              unsigned* __restrict__ offsets, unsigned* __restrict__ tile_offsets,
+              unsigned* __restrict__ slot_of, unsigned* __restrict__ row_token) {
+    __shared__ unsigned count[MOE_MAX_EXPERTS];
+    for (int e = threadIdx.x; e < n_experts; e += blockDim.x) count[e] = 0;
+    __syncthreads();
+    for (int a = threadIdx.x; a < n_assign; a += blockDim.x) atomicAdd(&count[ids[a]], 1u);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned rows = 0, tiles = 0;
+        for (int e = 0; e < n_experts; ++e) {
+            const unsigned c = count[e];
+            offsets[e] = rows;
+            tile_offsets[e] = tiles;
+            count[e] = rows;  // becomes expert e's cursor
+            rows += c;
+            tiles += (c + GEMM_BM - 1) / GEMM_BM;
+        }
+        offsets[n_experts] = rows;
+        tile_offsets[n_experts] = tiles;
+    }
+    __syncthreads();
+    for (int a = threadIdx.x; a < n_assign; a += blockDim.x) {
+        const unsigned slot = atomicAdd(&count[ids[a]], 1u);
+        slot_of[a] = slot;
+        row_token[slot] = (unsigned)(a / top_k);
+    }
+}
+
+// One block's tile of the grouped GEMM: out rows [row0, row_end) of expert e, columns
+// [col0, col0 + 64), for NW weight matrices sharing the A tile (2: w1 and w3, 1: w2).
+template <int NW>
+struct GemmTile {
+    float acc[NW][2][4][4];  // [matrix][m16 tile][n8 tile][fragment]
+};
+
+template <int NW>
+__device__ __forceinline__ void grouped_gemm_tile(
+    const bf16_t* __restrict__ a, const unsigned* __restrict__ row_map,
+    const bf16_t* __restrict__ w0, const bf16_t* __restrict__ w1, int row0, int row_end,
+    int col0, int n, int k, GemmTile<NW>& t) {
+    __shared__ __align__(16) bf16_t as[2][GEMM_BM][GEMM_LD];
+    __shared__ __align__(16) bf16_t ws[2][NW][GEMM_BN][GEMM_LD];
+    const int tid = threadIdx.x, lane = tid % WARP, warp = tid / WARP;
+    const int wm = (warp / 2) * 32, wn = (warp % 2) * 32, g = lane / 4, q = lane % 4;
+
+    // Each thread copies 2 chunks of 16 bytes of the A tile and of each W tile per stage:
+    // chunk c -> row c / 4, columns (c % 4) · 8 .. + 8.
+    const bf16_t* a_src[2];
+    const bf16_t* w_src[NW][2];
+    bool a_ok[2], w_ok[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        const int c = tid + i * GEMM_THREADS, r = c / 4, kc = (c % 4) * 8;
+        const int row = row0 + r;
+        a_ok[i] = row < row_end;
+        const size_t src_row = a_ok[i] ? (row_map ? row_map[row] : (unsigned)row) : 0;
+        a_src[i] = a + src_row * k + kc;
+        w_ok[i] = col0 + r < n;
+        const size_t wrow = w_ok[i] ? (size_t)(col0 + r) : 0;
+        w_src[0][i] = w0 + wrow * k + kc;
+        if (NW == 2) w_src[NW - 1][i] = w1 + wrow * k + kc;
+    }
+    auto load_stage = [&](int stage, int k0) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            const int c = tid + i * GEMM_THREADS, r = c / 4, kc = (c % 4) * 8;
+            cp_async16(&as[stage][r][kc], a_src[i] + k0, a_ok[i]);
+#pragma unroll
+            for (int m = 0; m < NW; ++m) cp_async16(&ws[stage][m][r][kc], w_src[m][i] + k0, w_ok[i]);
+        }
+        cp_async_commit();
+    };
+
+#pragma unroll
+    for (int m = 0; m < NW; ++m)
+#pragma unroll
+        for (int i = 0; i < 2; ++i)
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+#pragma unroll
+                for (int f = 0; f < 4; ++f) t.acc[m][i][j][f] = 0.0f;
+
+    const int steps = k / GEMM_BK;
+    load_stage(0, 0);
+    for (int s = 0; s < steps; ++s) {
+        const int cur = s & 1;
+        if (s + 1 < steps) {
+            load_stage(cur ^ 1, (s + 1) * GEMM_BK);
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < GEMM_BK; kk += 16) {
+            unsigned af[2][4];
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+                const bf16_t* base = &as[cur][wm + i * 16 + g][kk + 2 * q];
+                af[i][0] = *(const unsigned*)base;
+                af[i][1] = *(const unsigned*)(base + 8 * GEMM_LD);
+                af[i][2] = *(const unsigned*)(base + 8);
+                af[i][3] = *(const unsigned*)(base + 8 * GEMM_LD + 8);
+            }
+#pragma unroll
+            for (int m = 0; m < NW; ++m)
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const bf16_t* base = &ws[cur][m][wn + j * 8 + g][kk + 2 * q];
+                    const unsigned bf[2] = {*(const unsigned*)base, *(const unsigned*)(base + 8)};
+#pragma unroll
+                    for (int i = 0; i < 2; ++i) mma_bf16_16816(t.acc[m][i][j], af[i], bf);
+                }
+        }
+        __syncthreads();  // the next iteration's copy overwrites this stage
+    }
+}
+
+// Finds this block's expert and rows; false when the block has no tile (past the last one).
+__device__ __forceinline__ bool tile_rows(const unsigned* __restrict__ offsets,
+                                          const unsigned* __restrict__ tile_offsets,
+                                          int n_experts, int& e, int& row0, int& row_end) {
+    const unsigned tile = blockIdx.x;
+    if (tile >= tile_offsets[n_experts]) return false;
+    e = 0;
+    while (tile >= tile_offsets[e + 1]) ++e;  // empty experts have equal bounds: skipped
+    row0 = offsets[e] + (tile - tile_offsets[e]) * GEMM_BM;
+    row_end = offsets[e + 1];
+    return true;
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_swiglu_bf16(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                     const bf16_t* __restrict__ w1, const bf16_t* __restrict__ w3,
+                     const unsigned* __restrict__ offsets,
+                     const unsigned* __restrict__ tile_offsets, int n_experts, int ffn,
+                     int hidden, bf16_t* __restrict__ act) {
+    int e, row0, row_end;
+    if (!tile_rows(offsets, tile_offsets, n_experts, e, row0, row_end)) return;
+    const int col0 = blockIdx.y * GEMM_BN;
+    const size_t expert = (size_t)e * ffn * hidden;
+    GemmTile<2> t;
+    grouped_gemm_tile<2>(x, row_token, w1 + expert, w3 + expert, row0, row_end, col0, ffn,
+                         hidden, t);
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    const int wm = (warp / 2) * 32, wn = (warp % 2) * 32, g = lane / 4, q = lane % 4;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {  // h = 0: row g, h = 1: row g + 8
+                const int row = row0 + wm + i * 16 + g + 8 * h;
+                const int col = col0 + wn + j * 8 + 2 * q;
+                if (row >= row_end || col >= ffn) continue;
+                float v[2];
+#pragma unroll
+                for (int c = 0; c < 2; ++c) {
+                    const float gate = t.acc[0][i][j][2 * h + c], up = t.acc[1][i][j][2 * h + c];
+                    v[c] = gate / (1.0f + expf(-gate)) * up;
+                }
+                *(unsigned*)(act + (size_t)row * ffn + col) = pack_bf16x2(v[0], v[1]);
+            }
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_down_bf16(const bf16_t* __restrict__ act, const unsigned* __restrict__ row_map,
+                   const bf16_t* __restrict__ w2, const unsigned* __restrict__ offsets,
+                   const unsigned* __restrict__ tile_offsets, int n_experts, int hidden,
+                   int ffn, float* __restrict__ out) {
+    int e, row0, row_end;
+    if (!tile_rows(offsets, tile_offsets, n_experts, e, row0, row_end)) return;
+    const int col0 = blockIdx.y * GEMM_BN;
+    GemmTile<1> t;
+    grouped_gemm_tile<1>(act, row_map, w2 + (size_t)e * hidden * ffn, nullptr, row0, row_end,
+                         col0, hidden, ffn, t);
+    const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
+    const int wm = (warp / 2) * 32, wn = (warp % 2) * 32, g = lane / 4, q = lane % 4;
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int row = row0 + wm + i * 16 + g + 8 * h;
+                const int col = col0 + wn + j * 8 + 2 * q;
+                if (row >= row_end || col >= hidden) continue;
+                *(float2*)(out + (size_t)row * hidden + col) =
+                    make_float2(t.acc[0][i][j][2 * h], t.acc[0][i][j][2 * h + 1]);
+            }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+moe_combine_f32(const float* __restrict__ out, const unsigned* __restrict__ slot_of,
+                const float* __restrict__ weights, int top_k, int hidden,
+                float* __restrict__ y) {
+    const size_t t = blockIdx.x;
+    for (int c = threadIdx.x; c < hidden; c += blockDim.x) {
+        float acc = 0.0f;
+        for (int j = 0; j < top_k; ++j) {
+            const size_t slot = slot_of[t * top_k + j];
+            acc = fmaf(weights[t * top_k + j], out[slot * hidden + c], acc);
+        }
+        y[t * hidden + c] = acc;
+    }
+}

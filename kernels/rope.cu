@@ -1,0 +1,67 @@
+// rope.cu: rotary position embedding, Hugging Face rotate_half convention (element i of a head
+// pairs with element i + Dh/2), angles from integer positions.
+//
+// Reference twin: `mixtral_kernels::rope::reference::rope`
+//   inv_freq[i] = theta^(-2i/Dh), angle = pos · inv_freq[i], both in f64, then cos/sin rounded
+//   to f32; (a, b) -> (a·cos − b·sin, b·cos + a·sin) in f32. Computing the angle in f64 from the
+//   integer position keeps it exact at 32k positions (bf16 or f32 positions would not).
+//
+// Entry points
+//   rope_f32     x f32 [T, n_heads·Dh] rotated in place (the queries)
+//   rope_kv_bf16 k f32 [T, G·Dh] rotated, then k and v f32 [T, G·Dh] written as bf16 into row
+//                positions[t] of the caches k_cache, v_cache bf16 [S_max, G·Dh]
+// Work split: one block per token row (grid.x = T), one thread per pair index i < Dh/2 (block
+//   of Dh/2 threads, rounded up to 32); each thread computes its cos/sin once and rotates pair i
+//   of every head.
+// Bytes moved per call: rope_f32 2·T·H·Dh·4; rope_kv_bf16 T·G·Dh·(4 + 4 + 2 + 2) (+ 4·T ids).
+// Accumulation: f64 angle (pow, sincos: Dh/2 per token, negligible), f32 rotation.
+// Shape limits: Dh even, Dh/2 ≤ 1024 threads; positions must be < S_max (not checked here).
+
+__device__ __forceinline__ void rope_cos_sin(unsigned pos, int i, int head_dim, double theta,
+                                             float& c, float& s) {
+    const double inv_freq = pow(theta, -(double)(2 * i) / (double)head_dim);
+    double sd, cd;
+    sincos((double)pos * inv_freq, &sd, &cd);
+    c = (float)cd;
+    s = (float)sd;
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+rope_f32(float* __restrict__ x, const unsigned* __restrict__ positions, int n_heads,
+         int head_dim, double theta) {
+    const int half = head_dim / 2, i = threadIdx.x;
+    if (i >= half) return;
+    float c, s;
+    rope_cos_sin(positions[blockIdx.x], i, head_dim, theta, c, s);
+    float* row = x + (size_t)blockIdx.x * n_heads * head_dim;
+    for (int h = 0; h < n_heads; ++h) {
+        float* head = row + h * head_dim;
+        const float a = head[i], b = head[i + half];
+        head[i] = a * c - b * s;
+        head[i + half] = b * c + a * s;
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+rope_kv_bf16(const float* __restrict__ k, const float* __restrict__ v,
+             const unsigned* __restrict__ positions, bf16_t* __restrict__ k_cache,
+             bf16_t* __restrict__ v_cache, int n_kv_heads, int head_dim, double theta) {
+    const int half = head_dim / 2, i = threadIdx.x;
+    if (i >= half) return;
+    const unsigned pos = positions[blockIdx.x];
+    float c, s;
+    rope_cos_sin(pos, i, head_dim, theta, c, s);
+    const size_t width = (size_t)n_kv_heads * head_dim;
+    const float* k_row = k + blockIdx.x * width;
+    const float* v_row = v + blockIdx.x * width;
+    bf16_t* kc = k_cache + pos * width;
+    bf16_t* vc = v_cache + pos * width;
+    for (int h = 0; h < n_kv_heads; ++h) {
+        const int o = h * head_dim;
+        const float a = k_row[o + i], b = k_row[o + i + half];
+        kc[o + i] = f32_to_bf16(a * c - b * s);
+        kc[o + i + half] = f32_to_bf16(b * c + a * s);
+        vc[o + i] = f32_to_bf16(v_row[o + i]);
+        vc[o + i + half] = f32_to_bf16(v_row[o + i + half]);
+    }
+}
