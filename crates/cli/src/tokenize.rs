@@ -33,7 +33,9 @@ pub(crate) struct DetokenizeArgs {
 
 fn tokenizer(dir: &Path) -> Result<mixtral::tokenizer::Tokenizer, mixtral::Error> {
     if !dir.join("tokenizer.json").is_file() {
-        return Err(mixtral::Error::NoTokenizer { dir: dir.to_path_buf() });
+        return Err(mixtral::Error::NoTokenizer {
+            dir: dir.to_path_buf(),
+        });
     }
     Ok(mixtral::tokenizer::Tokenizer::from_dir(dir)?)
 }

@@ -134,6 +134,40 @@ pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
         .collect()
 }
 
+/// An element-wise tolerance: `|got - want| ≤ atol + rtol · |want|`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tol {
+    /// Absolute part (matters where `want` is near zero).
+    pub atol: f32,
+    /// Relative part.
+    pub rtol: f32,
+}
+
+impl Tol {
+    /// Two f32 computations of sums of `len` terms of magnitude up to about 1, summed in
+    /// different orders: rounding grows like `√len`, so both parts scale with it.
+    pub fn reduction_f32(len: usize) -> Tol {
+        let s = (len.max(1) as f32).sqrt();
+        Tol {
+            atol: 4e-6 * s,
+            rtol: 4e-6 * s,
+        }
+    }
+
+    /// [`check_close`] with this tolerance.
+    pub fn check(self, what: &str, got: &[f32], want: &[f32]) -> Result<(), String> {
+        check_close(what, got, want, self.atol, self.rtol)
+    }
+}
+
+/// Runs `f` on a zeroed output of `n` elements and returns it (a one-line way to call a
+/// destination-passing kernel in a test).
+pub fn run(n: usize, f: impl FnOnce(&mut [f32])) -> Vec<f32> {
+    let mut y = vec![0f32; n];
+    f(&mut y);
+    y
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
