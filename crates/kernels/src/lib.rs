@@ -15,11 +15,14 @@
 
 pub mod attention;
 pub mod cuda;
+pub mod isa;
 pub mod matmul;
 pub mod moe;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
+mod threads;
 mod weight;
 
+pub use isa::Isa;
 pub use weight::Weight;

@@ -1,5 +1,6 @@
 //! Causal grouped-query attention over a KV cache, with an optional sliding window.
 
+pub mod cpu;
 pub mod reference;
 
 /// One attention call: `T` query rows against the first `S` cached positions.

@@ -1,6 +1,7 @@
 //! Matrix multiplication `y = x Wᵀ` of f32 activations by weights in the checkpoint's
 //! `[out, in]` layout.
 
+pub mod cpu;
 pub mod reference;
 
 /// One matmul: `x` is `[rows, k]`, `W` is `[n, k]`, `y` is `[rows, n]`.

@@ -1,6 +1,7 @@
 //! The sparse MoE block: each token through its `K` chosen SwiGLU experts, outputs summed
 //! with the router weights.
 
+pub mod cpu;
 pub mod reference;
 
 use crate::Weight;

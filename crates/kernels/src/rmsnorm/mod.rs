@@ -1,5 +1,6 @@
 //! RMSNorm: `y = x / sqrt(mean(x²) + eps) * w`, computed in f32.
 
+pub mod cpu;
 pub mod reference;
 
 /// One RMSNorm call over `rows` vectors of length `cols`.

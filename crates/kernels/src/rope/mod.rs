@@ -1,6 +1,7 @@
 //! Rotary position embedding in the Hugging Face convention (rotate_half: element `i` pairs
 //! with element `i + Dh/2` of the same head).
 
+pub mod cpu;
 pub mod reference;
 
 /// One RoPE call over `[T, n_heads · head_dim]` rows, one position per row.

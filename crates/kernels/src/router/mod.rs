@@ -1,5 +1,6 @@
 //! The MoE router: softmax over each token's expert logits, top-k, renormalise.
 
+pub mod cpu;
 pub mod reference;
 
 /// One router call over `[T, E]` logits.

@@ -1,0 +1,147 @@
+//! `Isa`: the CPU instruction sets the fast kernels can use, detected once at run time.
+//!
+//! Dispatch follows memchr: detect once, then every fast kernel matches on the [`Isa`] it is
+//! handed. The scalar path is always compiled and always tested ([`Isa::available`] lists it
+//! on every machine), so a machine without AVX2 runs the same tested code as CI's scalar leg.
+//!
+//! Soundness rests on one fact: a SIMD variant carries a [`Detected`] token, which only
+//! [`Isa::detect`] and [`Isa::available`] can create, and only after the CPU reported the
+//! features. Every `unsafe` call into a `#[target_feature]` function cites that token.
+
+use std::fmt;
+use std::sync::OnceLock;
+
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod avx2;
+
+/// An instruction set the fast CPU kernels can run with.
+///
+/// Match on it freely; a SIMD variant can only be obtained from [`Isa::detect`] or
+/// [`Isa::available`], never built by hand, because its [`Detected`] field has no public
+/// constructor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable Rust; the compiler may auto-vectorise it for the build's baseline target.
+    Scalar,
+    /// x86-64 with AVX2, FMA and F16C (Haswell / Zen and later).
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma(Detected),
+}
+
+/// Proof that the features of the enclosing [`Isa`] variant were detected on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Detected(());
+
+/// Environment variable that can force an ISA; `scalar` is the only value it honours (for
+/// debugging and for timing the portable path).
+pub const ISA_ENV: &str = "MIXTRAL_CPU_ISA";
+
+impl Isa {
+    /// The best ISA this CPU supports, detected on the first call and cached; `scalar` when
+    /// `MIXTRAL_CPU_ISA=scalar` is set.
+    pub fn detect() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(|| {
+            let forced_scalar =
+                std::env::var(ISA_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("scalar"));
+            if forced_scalar {
+                Isa::Scalar
+            } else {
+                *Isa::available().last().expect("scalar is always available")
+            }
+        })
+    }
+
+    /// Every ISA this CPU can run, scalar first and best last (what the tests iterate over).
+    pub fn available() -> Vec<Isa> {
+        #[allow(unused_mut)] // only x86-64 pushes a second entry
+        let mut all = vec![Isa::Scalar];
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c")
+        {
+            all.push(Isa::Avx2Fma(Detected(())));
+        }
+        all
+    }
+
+    /// A short lowercase name (`scalar`, `avx2`), used in benchmark and test names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma(_) => "avx2",
+        }
+    }
+}
+
+impl fmt::Display for Isa {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A weight element type the fast kernels read: f32, bf16 or f16, widened to f32 on load.
+pub(crate) trait Elem: Copy + Send + Sync + 'static {
+    /// The element as f32 (exact for all three types).
+    fn widen(self) -> f32;
+
+    /// Loads 8 consecutive elements from `p` and widens them to f32 lanes.
+    ///
+    /// # Safety
+    /// `p..p+8` must be readable and the CPU must support AVX2, FMA and F16C (an
+    /// `Isa::Avx2Fma` exists); callers are `#[target_feature]` functions, into which this
+    /// `#[inline(always)]` body is inlined.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: the caller guarantees 8 readable f32s and AVX support.
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+}
+
+impl Elem for half::bf16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::bf16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 8 readable bf16s (16 bytes) and AVX2. A bf16 is the
+        // top half of an f32, so zero-extending to 32 bits and shifting left by 16 widens it
+        // exactly.
+        unsafe {
+            let h = _mm_loadu_si128(p.cast::<__m128i>());
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+    }
+}
+
+impl Elem for half::f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        // SAFETY: the caller guarantees 8 readable f16s (16 bytes) and F16C.
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())) }
+    }
+}

@@ -1,0 +1,266 @@
+//! Fast CPU matmul `y = x Wᵀ`: a streaming GEMV for one token (decode) and a cache-blocked,
+//! register-tiled GEMM for many (prefill), parallel over output features on the current
+//! rayon pool. Twin of [`reference::matmul`](super::reference::matmul).
+//!
+//! # Design
+//! Both paths use one micro-kernel shape, "`M` rows of `x` × `N` rows of `W` along `k`",
+//! written once per ISA ([`Tiles`]) and driven by one generic loop nest ([`drive`]):
+//! - **GEMV** (`rows == 1`): tiles of 1 × [`NR_GEMV`] over the whole of `k`. Each weight row
+//!   is read exactly once, widened to f32 in registers; `x` stays in L1/L2.
+//! - **GEMM** (`rows > 1`): blocks of [`MC`] tokens × [`KC`] columns of `x` and [`JB`]
+//!   weight rows × [`KC`] columns of `W` are packed into small per-thread buffers (`W`
+//!   widened to f32 once per block and reused by every token), then tiles of [`MR`] × [`NR`]
+//!   run over them. Packing matters: unpacked rows 4 KiB apart all map to the same L1 sets
+//!   and the tiles thrash (measured: 5× slower). Only these blocks are ever copied, never a
+//!   whole matrix.
+//!
+//! Threads split the output features `n` (never the tokens), so each thread streams its own
+//! part of `W` once, and a 1-token decode still uses every core.
+
+use super::Matmul;
+use crate::isa::Elem;
+use crate::threads::{SharedOut, for_each_range};
+use crate::{Isa, Weight};
+use std::cell::RefCell;
+use std::ops::Range;
+
+thread_local! {
+    /// Per-thread packing buffers of the GEMM: an `[MC, KC]` block of `x` and a `[JB, KC]`
+    /// block of `W` widened to f32. Allocated once per thread (rayon's workers live as long as
+    /// the pool), so a forward pass allocates nothing here after the first call.
+    static PACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+// The AVX2 micro-kernel sits next to this file (`matmul/avx2.rs`), a child of this module.
+#[cfg(target_arch = "x86_64")]
+#[path = "avx2.rs"]
+mod avx2;
+
+/// `k` columns per GEMM block.
+const KC: usize = 256;
+/// Weight rows per GEMM block (also the split granularity between threads).
+const JB: usize = 16;
+/// Tokens per GEMM block (the packed `x` block is `MC · KC` floats, 256 KiB).
+const MC: usize = 256;
+/// Tokens per GEMM micro-tile.
+const MR: usize = 4;
+/// Weight rows per GEMM micro-tile: 4 × 2 accumulators plus 4 `x` and 2 `W` vectors fit the
+/// 16 AVX2 registers.
+const NR: usize = 2;
+/// Weight rows per GEMV pass: four independent accumulator chains hide the FMA latency.
+const NR_GEMV: usize = 4;
+
+/// `y[r, j] = Σ_i x[r, i] · W[j, i]`: same contract as
+/// [`reference::matmul`](super::reference::matmul), accumulated in f32 (in a different order,
+/// so results agree to rounding, not bit for bit).
+pub fn matmul(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    p.check(x.len(), w.len(), y.len());
+    match w {
+        Weight::F32(w) => run(isa, p, x, w, y),
+        Weight::BF16(w) => run(isa, p, x, w, y),
+        Weight::F16(w) => run(isa, p, x, w, y),
+    }
+}
+
+fn run<T: Elem>(isa: Isa, p: Matmul, x: &[f32], w: &[T], y: &mut [f32]) {
+    if p.k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let out = SharedOut::new(y, p.rows, p.n);
+    let align = if p.rows == 1 { NR_GEMV } else { JB };
+    for_each_range(p.n, align, p.rows * p.k, |cols| match isa {
+        // SAFETY: the scalar tiles use no target features.
+        Isa::Scalar => unsafe { drive::<T, Scalar>(p, x, w, &out, cols) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an `Isa::Avx2Fma` exists only after AVX2, FMA and F16C were detected.
+        Isa::Avx2Fma(_) => unsafe { avx2::drive_avx2(p, x, w, &out, cols) },
+    });
+}
+
+/// One ISA's micro-kernel.
+pub(crate) trait Tiles {
+    /// `r[t][j] = Σ_{i < kc} x[t·ldx + i] · w[j·ldw + i]` for `t < M`, `j < N`.
+    ///
+    /// # Safety
+    /// The ISA's target features must be available. (Slice bounds are checked.)
+    unsafe fn tile<T: Elem, const M: usize, const N: usize>(
+        x: &[f32],
+        ldx: usize,
+        w: &[T],
+        ldw: usize,
+        kc: usize,
+    ) -> [[f32; N]; M];
+
+    /// `dst[i] = src[i]` widened to f32.
+    ///
+    /// # Safety
+    /// The ISA's target features must be available.
+    unsafe fn widen<T: Elem>(src: &[T], dst: &mut [f32]);
+}
+
+/// Portable tiles: 8 f32 lanes per accumulator in plain arrays, which the compiler
+/// vectorises for the baseline target.
+pub(crate) struct Scalar;
+
+impl Tiles for Scalar {
+    #[inline(always)]
+    unsafe fn tile<T: Elem, const M: usize, const N: usize>(
+        x: &[f32],
+        ldx: usize,
+        w: &[T],
+        ldw: usize,
+        kc: usize,
+    ) -> [[f32; N]; M] {
+        let xs: [&[f32]; M] = std::array::from_fn(|t| &x[t * ldx..t * ldx + kc]);
+        let ws: [&[T]; N] = std::array::from_fn(|j| &w[j * ldw..j * ldw + kc]);
+        let mut acc = [[[0f32; 8]; N]; M];
+        let k8 = kc / 8 * 8;
+        for i in (0..k8).step_by(8) {
+            for j in 0..N {
+                let wj: &[T; 8] = ws[j][i..i + 8].try_into().expect("8 elements");
+                let wv = wj.map(Elem::widen);
+                for t in 0..M {
+                    let xv: &[f32; 8] = xs[t][i..i + 8].try_into().expect("8 elements");
+                    for l in 0..8 {
+                        acc[t][j][l] += xv[l] * wv[l];
+                    }
+                }
+            }
+        }
+        let mut r = [[0f32; N]; M];
+        for t in 0..M {
+            for j in 0..N {
+                r[t][j] = acc[t][j].iter().sum::<f32>()
+                    + (k8..kc).map(|i| xs[t][i] * ws[j][i].widen()).sum::<f32>();
+            }
+        }
+        r
+    }
+
+    #[inline(always)]
+    unsafe fn widen<T: Elem>(src: &[T], dst: &mut [f32]) {
+        for (d, &s) in dst.iter_mut().zip(src) {
+            *d = s.widen();
+        }
+    }
+}
+
+/// Computes the output columns `cols` of every row, with `K`'s micro-kernel.
+///
+/// # Safety
+/// `K`'s target features must be available; `out` must wrap `[p.rows, p.n]` and no other
+/// thread may write the columns `cols` meanwhile.
+#[inline(always)]
+pub(crate) unsafe fn drive<T: Elem, K: Tiles>(
+    p: Matmul,
+    x: &[f32],
+    w: &[T],
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+) {
+    let k = p.k;
+    if p.rows == 1 {
+        let mut j = cols.start;
+        while j < cols.end {
+            let nr = NR_GEMV.min(cols.end - j);
+            let wj = &w[j * k..];
+            // SAFETY: features per this function's contract.
+            let r = unsafe {
+                if nr == NR_GEMV {
+                    K::tile::<T, 1, NR_GEMV>(x, k, wj, k, k)[0]
+                } else {
+                    pad::<1, 1, 1, NR_GEMV>(K::tile::<T, 1, 1>(x, k, wj, k, k))[0]
+                }
+            };
+            let nr = if nr == NR_GEMV { nr } else { 1 };
+            // SAFETY: these columns belong to `cols`, which only this call writes.
+            unsafe { out.cols(0, j..j + nr) }.copy_from_slice(&r[..nr]);
+            j += nr;
+        }
+        return;
+    }
+    PACKED.with_borrow_mut(|(xb, wb)| {
+        xb.resize(MC * KC, 0.0);
+        wb.resize(JB * KC, 0.0);
+        for k0 in (0..k).step_by(KC) {
+            let kc = KC.min(k - k0);
+            for tb in (0..p.rows).step_by(MC) {
+                let mc = MC.min(p.rows - tb);
+                // [mc, kc] of x, rows `kc` apart: the micro-panels sit in L1 without conflicts.
+                for t in 0..mc {
+                    let src = &x[(tb + t) * k + k0..][..kc];
+                    xb[t * kc..(t + 1) * kc].copy_from_slice(src);
+                }
+                for jb in cols.clone().step_by(JB) {
+                    let jn = JB.min(cols.end - jb);
+                    // [jn, kc] of W widened to f32 once, reused by all `mc` tokens.
+                    for j in 0..jn {
+                        let src = &w[(jb + j) * k + k0..][..kc];
+                        // SAFETY: features per this function's contract.
+                        unsafe { K::widen(src, &mut wb[j * kc..(j + 1) * kc]) };
+                    }
+                    for t0 in (0..mc).step_by(MR) {
+                        let mr = MR.min(mc - t0);
+                        for j in (0..jn).step_by(NR) {
+                            let nr = NR.min(jn - j);
+                            let (xt, wt) = (&xb[t0 * kc..], &wb[j * kc..]);
+                            // SAFETY: features per this function's contract.
+                            let r = unsafe { tile_dyn::<f32, K>(mr, nr, xt, wt, kc) };
+                            for (t, rt) in r.iter().enumerate().take(mr) {
+                                let cols = jb + j..jb + j + nr;
+                                // SAFETY: these columns lie in `cols`, which only this call
+                                // writes.
+                                let yt = unsafe { out.cols(tb + t0 + t, cols) };
+                                for (y, &v) in yt.iter_mut().zip(rt) {
+                                    *y = if k0 == 0 { v } else { *y + v };
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// An `mr × nr` tile (edges included) through the fixed-size micro-kernels.
+///
+/// # Safety
+/// `K`'s target features must be available.
+#[inline(always)]
+unsafe fn tile_dyn<T: Elem, K: Tiles>(
+    mr: usize,
+    nr: usize,
+    x: &[f32],
+    w: &[T],
+    kc: usize,
+) -> [[f32; NR]; MR] {
+    // Both operands are packed with rows `kc` apart.
+    let (ldx, ldw) = (kc, kc);
+    // SAFETY: features per this function's contract.
+    unsafe {
+        match (mr, nr) {
+            (4, 2) => K::tile::<T, 4, 2>(x, ldx, w, ldw, kc),
+            (3, 2) => pad(K::tile::<T, 3, 2>(x, ldx, w, ldw, kc)),
+            (2, 2) => pad(K::tile::<T, 2, 2>(x, ldx, w, ldw, kc)),
+            (1, 2) => pad(K::tile::<T, 1, 2>(x, ldx, w, ldw, kc)),
+            (4, 1) => pad(K::tile::<T, 4, 1>(x, ldx, w, ldw, kc)),
+            (3, 1) => pad(K::tile::<T, 3, 1>(x, ldx, w, ldw, kc)),
+            (2, 1) => pad(K::tile::<T, 2, 1>(x, ldx, w, ldw, kc)),
+            _ => pad(K::tile::<T, 1, 1>(x, ldx, w, ldw, kc)),
+        }
+    }
+}
+
+/// Copies an `M × N` tile into the top-left of a zeroed `PM × PN` one.
+#[inline(always)]
+fn pad<const M: usize, const N: usize, const PM: usize, const PN: usize>(
+    r: [[f32; N]; M],
+) -> [[f32; PN]; PM] {
+    let mut o = [[0f32; PN]; PM];
+    for (ot, rt) in o.iter_mut().zip(&r) {
+        ot[..N].copy_from_slice(rt);
+    }
+    o
+}

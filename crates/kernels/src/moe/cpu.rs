@@ -1,0 +1,180 @@
+//! Fast CPU MoE: route-first, group each expert's tokens, one GEMM per active expert.
+//! Twin of [`reference::moe`](super::reference::moe).
+//!
+//! # Design
+//! The reference runs every (token, expert) pair as three GEMVs, re-reading an expert's
+//! weights once per token that chose it. Here the `T·K` (token, expert) pairs are first
+//! sorted by expert (a counting sort), each expert's token rows are gathered into a block,
+//! and the expert runs once over the block: GEMM `w1` and `w3`, SiLU·mul, GEMM `w2`; the
+//! rows are then scattered back into `y`, scaled by their routing weights. Each expert's
+//! weights are therefore streamed once per call however many tokens chose it, experts no
+//! token chose are never read, and a 1-token decode runs exactly its `K` experts as GEMVs
+//! (the GEMM of a 1-row block is the GEMV path).
+//!
+//! All buffers live in a [`MoeScratch`] that the caller keeps between calls, so decode
+//! steps allocate nothing once the first call has sized it.
+
+use super::{Expert, Moe, silu};
+use crate::Isa;
+use crate::matmul::{Matmul, cpu::matmul};
+
+#[cfg(target_arch = "x86_64")]
+#[path = "avx2.rs"]
+mod avx2;
+
+/// Most token rows one expert GEMM takes at a time: bounds the scratch (about 30 MiB at
+/// Mixtral's `F = 14336`) while still giving the GEMM blocks of [`MAX_ROWS`] tokens.
+const MAX_ROWS: usize = 256;
+
+/// Buffers reused by [`moe`] across calls; they grow to the largest call and stay there.
+#[derive(Debug, Default)]
+pub struct MoeScratch {
+    /// `E + 1` offsets into `pairs`: expert `e`'s pairs are `starts[e]..starts[e + 1]`.
+    starts: Vec<usize>,
+    /// Fill cursor per expert while sorting.
+    cursor: Vec<usize>,
+    /// `(token, routing weight)` of every pair, grouped by expert.
+    pairs: Vec<(usize, f32)>,
+    /// Gathered token rows `[rows, D]`.
+    xs: Vec<f32>,
+    /// `w1` output, then `silu(w1 x) ⊙ w3 x`: `[rows, F]`.
+    gate: Vec<f32>,
+    /// `w3` output `[rows, F]`.
+    up: Vec<f32>,
+    /// `w2` output `[rows, D]`.
+    down: Vec<f32>,
+}
+
+impl MoeScratch {
+    /// Empty buffers; the first [`moe`] call sizes them.
+    pub fn new() -> MoeScratch {
+        MoeScratch::default()
+    }
+
+    /// Buffers already sized for calls up to `p` with `n_experts` experts (so even the first
+    /// call allocates nothing).
+    pub fn with_capacity(p: Moe, n_experts: usize) -> MoeScratch {
+        let mut s = MoeScratch::new();
+        s.reserve(p, n_experts, (p.n_tokens * p.top_k).min(MAX_ROWS));
+        s
+    }
+
+    fn reserve(&mut self, p: Moe, n_experts: usize, rows: usize) {
+        grow(&mut self.starts, n_experts + 1);
+        grow(&mut self.cursor, n_experts);
+        if self.pairs.len() < p.n_tokens * p.top_k {
+            self.pairs.resize(p.n_tokens * p.top_k, (0, 0.0));
+        }
+        grow(&mut self.xs, rows * p.hidden);
+        grow(&mut self.down, rows * p.hidden);
+        grow(&mut self.gate, rows * p.ffn);
+        grow(&mut self.up, rows * p.ffn);
+    }
+}
+
+/// Lengthens `v` to at least `n` (never shrinks, so steady-state calls do not allocate).
+fn grow(v: &mut Vec<impl Default + Clone>, n: usize) {
+    if v.len() < n {
+        v.resize(n, Default::default());
+    }
+}
+
+/// `y[t] = Σ_j weights[t, j] · expert[ids[t, j]](x[t])`: same contract as
+/// [`reference::moe`](super::reference::moe) (`x`, `y`: `[T, D]`; `ids`, `weights`:
+/// `[T, K]`), with the buffers in `scratch`. Per token, expert outputs are added in expert
+/// order rather than `j` order (identical for `K = 2`).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the reference's six arguments plus the ISA and the scratch"
+)]
+pub fn moe(
+    isa: Isa,
+    p: Moe,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    experts: &[Expert<'_>],
+    y: &mut [f32],
+    scratch: &mut MoeScratch,
+) {
+    assert_eq!(x.len(), p.n_tokens * p.hidden, "moe: x length for {p:?}");
+    assert_eq!(y.len(), x.len(), "moe: y length for {p:?}");
+    assert_eq!(ids.len(), p.n_tokens * p.top_k, "moe: ids length for {p:?}");
+    assert_eq!(weights.len(), ids.len(), "moe: weights length for {p:?}");
+    let (d, f, n_exp) = (p.hidden, p.ffn, experts.len());
+    let s = scratch;
+    s.reserve(p, n_exp, 0);
+    // Counting sort of the (token, expert) pairs by expert.
+    s.starts[..=n_exp].fill(0);
+    for &e in ids {
+        assert!((e as usize) < n_exp, "moe: expert id {e} of {n_exp}");
+        s.starts[e as usize + 1] += 1;
+    }
+    for e in 0..n_exp {
+        s.starts[e + 1] += s.starts[e];
+    }
+    s.cursor[..n_exp].copy_from_slice(&s.starts[..n_exp]);
+    for (i, (&e, &wt)) in ids.iter().zip(weights).enumerate() {
+        let c = &mut s.cursor[e as usize];
+        s.pairs[*c] = (i / p.top_k, wt);
+        *c += 1;
+    }
+    let largest = (0..n_exp).map(|e| s.starts[e + 1] - s.starts[e]).max();
+    let rows_cap = largest.unwrap_or(0).min(MAX_ROWS);
+    s.reserve(p, n_exp, rows_cap);
+    y.fill(0.0);
+    for (e, expert) in experts.iter().enumerate() {
+        for start in (s.starts[e]..s.starts[e + 1]).step_by(rows_cap.max(1)) {
+            let group = &s.pairs[start..s.starts[e + 1].min(start + rows_cap)];
+            let m = group.len();
+            let (xs, gate, up, down) = (
+                &mut s.xs[..m * d],
+                &mut s.gate[..m * f],
+                &mut s.up[..m * f],
+                &mut s.down[..m * d],
+            );
+            for (row, &(t, _)) in xs.chunks_exact_mut(d).zip(group) {
+                row.copy_from_slice(&x[t * d..(t + 1) * d]);
+            }
+            let up_p = Matmul {
+                rows: m,
+                k: d,
+                n: f,
+            };
+            matmul(isa, up_p, xs, expert.w1, gate); // [m, F]
+            matmul(isa, up_p, xs, expert.w3, up); // [m, F]
+            silu_mul(isa, gate, up);
+            matmul(
+                isa,
+                Matmul {
+                    rows: m,
+                    k: f,
+                    n: d,
+                },
+                gate,
+                expert.w2,
+                down,
+            ); // [m, D]
+            for (row, &(t, wt)) in down.chunks_exact(d).zip(group) {
+                let yt = &mut y[t * d..(t + 1) * d];
+                yt.iter_mut().zip(row).for_each(|(o, &v)| *o += wt * v);
+            }
+        }
+    }
+}
+
+/// `gate[i] = silu(gate[i]) · up[i]`, the SwiGLU product between `w1`/`w3` and `w2`.
+/// The AVX2 path uses a polynomial `exp` (about 2 ulp), so results agree with
+/// [`silu`] to a few ulp.
+pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: lengths differ");
+    match isa {
+        Isa::Scalar => gate
+            .iter_mut()
+            .zip(up)
+            .for_each(|(g, &u)| *g = silu(*g) * u),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an `Isa::Avx2Fma` exists only after AVX2, FMA and F16C were detected.
+        Isa::Avx2Fma(_) => unsafe { avx2::silu_mul(gate, up) },
+    }
+}

@@ -1,0 +1,75 @@
+//! `cpu::attention` against `reference::attention`.
+
+use crate::{config, dim};
+use mixtral_kernels::Isa;
+use mixtral_kernels::attention::{Attention, cpu, reference};
+use mixtral_testkit::{Tol, run, uniform};
+use proptest::prelude::*;
+
+/// Every ISA on one case; `Err` names it. `positions` must end at `cached - 1` or before.
+fn check(p: Attention, positions: &[usize], cached: usize, seed: u64) -> Result<(), String> {
+    let (qw, kvw) = (p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim);
+    let q = uniform(positions.len() * qw, seed);
+    let k: Vec<f32> = uniform(cached * kvw, seed ^ 1)
+        .iter()
+        .map(|v| v * 3.0)
+        .collect();
+    let v = uniform(cached * kvw, seed ^ 2);
+    let want = run(q.len(), |o| {
+        reference::attention(p, &q, positions, &k, &v, o)
+    });
+    for isa in Isa::available() {
+        let got = run(q.len(), |o| {
+            cpu::attention(isa, p, &q, positions, &k, &v, o)
+        });
+        let what = format!("{p:?} positions {positions:?} cached {cached} {isa}");
+        Tol::reduction_f32(cached.max(p.head_dim)).check(&what, &got, &want)?;
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn attention_matches_reference(
+        n_kv_heads in 1usize..=3,
+        group in prop::sample::select(vec![1usize, 2, 4, 9]),
+        head_dim in dim(),
+        n_tokens in 1usize..=9,
+        past in prop_oneof![0usize..=17, 60usize..=140],
+        window in prop::option::of(1usize..=70),
+        seed: u64,
+    ) {
+        let p = Attention { n_heads: n_kv_heads * group, n_kv_heads, head_dim, window };
+        let positions: Vec<usize> = (past..past + n_tokens).collect();
+        check(p, &positions, past + n_tokens, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn attention_window_edge() {
+    // Window 64 = one online-softmax block: positions just below, at and past the edge.
+    let p = Attention {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        window: Some(64),
+    };
+    for last in [62, 63, 64, 65, 128, 129] {
+        check(p, &[last], last + 1, last as u64).unwrap();
+    }
+}
+
+#[test]
+fn attention_mixtral_head_shape_in_parallel() {
+    // Dh = 128, H = 8, G = 2: enough work for the rayon split, several KV blocks.
+    let p = Attention {
+        n_heads: 8,
+        n_kv_heads: 2,
+        head_dim: 128,
+        window: None,
+    };
+    let positions: Vec<usize> = (200..204).collect();
+    check(p, &positions, 210, 9).unwrap();
+}

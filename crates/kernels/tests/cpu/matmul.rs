@@ -1,0 +1,94 @@
+//! `cpu::matmul` (GEMV and GEMM) against `reference::matmul`.
+
+use crate::{Weights, config, dim, dtype_name};
+use mixtral_kernels::Isa;
+use mixtral_kernels::matmul::{Matmul, cpu, reference};
+use mixtral_testkit::{Tol, run, uniform};
+use proptest::prelude::*;
+
+/// Runs one shape in every dtype and ISA; `Err` names the case.
+fn check(p: Matmul, seed: u64) -> Result<(), String> {
+    let x = uniform(p.rows * p.k, seed);
+    let w = Weights::uniform(p.n * p.k, seed ^ 0x5eed, 1.0);
+    for dtype in 0..3 {
+        let want = run(p.rows * p.n, |y| reference::matmul(p, &x, w.view(dtype), y));
+        for isa in Isa::available() {
+            let got = run(p.rows * p.n, |y| cpu::matmul(isa, p, &x, w.view(dtype), y));
+            let what = format!("{p:?} {} {isa} seed {seed}", dtype_name(dtype));
+            Tol::reduction_f32(p.k).check(&what, &got, &want)?;
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn gemv_matches_reference(k in dim(), n in dim(), seed: u64) {
+        check(Matmul { rows: 1, k, n }, seed).map_err(TestCaseError::fail)?;
+    }
+
+    #[test]
+    fn gemm_matches_reference(rows in dim(), k in dim(), n in dim(), seed: u64) {
+        check(Matmul { rows, k, n }, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
+#[test]
+fn gemm_crosses_k_blocks_and_thread_chunks() {
+    // k past two 256-column blocks with a ragged tail; n past several 16-row blocks; enough
+    // work that the rayon split runs.
+    check(
+        Matmul {
+            rows: 9,
+            k: 600,
+            n: 70,
+        },
+        1,
+    )
+    .unwrap();
+    check(
+        Matmul {
+            rows: 1,
+            k: 1030,
+            n: 301,
+        },
+        2,
+    )
+    .unwrap();
+}
+
+#[test]
+fn gemm_runs_inside_a_one_thread_pool() {
+    // The caller controls threads: a 1-thread pool takes the sequential path.
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        check(
+            Matmul {
+                rows: 5,
+                k: 300,
+                n: 40,
+            },
+            3,
+        )
+    })
+    .unwrap();
+}
+
+#[test]
+fn zero_k_writes_zeros() {
+    let p = Matmul {
+        rows: 2,
+        k: 0,
+        n: 3,
+    };
+    for isa in Isa::available() {
+        let mut y = [1f32; 6];
+        cpu::matmul(isa, p, &[], mixtral_kernels::Weight::F32(&[]), &mut y);
+        assert_eq!(y, [0.0; 6]);
+    }
+}
