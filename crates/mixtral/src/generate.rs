@@ -109,7 +109,7 @@ fn rate(n: usize, t: Duration) -> f64 {
 
 /// One sequence's state across generations: the KV cache and the ids it holds. Reusing a
 /// session lets a chat continue without recomputing the conversation so far.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct Session {
     cache: KvCache,
     ids: Vec<u32>,
@@ -130,6 +130,8 @@ pub struct Generation<'e> {
     stopper: Stopper,
     decoder: Option<IncrementalDecoder<'e>>,
     logits: Vec<f32>,
+    /// Prompt and generated ids, for the sampler's penalties.
+    history: Vec<u32>,
     /// The last sampled token, not yet run through the model.
     pending: Option<u32>,
     finish: Option<FinishReason>,
@@ -253,6 +255,7 @@ impl Engine {
             stopper,
             decoder: self.tokenizer.as_ref().map(|t| t.stream()),
             logits,
+            history: prompt_ids.to_vec(),
             pending: None,
             finish: None,
             generated: vec![],
@@ -300,19 +303,20 @@ impl Generation<'_> {
         self.session
     }
 
-    /// Runs the pending token through the model, leaving its logits in `self.logits`.
+    /// Runs the pending token through the model, leaving its logits in `self.logits`
+    /// (no allocation: the model writes into the cache's scratch, copied into our buffer).
     fn advance(&mut self, id: u32) -> Result<()> {
-        let (engine, session) = (self.engine, &mut self.session);
+        let (engine, session, logits) = (self.engine, &mut self.session, &mut self.logits);
         let pos = session.ids.len();
         let start = Instant::now();
-        let out = engine.run(|| {
-            engine
-                .model
-                .decode(id, pos, &mut session.cache, ForwardOptions::default())
+        engine.run(|| {
+            let row = engine.model.decode_logits(id, pos, &mut session.cache)?;
+            logits.clear();
+            logits.extend_from_slice(row);
+            Ok(())
         })?;
         self.stats.decode_time += start.elapsed();
         self.stats.decode_steps += 1;
-        self.logits = out.last().to_vec();
         session.ids.push(id);
         Ok(())
     }
@@ -321,18 +325,13 @@ impl Generation<'_> {
         if let Some(id) = self.pending.take() {
             self.advance(id)?;
         }
-        let history: Vec<u32> = self
-            .session
-            .ids
-            .iter()
-            .chain(&self.generated)
-            .copied()
-            .collect();
+        // Prompt and generated ids so far, for the sampler's penalties.
         let Sampled {
             token: id,
             logprob,
             top,
-        } = self.sampler.sample(&self.logits, &history)?;
+        } = self.sampler.sample(&self.logits, &self.history)?;
+        self.history.push(id);
         let piece = match &mut self.decoder {
             Some(d) => d.push(id)?.unwrap_or_default(),
             None => String::new(),

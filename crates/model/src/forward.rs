@@ -1,18 +1,21 @@
-//! `Model`: the Mixtral forward pass over a KV cache, with the reference kernels.
+//! `Model`: the Mixtral forward pass over a KV cache.
 //!
 //! embedding → per layer [RMSNorm → attention → residual add → RMSNorm → sparse MoE →
 //! residual add] → final RMSNorm → lm_head.
 
+use crate::ops::MoeInput;
+use crate::scratch::{Scratch, sized};
 use crate::{
-    Checkpoint, Config, Error, KvCache, LayerRouting, LayerWeights, Result, RoutingTrace, Weights,
+    Checkpoint, Config, Error, Kernels, KvCache, LayerRouting, LayerWeights, Result, RoutingTrace,
+    Weights,
 };
 use mixtral_kernels::Weight;
-use mixtral_kernels::attention::{Attention, reference::attention};
-use mixtral_kernels::matmul::{Matmul, reference::matmul};
-use mixtral_kernels::moe::{Expert, Moe, reference::moe};
-use mixtral_kernels::rmsnorm::{RmsNorm, reference::rms_norm};
-use mixtral_kernels::rope::{Rope, reference::rope};
-use mixtral_kernels::router::{Router, reference::router_top_k};
+use mixtral_kernels::attention::Attention;
+use mixtral_kernels::matmul::Matmul;
+use mixtral_kernels::moe::{Expert, Moe};
+use mixtral_kernels::rmsnorm::RmsNorm;
+use mixtral_kernels::rope::Rope;
+use mixtral_kernels::router::Router;
 use mixtral_tensor::Tensor;
 
 /// Which rows of logits a forward call returns.
@@ -58,11 +61,12 @@ impl Output {
     }
 }
 
-/// A Mixtral ready to run: config and borrowed weights, every weight view checked.
+/// A Mixtral ready to run: config, borrowed weights (every view checked) and the kernels.
 #[derive(Debug)]
 pub struct Model {
     config: Config,
     weights: Weights,
+    kernels: Kernels,
 }
 
 /// A weight tensor as a kernel view; [`Model::new`] has checked that this succeeds.
@@ -72,6 +76,7 @@ fn w(t: &Tensor) -> Weight<'_> {
 
 impl Model {
     /// Takes a validated checkpoint; fails if a weight's bytes cannot be viewed (misaligned).
+    /// Runs the fast CPU kernels for the best ISA this machine has.
     pub fn new(ckpt: Checkpoint) -> Result<Model> {
         for t in ckpt.weights.tensors() {
             Weight::new(t)?;
@@ -79,12 +84,24 @@ impl Model {
         Ok(Model {
             config: ckpt.config,
             weights: ckpt.weights,
+            kernels: Kernels::default(),
         })
     }
 
     /// Opens a model directory ([`Checkpoint::open`]) and builds the model.
     pub fn open(dir: impl AsRef<std::path::Path>) -> Result<Model> {
         Model::new(Checkpoint::open(dir)?)
+    }
+
+    /// The same model running other kernels (e.g. [`Kernels::Reference`] as an oracle).
+    pub fn with_kernels(mut self, kernels: Kernels) -> Model {
+        self.kernels = kernels;
+        self
+    }
+
+    /// The kernels in use.
+    pub fn kernels(&self) -> Kernels {
+        self.kernels
     }
 
     /// The architecture.
@@ -97,7 +114,7 @@ impl Model {
         &self.weights
     }
 
-    /// An empty KV cache for one sequence.
+    /// An empty KV cache (and scratch buffers) for one sequence.
     pub fn new_cache(&self) -> KvCache {
         KvCache::new(self.config.num_hidden_layers, self.config.kv_dim())
     }
@@ -112,7 +129,16 @@ impl Model {
         opts: ForwardOptions,
     ) -> Result<Output> {
         self.check_input(tokens, positions, cache)?;
-        Ok(self.forward(tokens, positions, cache, opts))
+        let routing = self.forward(tokens, positions, cache, opts);
+        let rows = match opts.logits {
+            Logits::All => tokens.len(),
+            Logits::Last => 1,
+        };
+        Ok(Output {
+            logits: cache.scratch.logits.clone(),
+            rows,
+            routing,
+        })
     }
 
     /// Runs one token at `position` (= `cache.len()`) and returns its logits.
@@ -124,6 +150,19 @@ impl Model {
         opts: ForwardOptions,
     ) -> Result<Output> {
         self.prefill(&[token], &[position], cache, opts)
+    }
+
+    /// [`Model::decode`] without a routing trace, returning the logits `[V]` borrowed from the
+    /// cache's scratch: a decode step that allocates nothing.
+    pub fn decode_logits<'c>(
+        &self,
+        token: u32,
+        position: usize,
+        cache: &'c mut KvCache,
+    ) -> Result<&'c [f32]> {
+        self.check_input(&[token], &[position], cache)?;
+        self.forward(&[token], &[position], cache, ForwardOptions::default());
+        Ok(&cache.scratch.logits)
     }
 
     fn check_input(&self, tokens: &[u32], positions: &[usize], cache: &KvCache) -> Result<()> {
@@ -161,24 +200,29 @@ impl Model {
         Ok(())
     }
 
+    /// The graph. Leaves the logits in `cache.scratch.logits`; returns the routing trace.
     fn forward(
         &self,
         tokens: &[u32],
         positions: &[usize],
         cache: &mut KvCache,
         opts: ForwardOptions,
-    ) -> Output {
+    ) -> Option<RoutingTrace> {
         let (c, n) = (&self.config, tokens.len());
-        let mut h = self.embed(tokens); // [T, D]
+        let mut s = std::mem::take(&mut cache.scratch);
+        self.embed(tokens, sized(&mut s.h, n * c.hidden_size)); // [T, D]
         let mut trace = opts.trace_routing.then(|| RoutingTrace {
             top_k: c.num_experts_per_tok,
             layers: vec![],
         });
         for (l, lw) in self.weights.layers.iter().enumerate() {
-            self.attention_block(l, lw, positions, cache, &mut h);
-            let routing = self.moe_block(lw, n, &mut h);
+            self.attention_block(l, lw, positions, cache, &mut s);
+            self.moe_block(lw, n, &mut s);
             if let Some(trace) = &mut trace {
-                trace.layers.push(routing);
+                trace.layers.push(LayerRouting {
+                    experts: s.ids.clone(),
+                    weights: s.weights.clone(),
+                });
             }
         }
         cache.commit(n);
@@ -186,48 +230,40 @@ impl Model {
             Logits::All => n,
             Logits::Last => 1,
         };
-        let last = &h[(n - rows) * c.hidden_size..];
-        Output {
-            logits: self.head(last, rows),
-            rows,
-            routing: trace,
-        }
+        self.head(rows, &mut s);
+        cache.scratch = s;
+        trace
     }
 
-    /// Embedding rows widened to f32: `[T, D]`.
-    fn embed(&self, tokens: &[u32]) -> Vec<f32> {
+    /// Embedding rows widened to f32 into `h` (`[T, D]`).
+    fn embed(&self, tokens: &[u32], h: &mut [f32]) {
         let d = self.config.hidden_size;
         let table = w(&self.weights.embed);
-        let mut h = vec![0f32; tokens.len() * d];
         for (row, &id) in h.chunks_exact_mut(d).zip(tokens) {
             table.row_into(id as usize * d, row);
         }
-        h
     }
 
-    fn norm(&self, x: &[f32], weight: &Tensor) -> Vec<f32> {
+    /// `y = rmsnorm(x) · weight` over rows of `D`.
+    fn norm(&self, x: &[f32], weight: &Tensor, y: &mut Vec<f32>) {
         let cols = self.config.hidden_size;
         let p = RmsNorm {
             rows: x.len() / cols,
             cols,
             eps: self.config.rms_norm_eps as f32,
         };
-        let mut y = vec![0f32; x.len()];
-        rms_norm(p, x, w(weight), &mut y);
-        y
+        self.kernels.rms_norm(p, x, w(weight), sized(y, x.len()));
     }
 
-    /// `x Wᵀ` for `x` of `rows` rows: `[rows, k] → [rows, n]`.
-    fn linear(&self, x: &[f32], weight: &Tensor) -> Vec<f32> {
+    /// `y = x Wᵀ` for `x` of whole rows: `[rows, k] → [rows, n]`.
+    fn linear(&self, x: &[f32], weight: &Tensor, y: &mut Vec<f32>) {
         let (n, k) = (weight.dims()[0], weight.dims()[1]);
         let p = Matmul {
             rows: x.len() / k,
             k,
             n,
         };
-        let mut y = vec![0f32; p.rows * n];
-        matmul(p, x, w(weight), &mut y);
-        y
+        self.kernels.matmul(p, x, w(weight), sized(y, p.rows * n));
     }
 
     /// `h += o_proj(attention(rope(q), rope(k), v))` over the normed `h`.
@@ -237,87 +273,111 @@ impl Model {
         lw: &LayerWeights,
         positions: &[usize],
         cache: &mut KvCache,
-        h: &mut [f32],
+        s: &mut Scratch,
     ) {
         let c = &self.config;
-        let x = self.norm(h, &lw.attn_norm); // [T, D]
-        let mut q = self.linear(&x, &lw.wq); // [T, H·Dh]
-        let mut k = self.linear(&x, &lw.wk); // [T, G·Dh]
-        let v = self.linear(&x, &lw.wv); // [T, G·Dh]
-        let theta = c.rope_theta;
-        rope(
-            Rope {
-                n_heads: c.num_attention_heads,
-                head_dim: c.head_dim,
-                theta,
-            },
-            positions,
-            &mut q,
-        );
-        rope(
-            Rope {
-                n_heads: c.num_key_value_heads,
-                head_dim: c.head_dim,
-                theta,
-            },
-            positions,
-            &mut k,
-        );
-        cache.append(l, &k, &v);
-        let (k_all, v_all) = cache.layer(l); // [S, G·Dh]
+        self.norm(&s.h, &lw.attn_norm, &mut s.x); // [T, D]
+        self.linear(&s.x, &lw.wq, &mut s.q); // [T, H·Dh]
+        self.linear(&s.x, &lw.wk, &mut s.k); // [T, G·Dh]
+        self.linear(&s.x, &lw.wv, &mut s.v); // [T, G·Dh]
+        let rope_q = Rope {
+            n_heads: c.num_attention_heads,
+            head_dim: c.head_dim,
+            theta: c.rope_theta,
+        };
+        let rope_k = Rope {
+            n_heads: c.num_key_value_heads,
+            ..rope_q
+        };
+        let end = positions.last().map_or(0, |p| p + 1);
+        s.ensure_rope(rope_q, end);
+        let table = s.rope.as_ref().expect("ensured above");
+        self.kernels.rope(rope_q, table, positions, &mut s.q);
+        self.kernels.rope(rope_k, table, positions, &mut s.k);
+        cache.append(l, &s.k, &s.v);
         let p = Attention {
             n_heads: c.num_attention_heads,
             n_kv_heads: c.num_key_value_heads,
             head_dim: c.head_dim,
             window: c.sliding_window,
         };
-        let mut att = vec![0f32; q.len()]; // [T, H·Dh]
-        attention(p, &q, positions, k_all, v_all, &mut att);
-        let o = self.linear(&att, &lw.wo); // [T, D]
-        h.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        let att = sized(&mut s.att, s.q.len()); // [T, H·Dh]
+        self.kernels
+            .attention(p, &s.q, positions, cache.layer(l), att);
+        self.linear(&s.att, &lw.wo, &mut s.out); // [T, D]
+        s.h.iter_mut().zip(&s.out).for_each(|(a, b)| *a += b);
     }
 
-    /// `h += moe(rmsnorm(h))`; returns the router's choices.
-    fn moe_block(&self, lw: &LayerWeights, n: usize, h: &mut [f32]) -> LayerRouting {
+    /// `h += moe(rmsnorm(h))`; leaves the router's choices in `s.ids` / `s.weights`.
+    fn moe_block(&self, lw: &LayerWeights, n: usize, s: &mut Scratch) {
         let c = &self.config;
-        let x = self.norm(h, &lw.moe_norm); // [T, D]
-        let logits = self.linear(&x, &lw.router); // [T, E]
+        self.norm(&s.h, &lw.moe_norm, &mut s.x); // [T, D]
+        self.linear(&s.x, &lw.router, &mut s.router); // [T, E]
         let (k, e) = (c.num_experts_per_tok, c.num_local_experts);
-        let mut route = LayerRouting {
-            experts: vec![0; n * k],
-            weights: vec![0.0; n * k],
-        }; // [T, K]
         let p = Router {
             n_tokens: n,
             n_experts: e,
             top_k: k,
             norm_topk_prob: c.norm_topk_prob,
         };
-        router_top_k(p, &logits, &mut route.experts, &mut route.weights);
-        let experts: Vec<Expert<'_>> = lw
-            .experts
-            .iter()
-            .map(|x| Expert {
-                w1: w(&x.w1),
-                w2: w(&x.w2),
-                w3: w(&x.w3),
-            })
-            .collect();
-        let mut y = vec![0f32; x.len()]; // [T, D]
+        self.kernels.router_top_k(
+            p,
+            &s.router,
+            sized(&mut s.ids, n * k),
+            sized(&mut s.weights, n * k),
+        ); // [T, K]
         let p = Moe {
             n_tokens: n,
             hidden: c.hidden_size,
             ffn: c.intermediate_size,
             top_k: k,
         };
-        moe(p, &x, &route.experts, &route.weights, &experts, &mut y);
-        h.iter_mut().zip(&y).for_each(|(a, b)| *a += b);
-        route
+        let y = sized(&mut s.out, s.x.len()); // [T, D]
+        let kernels = self.kernels;
+        with_experts(lw, |experts| {
+            let input = MoeInput {
+                x: &s.x,
+                ids: &s.ids,
+                weights: &s.weights,
+                experts,
+            };
+            kernels.moe(p, input, y, &mut s.moe)
+        });
+        s.h.iter_mut().zip(&s.out).for_each(|(a, b)| *a += b);
     }
 
-    /// Final norm and lm_head: `[rows, D] → [rows, V]`.
-    fn head(&self, h: &[f32], _rows: usize) -> Vec<f32> {
-        let x = self.norm(h, &self.weights.norm);
-        self.linear(&x, &self.weights.lm_head)
+    /// Final norm and lm_head over the last `rows` rows of `h`: `[rows, D] → [rows, V]`.
+    fn head(&self, rows: usize, s: &mut Scratch) {
+        let d = self.config.hidden_size;
+        let last = &s.h[s.h.len() - rows * d..];
+        self.norm(last, &self.weights.norm, &mut s.x);
+        self.linear(&s.x, &self.weights.lm_head, &mut s.logits);
+    }
+}
+
+/// Experts held in a stack array by the MoE call, so a decode step allocates nothing.
+const INLINE_EXPERTS: usize = 16;
+
+/// Calls `f` with the layer's experts as kernel views (on the stack for up to 16 experts).
+fn with_experts(lw: &LayerWeights, f: impl FnOnce(&[Expert<'_>])) {
+    fn view(x: &crate::ExpertWeights) -> Expert<'_> {
+        Expert {
+            w1: w(&x.w1),
+            w2: w(&x.w2),
+            w3: w(&x.w3),
+        }
+    }
+    let n = lw.experts.len();
+    if n <= INLINE_EXPERTS {
+        let empty = Expert {
+            w1: Weight::F32(&[]),
+            w2: Weight::F32(&[]),
+            w3: Weight::F32(&[]),
+        };
+        let views: [Expert<'_>; INLINE_EXPERTS] =
+            std::array::from_fn(|i| lw.experts.get(i).map_or(empty, view));
+        f(&views[..n]);
+    } else {
+        f(&lw.experts.iter().map(view).collect::<Vec<_>>());
     }
 }

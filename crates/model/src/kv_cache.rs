@@ -15,11 +15,15 @@ struct LayerKv {
 ///
 /// A forward call appends its rows to each layer as it goes and the new length is committed
 /// when the call ends, so positions passed to the model must continue from [`KvCache::len`].
-#[derive(Clone, Debug)]
+///
+/// The cache also owns the sequence's scratch buffers (activations, the MoE kernel's buffers,
+/// the RoPE table), sized by the first calls and reused, so a decode step allocates nothing.
+#[derive(Debug)]
 pub struct KvCache {
     kv_dim: usize,
     len: usize,
     layers: Vec<LayerKv>,
+    pub(crate) scratch: crate::scratch::Scratch,
 }
 
 impl KvCache {
@@ -29,6 +33,7 @@ impl KvCache {
             kv_dim,
             len: 0,
             layers: vec![LayerKv::default(); n_layers],
+            scratch: Default::default(),
         }
     }
 

@@ -33,7 +33,9 @@ mod error;
 mod forward;
 mod kv_cache;
 pub mod names;
+mod ops;
 mod routing;
+mod scratch;
 mod weights;
 
 pub use checkpoint::Checkpoint;
@@ -41,5 +43,6 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use forward::{ForwardOptions, Logits, Model, Output};
 pub use kv_cache::KvCache;
+pub use ops::Kernels;
 pub use routing::{LayerRouting, RoutingTrace};
 pub use weights::{ExpertWeights, LayerWeights, Warning, Weights};

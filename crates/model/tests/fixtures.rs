@@ -4,13 +4,32 @@
 //! Tolerances are the fixtures' README's: for an f32 engine, every stored logits tensor within
 //! `1e-4 × max |ref|`, argmax identical at every position, greedy tokens identical.
 
-use mixtral_model::{ForwardOptions, Logits, Model, RoutingTrace};
+use mixtral_kernels::Isa;
+use mixtral_model::{ForwardOptions, Kernels, Logits, Model, RoutingTrace};
 use mixtral_tensor::SafetensorsFile;
 use mixtral_testkit::{argmax, check_rel, fixture_model};
 use serde_json::Value;
 
 const REL_TOL: f32 = 1e-4;
 const MODELS: [&str; 3] = ["tiny-f32", "tiny-bf16", "tiny-variant-f32"];
+
+/// Every kernel set the model can run here: the reference twins and each available CPU ISA.
+fn kernel_sets() -> Vec<Kernels> {
+    std::iter::once(Kernels::Reference)
+        .chain(Isa::available().into_iter().map(Kernels::Cpu))
+        .collect()
+}
+
+/// Each fixture model with each kernel set, named for messages.
+fn fixtures() -> impl Iterator<Item = (String, Fixture)> {
+    MODELS.into_iter().flat_map(|name| {
+        kernel_sets().into_iter().map(move |k| {
+            let mut fx = Fixture::load(name);
+            fx.model = fx.model.with_kernels(k);
+            (format!("{name} [{k:?}]"), fx)
+        })
+    })
+}
 
 struct Fixture {
     model: Model,
@@ -84,8 +103,7 @@ fn forward_all(m: &Model, tokens: &[u32]) -> (Vec<f32>, RoutingTrace) {
 
 #[test]
 fn logits_at_every_position_match_transformers() {
-    for name in MODELS {
-        let fx = Fixture::load(name);
+    for (name, fx) in fixtures() {
         let v = fx.vocab();
         for (i, case) in fx.cases().iter().enumerate() {
             let tokens = ids(&case["input_ids"]);
@@ -133,8 +151,7 @@ fn logits_at_every_position_match_transformers() {
 
 #[test]
 fn prefill_then_decode_matches_the_full_forward() {
-    for name in MODELS {
-        let fx = Fixture::load(name);
+    for (name, fx) in fixtures() {
         let v = fx.vocab();
         let inc = &fx.expected["incremental"];
         let (prompt, prefill) = (
@@ -182,8 +199,7 @@ fn prefill_then_decode_matches_the_full_forward() {
 
 #[test]
 fn greedy_continuations_are_token_for_token_identical() {
-    for name in MODELS {
-        let fx = Fixture::load(name);
+    for (name, fx) in fixtures() {
         for (i, case) in fx.cases().iter().enumerate() {
             let tokens = ids(&case["input_ids"]);
             let want = ids(&case["greedy_new_tokens"]);
@@ -224,8 +240,7 @@ fn greedy_continuations_are_token_for_token_identical() {
 
 #[test]
 fn router_choices_match_at_every_position_with_a_clear_margin() {
-    for name in MODELS {
-        let fx = Fixture::load(name);
+    for (name, fx) in fixtures() {
         let c = fx.model.config();
         let (layers, e, k) = (
             c.num_hidden_layers,

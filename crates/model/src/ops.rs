@@ -1,0 +1,109 @@
+//! `Kernels`: which implementation of each op the model runs, and the one place that
+//! dispatches between them.
+
+use mixtral_kernels::attention::{self, Attention};
+use mixtral_kernels::matmul::{self, Matmul};
+use mixtral_kernels::moe::{self, Expert, Moe};
+use mixtral_kernels::rmsnorm::{self, RmsNorm};
+use mixtral_kernels::rope::{self, Rope, cpu::RopeTable};
+use mixtral_kernels::router::{self, Router};
+use mixtral_kernels::{Isa, Weight};
+
+/// The kernels a [`crate::Model`] runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kernels {
+    /// The plain reference twins: slow, single-threaded, the specification.
+    Reference,
+    /// The fast CPU kernels (SIMD for the given ISA, threads from the current rayon pool).
+    Cpu(Isa),
+}
+
+impl Default for Kernels {
+    /// The fast CPU kernels for the best ISA this machine has.
+    fn default() -> Kernels {
+        Kernels::Cpu(Isa::detect())
+    }
+}
+
+impl Kernels {
+    pub(crate) fn matmul(self, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+        match self {
+            Kernels::Reference => matmul::reference::matmul(p, x, w, y),
+            Kernels::Cpu(isa) => matmul::cpu::matmul(isa, p, x, w, y),
+        }
+    }
+
+    pub(crate) fn rms_norm(self, p: RmsNorm, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+        match self {
+            Kernels::Reference => rmsnorm::reference::rms_norm(p, x, w, y),
+            Kernels::Cpu(isa) => rmsnorm::cpu::rms_norm(isa, p, x, w, y),
+        }
+    }
+
+    /// RoPE; the fast path reads cos/sin from `table`, which must cover every position.
+    pub(crate) fn rope(self, p: Rope, table: &RopeTable, positions: &[usize], x: &mut [f32]) {
+        match self {
+            Kernels::Reference => rope::reference::rope(p, positions, x),
+            Kernels::Cpu(isa) => rope::cpu::rope(isa, p, table, positions, x),
+        }
+    }
+
+    pub(crate) fn router_top_k(
+        self,
+        p: Router,
+        logits: &[f32],
+        ids: &mut [u32],
+        weights: &mut [f32],
+    ) {
+        match self {
+            Kernels::Reference => router::reference::router_top_k(p, logits, ids, weights),
+            Kernels::Cpu(isa) => router::cpu::router_top_k(isa, p, logits, ids, weights),
+        }
+    }
+
+    pub(crate) fn attention(
+        self,
+        p: Attention,
+        q: &[f32],
+        positions: &[usize],
+        kv: (&[f32], &[f32]),
+        out: &mut [f32],
+    ) {
+        match self {
+            Kernels::Reference => attention::reference::attention(p, q, positions, kv.0, kv.1, out),
+            Kernels::Cpu(isa) => attention::cpu::attention(isa, p, q, positions, kv.0, kv.1, out),
+        }
+    }
+
+    /// The MoE block: `y = moe(x)` with each token's experts and weights in `input`.
+    pub(crate) fn moe(
+        self,
+        p: Moe,
+        input: MoeInput<'_>,
+        y: &mut [f32],
+        scratch: &mut moe::cpu::MoeScratch,
+    ) {
+        let MoeInput {
+            x,
+            ids,
+            weights,
+            experts,
+        } = input;
+        match self {
+            Kernels::Reference => moe::reference::moe(p, x, ids, weights, experts, y),
+            Kernels::Cpu(isa) => moe::cpu::moe(isa, p, x, ids, weights, experts, y, scratch),
+        }
+    }
+}
+
+/// The inputs of one MoE call.
+pub(crate) struct MoeInput<'a> {
+    /// Normed activations `[T, D]`.
+    pub x: &'a [f32],
+    /// Chosen experts `[T, K]`.
+    pub ids: &'a [u32],
+    /// Their router weights `[T, K]`.
+    pub weights: &'a [f32],
+    /// The layer's experts.
+    pub experts: &'a [Expert<'a>],
+}
