@@ -4,19 +4,24 @@
 //! - `kernels [--arch sm_80,sm_90]`: compile every `kernels/*.cu` with NVRTC, assemble it with
 //!   `ptxas -v`, print registers, shared memory and spills per kernel, fail on a compile error,
 //!   on a spill in a hot kernel, or on a GEMM kernel without tensor-core (`HMMA`) instructions.
+//! - `gen-model --preset NAME --out DIR`: write a random-weight checkpoint in Hugging Face format
+//!   (`bench-1b`, `mixtral-8x7b`, `tiny`), streamed to disk.
 
 mod cuda_tools;
+mod gen_model;
 mod kernels;
 mod ptxas;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask kernels [--arch sm_80,sm_90]";
+const USAGE: &str = "usage: cargo xtask kernels [--arch sm_80,sm_90]
+       cargo xtask gen-model --preset bench-1b|mixtral-8x7b|tiny --out DIR [--layers N] [--dtype bf16|f32]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("kernels") => kernels::run(&args[1..]),
+        Some("kernels") => kernels::run(&args[1..]).map_err(Box::<dyn std::error::Error>::from),
+        Some("gen-model") => gen_model::run(&args[1..]).map_err(Box::<dyn std::error::Error>::from),
         Some("-h" | "--help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -30,7 +35,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e}");
-            let mut source = std::error::Error::source(&e);
+            let mut source = e.source();
             while let Some(s) = source {
                 eprintln!("  caused by: {s}");
                 source = s.source();

@@ -1,6 +1,7 @@
 //! The `mixtral` command-line tool: inspect checkpoints, compute logits, generate and chat.
 
 mod args;
+mod bench;
 mod chat;
 mod generate;
 mod inspect;
@@ -38,6 +39,8 @@ enum Command {
     Detokenize(tokenize::DetokenizeArgs),
     /// Load and validate a checkpoint, and print a summary of its config and tensors.
     Inspect(inspect::Args),
+    /// Measure prefill and decode tokens/s against this machine's decode floor.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,6 +52,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::tokenize(args),
         Command::Detokenize(args) => tokenize::detokenize(args),
         Command::Inspect(args) => inspect::run(args),
+        Command::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -159,6 +159,11 @@ impl Engine {
         self.run(|| self.model.prefill(tokens, &positions, &mut cache, opts))
     }
 
+    /// Runs `f` on this engine's worker threads (their rayon pool).
+    pub fn install<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.pool.install(f)
+    }
+
     /// Runs `f` on this engine's worker threads.
     pub(crate) fn run<T: Send>(
         &self,

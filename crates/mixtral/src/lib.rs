@@ -27,6 +27,7 @@
 //! - **Defaults come from the model directory** (`generation_config.json`), as transformers
 //!   reads them: greedy unless `do_sample` is set; penalties off.
 
+pub mod bench;
 mod defaults;
 mod engine;
 mod error;

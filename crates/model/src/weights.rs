@@ -193,6 +193,37 @@ impl Weights {
     }
 }
 
+impl Weights {
+    /// Bytes of weights one decoded token reads: one embedding row, every dense tensor, and
+    /// `top_k` of each layer's experts (the average for any routing: each expert is the same size).
+    pub fn bytes_read_per_token(&self, top_k: usize) -> u64 {
+        let bytes = |t: &Tensor| t.as_bytes().len() as u64;
+        let embed_row = bytes(&self.embed) / self.embed.dims()[0] as u64;
+        let mut total = embed_row + bytes(&self.norm) + bytes(&self.lm_head);
+        for l in &self.layers {
+            total += [
+                &l.attn_norm,
+                &l.wq,
+                &l.wk,
+                &l.wv,
+                &l.wo,
+                &l.moe_norm,
+                &l.router,
+            ]
+            .into_iter()
+            .map(bytes)
+            .sum::<u64>();
+            let experts: u64 = l
+                .experts
+                .iter()
+                .map(|e| bytes(&e.w1) + bytes(&e.w2) + bytes(&e.w3))
+                .sum();
+            total += experts * top_k as u64 / l.experts.len() as u64;
+        }
+        total
+    }
+}
+
 fn load_layer(ld: &mut Loader<'_>, cfg: &Config, l: usize) -> Result<LayerWeights> {
     let (d, q, kv, e) = (
         cfg.hidden_size,

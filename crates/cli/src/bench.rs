@@ -1,0 +1,90 @@
+//! `mixtral bench`: prefill and decode tokens/s on random tokens, peak memory, and the decode
+//! floor of this machine (weight bytes read per token ÷ read bandwidth measured in the same run).
+
+use crate::args::ModelArgs;
+use mixtral::{Prompt, SamplerConfig};
+
+/// Arguments of `mixtral bench`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Prompt tokens to prefill.
+    #[arg(long, default_value_t = 512)]
+    prompt_len: usize,
+    /// Tokens to decode.
+    #[arg(long = "gen", default_value_t = 128)]
+    gen_tokens: usize,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let engine = args.model.load()?;
+    let c = engine.config();
+    // Deterministic pseudo-random prompt ids (no tokenizer needed), never BOS/EOS.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let ids: Vec<u32> = (0..args.prompt_len.max(1))
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            3 + (state % (c.vocab_size as u64 - 3)) as u32
+        })
+        .collect();
+    let mut params = engine.params();
+    params.sampling = SamplerConfig::default();
+    params.max_new_tokens = args.gen_tokens.max(1);
+    params.ignore_eos = true;
+    let mut generation = engine.generate(&Prompt::Tokens(ids), &params)?;
+    for token in generation.by_ref() {
+        token?;
+    }
+    let stats = generation.stats();
+    let bytes_per_token = engine
+        .model()
+        .weights()
+        .bytes_read_per_token(c.num_experts_per_tok);
+    let bandwidth = mixtral::bench::read_bandwidth(&engine, 1 << 30, 3);
+    let floor = bandwidth / bytes_per_token as f64;
+    let peak = mixtral::bench::peak_rss_bytes();
+    let decode = stats.decode_tokens_per_s();
+    if args.json {
+        let out = serde_json::json!({
+            "prompt_len": stats.prompt_tokens,
+            "gen": stats.generated_tokens,
+            "threads": engine.threads(),
+            "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
+            "decode_tokens_per_s": decode,
+            "peak_rss_bytes": peak,
+            "weight_bytes_per_token": bytes_per_token,
+            "read_bandwidth_bytes_per_s": bandwidth,
+            "decode_floor_tokens_per_s": floor,
+            "decode_fraction_of_floor": decode / floor,
+        });
+        println!("{out}");
+    } else {
+        println!("model         {}", engine.dir().display());
+        println!("threads       {}", engine.threads());
+        println!(
+            "prefill       {:.1} tokens/s ({} tokens)",
+            stats.prefill_tokens_per_s(),
+            stats.prompt_tokens
+        );
+        println!(
+            "decode        {decode:.1} tokens/s ({} tokens)",
+            stats.generated_tokens
+        );
+        println!(
+            "decode floor  {floor:.1} tokens/s = {:.1} MB read per token / {:.1} GB/s measured read bandwidth",
+            bytes_per_token as f64 / 1e6,
+            bandwidth / 1e9
+        );
+        println!("of floor      {:.0}%", 100.0 * decode / floor);
+        if let Some(p) = peak {
+            println!("peak RSS      {}", crate::report::bytes(p));
+        }
+    }
+    Ok(())
+}
