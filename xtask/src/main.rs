@@ -4,33 +4,39 @@
 //! - `kernels [--arch sm_80,sm_90]`: compile every `kernels/*.cu` with NVRTC, assemble it with
 //!   `ptxas -v`, print registers, shared memory and spills per kernel, fail on a compile error,
 //!   on a spill in a hot kernel, or on a GEMM kernel without tensor-core (`HMMA`) instructions.
+//! - `gpu-check`: build the CUDA test binaries, the GPU benchmark and fallback PTX into
+//!   `target/gpu-check/` with one `run.sh` that a GPU machine runs in a single lease.
 //! - `gen-model --preset NAME --out DIR`: write a random-weight checkpoint in Hugging Face format
 //!   (`bench-1b`, `mixtral-8x7b`, `tiny`), streamed to disk.
 
 mod cuda_tools;
 mod gen_model;
+mod gpu_check;
 mod kernels;
 mod ptxas;
 
 use std::process::ExitCode;
 
 const USAGE: &str = "usage: cargo xtask kernels [--arch sm_80,sm_90]
+       cargo xtask gpu-check
        cargo xtask gen-model --preset bench-1b|mixtral-8x7b|tiny --out DIR [--layers N] [--dtype bf16|f32]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("kernels") => kernels::run(&args[1..]).map_err(Box::<dyn std::error::Error>::from),
-        Some("gen-model") => gen_model::run(&args[1..]).map_err(Box::<dyn std::error::Error>::from),
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
+    let result: Result<ExitCode, Box<dyn std::error::Error>> =
+        match args.first().map(String::as_str) {
+            Some("kernels") => kernels::run(&args[1..]).map_err(Into::into),
+            Some("gpu-check") => gpu_check::run(&args[1..]).map_err(Into::into),
+            Some("gen-model") => gen_model::run(&args[1..]).map_err(Into::into),
+            Some("-h" | "--help") => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            _ => {
+                eprintln!("{USAGE}");
+                return ExitCode::from(2);
+            }
+        };
     match result {
         Ok(code) => code,
         Err(e) => {

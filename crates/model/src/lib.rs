@@ -29,6 +29,7 @@
 
 mod checkpoint;
 mod config;
+mod cuda_model;
 mod error;
 mod forward;
 mod kv_cache;
@@ -40,6 +41,7 @@ mod weights;
 
 pub use checkpoint::Checkpoint;
 pub use config::Config;
+pub use cuda_model::{CudaKvCache, CudaModel, CudaModelError};
 pub use error::{Error, Result};
 pub use forward::{ForwardOptions, Logits, Model, Output};
 pub use kv_cache::KvCache;

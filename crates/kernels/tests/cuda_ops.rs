@@ -1,0 +1,514 @@
+//! The CUDA backend: what runs without a GPU (no driver is an error, not a panic; NVRTC
+//! compiles every source through the runtime path when libnvrtc is present), and every op
+//! against its reference twin on random data when a GPU is there.
+//!
+//! Without a GPU the device tests print `skipped: no CUDA driver (…)` and pass; with
+//! `MIXTRAL_REQUIRE_GPU=1` (set by the `cargo xtask gpu-check` script) they fail instead.
+//! bf16 kernels are compared with references fed the same bf16-rounded inputs, so tolerances
+//! measure the kernel (and its one bf16 output rounding), not the input cast.
+
+use half::bf16;
+use mixtral_kernels::Weight;
+use mixtral_kernels::attention::{Attention, reference as att_ref};
+use mixtral_kernels::cuda::{CudaBackend, DeviceBuffer, Error, compile, fill, library, source};
+use mixtral_kernels::matmul::{Matmul, reference as mm_ref};
+use mixtral_kernels::moe::{Expert, Moe, reference as moe_ref};
+use mixtral_kernels::rmsnorm::{RmsNorm, reference as norm_ref};
+use mixtral_kernels::rope::{Rope, reference as rope_ref};
+use mixtral_kernels::router::{Router, reference as router_ref};
+use mixtral_testkit::{argmax, check_close, check_rel, max_abs, uniform};
+
+/// The device, or `None` after printing why the test is skipped.
+fn gpu() -> Option<CudaBackend> {
+    match CudaBackend::new(0) {
+        Ok(b) => Some(b),
+        Err(e) if std::env::var_os("MIXTRAL_REQUIRE_GPU").is_some() => {
+            panic!("MIXTRAL_REQUIRE_GPU is set but CudaBackend::new(0) failed: {e}")
+        }
+        Err(e) => {
+            println!("skipped: no CUDA driver ({e})");
+            None
+        }
+    }
+}
+
+fn round_bf16(x: &[f32]) -> Vec<f32> {
+    x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect()
+}
+
+fn to_bf16(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+fn scaled(n: usize, seed: u64, s: f32) -> Vec<f32> {
+    uniform(n, seed).into_iter().map(|v| v * s).collect()
+}
+
+// ---- no GPU needed ------------------------------------------------------------------------
+
+#[test]
+fn no_driver_is_an_error_not_a_panic() {
+    let first = CudaBackend::new(0);
+    let again = CudaBackend::new(0);
+    if library::probe_driver().is_err() {
+        // This machine has no libcuda.so.1: exactly `NoDriver`, twice (the probe is cached).
+        for r in [&first, &again] {
+            match r {
+                Err(Error::NoDriver { tried }) => {
+                    assert!(
+                        tried.iter().any(|t| t.contains("libcuda.so.1")),
+                        "{tried:?}"
+                    );
+                    let msg = r.as_ref().unwrap_err().to_string();
+                    assert!(msg.starts_with("no CUDA driver: could not load "), "{msg}");
+                }
+                other => panic!("expected Err(NoDriver), got {other:?}"),
+            }
+        }
+        println!("CudaBackend::new(0): {}", first.unwrap_err());
+    } else {
+        match first {
+            Ok(b) => println!("device 0: {} (sm_{:?})", b.name(), b.compute_capability()),
+            Err(e) => assert!(!matches!(e, Error::Panicked { .. }), "cudarc panicked: {e}"),
+        }
+    }
+}
+
+#[test]
+fn nvrtc_compiles_every_source_through_the_runtime_path() {
+    let sources: Vec<&'static source::Source> = source::ALL.iter().chain([&fill::SOURCE]).collect();
+    for arch in ["compute_80", "compute_90"] {
+        for &src in &sources {
+            let ptx = match compile::compile_ptx(src, arch) {
+                Err(Error::NoNvrtc { tried }) => {
+                    println!("skipped: no NVRTC ({})", tried.join(", "));
+                    return;
+                }
+                r => r.unwrap_or_else(|e| panic!("{e}")),
+            };
+            for name in src.entry_points() {
+                assert!(
+                    ptx.contains(&format!(".entry {name}(")),
+                    "{} ({arch}): `{name}` missing from the PTX",
+                    src.file
+                );
+            }
+            let cached = compile::compile_ptx(src, arch).unwrap();
+            assert!(std::sync::Arc::ptr_eq(&ptx, &cached), "compiled twice");
+        }
+        println!("{arch}: {} sources compiled", sources.len());
+    }
+}
+
+// ---- GPU: every op against its twin ------------------------------------------------------
+
+#[test]
+fn fill_matches_testkit_uniform() {
+    let Some(gpu) = gpu() else { return };
+    let mut f = gpu.alloc::<f32>(1000, "f").unwrap();
+    gpu.fill_uniform_f32(&mut f, 42, 1.0).unwrap();
+    assert_eq!(gpu.read(&f, 1000).unwrap(), uniform(1000, 42));
+    let mut b = gpu.alloc::<u16>(777, "b").unwrap();
+    gpu.fill_uniform_bf16(&mut b, 7, 0.5).unwrap();
+    let want = round_bf16(&scaled(777, 7, 0.5));
+    assert_eq!(gpu.read_bf16_as_f32(&b, 777).unwrap(), want);
+}
+
+#[test]
+fn matmul_gemv_and_dense_gemm_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let shapes = [
+        (1, 64, 10),
+        (2, 4096, 33),
+        (8, 128, 1000),
+        (9, 64, 130),
+        (63, 96, 62),
+        (65, 128, 64),
+        (130, 4096, 258),
+    ];
+    for (i, &(rows, k, n)) in shapes.iter().enumerate() {
+        let p = Matmul { rows, k, n };
+        let x = round_bf16(&uniform(rows * k, i as u64));
+        let w = to_bf16(&uniform(n * k, 100 + i as u64));
+        let want = mixtral_testkit::run(rows * n, |y| mm_ref::matmul(p, &x, Weight::BF16(&w), y));
+        let dx = gpu.upload_f32_as_bf16(&x, "x").unwrap();
+        let dw = gpu
+            .upload(&w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "w")
+            .unwrap();
+        let mut dy = gpu.alloc::<f32>(rows * n, "y").unwrap();
+        gpu.matmul(p, &dx, &dw, &mut dy).unwrap();
+        let got = gpu.read(&dy, rows * n).unwrap();
+        let s = (k as f32).sqrt();
+        check_close(&format!("matmul {p:?}"), &got, &want, 2e-5 * s, 1e-4).unwrap();
+    }
+}
+
+#[test]
+fn rms_norm_and_residual_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    for (i, &(rows, cols, scale)) in [
+        (1, 64, 1.0),
+        (5, 4096, 1.0),
+        (3, 8192, 300.0),
+        (7, 130, 1e-3),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let p = RmsNorm {
+            rows,
+            cols,
+            eps: 1e-5,
+        };
+        let (h, r) = (
+            scaled(rows * cols, i as u64, scale),
+            scaled(rows * cols, 50 + i as u64, scale),
+        );
+        let w = to_bf16(&scaled(cols, 99, 1.4));
+        let dw = gpu
+            .upload(&w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "w")
+            .unwrap();
+        let dx = gpu.upload(&h, "x").unwrap();
+        let mut dy = gpu.alloc::<u16>(rows * cols, "y").unwrap();
+        gpu.rms_norm(p, &dx, &dw, &mut dy).unwrap();
+        let want =
+            mixtral_testkit::run(h.len(), |y| norm_ref::rms_norm(p, &h, Weight::BF16(&w), y));
+        let got = gpu.read_bf16_as_f32(&dy, h.len()).unwrap();
+        check_close(&format!("rms_norm {p:?}"), &got, &want, 1e-6, 8e-3).unwrap();
+
+        let mut dh = gpu.upload(&h, "h").unwrap();
+        let dr = gpu.upload(&r, "r").unwrap();
+        gpu.rms_norm_residual(p, &mut dh, &dr, &dw, &mut dy)
+            .unwrap();
+        let sum: Vec<f32> = h.iter().zip(&r).map(|(a, b)| a + b).collect();
+        assert_eq!(gpu.read(&dh, sum.len()).unwrap(), sum, "h += r");
+        let want = mixtral_testkit::run(h.len(), |y| {
+            norm_ref::rms_norm(p, &sum, Weight::BF16(&w), y)
+        });
+        let got = gpu.read_bf16_as_f32(&dy, h.len()).unwrap();
+        check_close(&format!("rms_norm_residual {p:?}"), &got, &want, 1e-6, 8e-3).unwrap();
+    }
+}
+
+#[test]
+fn rope_and_rope_kv_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    for (heads, kv_heads, dh, start, n) in
+        [(4, 2, 16, 0, 5), (32, 8, 128, 4090, 9), (2, 1, 128, 0, 40)]
+    {
+        let positions: Vec<usize> = (start..start + n).collect();
+        let dpos = gpu.upload_positions(&positions).unwrap();
+        let q = uniform(n * heads * dh, 1);
+        let mut dq = gpu.upload(&q, "q").unwrap();
+        let pq = Rope {
+            n_heads: heads,
+            head_dim: dh,
+            theta: 1e6,
+        };
+        gpu.rope(pq, &dpos, &mut dq).unwrap();
+        let mut want = q.clone();
+        rope_ref::rope(pq, &positions, &mut want);
+        check_close("rope", &gpu.read(&dq, q.len()).unwrap(), &want, 1e-6, 1e-5).unwrap();
+
+        let width = kv_heads * dh;
+        let (k, v) = (uniform(n * width, 2), uniform(n * width, 3));
+        let (dk, dv) = (gpu.upload(&k, "k").unwrap(), gpu.upload(&v, "v").unwrap());
+        let rows = start + n;
+        let mut kc = gpu.alloc::<u16>(rows * width, "kc").unwrap();
+        let mut vc = gpu.alloc::<u16>(rows * width, "vc").unwrap();
+        let pk = Rope {
+            n_heads: kv_heads,
+            ..pq
+        };
+        gpu.rope_kv(pk, &dpos, &dk, &dv, &mut kc, &mut vc).unwrap();
+        let mut kr = k.clone();
+        rope_ref::rope(pk, &positions, &mut kr);
+        let got_k = gpu.read_bf16_as_f32(&kc, rows * width).unwrap();
+        let got_v = gpu.read_bf16_as_f32(&vc, rows * width).unwrap();
+        check_close("rope_kv k", &got_k[start * width..], &kr, 1e-6, 8e-3).unwrap();
+        assert_eq!(&got_v[start * width..], &round_bf16(&v)[..], "rope_kv v");
+        let bad = gpu.upload_positions(&[rows]).unwrap();
+        assert!(matches!(
+            gpu.rope_kv(pk, &bad, &dk, &dv, &mut kc, &mut vc),
+            Err(Error::Shape { .. })
+        ));
+    }
+}
+
+#[test]
+fn router_top_k_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    for (t, e, k, norm) in [
+        (1, 8, 2, true),
+        (37, 8, 2, true),
+        (50, 6, 3, true),
+        (20, 32, 4, false),
+        (9, 5, 5, true),
+    ] {
+        let p = Router {
+            n_tokens: t,
+            n_experts: e,
+            top_k: k,
+            norm_topk_prob: norm,
+        };
+        let logits = scaled(t * e, 11, 4.0);
+        let dl = gpu.upload(&logits, "logits").unwrap();
+        let mut routing = gpu.alloc_routing(t, e, k).unwrap();
+        gpu.router_top_k(p, &dl, &mut routing).unwrap();
+        let (mut ids, mut w) = (vec![0u32; t * k], vec![0f32; t * k]);
+        router_ref::router_top_k(p, &logits, &mut ids, &mut w);
+        assert_eq!(
+            gpu.read(&routing.ids, t * k).unwrap(),
+            ids,
+            "router ids {p:?}"
+        );
+        check_close(
+            "router weights",
+            &gpu.read(&routing.weights, t * k).unwrap(),
+            &w,
+            1e-6,
+            1e-5,
+        )
+        .unwrap();
+    }
+}
+
+/// One MoE case on the device against the reference; `ids` given means fixed routing.
+fn moe_case(gpu: &CudaBackend, p: Moe, n_experts: usize, ids: Option<Vec<u32>>, seed: u64) {
+    let (d, f) = (p.hidden, p.ffn);
+    let x = round_bf16(&uniform(p.n_tokens * d, seed));
+    let ws: Vec<[Vec<bf16>; 3]> = (0..n_experts as u64)
+        .map(|e| {
+            [f * d, d * f, f * d].map(|n| to_bf16(&scaled(n, seed * 100 + e * 3 + n as u64, 0.2)))
+        })
+        .collect();
+    let ids = ids.unwrap_or_else(|| {
+        uniform(p.n_tokens, seed ^ 5)
+            .iter()
+            .flat_map(|u| {
+                let first = ((u + 1.0) / 2.0 * n_experts as f32) as usize % n_experts;
+                (0..p.top_k).map(move |j| ((first + j * 3) % n_experts) as u32)
+            })
+            .collect()
+    });
+    let weights: Vec<f32> = uniform(ids.len(), seed ^ 9)
+        .iter()
+        .map(|v| 0.5 + 0.4 * v)
+        .collect();
+    let experts: Vec<Expert<'_>> = ws
+        .iter()
+        .map(|[w1, w2, w3]| Expert {
+            w1: Weight::BF16(w1),
+            w2: Weight::BF16(w2),
+            w3: Weight::BF16(w3),
+        })
+        .collect();
+    let want = mixtral_testkit::run(x.len(), |y| {
+        moe_ref::moe(p, &x, &ids, &weights, &experts, y)
+    });
+
+    let mut de = gpu.alloc_experts(n_experts, d, f, "experts").unwrap();
+    let mut progress_cb = |_: usize, _: usize| {};
+    let mut progress = mixtral_kernels::cuda::Progress::new(0, &mut progress_cb);
+    for (e, [w1, w2, w3]) in ws.iter().enumerate() {
+        gpu.write_weight_bf16(&mut de.w1, e * f * d, Weight::BF16(w1), &mut progress)
+            .unwrap();
+        gpu.write_weight_bf16(&mut de.w2, e * f * d, Weight::BF16(w2), &mut progress)
+            .unwrap();
+        gpu.write_weight_bf16(&mut de.w3, e * f * d, Weight::BF16(w3), &mut progress)
+            .unwrap();
+    }
+    let routing = gpu
+        .upload_routing(&ids, &weights, n_experts, p.top_k)
+        .unwrap();
+    let dx = gpu.upload_f32_as_bf16(&x, "x").unwrap();
+    let mut scratch = gpu.alloc_moe_scratch(p, n_experts).unwrap();
+    let mut dy: DeviceBuffer<f32> = gpu.alloc(x.len(), "y").unwrap();
+    gpu.moe(p, &dx, &routing, &de, &mut scratch, &mut dy)
+        .unwrap();
+    let got = gpu.read(&dy, x.len()).unwrap();
+    // The kernel rounds silu(w1 x) ⊙ w3 x to bf16 once; the reference keeps it in f32.
+    let w = check_rel(&format!("moe {p:?} E={n_experts}"), &got, &want, 1e-2).unwrap();
+    println!(
+        "moe {p:?} E={n_experts}: max |diff| / max |ref| = {:.2e}",
+        w.rel
+    );
+}
+
+#[test]
+fn moe_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let p = |n_tokens, hidden, ffn, top_k| Moe {
+        n_tokens,
+        hidden,
+        ffn,
+        top_k,
+    };
+    // One token: six of eight experts get nothing (the decode shape).
+    moe_case(&gpu, p(1, 64, 128, 2), 8, None, 1);
+    moe_case(&gpu, p(5, 64, 96, 3), 6, None, 2);
+    moe_case(&gpu, p(33, 128, 256, 2), 8, None, 3);
+    moe_case(&gpu, p(130, 256, 512, 2), 8, None, 4);
+    // An expert with more than one 64-row tile and experts with none.
+    moe_case(
+        &gpu,
+        p(100, 64, 128, 2),
+        8,
+        Some((0..100).flat_map(|_| [3, 5]).collect()),
+        5,
+    );
+    // Every expert for every token (top_k = E).
+    moe_case(
+        &gpu,
+        p(9, 64, 64, 4),
+        4,
+        Some((0..9).flat_map(|_| [2, 0, 3, 1]).collect()),
+        6,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_case(gpu: &CudaBackend, p: Attention, start: usize, n: usize, seed: u64) {
+    let (qw, kvw) = (p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim);
+    let rows = start + n;
+    let q = uniform(n * qw, seed);
+    let k = round_bf16(&scaled(rows * kvw, seed ^ 1, 3.0));
+    let v = round_bf16(&uniform(rows * kvw, seed ^ 2));
+    let positions: Vec<usize> = (start..rows).collect();
+    let want = mixtral_testkit::run(q.len(), |o| {
+        att_ref::attention(p, &q, &positions, &k, &v, o)
+    });
+    let (kc, vc) = (
+        gpu.upload_f32_as_bf16(&k, "kc").unwrap(),
+        gpu.upload_f32_as_bf16(&v, "vc").unwrap(),
+    );
+    let dq = gpu.upload(&q, "q").unwrap();
+    let mut out = gpu.alloc::<u16>(q.len(), "out").unwrap();
+    let dpos = gpu.upload_positions(&positions).unwrap();
+    gpu.attention_prefill(p, &dq, &dpos, &kc, &vc, rows, &mut out)
+        .unwrap();
+    let got = gpu.read_bf16_as_f32(&out, q.len()).unwrap();
+    check_close(
+        &format!("attention_prefill {p:?} {start}+{n}"),
+        &got,
+        &want,
+        1e-4,
+        8e-3,
+    )
+    .unwrap();
+    // Decode: the last query alone.
+    let mut scratch = gpu.alloc_decode_scratch(p.n_heads, p.head_dim).unwrap();
+    let last = gpu.upload_positions(&[rows - 1]).unwrap();
+    let dq1 = gpu.upload(&q[(n - 1) * qw..], "q1").unwrap();
+    gpu.attention_decode(p, &dq1, &last, &kc, &vc, rows, &mut scratch, &mut out)
+        .unwrap();
+    let got = gpu.read_bf16_as_f32(&out, qw).unwrap();
+    check_close(
+        &format!("attention_decode {p:?} at {}", rows - 1),
+        &got,
+        &want[(n - 1) * qw..],
+        1e-4,
+        8e-3,
+    )
+    .unwrap();
+}
+
+#[test]
+fn attention_prefill_and_decode_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    let p = |h, g, dh, window| Attention {
+        n_heads: h,
+        n_kv_heads: g,
+        head_dim: dh,
+        window,
+    };
+    attention_case(&gpu, p(4, 2, 16, None), 0, 5, 1);
+    attention_case(&gpu, p(4, 1, 16, Some(16)), 0, 130, 2);
+    attention_case(&gpu, p(2, 1, 128, None), 0, 40, 3);
+    attention_case(&gpu, p(32, 8, 128, None), 0, 77, 4);
+    attention_case(&gpu, p(32, 8, 128, None), 20, 20, 5); // continuing a cache
+    attention_case(&gpu, p(32, 8, 128, None), 2047, 1, 6); // long context, decode splits
+    attention_case(&gpu, p(32, 8, 128, Some(4096)), 5000, 3, 7); // window past the start
+}
+
+#[test]
+fn embedding_and_argmax_are_exact() {
+    let Some(gpu) = gpu() else { return };
+    let (vocab, cols) = (1000, 64);
+    let table = round_bf16(&uniform(vocab * cols, 3));
+    let dt = gpu.upload_f32_as_bf16(&table, "table").unwrap();
+    let ids = [0u32, 999, 5, 5, 17];
+    let dids = gpu.upload_tokens(&ids, vocab).unwrap();
+    let mut out = gpu.alloc::<f32>(ids.len() * cols, "out").unwrap();
+    gpu.embedding(&dids, &dt, cols, &mut out).unwrap();
+    let want: Vec<f32> = ids
+        .iter()
+        .flat_map(|&i| table[i as usize * cols..][..cols].to_vec())
+        .collect();
+    assert_eq!(gpu.read(&out, want.len()).unwrap(), want);
+    let mut out16 = gpu.alloc::<u16>(ids.len() * cols, "out16").unwrap();
+    gpu.embedding_bf16(&dids, &dt, cols, &mut out16).unwrap();
+    assert_eq!(gpu.read_bf16_as_f32(&out16, want.len()).unwrap(), want);
+    assert!(matches!(
+        gpu.upload_tokens(&[1000], vocab),
+        Err(Error::Input { .. })
+    ));
+
+    for (rows, cols) in [(1, 32000), (3, 1024), (2, 7)] {
+        let mut logits = uniform(rows * cols, rows as u64);
+        logits[cols - 1] = 2.0; // a tie-free maximum at the end of row 0
+        let dl = gpu.upload(&logits, "logits").unwrap();
+        let mut ids = gpu.alloc::<u32>(rows, "ids").unwrap();
+        gpu.argmax(&dl, rows, cols, &mut ids).unwrap();
+        let want: Vec<u32> = logits.chunks(cols).map(|r| argmax(r) as u32).collect();
+        assert_eq!(gpu.read(&ids, rows).unwrap(), want);
+    }
+    let ties = vec![1.0f32; 100];
+    let dl = gpu.upload(&ties, "ties").unwrap();
+    let mut ids = gpu.alloc::<u32>(1, "ids").unwrap();
+    gpu.argmax(&dl, 1, 100, &mut ids).unwrap();
+    assert_eq!(
+        gpu.read(&ids, 1).unwrap(),
+        [0],
+        "ties go to the lower index"
+    );
+    assert!(max_abs(&ties) == 1.0);
+}
+
+#[test]
+fn launchers_reject_bad_shapes_on_the_device() {
+    let Some(gpu) = gpu() else { return };
+    let x = gpu.alloc::<u16>(9 * 64, "x").unwrap();
+    let w = gpu.alloc::<u16>(64 * 10, "w").unwrap();
+    let mut y = gpu.alloc::<f32>(9 * 10, "y").unwrap();
+    let gemv = gpu.matmul_gemv(
+        Matmul {
+            rows: 9,
+            k: 64,
+            n: 10,
+        },
+        &x,
+        &w,
+        &mut y,
+    );
+    assert!(matches!(gemv, Err(Error::Limit { .. })), "{gemv:?}");
+    let short = gpu.matmul(
+        Matmul {
+            rows: 9,
+            k: 64,
+            n: 11,
+        },
+        &x,
+        &w,
+        &mut y,
+    );
+    assert!(
+        matches!(short, Err(Error::Limit { .. } | Error::Shape { .. })),
+        "{short:?}"
+    );
+    let huge = gpu.alloc::<u8>(1 << 50, "a petabyte");
+    match huge {
+        Err(Error::OutOfMemory { bytes, .. }) => assert_eq!(bytes, 1 << 50),
+        other => panic!("expected OutOfMemory, got {other:?}"),
+    }
+}
