@@ -46,9 +46,10 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         .model()
         .weights()
         .bytes_read_per_token(c.num_experts_per_tok);
+    // Peak memory of the generation itself, before the bandwidth probe allocates its buffer.
+    let peak = mixtral::bench::peak_rss_bytes();
     let bandwidth = mixtral::bench::read_bandwidth(&engine, 1 << 30, 3);
     let floor = bandwidth / bytes_per_token as f64;
-    let peak = mixtral::bench::peak_rss_bytes();
     let decode = stats.decode_tokens_per_s();
     if args.json {
         let out = serde_json::json!({

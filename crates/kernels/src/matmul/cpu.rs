@@ -48,7 +48,7 @@ const MR: usize = 4;
 /// 16 AVX2 registers.
 const NR: usize = 2;
 /// Weight rows per GEMV pass: four independent accumulator chains hide the FMA latency.
-const NR_GEMV: usize = 4;
+const NR_GEMV: usize = 8;
 
 /// `y[r, j] = Σ_i x[r, i] · W[j, i]`: same contract as
 /// [`reference::matmul`](super::reference::matmul), accumulated in f32 (in a different order,
