@@ -1,6 +1,6 @@
 //! Arguments shared by several commands: the model directory, threads, prompts, sampling.
 
-use mixtral::{Engine, LoadOptions, Message, Prompt};
+use mixtral::{Device, Engine, LoadOptions, Message, Prompt};
 use std::path::PathBuf;
 
 /// The tiny test checkpoint shipped in the repository: the default `--model`.
@@ -19,6 +19,9 @@ pub(crate) struct ModelArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where to run: `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    pub device: Device,
 }
 
 impl ModelArgs {
@@ -26,6 +29,7 @@ impl ModelArgs {
     pub(crate) fn load(&self) -> Result<Engine, mixtral::Error> {
         let opts = LoadOptions {
             threads: self.threads,
+            device: self.device,
             prefault: true,
             ..LoadOptions::default()
         };

@@ -208,6 +208,17 @@ fn bad_input_fails_with_one_clear_line() {
         &mixtral(&["generate", "--top-p", "abc", "--prompt", "x"]),
         "invalid value",
     );
+    assert_fails_cleanly(
+        &mixtral(&["generate", "--device", "tpu", "--prompt", "x"]),
+        "unknown device",
+    );
+    // This machine has no GPU: asking for one is a clear error, not a panic.
+    if !std::path::Path::new("/dev/nvidia0").exists() {
+        assert_fails_cleanly(
+            &mixtral(&["generate", "--device", "cuda", "--prompt", "x"]),
+            "no CUDA driver",
+        );
+    }
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("chat.json");
     std::fs::write(&bad, "[{\"role\": \"robot\"}]").unwrap();

@@ -1,7 +1,8 @@
 //! `Engine`: a loaded model with its tokenizer, worker threads and generation defaults.
 
 use crate::{Defaults, Error, Result};
-use mixtral_model::{Checkpoint, Config, ForwardOptions, Logits, Model, Output};
+use mixtral_kernels::cuda::CudaBackend;
+use mixtral_model::{Checkpoint, Config, CudaModel, ForwardOptions, Logits, Model, Output};
 use mixtral_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
@@ -9,9 +10,29 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Device {
-    /// The host CPU (the CUDA backend will add a variant here).
+    /// The host CPU: the fast SIMD kernels on `threads` threads.
     #[default]
     Cpu,
+    /// An NVIDIA GPU (by ordinal): weights uploaded once as bf16, the KV cache and every
+    /// activation on the device. Fails with a clear error where no CUDA driver is found.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    /// `cpu`, `cuda` (device 0) or `cuda:N`.
+    fn from_str(s: &str) -> std::result::Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (expected cpu, cuda or cuda:N)")),
+        }
+    }
 }
 
 /// The precision activations are computed in. Weights stay in their stored dtype.
@@ -40,6 +61,8 @@ pub struct LoadOptions {
 /// A model ready to generate: weights (memory-mapped), tokenizer, threads, defaults.
 pub struct Engine {
     pub(crate) model: Model,
+    /// The device copy of the model when running on a GPU.
+    pub(crate) cuda: Option<CudaModel>,
     pub(crate) tokenizer: Option<Tokenizer>,
     pub(crate) defaults: Defaults,
     pool: rayon::ThreadPool,
@@ -82,9 +105,19 @@ impl Engine {
             .build()
             .map_err(|source| Error::Threads { threads, source })?;
         let ckpt = Checkpoint::open(dir)?;
-        if opts.prefault {
-            prefault(&ckpt, &mut progress);
-        }
+        let cuda = match opts.device {
+            Device::Cpu => {
+                if opts.prefault {
+                    prefault(&ckpt, &mut progress);
+                }
+                None
+            }
+            Device::Cuda(ordinal) => {
+                let gpu = CudaBackend::new(ordinal).map_err(mixtral_model::CudaModelError::from)?;
+                let upload = |done: usize, total: usize| progress(done as u64, total as u64);
+                Some(CudaModel::from_checkpoint(&ckpt, &gpu, upload)?)
+            }
+        };
         let tokenizer = match dir.join("tokenizer.json").is_file() {
             true => Some(Tokenizer::from_dir(dir)?),
             false => None,
@@ -93,6 +126,7 @@ impl Engine {
         let model = Model::new(ckpt)?;
         Ok(Engine {
             model,
+            cuda,
             tokenizer,
             defaults,
             pool,
@@ -150,13 +184,22 @@ impl Engine {
     /// # Ok::<(), mixtral::Error>(())
     /// ```
     pub fn logits(&self, tokens: &[u32], routing: bool) -> Result<Output> {
-        let mut cache = self.model.new_cache();
         let positions: Vec<usize> = (0..tokens.len()).collect();
         let opts = ForwardOptions {
             logits: Logits::All,
             trace_routing: routing,
         };
+        if let Some(cuda) = &self.cuda {
+            let mut cache = cuda.new_cache(tokens.len())?;
+            return Ok(cuda.prefill(tokens, &positions, &mut cache, opts)?);
+        }
+        let mut cache = self.model.new_cache();
         self.run(|| self.model.prefill(tokens, &positions, &mut cache, opts))
+    }
+
+    /// True when the model runs on a GPU.
+    pub fn on_gpu(&self) -> bool {
+        self.cuda.is_some()
     }
 
     /// Runs `f` on this engine's worker threads (their rayon pool).

@@ -9,6 +9,9 @@ pub enum Error {
     /// Loading or running the model failed.
     #[error(transparent)]
     Model(#[from] mixtral_model::Error),
+    /// The CUDA backend failed (no driver, out of device memory, a kernel error).
+    #[error(transparent)]
+    Cuda(#[from] mixtral_model::CudaModelError),
     /// Tokenizing or chat formatting failed.
     #[error(transparent)]
     Tokenizer(#[from] mixtral_tokenizer::Error),

@@ -2,7 +2,7 @@
 //! of tokens with their text), and the parameters that steer it.
 
 use crate::{Engine, Result};
-use mixtral_model::{ForwardOptions, KvCache};
+use mixtral_model::{CudaKvCache, ForwardOptions, KvCache};
 use mixtral_sampler::{Sampled, Sampler, SamplerConfig, StopConfig, StopReason, Stopper};
 use mixtral_tokenizer::IncrementalDecoder;
 use mixtral_tokenizer::chat::Message;
@@ -111,8 +111,26 @@ fn rate(n: usize, t: Duration) -> f64 {
 /// session lets a chat continue without recomputing the conversation so far.
 #[derive(Debug)]
 pub struct Session {
-    cache: KvCache,
+    cache: Cache,
     ids: Vec<u32>,
+}
+
+/// Where a session's keys and values live.
+#[derive(Debug)]
+enum Cache {
+    Cpu(Box<KvCache>),
+    /// Allocated on the device at the first prefill.
+    Cuda(Option<CudaKvCache>),
+}
+
+impl Cache {
+    fn truncate(&mut self, len: usize) {
+        match self {
+            Cache::Cpu(c) => c.truncate(len),
+            Cache::Cuda(Some(c)) => c.truncate(len),
+            Cache::Cuda(None) => {}
+        }
+    }
 }
 
 impl Session {
@@ -167,10 +185,54 @@ impl Engine {
 
     /// An empty session.
     pub fn session(&self) -> Session {
-        Session {
-            cache: self.model.new_cache(),
-            ids: vec![],
+        let cache = match self.cuda {
+            Some(_) => Cache::Cuda(None),
+            None => Cache::Cpu(Box::new(self.model.new_cache())),
+        };
+        Session { cache, ids: vec![] }
+    }
+
+    /// Runs `chunk` after the session's cached ids; returns the last row of logits.
+    fn prefill_chunk(&self, session: &mut Session, chunk: &[u32]) -> Result<Vec<f32>> {
+        let start = session.ids.len();
+        let positions: Vec<usize> = (start..start + chunk.len()).collect();
+        let opts = ForwardOptions::default();
+        let out = match (&mut session.cache, &self.cuda) {
+            (Cache::Cuda(cache), Some(cuda)) => {
+                let cache = match cache {
+                    Some(c) => c,
+                    None => cache.insert(cuda.new_cache(start + chunk.len())?),
+                };
+                cuda.prefill(chunk, &positions, cache, opts)?
+            }
+            (Cache::Cpu(cache), _) => {
+                self.run(|| self.model.prefill(chunk, &positions, cache, opts))?
+            }
+            (Cache::Cuda(_), None) => unreachable!("a CUDA session comes from a CUDA engine"),
+        };
+        session.ids.extend_from_slice(chunk);
+        Ok(out.last().to_vec())
+    }
+
+    /// Runs one token after the session's cached ids, writing its logits into `logits`.
+    fn decode_into(&self, session: &mut Session, id: u32, logits: &mut Vec<f32>) -> Result<()> {
+        let pos = session.ids.len();
+        match (&mut session.cache, &self.cuda) {
+            (Cache::Cuda(Some(cache)), Some(cuda)) => {
+                let out = cuda.decode(id, pos, cache, ForwardOptions::default())?;
+                logits.clear();
+                logits.extend_from_slice(out.last());
+            }
+            (Cache::Cpu(cache), _) => self.run(|| {
+                let row = self.model.decode_logits(id, pos, cache)?;
+                logits.clear();
+                logits.extend_from_slice(row);
+                Ok(())
+            })?,
+            _ => unreachable!("decode follows a prefill on the session's own device"),
         }
+        session.ids.push(id);
+        Ok(())
     }
 
     /// Starts generating from `prompt` in a fresh session.
@@ -228,18 +290,7 @@ impl Engine {
             return Err(mixtral_model::Error::EmptyInput.into());
         }
         for chunk in todo.chunks(PREFILL_CHUNK) {
-            let positions: Vec<usize> =
-                (session.ids.len()..session.ids.len() + chunk.len()).collect();
-            let out = self.run(|| {
-                self.model.prefill(
-                    chunk,
-                    &positions,
-                    &mut session.cache,
-                    ForwardOptions::default(),
-                )
-            })?;
-            logits = out.last().to_vec();
-            session.ids.extend_from_slice(chunk);
+            logits = self.prefill_chunk(&mut session, chunk)?;
             progress(session.ids.len() - keep, todo.len());
         }
         let stats = Stats {
@@ -306,18 +357,11 @@ impl Generation<'_> {
     /// Runs the pending token through the model, leaving its logits in `self.logits`
     /// (no allocation: the model writes into the cache's scratch, copied into our buffer).
     fn advance(&mut self, id: u32) -> Result<()> {
-        let (engine, session, logits) = (self.engine, &mut self.session, &mut self.logits);
-        let pos = session.ids.len();
         let start = Instant::now();
-        engine.run(|| {
-            let row = engine.model.decode_logits(id, pos, &mut session.cache)?;
-            logits.clear();
-            logits.extend_from_slice(row);
-            Ok(())
-        })?;
+        self.engine
+            .decode_into(&mut self.session, id, &mut self.logits)?;
         self.stats.decode_time += start.elapsed();
         self.stats.decode_steps += 1;
-        session.ids.push(id);
         Ok(())
     }
 

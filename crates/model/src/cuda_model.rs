@@ -74,6 +74,15 @@ pub struct CudaKvCache {
     kv_dim: usize,
 }
 
+impl std::fmt::Debug for CudaKvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaKvCache")
+            .field("len", &self.len)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
 impl CudaKvCache {
     /// Positions held.
     pub fn len(&self) -> usize {
