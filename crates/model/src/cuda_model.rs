@@ -447,48 +447,6 @@ impl CudaModel {
         self.prefill_greedy(&[token], &[position], cache)
     }
 
-    /// The same checks as the CPU model: tokens in range, positions continuing the cache,
-    /// context within `max_position_embeddings`.
-    fn check_input(
-        &self,
-        tokens: &[u32],
-        positions: &[usize],
-        cache: &CudaKvCache,
-    ) -> Result<(), ModelError> {
-        let c = &self.config;
-        if tokens.is_empty() {
-            return Err(ModelError::EmptyInput);
-        }
-        assert_eq!(tokens.len(), positions.len(), "one position per token");
-        if let Some((index, &id)) = tokens
-            .iter()
-            .enumerate()
-            .find(|&(_, &id)| id as usize >= c.vocab_size)
-        {
-            return Err(ModelError::TokenOutOfRange {
-                id,
-                index,
-                vocab: c.vocab_size,
-            });
-        }
-        for (i, &p) in positions.iter().enumerate() {
-            if p != cache.len + i {
-                return Err(ModelError::PositionMismatch {
-                    expected: cache.len + i,
-                    found: p,
-                });
-            }
-        }
-        let len = cache.len + tokens.len();
-        if len > c.max_position_embeddings {
-            return Err(ModelError::ContextOverflow {
-                len,
-                max: c.max_position_embeddings,
-            });
-        }
-        Ok(())
-    }
-
     fn forward(
         &self,
         tokens: &[u32],
@@ -497,7 +455,7 @@ impl CudaModel {
         want: Want,
         trace: bool,
     ) -> Result<(Fetched, Option<RoutingTrace>)> {
-        self.check_input(tokens, positions, cache)?;
+        crate::input::check_input(&self.config, tokens, positions, cache.len)?;
         let (c, gpu, n) = (&self.config, &self.gpu, tokens.len());
         cache.reserve(gpu, cache.len + n, c.max_position_embeddings)?;
         let mut slot = self.work.lock().unwrap_or_else(|p| p.into_inner());

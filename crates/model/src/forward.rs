@@ -3,11 +3,11 @@
 //! embedding → per layer [RMSNorm → attention → residual add → RMSNorm → sparse MoE →
 //! residual add] → final RMSNorm → lm_head.
 
+use crate::input::check_input;
 use crate::ops::MoeInput;
 use crate::scratch::{Scratch, sized};
 use crate::{
-    Checkpoint, Config, Error, Kernels, KvCache, LayerRouting, LayerWeights, Result, RoutingTrace,
-    Weights,
+    Checkpoint, Config, Kernels, KvCache, LayerRouting, LayerWeights, Result, RoutingTrace, Weights,
 };
 use mixtral_kernels::Weight;
 use mixtral_kernels::attention::Attention;
@@ -128,7 +128,7 @@ impl Model {
         cache: &mut KvCache,
         opts: ForwardOptions,
     ) -> Result<Output> {
-        self.check_input(tokens, positions, cache)?;
+        check_input(&self.config, tokens, positions, cache.len())?;
         let routing = self.forward(tokens, positions, cache, opts);
         let rows = match opts.logits {
             Logits::All => tokens.len(),
@@ -160,44 +160,9 @@ impl Model {
         position: usize,
         cache: &'c mut KvCache,
     ) -> Result<&'c [f32]> {
-        self.check_input(&[token], &[position], cache)?;
+        check_input(&self.config, &[token], &[position], cache.len())?;
         self.forward(&[token], &[position], cache, ForwardOptions::default());
         Ok(&cache.scratch.logits)
-    }
-
-    fn check_input(&self, tokens: &[u32], positions: &[usize], cache: &KvCache) -> Result<()> {
-        let c = &self.config;
-        if tokens.is_empty() {
-            return Err(Error::EmptyInput);
-        }
-        assert_eq!(tokens.len(), positions.len(), "one position per token");
-        if let Some((index, &id)) = tokens
-            .iter()
-            .enumerate()
-            .find(|&(_, &id)| id as usize >= c.vocab_size)
-        {
-            return Err(Error::TokenOutOfRange {
-                id,
-                index,
-                vocab: c.vocab_size,
-            });
-        }
-        for (i, &p) in positions.iter().enumerate() {
-            if p != cache.len() + i {
-                return Err(Error::PositionMismatch {
-                    expected: cache.len() + i,
-                    found: p,
-                });
-            }
-        }
-        let len = cache.len() + tokens.len();
-        if len > c.max_position_embeddings {
-            return Err(Error::ContextOverflow {
-                len,
-                max: c.max_position_embeddings,
-            });
-        }
-        Ok(())
     }
 
     /// The graph. Leaves the logits in `cache.scratch.logits`; returns the routing trace.

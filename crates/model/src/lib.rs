@@ -32,6 +32,7 @@ mod config;
 mod cuda_model;
 mod error;
 mod forward;
+mod input;
 mod kv_cache;
 pub mod names;
 mod ops;

@@ -10,12 +10,12 @@
 //! `MIXTRAL_REQUIRE_GPU=1` it fails instead. `MIXTRAL_FIXTURES_DIR` overrides the fixture
 //! folder (the gpu-check script runs these binaries from another checkout path).
 
+mod common;
+
+use common::{Expected, fixture, ids};
 use mixtral_kernels::cuda::CudaBackend;
 use mixtral_model::{Checkpoint, CudaModel, ForwardOptions, Logits};
-use mixtral_tensor::SafetensorsFile;
 use mixtral_testkit::{argmax, check_rel};
-use serde_json::Value;
-use std::path::PathBuf;
 
 const MODELS: [&str; 3] = ["tiny-f32", "tiny-bf16", "tiny-variant-f32"];
 const REL_TOL: f32 = 5e-2;
@@ -34,51 +34,34 @@ fn gpu() -> Option<CudaBackend> {
     }
 }
 
-fn model_dir(name: &str) -> PathBuf {
-    std::env::var_os("MIXTRAL_FIXTURES_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(mixtral_testkit::fixtures_dir)
-        .join("models")
-        .join(name)
-}
-
 struct Fixture {
     name: &'static str,
     ckpt: Checkpoint,
-    expected: Value,
-    logits: SafetensorsFile,
+    exp: Expected,
 }
 
 impl Fixture {
     fn load(name: &'static str) -> Fixture {
-        let dir = model_dir(name);
-        let ckpt = Checkpoint::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected =
-            serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
-        let logits = SafetensorsFile::open(dir.join("expected_logits.safetensors")).unwrap();
+        let ckpt = Checkpoint::open(fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         Fixture {
             name,
             ckpt,
-            expected,
-            logits,
+            exp: Expected::load(name),
         }
     }
 
     fn f32s(&self, tensor: &str) -> Vec<f32> {
-        self.logits.tensor(tensor).unwrap().to_f32_vec().unwrap()
+        self.exp
+            .f32s(tensor)
+            .unwrap_or_else(|| panic!("{}: no tensor {tensor}", self.name))
     }
 
     fn i32s(&self, tensor: &str) -> Vec<i32> {
-        self.logits
-            .tensor(tensor)
-            .unwrap()
-            .as_slice::<i32>()
-            .unwrap()
-            .to_vec()
+        self.exp.i32s(tensor)
     }
 
     fn tokens(&self, case: usize) -> Vec<u32> {
-        ids(&self.expected["cases"][case]["input_ids"])
+        ids(&self.exp.json["cases"][case]["input_ids"])
     }
 
     fn upload(&self, gpu: &CudaBackend) -> CudaModel {
@@ -92,14 +75,6 @@ impl Fixture {
         );
         m
     }
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 const ALL: ForwardOptions = ForwardOptions {
@@ -184,7 +159,7 @@ fn cached_decode_matches_the_incremental_reference() {
         let m = fx.upload(&gpu);
         let v = m.config().vocab_size;
         let tokens = fx.tokens(1);
-        let prefill = fx.expected["incremental"]["prefill"].as_u64().unwrap() as usize;
+        let prefill = fx.exp.json["incremental"]["prefill"].as_u64().unwrap() as usize;
         let want = fx.f32s("incremental.prompt1.logits");
         let stored_rows = want.len() / v;
         let first_row = tokens.len() - stored_rows; // tiny-bf16 stores positions 20.. only
@@ -226,7 +201,7 @@ fn greedy_on_the_device_follows_the_reference_path() {
         let m = fx.upload(&gpu);
         for case in 0..3 {
             let tokens = fx.tokens(case);
-            let want = ids(&fx.expected["cases"][case]["greedy_new_tokens"]);
+            let want = ids(&fx.exp.json["cases"][case]["greedy_new_tokens"]);
             let mut cache = m.new_cache(tokens.len() + want.len()).unwrap();
             let positions: Vec<usize> = (0..tokens.len()).collect();
             let mut next = m.prefill_greedy(&tokens, &positions, &mut cache).unwrap();

@@ -6,8 +6,10 @@
 
 use mixtral_kernels::Isa;
 use mixtral_model::{ForwardOptions, Kernels, Logits, Model, RoutingTrace};
-use mixtral_tensor::SafetensorsFile;
-use mixtral_testkit::{argmax, check_rel, fixture_model};
+mod common;
+
+use common::{Expected, fixture, ids};
+use mixtral_testkit::{argmax, check_rel};
 use serde_json::Value;
 
 const REL_TOL: f32 = 1e-4;
@@ -33,55 +35,33 @@ fn fixtures() -> impl Iterator<Item = (String, Fixture)> {
 
 struct Fixture {
     model: Model,
-    expected: Value,
-    logits: SafetensorsFile,
+    exp: Expected,
 }
 
 impl Fixture {
     fn load(name: &str) -> Fixture {
-        let dir = fixture_model(name);
-        let model = Model::open(&dir).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let expected =
-            serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
-        let logits = SafetensorsFile::open(dir.join("expected_logits.safetensors")).unwrap();
+        let model = Model::open(fixture(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
         Fixture {
             model,
-            expected,
-            logits,
+            exp: Expected::load(name),
         }
     }
 
     fn f32s(&self, tensor: &str) -> Option<Vec<f32>> {
-        self.logits
-            .infos()
-            .contains_key(tensor)
-            .then(|| self.logits.tensor(tensor).unwrap().to_f32_vec().unwrap())
+        self.exp.f32s(tensor)
     }
 
     fn i32s(&self, tensor: &str) -> Vec<i32> {
-        self.logits
-            .tensor(tensor)
-            .unwrap()
-            .as_slice::<i32>()
-            .unwrap()
-            .to_vec()
+        self.exp.i32s(tensor)
     }
 
     fn cases(&self) -> &[Value] {
-        self.expected["cases"].as_array().unwrap()
+        self.exp.cases()
     }
 
     fn vocab(&self) -> usize {
         self.model.config().vocab_size
     }
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn positions(start: usize, n: usize) -> Vec<usize> {
@@ -153,7 +133,7 @@ fn logits_at_every_position_match_transformers() {
 fn prefill_then_decode_matches_the_full_forward() {
     for (name, fx) in fixtures() {
         let v = fx.vocab();
-        let inc = &fx.expected["incremental"];
+        let inc = &fx.exp.json["incremental"];
         let (prompt, prefill) = (
             inc["prompt"].as_u64().unwrap() as usize,
             inc["prefill"].as_u64().unwrap() as usize,
@@ -247,7 +227,7 @@ fn router_choices_match_at_every_position_with_a_clear_margin() {
             c.num_local_experts,
             c.num_experts_per_tok,
         );
-        let prompt = fx.expected["router"]["prompt"].as_u64().unwrap() as usize;
+        let prompt = fx.exp.json["router"]["prompt"].as_u64().unwrap() as usize;
         let tokens = ids(&fx.cases()[prompt]["input_ids"]);
         let (_, trace) = forward_all(&fx.model, &tokens);
         let want_ids = fx.i32s(&format!("router.prompt{prompt}.top_indices")); // [L, T, K]

@@ -5,9 +5,14 @@
 
 use std::path::PathBuf;
 
-/// The repository's `tests/fixtures` folder (reference data from transformers et al.).
+/// The repository's `tests/fixtures` folder (reference data from transformers et al.), or
+/// `$MIXTRAL_FIXTURES_DIR` where test binaries run away from the source tree (a GPU machine).
 pub fn fixtures_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
+    std::env::var_os("MIXTRAL_FIXTURES_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
+        })
 }
 
 /// The fixture model directory `name` (`tiny-f32`, `tiny-bf16`, `tiny-variant-f32`).

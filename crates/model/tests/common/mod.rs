@@ -1,16 +1,62 @@
 //! Shared by the model crate's integration tests: fixture paths and checkpoint rewriting.
 #![allow(dead_code)]
 
-use mixtral_tensor::{Tensor, TensorStore};
+use mixtral_tensor::{SafetensorsFile, Tensor, TensorStore};
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 /// A fixture model directory.
 pub fn fixture(model: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/models"
-    ))
-    .join(model)
+    mixtral_testkit::fixture_model(model)
+}
+
+/// A fixture model's reference outputs: `expected.json` and `expected_logits.safetensors`.
+pub struct Expected {
+    /// `expected.json`.
+    pub json: Value,
+    /// `expected_logits.safetensors`.
+    pub logits: SafetensorsFile,
+}
+
+impl Expected {
+    /// Reads the reference outputs of fixture `model`.
+    pub fn load(model: &str) -> Expected {
+        let dir = fixture(model);
+        let json =
+            serde_json::from_slice(&std::fs::read(dir.join("expected.json")).unwrap()).unwrap();
+        let logits = SafetensorsFile::open(dir.join("expected_logits.safetensors")).unwrap();
+        Expected { json, logits }
+    }
+
+    /// A stored float tensor widened to f32, if the fixture has it.
+    pub fn f32s(&self, tensor: &str) -> Option<Vec<f32>> {
+        let present = self.logits.infos().contains_key(tensor);
+        present.then(|| self.logits.tensor(tensor).unwrap().to_f32_vec().unwrap())
+    }
+
+    /// A stored I32 tensor.
+    pub fn i32s(&self, tensor: &str) -> Vec<i32> {
+        self.logits
+            .tensor(tensor)
+            .unwrap()
+            .as_slice::<i32>()
+            .unwrap()
+            .to_vec()
+    }
+
+    /// The reference prompts.
+    pub fn cases(&self) -> &[Value] {
+        self.json["cases"].as_array().unwrap()
+    }
+}
+
+/// A JSON list of token ids.
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// Copies fixture `model` into `dst` as one `model.safetensors`, passing every tensor through
