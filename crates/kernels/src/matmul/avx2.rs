@@ -28,6 +28,16 @@ impl Tiles for Avx2 {
         unsafe {
             let mut acc = [[_mm256_setzero_ps(); N]; M];
             while i + 8 <= kc {
+                // GEMV (one token) streams each weight row once: fetch the next group of N
+                // rows at the same offset a group ahead, so page-crossing row starts do not
+                // wait for the hardware prefetcher to ramp up again. A prefetch never faults,
+                // so the address may run past the matrix (`wrapping_add`, never dereferenced).
+                if M == 1 && (i * std::mem::size_of::<T>()).is_multiple_of(64) {
+                    for j in 0..N {
+                        let ahead = pw.wrapping_add((N + j) * ldw + i);
+                        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                    }
+                }
                 let mut wv = [_mm256_setzero_ps(); N];
                 for (j, v) in wv.iter_mut().enumerate() {
                     *v = T::load8(pw.add(j * ldw + i));
