@@ -153,7 +153,6 @@ pub struct Generation<'e> {
     /// The last sampled token, not yet run through the model.
     pending: Option<u32>,
     finish: Option<FinishReason>,
-    generated: Vec<u32>,
     stats: Stats,
 }
 
@@ -309,7 +308,6 @@ impl Engine {
             history: prompt_ids.to_vec(),
             pending: None,
             finish: None,
-            generated: vec![],
             stats,
         })
     }
@@ -318,7 +316,7 @@ impl Engine {
 impl std::fmt::Debug for Generation<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Generation")
-            .field("generated", &self.generated)
+            .field("generated", &self.generated())
             .field("finish", &self.finish)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
@@ -338,7 +336,7 @@ impl Generation<'_> {
 
     /// Ids generated so far.
     pub fn generated(&self) -> &[u32] {
-        &self.generated
+        &self.history[self.stats.prompt_tokens..]
     }
 
     /// Stops generation: the iterator ends and the finish reason is `Interrupted`.
@@ -381,7 +379,6 @@ impl Generation<'_> {
             None => String::new(),
         };
         let step = self.stopper.push(id, &piece);
-        self.generated.push(id);
         self.stats.generated_tokens += 1;
         match step.stop {
             Some(reason) => self.finish = Some(FinishReason::Stop(reason)),

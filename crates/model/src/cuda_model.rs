@@ -405,10 +405,7 @@ impl CudaModel {
             opts.trace_routing,
         )?;
         Ok(Output {
-            rows: match opts.logits {
-                Logits::All => tokens.len(),
-                Logits::Last => 1,
-            },
+            rows: opts.logits.rows(tokens.len()),
             logits: out.into_logits(),
             routing,
         })

@@ -28,6 +28,16 @@ pub enum Logits {
     All,
 }
 
+impl Logits {
+    /// Rows of logits a call over `n_tokens` tokens returns.
+    pub fn rows(self, n_tokens: usize) -> usize {
+        match self {
+            Logits::All => n_tokens,
+            Logits::Last => 1,
+        }
+    }
+}
+
 /// What a forward call should return besides updating the cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ForwardOptions {
@@ -130,10 +140,7 @@ impl Model {
     ) -> Result<Output> {
         check_input(&self.config, tokens, positions, cache.len())?;
         let routing = self.forward(tokens, positions, cache, opts);
-        let rows = match opts.logits {
-            Logits::All => tokens.len(),
-            Logits::Last => 1,
-        };
+        let rows = opts.logits.rows(tokens.len());
         Ok(Output {
             logits: cache.scratch.logits.clone(),
             rows,
@@ -191,10 +198,7 @@ impl Model {
             }
         }
         cache.commit(n);
-        let rows = match opts.logits {
-            Logits::All => n,
-            Logits::Last => 1,
-        };
+        let rows = opts.logits.rows(n);
         self.head(rows, &mut s);
         cache.scratch = s;
         trace
