@@ -82,6 +82,49 @@ impl Tiles for Avx2 {
             dst[j] = src[j].widen();
         }
     }
+
+    #[inline(always)]
+    unsafe fn dot<T: Elem>(x: &[f32], w: &[T]) -> f32 {
+        // SAFETY: the caller guarantees the features.
+        unsafe { Self::dot4(x, w) }
+    }
+}
+
+impl Avx2 {
+    /// The `dot` of [`Tiles`]: four 8-lane accumulators over one row, 32 elements a step.
+    #[inline(always)]
+    unsafe fn dot4<T: Elem>(x: &[f32], w: &[T]) -> f32 {
+        let k = x.len().min(w.len());
+        let (px, pw) = (x.as_ptr(), w.as_ptr());
+        let mut i = 0;
+        let mut s;
+        // SAFETY: every load reads `i .. i + 32 <= k` (or `i + 8 <= k`), inside both slices;
+        // the caller guarantees AVX2/FMA/F16C.
+        unsafe {
+            let mut acc = [_mm256_setzero_ps(); 4];
+            while i + 32 <= k {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    let (xv, wv) = (
+                        _mm256_loadu_ps(px.add(i + 8 * r)),
+                        T::load8(pw.add(i + 8 * r)),
+                    );
+                    *a = _mm256_fmadd_ps(xv, wv, *a);
+                }
+                i += 32;
+            }
+            while i + 8 <= k {
+                let (xv, wv) = (_mm256_loadu_ps(px.add(i)), T::load8(pw.add(i)));
+                acc[0] = _mm256_fmadd_ps(xv, wv, acc[0]);
+                i += 8;
+            }
+            let pair = |a: __m256, b: __m256| _mm256_add_ps(a, b);
+            s = hsum(pair(pair(acc[0], acc[1]), pair(acc[2], acc[3])));
+        }
+        for j in i..k {
+            s += x[j] * w[j].widen();
+        }
+        s
+    }
 }
 
 /// [`drive`] compiled with AVX2, FMA and F16C.

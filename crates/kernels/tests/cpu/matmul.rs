@@ -59,6 +59,17 @@ fn gemm_crosses_k_blocks_and_thread_chunks() {
     .unwrap();
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 8, ..config() })]
+
+    /// Rows longer than the row-by-row limit (2048) take the interleaved GEMV: odd lengths
+    /// around it and far past it.
+    #[test]
+    fn gemv_long_rows_match_reference(k in 2040usize..2100, extra in 0usize..3, n in 1usize..40, seed: u64) {
+        check(Matmul { rows: 1, k: k + extra * 1500, n }, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
 #[test]
 fn gemm_runs_inside_a_one_thread_pool() {
     // The caller controls threads: a 1-thread pool takes the sequential path.
