@@ -11,7 +11,7 @@ use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput, criterion_group, criterion_main};
 use half::{bf16, f16};
 use mixtral_kernels::attention::{self, Attention};
-use mixtral_kernels::matmul::{Matmul, cpu, reference};
+use mixtral_kernels::matmul::{Matmul, Precision, cpu, reference};
 use mixtral_kernels::moe::{self, Expert, Moe, cpu::MoeScratch};
 use mixtral_kernels::rmsnorm::{self, RmsNorm};
 use mixtral_kernels::rope::{self, Rope, cpu::RopeTable};
@@ -134,6 +134,12 @@ fn matmul_group(c: &mut Criterion, dtype: Dtype, p: Matmul, with_reference: bool
         g.bench_function(format!("cpu-{isa}"), |b| {
             b.iter(|| cpu::matmul(isa, p, black_box(&x), w, &mut y))
         });
+        if matches!(w, Weight::BF16(_)) {
+            // Activations rounded to bf16 (`Precision::Bf16`), as llama.cpp computes.
+            g.bench_function(format!("cpu-{isa}-bf16-activations"), |b| {
+                b.iter(|| cpu::matmul_bf16(isa, p, black_box(&x), w, &mut y))
+            });
+        }
     }
     g.finish();
 }
@@ -341,6 +347,7 @@ fn moe_block(c: &mut Criterion) {
                 b.iter(|| {
                     moe::cpu::moe(
                         isa,
+                        Precision::F32,
                         p,
                         black_box(&x),
                         &ids,

@@ -281,7 +281,15 @@ impl Model {
     fn moe_block(&self, lw: &LayerWeights, n: usize, s: &mut Scratch) {
         let c = &self.config;
         self.norm(&s.h, &lw.moe_norm, &mut s.x); // [T, D]
-        self.linear(&s.x, &lw.router, &mut s.router); // [T, E]
+        // The router in f32 at any precision: a rounding must not flip an expert choice.
+        let (n_exp, d) = (lw.router.dims()[0], lw.router.dims()[1]);
+        let p = Matmul {
+            rows: s.x.len() / d,
+            k: d,
+            n: n_exp,
+        };
+        let logits = sized(&mut s.router, p.rows * n_exp);
+        self.kernels.exact().matmul(p, &s.x, w(&lw.router), logits); // [T, E]
         let (k, e) = (c.num_experts_per_tok, c.num_local_experts);
         let p = Router {
             n_tokens: n,

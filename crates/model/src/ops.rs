@@ -2,7 +2,7 @@
 //! dispatches between them.
 
 use mixtral_kernels::attention::{self, Attention};
-use mixtral_kernels::matmul::{self, Matmul};
+use mixtral_kernels::matmul::{self, Matmul, Precision};
 use mixtral_kernels::moe::{self, Expert, Moe};
 use mixtral_kernels::rmsnorm::{self, RmsNorm};
 use mixtral_kernels::rope::{self, Rope, cpu::RopeTable};
@@ -16,6 +16,10 @@ pub enum Kernels {
     Reference,
     /// The fast CPU kernels (SIMD for the given ISA, threads from the current rayon pool).
     Cpu(Isa),
+    /// The fast CPU kernels with matmul activations rounded to bf16 for bf16 weights
+    /// ([`Precision::Bf16`]): what llama.cpp and transformers' native bf16 compute, about 1%
+    /// of the logits' range away from the f32 path; the router stays in f32.
+    CpuBf16(Isa),
 }
 
 impl Default for Kernels {
@@ -26,17 +30,43 @@ impl Default for Kernels {
 }
 
 impl Kernels {
+    /// The fast CPU kernels for `isa` at `precision`.
+    pub fn cpu(isa: Isa, precision: Precision) -> Kernels {
+        match precision {
+            Precision::F32 => Kernels::Cpu(isa),
+            Precision::Bf16 => Kernels::CpuBf16(isa),
+        }
+    }
+
+    /// The activation precision of the matmuls.
+    pub fn precision(self) -> Precision {
+        match self {
+            Kernels::CpuBf16(_) => Precision::Bf16,
+            Kernels::Reference | Kernels::Cpu(_) => Precision::F32,
+        }
+    }
+
+    /// The same kernels with f32 activations (for the router, whose choices must not flip
+    /// on rounding).
+    pub(crate) fn exact(self) -> Kernels {
+        match self {
+            Kernels::CpuBf16(isa) => Kernels::Cpu(isa),
+            other => other,
+        }
+    }
+
     pub(crate) fn matmul(self, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
         match self {
             Kernels::Reference => matmul::reference::matmul(p, x, w, y),
             Kernels::Cpu(isa) => matmul::cpu::matmul(isa, p, x, w, y),
+            Kernels::CpuBf16(isa) => matmul::cpu::matmul_bf16(isa, p, x, w, y),
         }
     }
 
     pub(crate) fn rms_norm(self, p: RmsNorm, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
         match self {
             Kernels::Reference => rmsnorm::reference::rms_norm(p, x, w, y),
-            Kernels::Cpu(isa) => rmsnorm::cpu::rms_norm(isa, p, x, w, y),
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => rmsnorm::cpu::rms_norm(isa, p, x, w, y),
         }
     }
 
@@ -44,7 +74,9 @@ impl Kernels {
     pub(crate) fn rope(self, p: Rope, table: &RopeTable, positions: &[usize], x: &mut [f32]) {
         match self {
             Kernels::Reference => rope::reference::rope(p, positions, x),
-            Kernels::Cpu(isa) => rope::cpu::rope(isa, p, table, positions, x),
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+                rope::cpu::rope(isa, p, table, positions, x)
+            }
         }
     }
 
@@ -57,7 +89,9 @@ impl Kernels {
     ) {
         match self {
             Kernels::Reference => router::reference::router_top_k(p, logits, ids, weights),
-            Kernels::Cpu(isa) => router::cpu::router_top_k(isa, p, logits, ids, weights),
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+                router::cpu::router_top_k(isa, p, logits, ids, weights)
+            }
         }
     }
 
@@ -71,7 +105,9 @@ impl Kernels {
     ) {
         match self {
             Kernels::Reference => attention::reference::attention(p, q, positions, kv.0, kv.1, out),
-            Kernels::Cpu(isa) => attention::cpu::attention(isa, p, q, positions, kv.0, kv.1, out),
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+                attention::cpu::attention(isa, p, q, positions, kv.0, kv.1, out)
+            }
         }
     }
 
@@ -91,7 +127,10 @@ impl Kernels {
         } = input;
         match self {
             Kernels::Reference => moe::reference::moe(p, x, ids, weights, experts, y),
-            Kernels::Cpu(isa) => moe::cpu::moe(isa, p, x, ids, weights, experts, y, scratch),
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+                let precision = self.precision();
+                moe::cpu::moe(isa, precision, p, x, ids, weights, experts, y, scratch)
+            }
         }
     }
 }

@@ -79,8 +79,8 @@ pub fn attention(
             // SAFETY: the scalar primitives use no target features.
             Isa::Scalar => unsafe { job.run::<Scalar>(o) },
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: an `Isa::Avx2Fma` exists only after AVX2, FMA and F16C were detected.
-            Isa::Avx2Fma(_) => unsafe { avx2::run(&job, o) },
+            // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
+            Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::run(&job, o) },
         }
     };
     let span = positions

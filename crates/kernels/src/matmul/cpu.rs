@@ -35,6 +35,14 @@ thread_local! {
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
 mod avx2;
+#[cfg(target_arch = "x86_64")]
+#[path = "avx512.rs"]
+mod avx512;
+
+thread_local! {
+    /// Activations rounded to bf16 for ISAs without bf16 arithmetic, reused between calls.
+    static ROUNDED: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
 
 /// `k` columns per GEMM block.
 const KC: usize = 256;
@@ -70,6 +78,31 @@ pub fn matmul(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
     }
 }
 
+/// [`matmul`] at [`Precision::Bf16`](super::Precision::Bf16): for bf16 weights the
+/// activations are rounded to bf16 first. Same contract as
+/// [`reference::matmul_bf16`](super::reference::matmul_bf16). On AVX512-BF16 CPUs this is
+/// the `vdpbf16ps` kernel; elsewhere the f32 kernel runs on the rounded activations.
+pub fn matmul_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    p.check(x.len(), w.len(), y.len());
+    let Weight::BF16(wb) = w else {
+        return matmul(isa, p, x, w, y);
+    };
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: an `Isa::Avx512Bf16` exists only after AVX-512 F/BW/VL and AVX512-BF16
+        // were detected.
+        Isa::Avx512Bf16(_) => unsafe { avx512::matmul(p, x, wb, y) },
+        _ => {
+            // Taken, not borrowed, so a job this thread runs while waiting cannot collide.
+            let mut rounded = ROUNDED.take();
+            rounded.clear();
+            rounded.extend(x.iter().map(|&v| super::reference::round_bf16(v)));
+            run(isa, p, &rounded, wb, y);
+            ROUNDED.set(rounded);
+        }
+    }
+}
+
 fn run<T: Elem>(isa: Isa, p: Matmul, x: &[f32], w: &[T], y: &mut [f32]) {
     if p.k == 0 {
         y.fill(0.0);
@@ -81,8 +114,8 @@ fn run<T: Elem>(isa: Isa, p: Matmul, x: &[f32], w: &[T], y: &mut [f32]) {
         // SAFETY: the scalar tiles use no target features.
         Isa::Scalar => unsafe { drive::<T, Scalar>(p, x, w, &out, cols) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa::Avx2Fma` exists only after AVX2, FMA and F16C were detected.
-        Isa::Avx2Fma(_) => unsafe { avx2::drive_avx2(p, x, w, &out, cols) },
+        // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
+        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::drive_avx2(p, x, w, &out, cols) },
     });
 }
 

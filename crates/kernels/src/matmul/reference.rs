@@ -18,10 +18,46 @@ pub fn matmul(p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
     }
 }
 
+/// [`matmul`] at [`Precision::Bf16`](super::Precision::Bf16): for bf16 weights, every
+/// activation is first rounded to bf16 (nearest even); other weight dtypes are [`matmul`].
+pub fn matmul_bf16(p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    match w {
+        Weight::BF16(_) => {
+            let rounded: Vec<f32> = x.iter().map(|&v| round_bf16(v)).collect();
+            matmul(p, &rounded, w, y)
+        }
+        _ => matmul(p, x, w, y),
+    }
+}
+
+/// `v` rounded to the nearest bf16 (ties to even), as f32.
+pub fn round_bf16(v: f32) -> f32 {
+    half::bf16::from_f32(v).to_f32()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use half::{bf16, f16};
+
+    #[test]
+    fn bf16_precision_rounds_activations_only_for_bf16_weights() {
+        // bf16 keeps 8 significand bits: its step at 1 is 2^-7, so 1 + 2^-9 rounds to 1.
+        let x = [1.0 + 2f32.powi(-9)];
+        let p = Matmul {
+            rows: 1,
+            k: 1,
+            n: 1,
+        };
+        let mut y = [0f32];
+        matmul_bf16(p, &x, Weight::BF16(&[bf16::from_f32(2.0)]), &mut y);
+        assert_eq!(y, [2.0]);
+        matmul_bf16(p, &x, Weight::F32(&[2.0]), &mut y);
+        assert_eq!(y, [2.0 + 2f32.powi(-8)]);
+        // A tie (1 + 2^-8, halfway between 1 and 1 + 2^-7) goes to the even significand, 1.
+        assert_eq!(round_bf16(1.0 + 2f32.powi(-8)), 1.0);
+        assert_eq!(round_bf16(1.0 + 3.0 * 2f32.powi(-8)), 1.0 + 2f32.powi(-6));
+    }
 
     #[test]
     fn hand_computed_2x3_by_2x3_transposed() {

@@ -16,7 +16,8 @@
 
 use super::{Expert, Moe, silu};
 use crate::Isa;
-use crate::matmul::{Matmul, cpu::matmul};
+use crate::Weight;
+use crate::matmul::{Matmul, Precision, cpu};
 
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
@@ -82,13 +83,15 @@ fn grow(v: &mut Vec<impl Default + Clone>, n: usize) {
 /// `y[t] = Σ_j weights[t, j] · expert[ids[t, j]](x[t])`: same contract as
 /// [`reference::moe`](super::reference::moe) (`x`, `y`: `[T, D]`; `ids`, `weights`:
 /// `[T, K]`), with the buffers in `scratch`. Per token, expert outputs are added in expert
-/// order rather than `j` order (identical for `K = 2`).
+/// order rather than `j` order (identical for `K = 2`). At [`Precision::Bf16`] the twin is
+/// [`reference::moe_bf16`](super::reference::moe_bf16).
 #[expect(
     clippy::too_many_arguments,
-    reason = "the reference's six arguments plus the ISA and the scratch"
+    reason = "the reference's six arguments plus the ISA, the precision and the scratch"
 )]
 pub fn moe(
     isa: Isa,
+    precision: Precision,
     p: Moe,
     x: &[f32],
     ids: &[u32],
@@ -102,6 +105,10 @@ pub fn moe(
     assert_eq!(ids.len(), p.n_tokens * p.top_k, "moe: ids length for {p:?}");
     assert_eq!(weights.len(), ids.len(), "moe: weights length for {p:?}");
     let (d, f, n_exp) = (p.hidden, p.ffn, experts.len());
+    let matmul = |p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]| match precision {
+        Precision::F32 => cpu::matmul(isa, p, x, w, y),
+        Precision::Bf16 => cpu::matmul_bf16(isa, p, x, w, y),
+    };
     let s = scratch;
     s.reserve(p, n_exp, 0);
     // Counting sort of the (token, expert) pairs by expert.
@@ -141,11 +148,10 @@ pub fn moe(
                 k: d,
                 n: f,
             };
-            matmul(isa, up_p, xs, expert.w1, gate); // [m, F]
-            matmul(isa, up_p, xs, expert.w3, up); // [m, F]
+            matmul(up_p, xs, expert.w1, gate); // [m, F]
+            matmul(up_p, xs, expert.w3, up); // [m, F]
             silu_mul(isa, gate, up);
             matmul(
-                isa,
                 Matmul {
                     rows: m,
                     k: f,
@@ -174,7 +180,7 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
             .zip(up)
             .for_each(|(g, &u)| *g = silu(*g) * u),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa::Avx2Fma` exists only after AVX2, FMA and F16C were detected.
-        Isa::Avx2Fma(_) => unsafe { avx2::silu_mul(gate, up) },
+        // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
+        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::silu_mul(gate, up) },
     }
 }

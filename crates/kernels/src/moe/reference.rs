@@ -2,13 +2,44 @@
 //! token chose are never touched.
 
 use super::{Expert, Moe, silu};
-use crate::matmul::{Matmul, reference::matmul};
+use crate::Weight;
+use crate::matmul::{Matmul, reference};
 
 /// `y[t] = Σ_j weights[t, j] · expert[ids[t, j]](x[t])`.
 ///
 /// `x`, `y`: `[T, D]`; `ids`, `weights`: `[T, K]`. The routing weight scales the expert's
 /// output after `w2`, as transformers does.
 pub fn moe(p: Moe, x: &[f32], ids: &[u32], weights: &[f32], experts: &[Expert<'_>], y: &mut [f32]) {
+    moe_with(reference::matmul, p, x, ids, weights, experts, y)
+}
+
+/// [`moe`] at [`Precision::Bf16`](crate::matmul::Precision::Bf16): each matmul's input (`x`
+/// for `w1`/`w3`, the SwiGLU product for `w2`) rounded to bf16 when its weights are bf16.
+pub fn moe_bf16(
+    p: Moe,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    experts: &[Expert<'_>],
+    y: &mut [f32],
+) {
+    moe_with(reference::matmul_bf16, p, x, ids, weights, experts, y)
+}
+
+/// [`moe`] with the given reference matmul.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the public function's six plus the matmul"
+)]
+fn moe_with(
+    matmul: fn(Matmul, &[f32], Weight<'_>, &mut [f32]),
+    p: Moe,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    experts: &[Expert<'_>],
+    y: &mut [f32],
+) {
     assert_eq!(x.len(), p.n_tokens * p.hidden, "moe: x length for {p:?}");
     assert_eq!(y.len(), x.len(), "moe: y length for {p:?}");
     assert_eq!(ids.len(), p.n_tokens * p.top_k, "moe: ids length for {p:?}");

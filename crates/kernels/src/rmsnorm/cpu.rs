@@ -32,8 +32,8 @@ fn rows<T: Elem>(isa: Isa, p: RmsNorm, x: &[f32], w: &[T], y: &mut [f32]) {
     let row = |(xr, yr): (&[f32], &mut [f32])| match isa {
         Isa::Scalar => scalar_row(p.eps, xr, w, yr),
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: an `Isa::Avx2Fma` exists only after AVX2, FMA and F16C were detected.
-        Isa::Avx2Fma(_) => unsafe { avx2::row(p.eps, xr, w, yr) },
+        // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
+        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::row(p.eps, xr, w, yr) },
     };
     if worth_parallel(x.len()) && p.rows > 1 {
         x.par_chunks(p.cols)

@@ -92,8 +92,8 @@ pub fn rope(isa: Isa, p: Rope, table: &RopeTable, positions: &[usize], x: &mut [
             match isa {
                 Isa::Scalar => rotate(head, cos, sin),
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: an `Isa::Avx2Fma` exists only after AVX2, FMA and F16C were detected.
-                Isa::Avx2Fma(_) => unsafe { avx2::rotate(head, cos, sin) },
+                // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
+                Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::rotate(head, cos, sin) },
             }
         }
     };

@@ -21,8 +21,40 @@ fn check(p: Matmul, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// `matmul_bf16` (activations rounded to bf16 for bf16 weights) in every dtype and ISA
+/// against `reference::matmul_bf16`.
+fn check_bf16(p: Matmul, seed: u64) -> Result<(), String> {
+    let x = uniform(p.rows * p.k, seed);
+    let w = Weights::uniform(p.n * p.k, seed ^ 0xbf16, 1.0);
+    for dtype in 0..3 {
+        let want = run(p.rows * p.n, |y| {
+            reference::matmul_bf16(p, &x, w.view(dtype), y)
+        });
+        for isa in Isa::available() {
+            let got = run(p.rows * p.n, |y| {
+                cpu::matmul_bf16(isa, p, &x, w.view(dtype), y)
+            });
+            let what = format!("bf16 {p:?} {} {isa} seed {seed}", dtype_name(dtype));
+            Tol::reduction_f32(p.k).check(&what, &got, &want)?;
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn bf16_gemv_matches_reference(k in dim(), n in dim(), seed: u64) {
+        check_bf16(Matmul { rows: 1, k, n }, seed).map_err(TestCaseError::fail)?;
+    }
+
+    /// Token counts around the 14/8/4/2/1-row tiles, features around the 32-wide panel, odd
+    /// `k` (a half-filled last pair) and `k` past the 256-column panels.
+    #[test]
+    fn bf16_gemm_matches_reference(rows in 2usize..40, k in dim(), n in dim(), seed: u64) {
+        check_bf16(Matmul { rows, k, n }, seed).map_err(TestCaseError::fail)?;
+    }
 
     #[test]
     fn gemv_matches_reference(k in dim(), n in dim(), seed: u64) {
@@ -55,6 +87,24 @@ fn gemm_crosses_k_blocks_and_thread_chunks() {
             n: 301,
         },
         2,
+    )
+    .unwrap();
+    check_bf16(
+        Matmul {
+            rows: 33,
+            k: 777,
+            n: 100,
+        },
+        4,
+    )
+    .unwrap();
+    check_bf16(
+        Matmul {
+            rows: 1,
+            k: 4099,
+            n: 70,
+        },
+        5,
     )
     .unwrap();
 }

@@ -2,6 +2,7 @@
 
 use crate::{Weights, config, dim, dtype_name};
 use mixtral_kernels::Isa;
+use mixtral_kernels::matmul::Precision;
 use mixtral_kernels::moe::cpu::{MoeScratch, moe, silu_mul};
 use mixtral_kernels::moe::{Expert, Moe, reference, silu};
 use mixtral_testkit::{Tol, run, uniform};
@@ -37,14 +38,21 @@ fn check(p: Moe, n_experts: usize, ids: &[u32], weights: &[f32], seed: u64) -> R
             })
             .collect();
         let n = x.len();
-        let want = run(n, |y| reference::moe(p, &x, ids, weights, &ex, y));
-        for isa in Isa::available() {
-            let got = run(n, |y| moe(isa, p, &x, ids, weights, &ex, y, &mut scratch));
-            let what = format!(
-                "{p:?} E={n_experts} ids {ids:?} {} {isa}",
-                dtype_name(dtype)
-            );
-            Tol::reduction_f32(p.hidden.max(p.ffn) * p.top_k).check(&what, &got, &want)?;
+        for precision in [Precision::F32, Precision::Bf16] {
+            let want = run(n, |y| match precision {
+                Precision::F32 => reference::moe(p, &x, ids, weights, &ex, y),
+                Precision::Bf16 => reference::moe_bf16(p, &x, ids, weights, &ex, y),
+            });
+            for isa in Isa::available() {
+                let got = run(n, |y| {
+                    moe(isa, precision, p, &x, ids, weights, &ex, y, &mut scratch)
+                });
+                let what = format!(
+                    "{p:?} E={n_experts} ids {ids:?} {} {isa} {precision:?}",
+                    dtype_name(dtype)
+                );
+                Tol::reduction_f32(p.hidden.max(p.ffn) * p.top_k).check(&what, &got, &want)?;
+            }
         }
     }
     Ok(())
@@ -138,7 +146,8 @@ fn moe_expert_with_no_tokens() {
     let want = run(x.len(), |y| reference::moe(p, &x, &ids, &weights, &ex, y));
     for isa in Isa::available() {
         let got = run(x.len(), |y| {
-            moe(isa, p, &x, &ids, &weights, &ex, y, &mut MoeScratch::new())
+            let s = &mut MoeScratch::new();
+            moe(isa, Precision::F32, p, &x, &ids, &weights, &ex, y, s)
         });
         Tol::reduction_f32(66)
             .check(&format!("{isa}"), &got, &want)
