@@ -6,9 +6,14 @@
 //!   on a spill in a hot kernel, or on a GEMM kernel without tensor-core (`HMMA`) instructions.
 //! - `gpu-check`: build the CUDA test binaries, the GPU benchmark and fallback PTX into
 //!   `target/gpu-check/` with one `run.sh` that a GPU machine runs in a single lease.
+//! - `bench [FILTER] [--model DIR] [--threads N]`: run the criterion kernel benchmarks and
+//!   print one markdown table with each entry's ratio to its group's same-run baseline (also
+//!   written to `target/bench-report.md`); with `--model`, `mixtral bench` at both activation
+//!   precisions too.
 //! - `gen-model --preset NAME --out DIR`: write a random-weight checkpoint in Hugging Face format
 //!   (`bench-1b`, `mixtral-8x7b`, `tiny`), streamed to disk.
 
+mod bench;
 mod cuda_tools;
 mod gen_model;
 mod gpu_check;
@@ -17,7 +22,8 @@ mod ptxas;
 
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: cargo xtask kernels [--arch sm_80,sm_90]
+const USAGE: &str = "usage: cargo xtask bench [FILTER] [--model DIR] [--threads N]
+       cargo xtask kernels [--arch sm_80,sm_90]
        cargo xtask gpu-check
        cargo xtask gen-model --preset bench-1b|mixtral-8x7b|tiny --out DIR [--layers N] [--dtype bf16|f32]";
 
@@ -25,6 +31,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result: Result<ExitCode, Box<dyn std::error::Error>> =
         match args.first().map(String::as_str) {
+            Some("bench") => bench::run(&args[1..]).map_err(Into::into),
             Some("kernels") => kernels::run(&args[1..]).map_err(Into::into),
             Some("gpu-check") => gpu_check::run(&args[1..]).map_err(Into::into),
             Some("gen-model") => gen_model::run(&args[1..]).map_err(Into::into),

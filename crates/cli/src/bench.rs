@@ -15,9 +15,23 @@ pub(crate) struct Args {
     /// Tokens to decode.
     #[arg(long = "gen", default_value_t = 128)]
     gen_tokens: usize,
+    /// Timed runs after one untimed warm-up run; the median of each figure is reported (as
+    /// llama-bench's `-r`).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// The median of `v` (the mean of the middle two for an even count).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -37,11 +51,23 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     params.sampling = SamplerConfig::default();
     params.max_new_tokens = args.gen_tokens.max(1);
     params.ignore_eos = true;
-    let mut generation = engine.generate(&Prompt::Tokens(ids), &params)?;
-    for token in generation.by_ref() {
-        token?;
+    // One untimed run first: buffers sized, pages touched, threads woken, as llama-bench does.
+    let (mut prefill, mut decode) = (Vec::new(), Vec::new());
+    let mut stats = None;
+    for run in 0..=args.repeat.max(1) {
+        let mut generation = engine.generate(&Prompt::Tokens(ids.clone()), &params)?;
+        for token in generation.by_ref() {
+            token?;
+        }
+        let s = generation.stats();
+        if run > 0 {
+            prefill.push(s.prefill_tokens_per_s());
+            decode.push(s.decode_tokens_per_s());
+        }
+        stats = Some(s);
     }
-    let stats = generation.stats();
+    let stats = stats.expect("at least one run");
+    let (prefill, decode) = (median(prefill), median(decode));
     let bytes_per_token = engine
         .model()
         .weights()
@@ -50,13 +76,14 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let peak = mixtral::bench::peak_rss_bytes();
     let bandwidth = mixtral::bench::read_bandwidth(&engine, 1 << 30, 3);
     let floor = bandwidth / bytes_per_token as f64;
-    let decode = stats.decode_tokens_per_s();
     if args.json {
         let out = serde_json::json!({
             "prompt_len": stats.prompt_tokens,
             "gen": stats.generated_tokens,
             "threads": engine.threads(),
-            "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
+            "repeat": args.repeat.max(1),
+            "precision": format!("{:?}", args.model.precision).to_lowercase(),
+            "prefill_tokens_per_s": prefill,
             "decode_tokens_per_s": decode,
             "peak_rss_bytes": peak,
             "weight_bytes_per_token": bytes_per_token,
@@ -69,9 +96,9 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("model         {}", engine.dir().display());
         println!("threads       {}", engine.threads());
         println!(
-            "prefill       {:.1} tokens/s ({} tokens)",
-            stats.prefill_tokens_per_s(),
-            stats.prompt_tokens
+            "prefill       {prefill:.1} tokens/s ({} tokens, median of {})",
+            stats.prompt_tokens,
+            args.repeat.max(1)
         );
         println!(
             "decode        {decode:.1} tokens/s ({} tokens)",

@@ -236,3 +236,47 @@ fn bad_input_fails_with_one_clear_line() {
         "assistant",
     );
 }
+
+#[test]
+fn bench_json_reports_both_rates_at_bf16_precision() {
+    let dir = fixture("tiny-bf16");
+    let out = mixtral(&[
+        "bench",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt-len",
+        "8",
+        "--gen",
+        "4",
+        "--repeat",
+        "2",
+        "--precision",
+        "bf16",
+        "--json",
+    ]);
+    let json = stdout_json(&out);
+    assert_eq!(json["precision"], "bf16");
+    assert_eq!(json["repeat"], 2);
+    assert_eq!(
+        (json["prompt_len"].as_u64(), json["gen"].as_u64()),
+        (Some(8), Some(4))
+    );
+    for field in [
+        "prefill_tokens_per_s",
+        "decode_tokens_per_s",
+        "decode_floor_tokens_per_s",
+    ] {
+        assert!(json[field].as_f64().unwrap() > 0.0, "{field}: {json}");
+    }
+}
+
+#[test]
+fn unknown_precision_is_one_clear_error() {
+    let out = mixtral(&["generate", "--prompt", "Hi", "--precision", "fp8"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown compute dtype `fp8` (expected f32 or bf16)"),
+        "{err}"
+    );
+}
