@@ -79,6 +79,17 @@ pub struct Model {
     kernels: Kernels,
 }
 
+/// `y = x Wᵀ` with `kernels`, for `x` of whole rows: `[rows, k] → [rows, n]`.
+fn linear_with(kernels: Kernels, x: &[f32], weight: &Tensor, y: &mut Vec<f32>) {
+    let (n, k) = (weight.dims()[0], weight.dims()[1]);
+    let p = Matmul {
+        rows: x.len() / k,
+        k,
+        n,
+    };
+    kernels.matmul(p, x, w(weight), sized(y, p.rows * n));
+}
+
 /// A weight tensor as a kernel view; [`Model::new`] has checked that this succeeds.
 fn w(t: &Tensor) -> Weight<'_> {
     Weight::new(t).expect("weight views are checked in Model::new")
@@ -226,13 +237,7 @@ impl Model {
 
     /// `y = x Wᵀ` for `x` of whole rows: `[rows, k] → [rows, n]`.
     fn linear(&self, x: &[f32], weight: &Tensor, y: &mut Vec<f32>) {
-        let (n, k) = (weight.dims()[0], weight.dims()[1]);
-        let p = Matmul {
-            rows: x.len() / k,
-            k,
-            n,
-        };
-        self.kernels.matmul(p, x, w(weight), sized(y, p.rows * n));
+        linear_with(self.kernels, x, weight, y)
     }
 
     /// `h += o_proj(attention(rope(q), rope(k), v))` over the normed `h`.
@@ -282,14 +287,7 @@ impl Model {
         let c = &self.config;
         self.norm(&s.h, &lw.moe_norm, &mut s.x); // [T, D]
         // The router in f32 at any precision: a rounding must not flip an expert choice.
-        let (n_exp, d) = (lw.router.dims()[0], lw.router.dims()[1]);
-        let p = Matmul {
-            rows: s.x.len() / d,
-            k: d,
-            n: n_exp,
-        };
-        let logits = sized(&mut s.router, p.rows * n_exp);
-        self.kernels.exact().matmul(p, &s.x, w(&lw.router), logits); // [T, E]
+        linear_with(self.kernels.exact(), &s.x, &lw.router, &mut s.router); // [T, E]
         let (k, e) = (c.num_experts_per_tok, c.num_local_experts);
         let p = Router {
             n_tokens: n,

@@ -58,8 +58,9 @@ impl Kernels {
     pub(crate) fn matmul(self, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
         match self {
             Kernels::Reference => matmul::reference::matmul(p, x, w, y),
-            Kernels::Cpu(isa) => matmul::cpu::matmul(isa, p, x, w, y),
-            Kernels::CpuBf16(isa) => matmul::cpu::matmul_bf16(isa, p, x, w, y),
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+                matmul::cpu::matmul_at(isa, self.precision(), p, x, w, y)
+            }
         }
     }
 

@@ -11,9 +11,10 @@
 //! - **GEMM** (`rows > 1`): for each panel of [`NR`] = 32 weight rows and [`KC`] columns, the
 //!   weights are packed once as `[KC/2][32]` pairs (the layout `vdpbf16ps` multiplies against
 //!   one broadcast activation pair), then tiles of up to [`MR`] tokens × 32 features run over
-//!   every token: per pair of columns, two weight vectors and `2·MR` `vdpbf16ps` with the
-//!   token's pair broadcast from memory; 28 accumulators stay in registers and no horizontal
-//!   sum is needed. The panel (16 KiB) stays in L1 while all tokens pass over it.
+//!   every token (the activations of each `KC` block packed once per tile, `[KC/2][MR]`): per
+//!   pair of columns, two weight vectors and `2·MR` `vdpbf16ps` with the token's pair
+//!   broadcast from memory; 24 accumulators stay in registers and no horizontal sum is
+//!   needed. The panel (16 KiB) stays in L1 while all tokens pass over it.
 //!
 //! Threads split the output features, as the f32 path does.
 
@@ -61,8 +62,9 @@ pub(super) unsafe fn matmul(p: Matmul, x: &[f32], w: &[bf16], y: &mut [f32]) {
     let stride = pair_stride(p.k);
     // Taken out of the thread-local (not borrowed) for the duration of the call, so a rayon
     // job this thread runs while it waits can never find it borrowed.
+    // Every element is rewritten below (`round_row` zero-fills its padding), so a buffer
+    // that is already long enough is not cleared first.
     let mut xb = XB.take();
-    xb.clear();
     xb.resize(p.rows * stride, 0);
     let convert = |(r, row): (usize, &mut [u32])| {
         // SAFETY: the features per this function's contract; `row` holds `stride` pairs.
@@ -95,7 +97,8 @@ pub(super) unsafe fn matmul(p: Matmul, x: &[f32], w: &[bf16], y: &mut [f32]) {
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn round_row(x: &[f32], dst: &mut [u32]) {
     assert!(x.len() <= 2 * dst.len());
-    dst.fill(0);
+    // The padding, and for odd `x.len()` the last pair, whose upper half no store writes.
+    dst[x.len() / 2..].fill(0);
     let (px, pd) = (x.as_ptr(), dst.as_mut_ptr().cast::<u16>());
     let mut i = 0;
     // SAFETY: loads read `x[i..i + 16]` (masked to `x.len()` on the tail) and stores write
@@ -180,12 +183,13 @@ unsafe fn gemm(
     panel.resize(KC / 2 * NR, 0);
     xt.resize(tiles * KC / 2 * MR, 0);
     for k0 in (0..p.k).step_by(KC) {
-        let pairs = KC.min(p.k - k0).div_ceil(2);
+        let kc = KC.min(p.k - k0);
+        let pairs = kc.div_ceil(2);
         pack_x(xb, stride, p.rows, k0 / 2..k0 / 2 + pairs, xt);
         for jb in cols.clone().step_by(NR) {
             let nj = NR.min(cols.end - jb);
             // SAFETY: features per our contract.
-            unsafe { pack(w, p.k, jb..jb + nj, k0..KC.min(p.k - k0) + k0, panel) };
+            unsafe { pack(w, p.k, jb..jb + nj, k0..k0 + kc, panel) };
             let tile = Tile {
                 pairs,
                 cols: jb..jb + nj,

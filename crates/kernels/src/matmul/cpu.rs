@@ -17,7 +17,7 @@
 //! Threads split the output features `n` (never the tokens), so each thread streams its own
 //! part of `W` once, and a 1-token decode still uses every core.
 
-use super::Matmul;
+use super::{Matmul, Precision};
 use crate::isa::Elem;
 use crate::threads::{SharedOut, for_each_range};
 use crate::{Isa, Weight};
@@ -100,6 +100,21 @@ pub fn matmul_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32])
             run(isa, p, &rounded, wb, y);
             ROUNDED.set(rounded);
         }
+    }
+}
+
+/// [`matmul`] or [`matmul_bf16`], as `precision` says.
+pub fn matmul_at(
+    isa: Isa,
+    precision: Precision,
+    p: Matmul,
+    x: &[f32],
+    w: Weight<'_>,
+    y: &mut [f32],
+) {
+    match precision {
+        Precision::F32 => matmul(isa, p, x, w, y),
+        Precision::Bf16 => matmul_bf16(isa, p, x, w, y),
     }
 }
 

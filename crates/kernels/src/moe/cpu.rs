@@ -17,7 +17,7 @@
 use super::{Expert, Moe, silu};
 use crate::Isa;
 use crate::Weight;
-use crate::matmul::{Matmul, Precision, cpu};
+use crate::matmul::{Matmul, Precision, cpu::matmul_at};
 
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
@@ -105,10 +105,8 @@ pub fn moe(
     assert_eq!(ids.len(), p.n_tokens * p.top_k, "moe: ids length for {p:?}");
     assert_eq!(weights.len(), ids.len(), "moe: weights length for {p:?}");
     let (d, f, n_exp) = (p.hidden, p.ffn, experts.len());
-    let matmul = |p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]| match precision {
-        Precision::F32 => cpu::matmul(isa, p, x, w, y),
-        Precision::Bf16 => cpu::matmul_bf16(isa, p, x, w, y),
-    };
+    let matmul =
+        |p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]| matmul_at(isa, precision, p, x, w, y);
     let s = scratch;
     s.reserve(p, n_exp, 0);
     // Counting sort of the (token, expert) pairs by expert.
