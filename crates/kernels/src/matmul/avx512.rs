@@ -78,12 +78,13 @@ pub(super) unsafe fn matmul(p: Matmul, x: &[f32], w: &[bf16], y: &mut [f32]) {
     let out = SharedOut::new(y, p.rows, p.n);
     let xb_ref = &xb[..];
     if p.rows == 1 {
-        for_each_range(p.n, 8, p.k, |cols| {
+        for_each_range(p.n, 8, p.k, super::GEMV_CHUNKS, |cols| {
             // SAFETY: features per our contract; only this call writes `cols`.
             unsafe { gemv(xb_ref, w, p.k, &out, cols) }
         });
     } else {
-        for_each_range(p.n, NR, p.rows * p.k, |cols| {
+        // Few chunks: each packs its own copy of the activations.
+        for_each_range(p.n, NR, p.rows * p.k, 4, |cols| {
             PANEL.with_borrow_mut(|panel| {
                 // SAFETY: features per our contract; only this call writes `cols`.
                 unsafe { gemm(p, (xb_ref, stride), w, &out, cols, panel) }
