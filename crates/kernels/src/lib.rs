@@ -21,7 +21,7 @@ pub mod moe;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;
-mod threads;
+pub mod threads;
 mod weight;
 
 pub use isa::Isa;

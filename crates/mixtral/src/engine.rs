@@ -4,6 +4,7 @@ use crate::{Defaults, Error, Result};
 use mixtral_kernels::Isa;
 use mixtral_kernels::cuda::CudaBackend;
 use mixtral_kernels::matmul::Precision;
+use mixtral_kernels::threads::Team;
 use mixtral_model::{
     Checkpoint, Config, CudaModel, ForwardOptions, Kernels, Logits, Model, Output,
 };
@@ -92,7 +93,7 @@ pub struct Engine {
     pub(crate) cuda: Option<CudaModel>,
     pub(crate) tokenizer: Option<Tokenizer>,
     pub(crate) defaults: Defaults,
-    pool: rayon::ThreadPool,
+    team: Team,
     dir: PathBuf,
 }
 
@@ -100,7 +101,7 @@ impl std::fmt::Debug for Engine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Engine")
             .field("dir", &self.dir)
-            .field("threads", &self.pool.current_num_threads())
+            .field("threads", &self.team.threads())
             .finish()
     }
 }
@@ -125,12 +126,10 @@ impl Engine {
                 reason: "must be at least 1",
             });
         }
-        let threads = opts.threads.unwrap_or(0); // 0: rayon picks one per core
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("mixtral-{i}"))
-            .build()
-            .map_err(|source| Error::Threads { threads, source })?;
+        let threads = opts.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        let team = Team::new(threads).map_err(|source| Error::Threads { threads, source })?;
         let ckpt = Checkpoint::open(dir)?;
         let cuda = match opts.device {
             Device::Cpu => {
@@ -160,7 +159,7 @@ impl Engine {
             cuda,
             tokenizer,
             defaults,
-            pool,
+            team,
             dir: dir.to_path_buf(),
         })
     }
@@ -199,7 +198,7 @@ impl Engine {
 
     /// Worker threads in use.
     pub fn threads(&self) -> usize {
-        self.pool.current_num_threads()
+        self.team.threads()
     }
 
     /// Logits at every position of `tokens` (a fresh sequence), and with `routing` the router's
@@ -233,9 +232,10 @@ impl Engine {
         self.cuda.is_some()
     }
 
-    /// Runs `f` on this engine's worker threads (their rayon pool).
+    /// Runs `f` on the calling thread with this engine's worker threads serving the parallel
+    /// parts of every kernel it calls (see [`Team`]). Calls from several threads take turns.
     pub fn install<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        self.pool.install(f)
+        self.team.run(f)
     }
 
     /// Runs `f` on this engine's worker threads.
@@ -243,7 +243,7 @@ impl Engine {
         &self,
         f: impl FnOnce() -> mixtral_model::Result<T> + Send,
     ) -> Result<T> {
-        Ok(self.pool.install(f)?)
+        Ok(self.team.run(f)?)
     }
 }
 

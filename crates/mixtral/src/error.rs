@@ -40,7 +40,7 @@ pub enum Error {
         threads: usize,
         /// Why.
         #[source]
-        source: rayon::ThreadPoolBuildError,
+        source: std::io::Error,
     },
     /// A load option is out of range.
     #[error("invalid option `{option}`: {reason}")]

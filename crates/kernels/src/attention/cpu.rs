@@ -12,8 +12,7 @@
 
 use super::Attention;
 use crate::Isa;
-use crate::threads::worth_parallel;
-use rayon::prelude::*;
+use crate::threads::for_each_row_mut;
 
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
@@ -87,11 +86,9 @@ pub fn attention(
         .iter()
         .map(|&s| s + 1 - p.first_visible(s))
         .sum::<usize>();
-    if worth_parallel(span * p.n_heads * dh * 2) {
-        out.par_chunks_mut(chunk).enumerate().for_each(task);
-    } else {
-        out.chunks_mut(chunk).enumerate().for_each(task);
-    }
+    let groups = out.len() / chunk.max(1);
+    let cost = span * p.n_heads * dh * 2 / groups.max(1);
+    for_each_row_mut(out, chunk, cost, |i, o| task((i, o)));
 }
 
 /// Vector primitives one ISA provides to [`Group::run`].

@@ -19,9 +19,8 @@
 //! Threads split the output features, as the f32 path does.
 
 use super::Matmul;
-use crate::threads::{SharedOut, for_each_range, worth_parallel};
+use crate::threads::{SharedOut, for_each_range, for_each_row_mut};
 use half::bf16;
-use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::ops::Range;
@@ -70,11 +69,7 @@ pub(super) unsafe fn matmul(p: Matmul, x: &[f32], w: &[bf16], y: &mut [f32]) {
         // SAFETY: the features per this function's contract; `row` holds `stride` pairs.
         unsafe { round_row(&x[r * p.k..(r + 1) * p.k], row) }
     };
-    if worth_parallel(p.rows * p.k) && p.rows > 1 {
-        xb.par_chunks_mut(stride).enumerate().for_each(convert);
-    } else {
-        xb.chunks_mut(stride).enumerate().for_each(convert);
-    }
+    for_each_row_mut(&mut xb, stride, p.k, |r, row| convert((r, row)));
     let out = SharedOut::new(y, p.rows, p.n);
     let xb_ref = &xb[..];
     if p.rows == 1 {

@@ -3,9 +3,8 @@
 
 use super::RmsNorm;
 use crate::isa::Elem;
-use crate::threads::worth_parallel;
+use crate::threads::for_each_row_mut;
 use crate::{Isa, Weight};
-use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
@@ -35,13 +34,9 @@ fn rows<T: Elem>(isa: Isa, p: RmsNorm, x: &[f32], w: &[T], y: &mut [f32]) {
         // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
         Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::row(p.eps, xr, w, yr) },
     };
-    if worth_parallel(x.len()) && p.rows > 1 {
-        x.par_chunks(p.cols)
-            .zip(y.par_chunks_mut(p.cols))
-            .for_each(row);
-    } else {
-        x.chunks(p.cols).zip(y.chunks_mut(p.cols)).for_each(row);
-    }
+    for_each_row_mut(y, p.cols, p.cols, |i, yr| {
+        row((&x[i * p.cols..(i + 1) * p.cols], yr))
+    });
 }
 
 /// One row; eight partial sums that the compiler keeps in vector lanes.

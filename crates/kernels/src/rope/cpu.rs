@@ -8,8 +8,7 @@
 
 use super::Rope;
 use crate::Isa;
-use crate::threads::worth_parallel;
-use rayon::prelude::*;
+use crate::threads::for_each_row_mut;
 
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
@@ -97,11 +96,7 @@ pub fn rope(isa: Isa, p: Rope, table: &RopeTable, positions: &[usize], x: &mut [
             }
         }
     };
-    if worth_parallel(x.len()) && positions.len() > 1 {
-        x.par_chunks_mut(width).zip(positions).for_each(row);
-    } else {
-        x.chunks_mut(width).zip(positions).for_each(row);
-    }
+    for_each_row_mut(x, width, width, |i, xr| row((xr, &positions[i])));
 }
 
 /// One head: element `i` pairs with `i + Dh/2`.

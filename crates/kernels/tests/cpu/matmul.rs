@@ -141,6 +141,17 @@ fn gemm_runs_inside_a_one_thread_pool() {
 }
 
 #[test]
+fn gemm_and_gemv_run_inside_a_team() {
+    // The engine's threads: helpers that spin between regions, chunks from a shared counter.
+    let team = mixtral_kernels::threads::Team::new(3).unwrap();
+    team.run(|| {
+        for (rows, k, n, seed) in [(1, 300, 257, 1), (1, 2100, 40, 2), (13, 300, 70, 3)] {
+            check(Matmul { rows, k, n }, seed).unwrap();
+        }
+    });
+}
+
+#[test]
 fn zero_k_writes_zeros() {
     let p = Matmul {
         rows: 2,
