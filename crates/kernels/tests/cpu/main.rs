@@ -57,6 +57,11 @@ impl Weights {
         }
     }
 
+    /// The f32 values the other dtypes were rounded from.
+    pub fn values(&self) -> &[f32] {
+        &self.f32
+    }
+
     /// The view in dtype `which` (0: f32, 1: bf16, 2: f16).
     pub fn view(&self, which: usize) -> Weight<'_> {
         match which {
