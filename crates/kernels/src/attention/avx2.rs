@@ -1,6 +1,6 @@
 //! AVX2/FMA primitives of the CPU attention and its `#[target_feature]` entry point.
 
-use super::{Group, Lanes};
+use super::{Group, HEADS, Lanes, Rows, Scores, accumulate_each, scores_each};
 use crate::isa::avx2::{dot, exp, hsum, scale_axpy};
 use std::arch::x86_64::*;
 
@@ -18,6 +18,48 @@ impl Lanes for Avx2 {
     unsafe fn scale_axpy(y: &mut [f32], scale: f32, alpha: f32, x: &[f32]) {
         // SAFETY: the caller guarantees AVX2/FMA.
         unsafe { scale_axpy(y, scale, alpha, x) }
+    }
+
+    #[inline(always)]
+    unsafe fn scores(q: &[f32], k: Rows<'_>, scale: f32, sc: &mut Scores) {
+        let hn = q.len() / k.dh.max(1);
+        if !k.dh.is_multiple_of(8) {
+            // SAFETY: the caller guarantees AVX2/FMA.
+            return unsafe { scores_each::<Self>(q, k, scale, sc) };
+        }
+        let mut h = 0;
+        // SAFETY: `h + N <= hn` heads of `q`; AVX2/FMA per the caller.
+        unsafe {
+            while h + 4 <= hn {
+                scores_n::<4>(&q[h * k.dh..], k, scale, &mut sc[h..h + 4]);
+                h += 4;
+            }
+            while h < hn {
+                scores_n::<1>(&q[h * k.dh..], k, scale, &mut sc[h..h + 1]);
+                h += 1;
+            }
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn accumulate(o: &mut [f32], alpha: &[f32; HEADS], sc: &Scores, v: Rows<'_>) {
+        let hn = o.len() / v.dh.max(1);
+        if !v.dh.is_multiple_of(8) {
+            // SAFETY: the caller guarantees AVX2/FMA.
+            return unsafe { accumulate_each::<Self>(o, alpha, sc, v) };
+        }
+        let mut h = 0;
+        // SAFETY: `h + N <= hn` heads of `o`; AVX2/FMA per the caller.
+        unsafe {
+            while h + 4 <= hn {
+                accumulate_n::<4>(&mut o[h * v.dh..], &alpha[h..], &sc[h..], v);
+                h += 4;
+            }
+            while h < hn {
+                accumulate_n::<1>(&mut o[h * v.dh..], &alpha[h..], &sc[h..], v);
+                h += 1;
+            }
+        }
     }
 
     #[inline(always)]
@@ -61,4 +103,129 @@ impl Lanes for Avx2 {
 pub(super) unsafe fn run(job: &Group<'_>, o: &mut [f32]) {
     // SAFETY: this function enables the features `Avx2` needs.
     unsafe { job.run::<Avx2>(o) }
+}
+
+/// Scores of `N` heads (`q`: at least `N · Dh`, `sc`: `N` rows) against every row of `k`,
+/// `Dh` a multiple of 8: each K row is loaded once for the `N` heads, and for `N = 4` the four
+/// dot products are reduced together (three `hadd`s instead of four horizontal sums).
+///
+/// # Safety
+/// Needs AVX2 and FMA.
+#[inline(always)]
+unsafe fn scores_n<const N: usize>(
+    q: &[f32],
+    k: Rows<'_>,
+    scale: f32,
+    sc: &mut [[f32; super::BLOCK]],
+) {
+    let dh = k.dh;
+    assert!(q.len() >= N * dh && sc.len() >= N && k.n <= super::BLOCK && dh.is_multiple_of(8));
+    // SAFETY: loads read `q[h·Dh + c .. + 8]` (h < N, c + 8 <= Dh, inside `q` as asserted) and
+    // K row `i < n` at `c .. c + 8 <= Dh` (in bounds per `Rows::new`); AVX2/FMA per the
+    // caller.
+    unsafe {
+        let qp = q.as_ptr();
+        for i in 0..k.n {
+            let kp = k.ptr(i);
+            let mut acc = [_mm256_setzero_ps(); N];
+            for c in (0..dh).step_by(8) {
+                let kv = _mm256_loadu_ps(kp.add(c));
+                for (h, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(kv, _mm256_loadu_ps(qp.add(h * dh + c)), *a);
+                }
+            }
+            if N == 4 {
+                let t = _mm256_hadd_ps(
+                    _mm256_hadd_ps(acc[0], acc[1]),
+                    _mm256_hadd_ps(acc[2], acc[3]),
+                );
+                let r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+                let mut out = [0f32; 4];
+                _mm_storeu_ps(out.as_mut_ptr(), _mm_mul_ps(r, _mm_set1_ps(scale)));
+                for (row, &o) in sc.iter_mut().zip(&out) {
+                    row[i] = o;
+                }
+            } else {
+                for (row, a) in sc.iter_mut().zip(&acc) {
+                    row[i] = hsum(*a) * scale;
+                }
+            }
+        }
+    }
+}
+
+/// `o_h = o_h · alpha[h] + Σ_i sc[h][i] · v_i` for `N` heads, `Dh` a multiple of 8: per
+/// 8-float column (two at a time where `Dh` allows, so each accumulator's FMA chain has a
+/// partner to hide its latency behind) the `N` accumulators stay in registers across the
+/// whole block, and each V load feeds `N` FMAs.
+///
+/// # Safety
+/// Needs AVX2 and FMA.
+#[inline(always)]
+unsafe fn accumulate_n<const N: usize>(
+    o: &mut [f32],
+    alpha: &[f32],
+    sc: &[[f32; super::BLOCK]],
+    v: Rows<'_>,
+) {
+    let dh = v.dh;
+    assert!(o.len() >= N * dh && alpha.len() >= N && sc.len() >= N && v.n <= super::BLOCK);
+    assert!(dh.is_multiple_of(8));
+    let mut c = 0;
+    // SAFETY: as `columns` requires: `c + 8·C <= Dh`; AVX2/FMA per the caller.
+    unsafe {
+        while c + 16 <= dh {
+            columns::<N, 2>(o, alpha, sc, v, c);
+            c += 16;
+        }
+        if c < dh {
+            columns::<N, 1>(o, alpha, sc, v, c);
+        }
+    }
+}
+
+/// [`accumulate_n`] for the `C` 8-float columns starting at `c`.
+///
+/// # Safety
+/// Needs AVX2 and FMA; `c + 8·C <= Dh`, and the bounds `accumulate_n` asserts.
+#[inline(always)]
+unsafe fn columns<const N: usize, const C: usize>(
+    o: &mut [f32],
+    alpha: &[f32],
+    sc: &[[f32; super::BLOCK]],
+    v: Rows<'_>,
+    c: usize,
+) {
+    let dh = v.dh;
+    // SAFETY: loads and stores touch `o[h·Dh + c + 8j .. + 8]` (h < N, j < C, inside `o` per
+    // the caller's bounds) and V row `i < n` at `c + 8j .. + 8 <= Dh` (in bounds per
+    // `Rows::new`); score reads are `sc[h][i]` with `h < N`, `i < n <= BLOCK`.
+    unsafe {
+        let op = o.as_mut_ptr();
+        let mut acc = [[_mm256_setzero_ps(); C]; N];
+        for (h, a) in acc.iter_mut().enumerate() {
+            let scale = _mm256_set1_ps(alpha[h]);
+            for (j, aj) in a.iter_mut().enumerate() {
+                *aj = _mm256_mul_ps(_mm256_loadu_ps(op.add(h * dh + c + 8 * j)), scale);
+            }
+        }
+        for i in 0..v.n {
+            let vp = v.ptr(i).add(c);
+            let mut vv = [_mm256_setzero_ps(); C];
+            for (j, x) in vv.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(vp.add(8 * j));
+            }
+            for (h, a) in acc.iter_mut().enumerate() {
+                let p = _mm256_set1_ps(*sc.get_unchecked(h).get_unchecked(i));
+                for (aj, x) in a.iter_mut().zip(&vv) {
+                    *aj = _mm256_fmadd_ps(p, *x, *aj);
+                }
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            for (j, aj) in a.iter().enumerate() {
+                _mm256_storeu_ps(op.add(h * dh + c + 8 * j), *aj);
+            }
+        }
+    }
 }

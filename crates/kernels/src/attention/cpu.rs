@@ -5,10 +5,11 @@
 //! # Design
 //! A task is one token and one KV head `g`; it owns the output rows of the group's query
 //! heads (`H/G` heads, contiguous in `out`), so tasks never share memory and run on the
-//! current rayon pool when there is enough work. Keys are visited in blocks of [`BLOCK`]
-//! positions: scores for the block, then the running max/sum is rescaled once per block
-//! (flash-attention's online softmax), then the block's value rows are accumulated into
-//! the output, which doubles as the accumulator. Nothing is allocated.
+//! caller's threads when there is enough work. Keys are visited in blocks of [`BLOCK`]
+//! positions: scores for the block (each K row loaded once for the group's heads), then the
+//! running max/sum is rescaled once per block (flash-attention's online softmax), then the
+//! block's value rows are accumulated into the output with the accumulators in registers
+//! across the block ([`Lanes::scores`], [`Lanes::accumulate`]). Nothing is allocated.
 
 use super::Attention;
 use crate::Isa;
@@ -21,7 +22,7 @@ mod avx2;
 /// KV positions per online-softmax step.
 const BLOCK: usize = 64;
 /// How many KV positions ahead the K rows are prefetched.
-const PREFETCH: usize = 16;
+const PREFETCH: usize = 32;
 /// Query heads scored together (their scores live on the stack).
 const HEADS: usize = 8;
 
@@ -108,6 +109,32 @@ pub(crate) trait Lanes {
     /// # Safety
     /// The ISA's features must be available.
     unsafe fn exp_sum(s: &mut [f32], max: f32) -> f32;
+    /// `sc[h][i] = scale · (q_h · k_i)` for every head `h` of `q` (`[hn · Dh]`) and row `i`
+    /// of the block. Generic version: one dot product per pair.
+    ///
+    /// # Safety
+    /// The ISA's features must be available.
+    #[inline(always)]
+    unsafe fn scores(q: &[f32], k: Rows<'_>, scale: f32, sc: &mut Scores)
+    where
+        Self: Sized,
+    {
+        // SAFETY: features per this function's contract.
+        unsafe { scores_each::<Self>(q, k, scale, sc) }
+    }
+    /// `o_h = o_h · alpha[h] + Σ_i sc[h][i] · v_i` for every head `h` of `o` (`[hn · Dh]`).
+    /// Generic version: one axpy per pair.
+    ///
+    /// # Safety
+    /// The ISA's features must be available.
+    #[inline(always)]
+    unsafe fn accumulate(o: &mut [f32], alpha: &[f32; HEADS], sc: &Scores, v: Rows<'_>)
+    where
+        Self: Sized,
+    {
+        // SAFETY: features per this function's contract.
+        unsafe { accumulate_each::<Self>(o, alpha, sc, v) }
+    }
     /// Starts loading `row` into the cache. KV rows are `G·Dh` floats apart, a new 4 KiB
     /// page per position at Mixtral's sizes, where hardware prefetchers stop: without this
     /// the decode pass runs at cache-miss latency (measured: 1 GB/s).
@@ -115,6 +142,40 @@ pub(crate) trait Lanes {
     /// # Safety
     /// The ISA's features must be available.
     unsafe fn prefetch(row: &[f32]);
+}
+
+/// [`Lanes::scores`] as one [`Lanes::dot`] per (head, row).
+///
+/// # Safety
+/// `L`'s features must be available.
+#[inline(always)]
+pub(crate) unsafe fn scores_each<L: Lanes>(q: &[f32], k: Rows<'_>, scale: f32, sc: &mut Scores) {
+    for (qh, row) in q.chunks_exact(k.dh).zip(sc.iter_mut()) {
+        for (i, s) in row[..k.n].iter_mut().enumerate() {
+            // SAFETY: features per this function's contract.
+            *s = unsafe { L::dot(qh, k.row(i)) } * scale;
+        }
+    }
+}
+
+/// [`Lanes::accumulate`] as one [`Lanes::scale_axpy`] per (head, row).
+///
+/// # Safety
+/// `L`'s features must be available.
+#[inline(always)]
+pub(crate) unsafe fn accumulate_each<L: Lanes>(
+    o: &mut [f32],
+    alpha: &[f32; HEADS],
+    sc: &Scores,
+    v: Rows<'_>,
+) {
+    for (h, oh) in o.chunks_exact_mut(v.dh).enumerate() {
+        oh.iter_mut().for_each(|x| *x *= alpha[h]);
+        for (i, &p) in sc[h][..v.n].iter().enumerate() {
+            // SAFETY: features per this function's contract.
+            unsafe { L::scale_axpy(oh, 1.0, p, v.row(i)) };
+        }
+    }
 }
 
 /// Portable primitives.
@@ -156,6 +217,50 @@ impl Lanes for Scalar {
             *v = (*v - max).exp();
             acc + *v
         })
+    }
+}
+
+/// One block's scores (then probabilities) per query head: `[head][position in block]`.
+pub(crate) type Scores = [[f32; BLOCK]; HEADS];
+
+/// One KV head's `Dh`-long slices of `n` consecutive cache rows (`k` or `v`) of a block.
+#[derive(Clone, Copy)]
+pub(crate) struct Rows<'a> {
+    m: &'a [f32],
+    /// Offset of row 0's slice in `m`.
+    first: usize,
+    /// Floats from one row to the next (`G · Dh`).
+    stride: usize,
+    pub(crate) n: usize,
+    pub(crate) dh: usize,
+}
+
+impl<'a> Rows<'a> {
+    fn new(m: &'a [f32], first: usize, stride: usize, n: usize, dh: usize) -> Rows<'a> {
+        assert!(
+            n == 0 || first + (n - 1) * stride + dh <= m.len(),
+            "attention: rows out of the cache"
+        );
+        Rows {
+            m,
+            first,
+            stride,
+            n,
+            dh,
+        }
+    }
+
+    /// Row `i`'s slice.
+    #[inline(always)]
+    pub(crate) fn row(&self, i: usize) -> &'a [f32] {
+        &self.m[self.first + i * self.stride..][..self.dh]
+    }
+
+    /// Row `i`'s first element; rows `0..n` are in bounds (checked in `new`).
+    #[inline(always)]
+    pub(crate) fn ptr(&self, i: usize) -> *const f32 {
+        debug_assert!(i < self.n);
+        self.m[self.first..].as_ptr().wrapping_add(i * self.stride)
     }
 }
 
@@ -201,9 +306,10 @@ impl Group<'_> {
             }
             let (mut max, mut sum) = ([f32::NEG_INFINITY; HEADS], [0f32; HEADS]);
             let mut scores = [[0f32; BLOCK]; HEADS];
+            let heads = h0 * dh..(h0 + hn) * dh;
             for s0 in self.visible.clone().step_by(BLOCK) {
                 let sn = BLOCK.min(self.visible.end - s0);
-                for (i, s) in (s0..s0 + sn).enumerate() {
+                for s in s0..s0 + sn {
                     // SAFETY: features per this function's contract.
                     unsafe {
                         // This block's V row (read after the scores) and a K row ahead.
@@ -212,13 +318,11 @@ impl Group<'_> {
                             L::prefetch(self.row(self.k, s + PREFETCH));
                         }
                     }
-                    let kr = self.row(self.k, s);
-                    for (h, sc) in scores[..hn].iter_mut().enumerate() {
-                        let qh = &self.q[(h0 + h) * dh..][..dh];
-                        // SAFETY: features per this function's contract.
-                        sc[i] = unsafe { L::dot(qh, kr) } * scale;
-                    }
                 }
+                let first = s0 * kv_width + self.g * dh;
+                let k = Rows::new(self.k, first, kv_width, sn, dh);
+                // SAFETY: features per this function's contract.
+                unsafe { L::scores(&self.q[heads.clone()], k, scale, &mut scores) };
                 let mut alpha = [0f32; HEADS];
                 for h in 0..hn {
                     let block_max = scores[h][..sn]
@@ -232,17 +336,9 @@ impl Group<'_> {
                         sum[h] * alpha[h] + unsafe { L::exp_sum(&mut scores[h][..sn], new_max) };
                     max[h] = new_max;
                 }
-                for (i, s) in (s0..s0 + sn).enumerate() {
-                    let vr = &self.v[s * kv_width + self.g * dh..][..dh];
-                    let heads = scores[..hn].iter().zip(&alpha).enumerate();
-                    for (h, (sc, &a)) in heads {
-                        let oh = &mut o[(h0 + h) * dh..][..dh];
-                        // The block's rescale rides on its first value row.
-                        let rescale = if i == 0 { a } else { 1.0 };
-                        // SAFETY: features per this function's contract.
-                        unsafe { L::scale_axpy(oh, rescale, sc[i], vr) };
-                    }
-                }
+                let v = Rows::new(self.v, first, kv_width, sn, dh);
+                // SAFETY: features per this function's contract.
+                unsafe { L::accumulate(&mut o[heads.clone()], &alpha, &scores, v) };
             }
             for h in 0..hn {
                 let inv = 1.0 / sum[h];

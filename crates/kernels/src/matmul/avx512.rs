@@ -136,6 +136,30 @@ unsafe fn gemv(xb: &[u32], w: &[bf16], k: usize, out: &SharedOut<'_>, cols: Rang
         // the zero-padded row (asserted above).
         unsafe {
             let (mut a0, mut a1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            let (mut a2, mut a3) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+            // Four independent accumulator chains: two left the loop waiting on `vdpbf16ps`
+            // latency between rows (measured ~5% slower on the bench-1b shapes).
+            while i + 128 <= k {
+                let (w0, w1, w2, w3) = (
+                    _mm512_loadu_si512(pw.add(i).cast()),
+                    _mm512_loadu_si512(pw.add(i + 32).cast()),
+                    _mm512_loadu_si512(pw.add(i + 64).cast()),
+                    _mm512_loadu_si512(pw.add(i + 96).cast()),
+                );
+                let (x0, x1, x2, x3) = (
+                    _mm512_loadu_si512(px.add(i).cast()),
+                    _mm512_loadu_si512(px.add(i + 32).cast()),
+                    _mm512_loadu_si512(px.add(i + 64).cast()),
+                    _mm512_loadu_si512(px.add(i + 96).cast()),
+                );
+                a0 = _mm512_dpbf16_ps(a0, bh(w0), bh(x0));
+                a1 = _mm512_dpbf16_ps(a1, bh(w1), bh(x1));
+                a2 = _mm512_dpbf16_ps(a2, bh(w2), bh(x2));
+                a3 = _mm512_dpbf16_ps(a3, bh(w3), bh(x3));
+                i += 128;
+            }
+            a0 = _mm512_add_ps(a0, a2);
+            a1 = _mm512_add_ps(a1, a3);
             while i + 64 <= k {
                 let (w0, w1) = (
                     _mm512_loadu_si512(pw.add(i).cast()),

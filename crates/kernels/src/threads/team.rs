@@ -70,6 +70,17 @@ struct Job {
     chunks: usize,
 }
 
+/// A value alone on its 64-byte cache line (128 covers adjacent-line prefetch pairs).
+#[repr(align(128))]
+struct Padded<T>(T);
+
+impl<T> std::ops::Deref for Padded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// State shared by a team's leader and helpers.
 struct Shared {
     helpers: usize,
@@ -79,10 +90,11 @@ struct Shared {
     /// The current region. Written by the leader only while every helper has finished the
     /// previous one (`done == helpers`), read by helpers only after seeing a new `epoch`.
     job: UnsafeCell<Job>,
-    /// Next chunk to hand out.
-    next: AtomicUsize,
+    /// Next chunk to hand out (on its own cache line: every thread increments it while the
+    /// others read `epoch`, `job` and `done`).
+    next: Padded<AtomicUsize>,
     /// Helpers finished with the current region.
-    done: AtomicUsize,
+    done: Padded<AtomicUsize>,
     /// A chunk panicked on a helper.
     panicked: AtomicBool,
     /// Helpers sleeping (not spinning) on `wake`.
@@ -134,8 +146,8 @@ impl Team {
             epoch: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             job: UnsafeCell::new(Job { f: noop, chunks: 0 }),
-            next: AtomicUsize::new(0),
-            done: AtomicUsize::new(helpers),
+            next: Padded(AtomicUsize::new(0)),
+            done: Padded(AtomicUsize::new(helpers)),
             panicked: AtomicBool::new(false),
             sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),

@@ -73,3 +73,22 @@ fn attention_mixtral_head_shape_in_parallel() {
     let positions: Vec<usize> = (200..204).collect();
     check(p, &positions, 210, 9).unwrap();
 }
+
+#[test]
+fn attention_vector_paths_for_head_widths_and_group_sizes() {
+    // Dh a multiple of 16 (two columns per pass), of 8 only (one), and neither (per-pair
+    // fallback); groups of 4 (heads reduced together), 5 (4 + 1) and 3 (one at a time); more
+    // than one KV block.
+    for (i, (head_dim, group)) in [(16, 4), (24, 4), (64, 5), (8, 3), (20, 4)]
+        .into_iter()
+        .enumerate()
+    {
+        let p = Attention {
+            n_heads: 2 * group,
+            n_kv_heads: 2,
+            head_dim,
+            window: None,
+        };
+        check(p, &[150, 151], 152, i as u64).unwrap();
+    }
+}
