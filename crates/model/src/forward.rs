@@ -137,7 +137,8 @@ impl Model {
 
     /// An empty KV cache (and scratch buffers) for one sequence.
     pub fn new_cache(&self) -> KvCache {
-        KvCache::new(self.config.num_hidden_layers, self.config.kv_dim())
+        let c = &self.config;
+        KvCache::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
     }
 
     /// Runs `tokens` at `positions` (which must continue the cache: `cache.len()`,

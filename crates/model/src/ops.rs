@@ -101,13 +101,13 @@ impl Kernels {
         p: Attention,
         q: &[f32],
         positions: &[usize],
-        kv: (&[f32], &[f32]),
+        kv: attention::Kv<'_>,
         out: &mut [f32],
     ) {
         match self {
-            Kernels::Reference => attention::reference::attention(p, q, positions, kv.0, kv.1, out),
+            Kernels::Reference => attention::reference::attention_kv(p, q, positions, kv, out),
             Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
-                attention::cpu::attention(isa, p, q, positions, kv.0, kv.1, out)
+                attention::cpu::attention_kv(isa, p, q, positions, kv, out)
             }
         }
     }

@@ -11,7 +11,7 @@
 //! block's value rows are accumulated into the output with the accumulators in registers
 //! across the block ([`Lanes::scores`], [`Lanes::accumulate`]). Nothing is allocated.
 
-use super::Attention;
+use super::{Attention, Kv};
 use crate::Isa;
 use crate::threads::for_each_row_mut;
 
@@ -41,22 +41,31 @@ pub fn attention(
     v: &[f32],
     out: &mut [f32],
 ) {
-    let (dh, q_width, kv_width) = (
-        p.head_dim,
-        p.n_heads * p.head_dim,
-        p.n_kv_heads * p.head_dim,
-    );
+    attention_kv(isa, p, q, positions, Kv::by_position(p, k, v), out)
+}
+
+/// [`attention`] over keys and values in any [`Kv`] layout; same contract as
+/// [`reference::attention_kv`](super::reference::attention_kv).
+pub fn attention_kv(
+    isa: Isa,
+    p: Attention,
+    q: &[f32],
+    positions: &[usize],
+    kv: Kv<'_>,
+    out: &mut [f32],
+) {
+    let (dh, q_width) = (p.head_dim, p.n_heads * p.head_dim);
     assert_eq!(
         q.len(),
         positions.len() * q_width,
         "attention: q length for {p:?}"
     );
     assert_eq!(out.len(), q.len(), "attention: out length for {p:?}");
-    assert_eq!(k.len(), v.len(), "attention: k and v lengths differ");
+    kv.check(p);
     if out.is_empty() {
         return;
     }
-    let cached = k.len() / kv_width;
+    let cached = kv.len;
     for &pos in positions {
         assert!(
             pos < cached,
@@ -70,8 +79,7 @@ pub fn attention(
         let job = Group {
             p,
             q: &q[i * chunk..(i + 1) * chunk],
-            k,
-            v,
+            kv,
             g,
             visible: p.first_visible(pos)..pos + 1,
         };
@@ -269,8 +277,7 @@ pub(crate) struct Group<'a> {
     p: Attention,
     /// The group's query heads, `[H/G · Dh]`.
     q: &'a [f32],
-    k: &'a [f32],
-    v: &'a [f32],
+    kv: Kv<'a>,
     /// KV head.
     g: usize,
     /// Positions this token sees.
@@ -281,8 +288,7 @@ impl Group<'_> {
     /// This group's `Dh` slice of KV row `s` of `m` (`k` or `v`).
     #[inline(always)]
     fn row<'m>(&self, m: &'m [f32], s: usize) -> &'m [f32] {
-        let dh = self.p.head_dim;
-        &m[s * self.p.n_kv_heads * dh + self.g * dh..][..dh]
+        &m[self.kv.offset(self.g, s)..][..self.p.head_dim]
     }
 
     /// Writes the group's `[H/G · Dh]` output rows into `o`.
@@ -292,7 +298,6 @@ impl Group<'_> {
     #[inline(always)]
     pub(crate) unsafe fn run<L: Lanes>(&self, o: &mut [f32]) {
         let dh = self.p.head_dim;
-        let kv_width = self.p.n_kv_heads * dh;
         let scale = 1.0 / (dh as f32).sqrt();
         let group = o.len() / dh;
         o.fill(0.0);
@@ -301,7 +306,7 @@ impl Group<'_> {
             // SAFETY: features per this function's contract.
             unsafe {
                 for s in self.visible.clone().take(PREFETCH) {
-                    L::prefetch(&self.k[s * kv_width + self.g * dh..][..dh]);
+                    L::prefetch(self.row(self.kv.k, s));
                 }
             }
             let (mut max, mut sum) = ([f32::NEG_INFINITY; HEADS], [0f32; HEADS]);
@@ -313,14 +318,14 @@ impl Group<'_> {
                     // SAFETY: features per this function's contract.
                     unsafe {
                         // This block's V row (read after the scores) and a K row ahead.
-                        L::prefetch(self.row(self.v, s));
+                        L::prefetch(self.row(self.kv.v, s));
                         if s + PREFETCH < self.visible.end {
-                            L::prefetch(self.row(self.k, s + PREFETCH));
+                            L::prefetch(self.row(self.kv.k, s + PREFETCH));
                         }
                     }
                 }
-                let first = s0 * kv_width + self.g * dh;
-                let k = Rows::new(self.k, first, kv_width, sn, dh);
+                let (first, stride) = (self.kv.offset(self.g, s0), self.kv.row_stride);
+                let k = Rows::new(self.kv.k, first, stride, sn, dh);
                 // SAFETY: features per this function's contract.
                 unsafe { L::scores(&self.q[heads.clone()], k, scale, &mut scores) };
                 let mut alpha = [0f32; HEADS];
@@ -336,7 +341,7 @@ impl Group<'_> {
                         sum[h] * alpha[h] + unsafe { L::exp_sum(&mut scores[h][..sn], new_max) };
                     max[h] = new_max;
                 }
-                let v = Rows::new(self.v, first, kv_width, sn, dh);
+                let v = Rows::new(self.kv.v, first, stride, sn, dh);
                 // SAFETY: features per this function's contract.
                 unsafe { L::accumulate(&mut o[heads.clone()], &alpha, &scores, v) };
             }

@@ -25,3 +25,82 @@ impl Attention {
         }
     }
 }
+
+/// A KV cache's keys and values as attention reads them: the `Dh` floats of position `s` and
+/// KV head `g` start at `g · group_stride + s · row_stride` in `k` (and in `v`).
+#[derive(Clone, Copy, Debug)]
+pub struct Kv<'a> {
+    /// Keys.
+    pub k: &'a [f32],
+    /// Values, laid out as `k`.
+    pub v: &'a [f32],
+    /// `S`: positions held.
+    pub len: usize,
+    /// Floats from one position to the next.
+    pub row_stride: usize,
+    /// Floats from one KV head to the next.
+    pub group_stride: usize,
+}
+
+impl<'a> Kv<'a> {
+    /// `[S, G·Dh]`: row `s` holds position `s`, its KV heads side by side (what the
+    /// projections produce).
+    pub fn by_position(p: Attention, k: &'a [f32], v: &'a [f32]) -> Kv<'a> {
+        let width = p.n_kv_heads * p.head_dim;
+        Kv {
+            k,
+            v,
+            len: k.len().checked_div(width).unwrap_or(0),
+            row_stride: width,
+            group_stride: p.head_dim,
+        }
+    }
+
+    /// `[G, capacity, Dh]` of which the first `len` positions are held: each KV head's keys
+    /// are one contiguous run, so a pass over the cache for one head is one sequential read
+    /// (the model's cache; by position, each head reads `Dh` floats out of every `G·Dh`, a
+    /// new 4 KiB page every position at Mixtral's sizes).
+    pub fn by_head(
+        p: Attention,
+        k: &'a [f32],
+        v: &'a [f32],
+        len: usize,
+        capacity: usize,
+    ) -> Kv<'a> {
+        assert!(
+            len <= capacity,
+            "kv: {len} positions held in a capacity of {capacity}"
+        );
+        Kv {
+            k,
+            v,
+            len,
+            row_stride: p.head_dim,
+            group_stride: capacity * p.head_dim,
+        }
+    }
+
+    /// Where position `s` of KV head `g` starts.
+    #[inline(always)]
+    pub fn offset(&self, g: usize, s: usize) -> usize {
+        g * self.group_stride + s * self.row_stride
+    }
+
+    /// Panics unless every held row of every KV head lies inside `k` and `v`.
+    pub(crate) fn check(&self, p: Attention) {
+        assert_eq!(
+            self.k.len(),
+            self.v.len(),
+            "attention: k and v lengths differ"
+        );
+        if self.len > 0 && p.n_kv_heads > 0 {
+            let end = self.offset(p.n_kv_heads - 1, self.len - 1) + p.head_dim;
+            assert!(
+                end <= self.k.len(),
+                "attention: {} cached positions need {end} floats, k holds {}",
+                self.len,
+                self.k.len()
+            );
+        }
+    }
+}

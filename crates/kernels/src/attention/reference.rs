@@ -1,7 +1,7 @@
 //! Reference attention: for each query row and head, scores against every visible cached key,
 //! an f32 softmax, and the weighted sum of values.
 
-use super::Attention;
+use super::{Attention, Kv};
 
 /// `out[t, h] = Σ_s softmax_s(q[t, h] · k[s, g] / sqrt(Dh)) · v[s, g]` over the positions
 /// `s` visible from `positions[t]` (causal, within the window), with `g = h / (H / G)`.
@@ -15,19 +15,21 @@ pub fn attention(
     v: &[f32],
     out: &mut [f32],
 ) {
-    let (dh, q_width, kv_width) = (
-        p.head_dim,
-        p.n_heads * p.head_dim,
-        p.n_kv_heads * p.head_dim,
-    );
+    attention_kv(p, q, positions, Kv::by_position(p, k, v), out)
+}
+
+/// [`attention`] over keys and values in any [`Kv`] layout.
+pub fn attention_kv(p: Attention, q: &[f32], positions: &[usize], kv: Kv<'_>, out: &mut [f32]) {
+    let (dh, q_width) = (p.head_dim, p.n_heads * p.head_dim);
+    let (k, v) = (kv.k, kv.v);
     assert_eq!(
         q.len(),
         positions.len() * q_width,
         "attention: q length for {p:?}"
     );
     assert_eq!(out.len(), q.len(), "attention: out length for {p:?}");
-    assert_eq!(k.len(), v.len(), "attention: k and v lengths differ");
-    let cached = k.len() / kv_width;
+    kv.check(p);
+    let cached = kv.len;
     let group = p.n_heads / p.n_kv_heads;
     let scale = 1.0 / (dh as f32).sqrt();
     let mut scores = Vec::new();
@@ -42,7 +44,7 @@ pub fn attention(
             let qh = &q[t * q_width + h * dh..][..dh];
             scores.clear();
             for s in visible.clone() {
-                let kh = &k[s * kv_width + g * dh..][..dh];
+                let kh = &k[kv.offset(g, s)..][..dh];
                 scores.push(qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale);
             }
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -51,7 +53,7 @@ pub fn attention(
             let oh = &mut out[t * q_width + h * dh..][..dh];
             oh.fill(0.0);
             for (s, &w) in visible.clone().zip(&scores) {
-                let vh = &v[s * kv_width + g * dh..][..dh];
+                let vh = &v[kv.offset(g, s)..][..dh];
                 oh.iter_mut()
                     .zip(vh)
                     .for_each(|(o, &x)| *o += (w / sum) * x);
