@@ -12,6 +12,7 @@ use crate::{
 use mixtral_kernels::Weight;
 use mixtral_kernels::attention::Attention;
 use mixtral_kernels::matmul::Matmul;
+use mixtral_kernels::matmul::cpu::Gemv;
 use mixtral_kernels::moe::{Expert, Moe};
 use mixtral_kernels::rmsnorm::RmsNorm;
 use mixtral_kernels::rope::Rope;
@@ -252,9 +253,31 @@ impl Model {
     ) {
         let c = &self.config;
         self.norm(&s.h, &lw.attn_norm, &mut s.x); // [T, D]
-        self.linear(&s.x, &lw.wq, &mut s.q); // [T, H·Dh]
-        self.linear(&s.x, &lw.wk, &mut s.k); // [T, G·Dh]
-        self.linear(&s.x, &lw.wv, &mut s.v); // [T, G·Dh]
+        if positions.len() == 1 {
+            // One token: the three projections as one parallel region.
+            let (qd, kvd) = (c.q_dim(), c.kv_dim());
+            self.kernels.gemv_many(&mut [
+                Gemv {
+                    x: &s.x,
+                    w: w(&lw.wq),
+                    y: sized(&mut s.q, qd),
+                },
+                Gemv {
+                    x: &s.x,
+                    w: w(&lw.wk),
+                    y: sized(&mut s.k, kvd),
+                },
+                Gemv {
+                    x: &s.x,
+                    w: w(&lw.wv),
+                    y: sized(&mut s.v, kvd),
+                },
+            ]);
+        } else {
+            self.linear(&s.x, &lw.wq, &mut s.q); // [T, H·Dh]
+            self.linear(&s.x, &lw.wk, &mut s.k); // [T, G·Dh]
+            self.linear(&s.x, &lw.wv, &mut s.v); // [T, G·Dh]
+        }
         let rope_q = Rope {
             n_heads: c.num_attention_heads,
             head_dim: c.head_dim,

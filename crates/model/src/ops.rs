@@ -64,6 +64,22 @@ impl Kernels {
         }
     }
 
+    /// One token's `y = x Wᵀ` for several weights, as one parallel region on the CPU.
+    pub(crate) fn gemv_many(self, jobs: &mut [matmul::cpu::Gemv<'_>]) {
+        match self {
+            Kernels::Reference => {
+                for job in jobs {
+                    let (k, n) = (job.x.len(), job.y.len());
+                    let p = Matmul { rows: 1, k, n };
+                    matmul::reference::matmul(p, job.x, job.w, job.y);
+                }
+            }
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+                matmul::cpu::gemv_many(isa, self.precision(), jobs)
+            }
+        }
+    }
+
     pub(crate) fn rms_norm(self, p: RmsNorm, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
         match self {
             Kernels::Reference => rmsnorm::reference::rms_norm(p, x, w, y),

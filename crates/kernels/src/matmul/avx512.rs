@@ -42,7 +42,7 @@ thread_local! {
 
 /// Pairs per converted activation row: `k` rounded up to 32 elements, plus 32 more so that
 /// rows a power of two apart do not all fall into the same L1 sets.
-fn pair_stride(k: usize) -> usize {
+pub(super) fn pair_stride(k: usize) -> usize {
     (k.div_ceil(32) * 32 + 32) / 2
 }
 
@@ -89,6 +89,33 @@ pub(super) unsafe fn matmul(p: Matmul, x: &[f32], w: &[bf16], y: &mut [f32]) {
     XB.set(xb);
 }
 
+/// The calling thread's rounded-activation buffer, taken out of its thread-local (so a region
+/// this thread serves meanwhile cannot find it borrowed) and emptied; give it back with
+/// [`put_buffer`].
+pub(super) fn take_buffer() -> Vec<u32> {
+    let mut b = XB.take();
+    b.clear();
+    b
+}
+
+/// Returns the buffer [`take_buffer`] lent.
+pub(super) fn put_buffer(b: Vec<u32>) {
+    XB.set(b);
+}
+
+/// Appends `x` rounded to bf16 pairs, padded as [`gemv`] reads it, to `buf`; returns where
+/// it starts.
+///
+/// # Safety
+/// The CPU must support AVX-512 F/BW/VL and AVX512-BF16.
+pub(super) unsafe fn round_append(x: &[f32], buf: &mut Vec<u32>) -> usize {
+    let at = buf.len();
+    buf.resize(at + pair_stride(x.len()), 0);
+    // SAFETY: features per this function's contract; the new part holds `pair_stride` pairs.
+    unsafe { round_row(x, &mut buf[at..]) };
+    at
+}
+
 /// Rounds `x` to bf16 pairs in `dst` (`x.len() <= 2 · dst.len()`), zero-filling the rest.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
 unsafe fn round_row(x: &[f32], dst: &mut [u32]) {
@@ -123,7 +150,13 @@ unsafe fn bh(v: __m512i) -> __m512bh {
 
 /// GEMV rows `cols`: `y[j] = Σ_i xb[i] · W[j, i]`.
 #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-unsafe fn gemv(xb: &[u32], w: &[bf16], k: usize, out: &SharedOut<'_>, cols: Range<usize>) {
+pub(super) unsafe fn gemv(
+    xb: &[u32],
+    w: &[bf16],
+    k: usize,
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+) {
     assert!(cols.end * k <= w.len() && xb.len() >= k.div_ceil(32) * 16);
     // SAFETY: only this call writes `cols` (caller's contract).
     let y = unsafe { out.cols(0, cols.clone()) };

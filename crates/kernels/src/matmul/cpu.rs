@@ -38,6 +38,10 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 #[path = "avx512.rs"]
 mod avx512;
+#[path = "batch.rs"]
+mod batch;
+
+pub use batch::{Gemv, MAX_GEMVS, gemv_many};
 
 thread_local! {
     /// Activations rounded to bf16 for ISAs without bf16 arithmetic, reused between calls.

@@ -17,7 +17,8 @@
 use super::{Expert, Moe, silu};
 use crate::Isa;
 use crate::Weight;
-use crate::matmul::{Matmul, Precision, cpu::matmul_at};
+use crate::matmul::cpu::{Gemv, MAX_GEMVS, gemv_many, matmul_at};
+use crate::matmul::{Matmul, Precision};
 
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
@@ -105,6 +106,9 @@ pub fn moe(
     assert_eq!(ids.len(), p.n_tokens * p.top_k, "moe: ids length for {p:?}");
     assert_eq!(weights.len(), ids.len(), "moe: weights length for {p:?}");
     let (d, f, n_exp) = (p.hidden, p.ffn, experts.len());
+    if p.n_tokens == 1 && 2 * p.top_k <= MAX_GEMVS {
+        return decode(isa, precision, p, (x, ids, weights), experts, y, scratch);
+    }
     let matmul =
         |p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]| matmul_at(isa, precision, p, x, w, y);
     let s = scratch;
@@ -164,6 +168,66 @@ pub fn moe(
                 yt.iter_mut().zip(row).for_each(|(o, &v)| *o += wt * v);
             }
         }
+    }
+}
+
+/// One token: its `K` experts' up projections (`w1`, `w3`) as one parallel region, then their
+/// down projections as another, then the weighted sum; only the chosen experts' weights are
+/// read.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "moe's arguments, the routing grouped"
+)]
+fn decode(
+    isa: Isa,
+    precision: Precision,
+    p: Moe,
+    (x, ids, weights): (&[f32], &[u32], &[f32]),
+    experts: &[Expert<'_>],
+    y: &mut [f32],
+    s: &mut MoeScratch,
+) {
+    let (d, f, k) = (p.hidden, p.ffn, p.top_k);
+    for &e in ids {
+        assert!(
+            (e as usize) < experts.len(),
+            "moe: expert id {e} of {}",
+            experts.len()
+        );
+    }
+    s.reserve(p, experts.len(), k);
+    let (gate, up, down) = (
+        &mut s.gate[..k * f],
+        &mut s.up[..k * f],
+        &mut s.down[..k * d],
+    );
+    let empty = || Gemv {
+        x: &[],
+        w: Weight::F32(&[]),
+        y: &mut [],
+    };
+    let mut jobs: [Gemv<'_>; MAX_GEMVS] = std::array::from_fn(|_| empty());
+    let pairs = gate.chunks_exact_mut(f).zip(up.chunks_exact_mut(f));
+    for ((job, &e), (g, u)) in jobs.chunks_exact_mut(2).zip(ids).zip(pairs) {
+        let ex = &experts[e as usize];
+        job[0] = Gemv { x, w: ex.w1, y: g };
+        job[1] = Gemv { x, w: ex.w3, y: u };
+    }
+    gemv_many(isa, precision, &mut jobs[..2 * k]);
+    silu_mul(isa, gate, up);
+    let mut jobs: [Gemv<'_>; MAX_GEMVS] = std::array::from_fn(|_| empty());
+    let rows = gate.chunks_exact(f).zip(down.chunks_exact_mut(d));
+    for ((job, &e), (h, o)) in jobs.iter_mut().zip(ids).zip(rows) {
+        *job = Gemv {
+            x: h,
+            w: experts[e as usize].w2,
+            y: o,
+        };
+    }
+    gemv_many(isa, precision, &mut jobs[..k]);
+    y.fill(0.0);
+    for (row, &wt) in down.chunks_exact(d).zip(weights) {
+        y.iter_mut().zip(row).for_each(|(o, &v)| *o += wt * v);
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::{Weights, config, dim, dtype_name};
 use mixtral_kernels::Isa;
-use mixtral_kernels::matmul::{Matmul, cpu, reference};
+use mixtral_kernels::matmul::{Matmul, Precision, cpu, reference};
 use mixtral_testkit::{Tol, run, uniform};
 use proptest::prelude::*;
 
@@ -41,8 +41,64 @@ fn check_bf16(p: Matmul, seed: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// `gemv_many` over GEMVs of the given `(k, n)` shapes, dtypes cycling, at both precisions and
+/// every ISA, each output against its own reference GEMV.
+fn check_many(shapes: &[(usize, usize)], seed: u64) -> Result<(), String> {
+    let xs: Vec<Vec<f32>> = (0..shapes.len() as u64)
+        .zip(shapes)
+        .map(|(i, &(k, _))| uniform(k, seed ^ i))
+        .collect();
+    let ws: Vec<Weights> = (0..shapes.len() as u64)
+        .zip(shapes)
+        .map(|(i, &(k, n))| Weights::uniform(n * k, seed ^ (i + 100), 1.0))
+        .collect();
+    for precision in [Precision::F32, Precision::Bf16] {
+        for isa in Isa::available() {
+            let mut ys: Vec<Vec<f32>> = shapes.iter().map(|&(_, n)| vec![f32::NAN; n]).collect();
+            let mut jobs: Vec<cpu::Gemv<'_>> = ys
+                .iter_mut()
+                .enumerate()
+                .map(|(i, y)| cpu::Gemv {
+                    x: &xs[i],
+                    w: ws[i].view(i % 3),
+                    y,
+                })
+                .collect();
+            cpu::gemv_many(isa, precision, &mut jobs);
+            for (i, (&(k, n), got)) in shapes.iter().zip(&ys).enumerate() {
+                let p = Matmul { rows: 1, k, n };
+                let want = run(n, |y| match precision {
+                    Precision::F32 => reference::matmul(p, &xs[i], ws[i].view(i % 3), y),
+                    Precision::Bf16 => reference::matmul_bf16(p, &xs[i], ws[i].view(i % 3), y),
+                });
+                let what = format!(
+                    "gemv {i} of {shapes:?} {} {isa} {precision:?}",
+                    dtype_name(i % 3)
+                );
+                Tol::reduction_f32(k).check(&what, got, &want)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    /// One to eight GEMVs of any shape (empty `k` too) as one region.
+    #[test]
+    fn gemv_many_matches_reference_gemvs(
+        shapes in prop::collection::vec((0usize..40, dim()), 1..=8),
+        long in 0usize..3,
+        seed: u64,
+    ) {
+        // Now and then one long row (the interleaved path) among them.
+        let mut shapes = shapes;
+        if long == 0 {
+            shapes[0].0 = 2100;
+        }
+        check_many(&shapes, seed).map_err(TestCaseError::fail)?;
+    }
 
     #[test]
     fn bf16_gemv_matches_reference(k in dim(), n in dim(), seed: u64) {
@@ -149,6 +205,14 @@ fn gemm_and_gemv_run_inside_a_team() {
             check(Matmul { rows, k, n }, seed).unwrap();
         }
     });
+}
+
+#[test]
+fn gemv_many_splits_chunks_across_gemvs_inside_a_team() {
+    // Large enough to be split: chunks straddle the GEMVs (odd row counts between them).
+    let team = mixtral_kernels::threads::Team::new(3).unwrap();
+    team.run(|| check_many(&[(512, 1001), (512, 77), (0, 5), (300, 513), (2100, 33)], 4))
+        .unwrap();
 }
 
 #[test]
