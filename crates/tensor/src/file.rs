@@ -50,6 +50,13 @@ impl SafetensorsFile {
         // memory-mapped model loaders (safetensors, llama.cpp) all accept and document: do not
         // modify a checkpoint while an engine has it open.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
+        // Ask for 2 MiB pages: a decode step streams every weight once, and with 4 KiB pages
+        // the TLB misses cost more than a third of the bandwidth (bench-1b decode: 65 vs
+        // 105 tokens/s with the same file cached in small or in 2 MiB folios). Pages the
+        // kernel reads in for this mapping then come as 2 MiB folios mapped whole; a kernel
+        // without transparent huge pages refuses, and nothing changes.
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
         let tensors = parse_header(path, &map)?;
         Ok(SafetensorsFile {
             path: path.to_path_buf(),
