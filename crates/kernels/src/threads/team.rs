@@ -1,6 +1,6 @@
 //! A team of worker threads that stays awake between parallel regions.
 //!
-//! A decode step is about ninety short parallel regions (one per weight matrix), each 20–300 µs.
+//! A decode step is dozens of short parallel regions (weight matrices, attention), 15–300 µs each.
 //! Handing each to a rayon pool costs a wake-up per region: the other thread starts several
 //! microseconds late and sleeps again between regions. A [`Team`] instead keeps its helpers
 //! spinning on a shared counter for [`SPIN`] after each region, so the next one starts on every
