@@ -5,9 +5,9 @@
 //! # Design
 //! The activations are rounded once per call into rows of bf16 pairs (`xb`, zero-padded to
 //! whole vectors; `vcvtneps2bf16` rounds to nearest even). Then:
-//! - **GEMV** (`rows == 1`): every weight row is read once, whole, one row after the other
-//!   (one sequential stream through the matrix), 64 elements a step into two accumulators;
-//!   the tail is a masked load, so no byte past the row is read.
+//! - **GEMV** (`rows == 1`, run by `gemv_many`): every weight row is read once, whole, one row
+//!   after the other (one sequential stream through the matrix), 128 elements a step into four
+//!   accumulators; the tail is a masked load, so no byte past the row is read.
 //! - **GEMM** (`rows > 1`): for each panel of [`NR`] = 32 weight rows and [`KC`] columns, the
 //!   weights are packed once as `[KC/2][32]` pairs (the layout `vdpbf16ps` multiplies against
 //!   one broadcast activation pair), then tiles of up to [`MR`] tokens × 32 features run over
@@ -46,7 +46,7 @@ pub(super) fn pair_stride(k: usize) -> usize {
     (k.div_ceil(32) * 32 + 32) / 2
 }
 
-/// `y = bf16(x) · Wᵀ` for bf16 `W`: same contract as
+/// The GEMM `y = bf16(x) · Wᵀ` for bf16 `W` (one row goes through `gemv_many`): same contract as
 /// [`reference::matmul_bf16`](super::reference::matmul_bf16). Inputs below 2^-126 in
 /// magnitude count as zero (the instructions' fixed denormals-are-zero mode).
 ///
@@ -72,20 +72,13 @@ pub(super) unsafe fn matmul(p: Matmul, x: &[f32], w: &[bf16], y: &mut [f32]) {
     for_each_row_mut(&mut xb, stride, p.k, |r, row| convert((r, row)));
     let out = SharedOut::new(y, p.rows, p.n);
     let xb_ref = &xb[..];
-    if p.rows == 1 {
-        for_each_range(p.n, 8, p.k, super::GEMV_CHUNKS, |cols| {
+    // Few chunks: each packs its own copy of the activations.
+    for_each_range(p.n, NR, p.rows * p.k, 4, |cols| {
+        PANEL.with_borrow_mut(|panel| {
             // SAFETY: features per our contract; only this call writes `cols`.
-            unsafe { gemv(xb_ref, w, p.k, &out, cols) }
-        });
-    } else {
-        // Few chunks: each packs its own copy of the activations.
-        for_each_range(p.n, NR, p.rows * p.k, 4, |cols| {
-            PANEL.with_borrow_mut(|panel| {
-                // SAFETY: features per our contract; only this call writes `cols`.
-                unsafe { gemm(p, (xb_ref, stride), w, &out, cols, panel) }
-            })
-        });
-    }
+            unsafe { gemm(p, (xb_ref, stride), w, &out, cols, panel) }
+        })
+    });
     XB.set(xb);
 }
 

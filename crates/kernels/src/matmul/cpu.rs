@@ -78,6 +78,9 @@ const ROW_BY_ROW_MAX_K: usize = 2048;
 /// so results agree to rounding, not bit for bit).
 pub fn matmul(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
     p.check(x.len(), w.len(), y.len());
+    if p.rows == 1 {
+        return gemv_many(isa, Precision::F32, &mut [Gemv { x, w, y }]);
+    }
     match w {
         Weight::F32(w) => run(isa, p, x, w, y),
         Weight::BF16(w) => run(isa, p, x, w, y),
@@ -91,6 +94,9 @@ pub fn matmul(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
 /// the `vdpbf16ps` kernel; elsewhere the f32 kernel runs on the rounded activations.
 pub fn matmul_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
     p.check(x.len(), w.len(), y.len());
+    if p.rows == 1 {
+        return gemv_many(isa, Precision::Bf16, &mut [Gemv { x, w, y }]);
+    }
     let Weight::BF16(wb) = w else {
         return matmul(isa, p, x, w, y);
     };
@@ -125,15 +131,14 @@ pub fn matmul_at(
     }
 }
 
+/// The GEMM (`rows > 1`; one row goes through [`gemv_many`]).
 fn run<T: Elem>(isa: Isa, p: Matmul, x: &[f32], w: &[T], y: &mut [f32]) {
     if p.k == 0 {
         y.fill(0.0);
         return;
     }
     let out = SharedOut::new(y, p.rows, p.n);
-    let align = if p.rows == 1 { NR_GEMV } else { JB };
-    let per_thread = if p.rows == 1 { GEMV_CHUNKS } else { 4 };
-    for_each_range(p.n, align, p.rows * p.k, per_thread, |cols| match isa {
+    for_each_range(p.n, JB, p.rows * p.k, 4, |cols| match isa {
         // SAFETY: the scalar tiles use no target features.
         Isa::Scalar => unsafe { drive::<T, Scalar>(p, x, w, &out, cols) },
         #[cfg(target_arch = "x86_64")]

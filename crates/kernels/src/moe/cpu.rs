@@ -101,10 +101,7 @@ pub fn moe(
     y: &mut [f32],
     scratch: &mut MoeScratch,
 ) {
-    assert_eq!(x.len(), p.n_tokens * p.hidden, "moe: x length for {p:?}");
-    assert_eq!(y.len(), x.len(), "moe: y length for {p:?}");
-    assert_eq!(ids.len(), p.n_tokens * p.top_k, "moe: ids length for {p:?}");
-    assert_eq!(weights.len(), ids.len(), "moe: weights length for {p:?}");
+    p.check(x, ids, weights, y);
     let (d, f, n_exp) = (p.hidden, p.ffn, experts.len());
     if p.n_tokens == 1 && 2 * p.top_k <= MAX_GEMVS {
         return decode(isa, precision, p, (x, ids, weights), experts, y, scratch);

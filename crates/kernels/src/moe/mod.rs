@@ -30,6 +30,18 @@ pub struct Moe {
     pub top_k: usize,
 }
 
+impl Moe {
+    /// Panics unless the slice lengths match the call (`x`, `y`: `[T, D]`; `ids`, `weights`:
+    /// `[T, K]`): a programming error, since the model sizes every buffer.
+    pub(crate) fn check(&self, x: &[f32], ids: &[u32], weights: &[f32], y: &[f32]) {
+        let p = self;
+        assert_eq!(x.len(), p.n_tokens * p.hidden, "moe: x length for {p:?}");
+        assert_eq!(y.len(), x.len(), "moe: y length for {p:?}");
+        assert_eq!(ids.len(), p.n_tokens * p.top_k, "moe: ids length for {p:?}");
+        assert_eq!(weights.len(), ids.len(), "moe: weights length for {p:?}");
+    }
+}
+
 /// `silu(g) = g · sigmoid(g)`.
 #[inline]
 pub fn silu(g: f32) -> f32 {

@@ -40,10 +40,7 @@ fn moe_with(
     experts: &[Expert<'_>],
     y: &mut [f32],
 ) {
-    assert_eq!(x.len(), p.n_tokens * p.hidden, "moe: x length for {p:?}");
-    assert_eq!(y.len(), x.len(), "moe: y length for {p:?}");
-    assert_eq!(ids.len(), p.n_tokens * p.top_k, "moe: ids length for {p:?}");
-    assert_eq!(weights.len(), ids.len(), "moe: weights length for {p:?}");
+    p.check(x, ids, weights, y);
     let (d, f) = (p.hidden, p.ffn);
     let up = Matmul {
         rows: 1,

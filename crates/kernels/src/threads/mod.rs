@@ -45,11 +45,11 @@ pub fn for_each_range(
     if n == 0 {
         return;
     }
-    if threads <= 1 || n.saturating_mul(cost_per_item) < MIN_PARALLEL_WORK || n <= align {
+    let total = n.saturating_mul(cost_per_item);
+    if threads <= 1 || total < MIN_PARALLEL_WORK || n <= align {
         f(0..n);
         return;
     }
-    let total = n.saturating_mul(cost_per_item);
     let pieces = (threads * per_thread.max(1))
         .min(n.div_ceil(align))
         .min((total / MIN_CHUNK_WORK).max(threads));
