@@ -138,6 +138,16 @@ pub enum Error {
         /// Rows asked for.
         len: usize,
     },
+    /// A GGUF file is malformed, or holds something this engine does not support.
+    #[error("{}: {field}: {kind}", path.display())]
+    Gguf {
+        /// The file involved.
+        path: PathBuf,
+        /// The field (`version`, `metadata[3] \`general.alignment\``, `tensor_info[5] \`…\`.ne`).
+        field: String,
+        /// What is wrong with it.
+        kind: crate::gguf::GgufError,
+    },
     /// A mutable view was asked of a tensor whose storage is shared or read-only.
     #[error("tensor storage is shared or memory-mapped and cannot be written")]
     NotWritable,

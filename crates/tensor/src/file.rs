@@ -11,12 +11,31 @@ use std::sync::Arc;
 /// The largest header accepted (the limit the `safetensors` crate itself applies).
 pub const MAX_HEADER_BYTES: u64 = 100_000_000;
 
-/// What the header says about one tensor.
+/// A tensor's dtype as a file states it: one this engine knows, or another (named as the
+/// file names it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileDType {
+    /// A dtype this engine computes with.
+    Known(DType),
+    /// A dtype it does not (e.g. safetensors `F8_E4M3`).
+    Unsupported(String),
+}
+
+impl std::fmt::Display for FileDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileDType::Known(d) => write!(f, "{d}"),
+            FileDType::Unsupported(name) => f.write_str(name),
+        }
+    }
+}
+
+/// What a file's header says about one tensor.
 #[derive(Clone, Debug)]
 pub struct TensorInfo {
-    /// The dtype as the file spells it (may be one this engine does not support).
-    pub dtype: safetensors::Dtype,
-    /// The shape.
+    /// The dtype as the file states it.
+    pub dtype: FileDType,
+    /// The shape, outermost first.
     pub shape: Shape,
     /// Absolute byte range within the file.
     pub range: Range<usize>,
@@ -25,7 +44,10 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// The dtype, if this engine supports it.
     pub fn dtype(&self) -> Option<DType> {
-        DType::from_safetensors(self.dtype)
+        match self.dtype {
+            FileDType::Known(d) => Some(d),
+            FileDType::Unsupported(_) => None,
+        }
     }
 }
 
@@ -89,7 +111,7 @@ impl SafetensorsFile {
         })?;
         let dtype = info.dtype().ok_or_else(|| Error::UnsupportedDtype {
             path: self.path.clone(),
-            name: name.to_string(),
+            name: crate::gguf::escape(name),
             dtype: info.dtype.to_string(),
         })?;
         let storage = Storage::Mapped {
@@ -158,7 +180,10 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, TensorInfo
         tensors.insert(
             name,
             TensorInfo {
-                dtype: info.dtype,
+                dtype: match DType::from_safetensors(info.dtype) {
+                    Some(d) => FileDType::Known(d),
+                    None => FileDType::Unsupported(info.dtype.to_string()),
+                },
                 shape,
                 range: data_start + start..data_start + end,
             },

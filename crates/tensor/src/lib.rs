@@ -1,5 +1,6 @@
-//! Tensor storage for the Mixtral engine: dtypes, shapes, and tensors whose bytes are either
-//! owned host memory or borrowed from a memory-mapped safetensors file.
+//! Tensor storage for the Mixtral engine: dtypes (plain and ggml's block-quantized ones),
+//! shapes, and tensors whose bytes are either owned host memory or borrowed from a
+//! memory-mapped safetensors or GGUF file.
 //!
 //! The bottom of the crate graph: it depends on none of our crates, and everything else
 //! depends on it (`tensor ← kernels ← model ← mixtral`).
@@ -12,8 +13,10 @@
 //!   returns an error instead of reinterpreting bytes it should not.
 //! - **No tensor algebra.** Shapes are plain row-major; there are no strides, broadcasting or
 //!   autograd. Kernels take slices and explicit sizes.
-//! - **Generic safetensors here, Mixtral names elsewhere.** [`TensorStore`] knows files, shards
-//!   and names; which names a Mixtral needs and their shapes is the model crate's business.
+//! - **Generic formats here, Mixtral names elsewhere.** [`TensorStore`] knows files (safetensors
+//!   and [`gguf`]), shards and names; which names a Mixtral needs and their shapes is the model
+//!   crate's business. Quantized tensors are bytes with a block dtype; dequantizing them is the
+//!   kernels crate's.
 //!
 //! ```no_run
 //! use mixtral_tensor::TensorStore;
@@ -27,17 +30,18 @@
 mod dtype;
 mod error;
 mod file;
+pub mod gguf;
 mod save;
 mod shape;
 mod storage;
 mod store;
 mod tensor;
 
-pub use dtype::{DType, Element};
+pub use dtype::{ALL_DTYPES, DType, Element};
 pub use error::{Error, Result};
-pub use file::{MAX_HEADER_BYTES, SafetensorsFile, TensorInfo};
+pub use file::{FileDType, MAX_HEADER_BYTES, SafetensorsFile, TensorInfo};
 pub use save::save;
 pub use shape::Shape;
 pub use storage::{AlignedBytes, Storage};
-pub use store::{INDEX_FILE, SINGLE_FILE, TensorStore};
+pub use store::{INDEX_FILE, SINGLE_FILE, TensorFile, TensorStore};
 pub use tensor::Tensor;

@@ -1,20 +1,65 @@
-//! A set of safetensors files seen as one name → tensor map: a single file, or the shards a
-//! Hugging Face `model.safetensors.index.json` lists.
+//! A set of tensor files seen as one name → tensor map: a single safetensors file, the shards a
+//! Hugging Face `model.safetensors.index.json` lists, or a GGUF file.
 
+use crate::gguf::GgufFile;
 use crate::{Error, Result, SafetensorsFile, Tensor, TensorInfo};
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+
+/// One memory-mapped tensor file of either format.
+#[derive(Debug)]
+pub enum TensorFile {
+    /// A safetensors file.
+    Safetensors(SafetensorsFile),
+    /// A GGUF file.
+    Gguf(GgufFile),
+}
+
+impl TensorFile {
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        match self {
+            TensorFile::Safetensors(f) => f.path(),
+            TensorFile::Gguf(f) => f.path(),
+        }
+    }
+
+    /// Every tensor the file holds, by name.
+    pub fn infos(&self) -> &BTreeMap<String, TensorInfo> {
+        match self {
+            TensorFile::Safetensors(f) => f.infos(),
+            TensorFile::Gguf(f) => f.infos(),
+        }
+    }
+
+    /// The tensor `name`, borrowing the mapping.
+    pub fn tensor(&self, name: &str) -> Result<Tensor> {
+        match self {
+            TensorFile::Safetensors(f) => f.tensor(name),
+            TensorFile::Gguf(f) => f.tensor(name),
+        }
+    }
+
+    /// The address range of the whole mapping.
+    pub fn mapped_range(&self) -> Range<usize> {
+        match self {
+            TensorFile::Safetensors(f) => f.mapped_range(),
+            TensorFile::Gguf(f) => f.mapped_range(),
+        }
+    }
+}
 
 /// The single-file checkpoint name transformers writes.
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// The shard index name transformers writes.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
 
-/// Tensors gathered from one or more memory-mapped safetensors files.
+/// Tensors gathered from one or more memory-mapped tensor files.
 #[derive(Debug)]
 pub struct TensorStore {
-    files: Vec<SafetensorsFile>,
+    files: Vec<TensorFile>,
     /// Tensor name → index into `files`.
     by_name: BTreeMap<String, usize>,
 }
@@ -81,23 +126,45 @@ impl TensorStore {
         Ok(store)
     }
 
-    /// Opens the given files; a tensor name found in several files is taken from the last.
+    /// Opens the given safetensors files; a tensor name found in several files is taken from
+    /// the last.
     pub fn open_files(paths: impl IntoIterator<Item = PathBuf>) -> Result<TensorStore> {
-        let mut files = Vec::new();
+        let files = paths
+            .into_iter()
+            .map(|p| SafetensorsFile::open(&p).map(TensorFile::Safetensors))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(TensorStore::from_files(files))
+    }
+
+    /// One GGUF file.
+    pub fn open_gguf(path: &Path) -> Result<TensorStore> {
+        Ok(TensorStore::from_files(vec![TensorFile::Gguf(
+            GgufFile::open(path)?,
+        )]))
+    }
+
+    /// Opened files; a tensor name found in several files is taken from the last.
+    pub fn from_files(files: Vec<TensorFile>) -> TensorStore {
         let mut by_name = BTreeMap::new();
-        for path in paths {
-            let file = SafetensorsFile::open(&path)?;
+        for (i, file) in files.iter().enumerate() {
             for name in file.infos().keys() {
-                by_name.insert(name.clone(), files.len());
+                by_name.insert(name.clone(), i);
             }
-            files.push(file);
         }
-        Ok(TensorStore { files, by_name })
+        TensorStore { files, by_name }
     }
 
     /// The files, in the order they were opened.
-    pub fn files(&self) -> &[SafetensorsFile] {
+    pub fn files(&self) -> &[TensorFile] {
         &self.files
+    }
+
+    /// The GGUF file, when the store is one.
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match self.files.as_slice() {
+            [TensorFile::Gguf(f)] => Some(f),
+            _ => None,
+        }
     }
 
     /// Every tensor name, sorted.
