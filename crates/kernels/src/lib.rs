@@ -15,6 +15,7 @@
 
 pub mod attention;
 pub mod cuda;
+pub mod dequant;
 pub mod isa;
 pub mod matmul;
 pub mod moe;
@@ -25,4 +26,4 @@ pub mod threads;
 mod weight;
 
 pub use isa::Isa;
-pub use weight::Weight;
+pub use weight::{QuantBlocks, Weight};

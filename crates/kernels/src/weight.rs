@@ -1,12 +1,56 @@
-//! `Weights`: a borrowed, typed view of a weight matrix in any float dtype the kernels accept.
+//! `Weight`: a borrowed, typed view of a weight matrix in any dtype the kernels accept.
 
+use crate::dequant::{MAX_BLOCK, dequantize_block};
 use half::{bf16, f16};
 use mixtral_tensor::{DType, Tensor};
+
+/// The blocks of a block-quantized weight (ggml's types): `bytes` holds whole blocks of `dtype`.
+#[derive(Clone, Copy, Debug)]
+pub struct QuantBlocks<'a> {
+    /// The block type ([`DType::is_quantized`]).
+    pub dtype: DType,
+    /// The blocks, as stored.
+    pub bytes: &'a [u8],
+}
+
+impl QuantBlocks<'_> {
+    /// Number of values.
+    pub fn len(&self) -> usize {
+        self.bytes.len() / self.dtype.block_bytes() * self.dtype.block_len()
+    }
+
+    /// True when there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// Values `start..start + out.len()` decoded into `out`, block by block (any range; the
+    /// blocks it touches are decoded whole).
+    pub fn decode_into(&self, start: usize, out: &mut [f32]) {
+        let (bl, bb) = (self.dtype.block_len(), self.dtype.block_bytes());
+        let mut buf = [0f32; MAX_BLOCK];
+        let (mut at, end) = (start, start + out.len());
+        assert!(end <= self.len(), "{} values of {}", end, self.len());
+        while at < end {
+            let (block, within) = (at / bl, at % bl);
+            let n = (bl - within).min(end - at);
+            let dst = &mut out[at - start..at - start + n];
+            if within == 0 && n == bl {
+                dequantize_block(self.dtype, &self.bytes[block * bb..][..bb], dst);
+            } else {
+                dequantize_block(self.dtype, &self.bytes[block * bb..][..bb], &mut buf[..bl]);
+                dst.copy_from_slice(&buf[within..within + n]);
+            }
+            at += n;
+        }
+    }
+}
 
 /// The elements of a weight tensor, in the dtype the checkpoint stores.
 ///
 /// Kernels widen each element to f32 as they read it; nothing is converted ahead of time, so
-/// bf16 weights stay bf16 in memory.
+/// bf16 weights stay bf16 in memory and quantized weights stay in their blocks (decoded a block
+/// at a time as a kernel streams them).
 #[derive(Clone, Copy, Debug)]
 pub enum Weight<'a> {
     /// f32 elements.
@@ -15,6 +59,8 @@ pub enum Weight<'a> {
     BF16(&'a [bf16]),
     /// f16 elements.
     F16(&'a [f16]),
+    /// Block-quantized elements.
+    Quant(QuantBlocks<'a>),
 }
 
 impl<'a> Weight<'a> {
@@ -23,6 +69,10 @@ impl<'a> Weight<'a> {
         Ok(match t.dtype() {
             DType::BF16 => Weight::BF16(t.as_slice()?),
             DType::F16 => Weight::F16(t.as_slice()?),
+            d if d.is_quantized() => Weight::Quant(QuantBlocks {
+                dtype: d,
+                bytes: t.as_bytes(),
+            }),
             // Asking for f32 reports the dtype mismatch for integer tensors.
             _ => Weight::F32(t.as_slice()?),
         })
@@ -34,6 +84,17 @@ impl<'a> Weight<'a> {
             Weight::F32(w) => w.len(),
             Weight::BF16(w) => w.len(),
             Weight::F16(w) => w.len(),
+            Weight::Quant(q) => q.len(),
+        }
+    }
+
+    /// The stored dtype.
+    pub fn dtype(&self) -> DType {
+        match self {
+            Weight::F32(_) => DType::F32,
+            Weight::BF16(_) => DType::BF16,
+            Weight::F16(_) => DType::F16,
+            Weight::Quant(q) => q.dtype,
         }
     }
 
@@ -42,13 +103,19 @@ impl<'a> Weight<'a> {
         self.len() == 0
     }
 
-    /// Element `i` widened to f32.
+    /// Element `i` widened to f32 (for a quantized weight, its block is decoded: read rows
+    /// with [`Weight::row_into`] instead).
     #[inline]
     pub fn get(&self, i: usize) -> f32 {
         match self {
             Weight::F32(w) => w[i],
             Weight::BF16(w) => w[i].to_f32(),
             Weight::F16(w) => w[i].to_f32(),
+            Weight::Quant(q) => {
+                let mut v = [0f32];
+                q.decode_into(i, &mut v);
+                v[0]
+            }
         }
     }
 
@@ -65,6 +132,7 @@ impl<'a> Weight<'a> {
                 .iter_mut()
                 .zip(&w[start..end])
                 .for_each(|(o, v)| *o = v.to_f32()),
+            Weight::Quant(q) => q.decode_into(start, out),
         }
     }
 }

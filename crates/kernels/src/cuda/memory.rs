@@ -107,6 +107,14 @@ impl CudaBackend {
                     );
                     &staging
                 }
+                Weight::Quant(q) => {
+                    // Quantized weights run on the GPU as bf16 (decoded while streaming).
+                    let mut values = vec![0f32; n];
+                    q.decode_into(at, &mut values);
+                    staging.clear();
+                    staging.extend(values.iter().map(|&x| bf16::from_f32(x).to_bits()));
+                    &staging
+                }
             };
             self.write(dst, offset + at, bits)?;
             progress.advance(n * std::mem::size_of::<Bf16>());

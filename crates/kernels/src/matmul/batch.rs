@@ -159,6 +159,7 @@ fn rows(
             Weight::F32(w) => f32_rows(isa, p, x, w, out, cols),
             Weight::BF16(w) => f32_rows(isa, p, x, w, out, cols),
             Weight::F16(w) => f32_rows(isa, p, x, w, out, cols),
+            Weight::Quant(w) => super::quant::gemv_rows(isa, x, w, out, cols),
         },
         #[cfg(target_arch = "x86_64")]
         Input::Pairs(xb) => {

@@ -40,6 +40,8 @@ mod avx2;
 mod avx512;
 #[path = "batch.rs"]
 mod batch;
+#[path = "quant.rs"]
+mod quant;
 
 pub use batch::{Gemv, MAX_GEMVS, gemv_many};
 
@@ -85,6 +87,7 @@ pub fn matmul(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
         Weight::F32(w) => run(isa, p, x, w, y),
         Weight::BF16(w) => run(isa, p, x, w, y),
         Weight::F16(w) => run(isa, p, x, w, y),
+        Weight::Quant(w) => quant::gemm(isa, p, x, w, y),
     }
 }
 

@@ -3,15 +3,18 @@
 use super::Matmul;
 use crate::Weight;
 
-/// `y[r, j] = Σ_i x[r, i] · W[j, i]`, accumulated in f32 in index order.
+/// `y[r, j] = Σ_i x[r, i] · W[j, i]`, accumulated in f32 in index order. Each weight row is
+/// widened (or, for a quantized weight, dequantized) once, then used by every row of `x`.
 pub fn matmul(p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
     p.check(x.len(), w.len(), y.len());
-    for r in 0..p.rows {
-        let xr = &x[r * p.k..(r + 1) * p.k];
-        for j in 0..p.n {
+    let mut wj = vec![0f32; p.k];
+    for j in 0..p.n {
+        w.row_into(j * p.k, &mut wj);
+        for r in 0..p.rows {
+            let xr = &x[r * p.k..(r + 1) * p.k];
             let mut acc = 0f32;
-            for (i, &xv) in xr.iter().enumerate() {
-                acc += xv * w.get(j * p.k + i);
+            for (&xv, &wv) in xr.iter().zip(&wj) {
+                acc += xv * wv;
             }
             y[r * p.n + j] = acc;
         }

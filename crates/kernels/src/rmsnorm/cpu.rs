@@ -21,6 +21,13 @@ pub fn rms_norm(isa: Isa, p: RmsNorm, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
         Weight::F32(w) => rows(isa, p, x, w, y),
         Weight::BF16(w) => rows(isa, p, x, w, y),
         Weight::F16(w) => rows(isa, p, x, w, y),
+        Weight::Quant(q) => {
+            // Norm weights are never quantized in practice (llama.cpp keeps them f32); decode
+            // the one row rather than refuse.
+            let mut w = vec![0f32; q.len()];
+            q.decode_into(0, &mut w);
+            rows(isa, p, x, &w[..], y)
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 mod attention;
 mod matmul;
 mod moe;
+mod quant;
 mod small_ops;
 
 use half::{bf16, f16};

@@ -1,0 +1,150 @@
+//! Matmuls on block-quantized weights (ggml's types): each weight row is decoded a block at a
+//! time into f32 scratch as the kernel reaches it, then multiplied with the f32 kernels' own
+//! micro-kernels. Nothing is decoded ahead of time or kept: a decode step reads every
+//! quantized byte once. The numerics are the reference's (exactly dequantized weights times
+//! f32 activations, accumulated in f32), so results match
+//! [`reference::matmul`](super::super::reference::matmul) to f32 rounding.
+//!
+//! This is the correct path, not yet the fast one: it decodes with the scalar reference
+//! decoder and pays an f32 round trip through L1/L2 per row. Integer dot products on the
+//! blocks themselves are the next step.
+
+use super::{Matmul, Scalar, Tiles, drive};
+use crate::Isa;
+use crate::QuantBlocks;
+use crate::threads::{SharedOut, for_each_range};
+use std::cell::RefCell;
+use std::ops::Range;
+
+thread_local! {
+    /// Decoded weight rows and, for the GEMM, its `[rows, panel]` output, reused per thread.
+    static DECODED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// Floats of decoded weights one GEMM panel holds (256 KiB: stays in L2 while every token
+/// passes over it).
+const PANEL_FLOATS: usize = 1 << 16;
+
+/// Output rows `cols` of the GEMV `y = W x` (`W`: `[n, k]` quantized).
+pub(super) fn gemv_rows(
+    isa: Isa,
+    x: &[f32],
+    w: QuantBlocks<'_>,
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+) {
+    match isa {
+        // SAFETY: the scalar tiles use no target features; only this chunk writes `cols`.
+        Isa::Scalar => unsafe { gemv_with::<Scalar>(x, w, out, cols) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
+        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { gemv_avx2(x, w, out, cols) },
+    }
+}
+
+/// [`gemv_with`] compiled with AVX2, FMA and F16C.
+///
+/// # Safety
+/// The CPU must support them; only this call writes `cols` of `out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv_avx2(x: &[f32], w: QuantBlocks<'_>, out: &SharedOut<'_>, cols: Range<usize>) {
+    // SAFETY: per this function's contract.
+    unsafe { gemv_with::<super::avx2::Avx2>(x, w, out, cols) }
+}
+
+/// # Safety
+/// `K`'s target features must be available; only this call writes `cols` of `out`.
+#[inline(always)]
+unsafe fn gemv_with<K: Tiles>(
+    x: &[f32],
+    w: QuantBlocks<'_>,
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+) {
+    let k = x.len();
+    DECODED.with_borrow_mut(|(row, _)| {
+        row.resize(k, 0.0);
+        // SAFETY: these columns belong to `cols`, which only this call writes.
+        let y = unsafe { out.cols(0, cols.clone()) };
+        for (yj, j) in y.iter_mut().zip(cols) {
+            w.decode_into(j * k, row);
+            // SAFETY: features per this function's contract.
+            *yj = unsafe { K::dot(x, row) };
+        }
+    });
+}
+
+/// `y = x Wᵀ` for `rows > 1` tokens: panels of weight rows decoded into f32, each multiplied
+/// by every token with the f32 GEMM.
+pub(super) fn gemm(isa: Isa, p: Matmul, x: &[f32], w: QuantBlocks<'_>, y: &mut [f32]) {
+    if p.k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    let out = SharedOut::new(y, p.rows, p.n);
+    let panel = (PANEL_FLOATS / p.k).clamp(2, 64);
+    for_each_range(p.n, panel, p.rows * p.k, 4, |cols| {
+        for start in cols.clone().step_by(panel) {
+            let part = start..(start + panel).min(cols.end);
+            match isa {
+                // SAFETY: the scalar tiles use no target features; only this chunk writes
+                // `part`.
+                Isa::Scalar => unsafe { panel_with::<Scalar>(p, x, w, &out, part) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were
+                // detected; only this chunk writes `part`.
+                Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { panel_avx2(p, x, w, &out, part) },
+            }
+        }
+    });
+}
+
+/// [`panel_with`] compiled with AVX2, FMA and F16C.
+///
+/// # Safety
+/// The CPU must support them; only this call writes `cols` of `out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn panel_avx2(
+    p: Matmul,
+    x: &[f32],
+    w: QuantBlocks<'_>,
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+) {
+    // SAFETY: per this function's contract.
+    unsafe { panel_with::<super::avx2::Avx2>(p, x, w, out, cols) }
+}
+
+/// Output columns `cols` of every row: the weight rows `cols` decoded, then the f32 GEMM.
+///
+/// # Safety
+/// `K`'s target features must be available; only this call writes `cols` of `out`.
+#[inline(always)]
+unsafe fn panel_with<K: Tiles>(
+    p: Matmul,
+    x: &[f32],
+    w: QuantBlocks<'_>,
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+) {
+    let (k, jn) = (p.k, cols.len());
+    DECODED.with_borrow_mut(|(panel, part)| {
+        panel.resize(jn * k, 0.0);
+        w.decode_into(cols.start * k, panel);
+        part.resize(p.rows * jn, 0.0);
+        let sub = Matmul {
+            rows: p.rows,
+            k,
+            n: jn,
+        };
+        let part_out = SharedOut::new(part, p.rows, jn);
+        // SAFETY: features per this function's contract; `part_out` is this call's own.
+        unsafe { drive::<f32, K>(sub, x, panel, &part_out, 0..jn) };
+        for (t, row) in part.chunks_exact(jn).enumerate() {
+            // SAFETY: these columns belong to `cols`, which only this call writes.
+            unsafe { out.cols(t, cols.clone()) }.copy_from_slice(row);
+        }
+    });
+}
