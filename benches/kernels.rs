@@ -197,6 +197,7 @@ fn rope_and_silu(c: &mut Criterion) {
         n_heads: 32,
         head_dim: 128,
         theta: 1e6,
+        interleaved: false,
     };
     let positions: Vec<usize> = (1000..1512).collect();
     let table = RopeTable::new(p, 1512);

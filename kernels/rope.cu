@@ -1,5 +1,6 @@
-// rope.cu: rotary position embedding, Hugging Face rotate_half convention (element i of a head
-// pairs with element i + Dh/2), angles from integer positions.
+// rope.cu: rotary position embedding, angles from integer positions. Pair i of a head is
+// elements (i, i + Dh/2) (Hugging Face rotate_half) or, with `interleaved` nonzero, (2i, 2i + 1)
+// (Mistral's and llama.cpp's order: the q/k rows of consolidated.safetensors and GGUF files).
 //
 // Reference twin: `mixtral_kernels::rope::reference::rope`
 //   inv_freq[i] = theta^(-2i/Dh), angle = pos · inv_freq[i], both in f64, then cos/sin rounded
@@ -28,26 +29,29 @@ __device__ __forceinline__ void rope_cos_sin(unsigned pos, int i, int head_dim, 
 
 extern "C" __global__ void __launch_bounds__(1024)
 rope_f32(float* __restrict__ x, const unsigned* __restrict__ positions, int n_heads,
-         int head_dim, double theta) {
+         int head_dim, double theta, int interleaved) {
     const int half = head_dim / 2, i = threadIdx.x;
     if (i >= half) return;
+    const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
     float c, s;
     rope_cos_sin(positions[blockIdx.x], i, head_dim, theta, c, s);
     float* row = x + (size_t)blockIdx.x * n_heads * head_dim;
     for (int h = 0; h < n_heads; ++h) {
         float* head = row + h * head_dim;
-        const float a = head[i], b = head[i + half];
-        head[i] = a * c - b * s;
-        head[i + half] = b * c + a * s;
+        const float a = head[ia], b = head[ib];
+        head[ia] = a * c - b * s;
+        head[ib] = b * c + a * s;
     }
 }
 
 extern "C" __global__ void __launch_bounds__(1024)
 rope_kv_bf16(const float* __restrict__ k, const float* __restrict__ v,
              const unsigned* __restrict__ positions, bf16_t* __restrict__ k_cache,
-             bf16_t* __restrict__ v_cache, int n_kv_heads, int head_dim, double theta) {
+             bf16_t* __restrict__ v_cache, int n_kv_heads, int head_dim, double theta,
+             int interleaved) {
     const int half = head_dim / 2, i = threadIdx.x;
     if (i >= half) return;
+    const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
     const unsigned pos = positions[blockIdx.x];
     float c, s;
     rope_cos_sin(pos, i, head_dim, theta, c, s);
@@ -58,9 +62,9 @@ rope_kv_bf16(const float* __restrict__ k, const float* __restrict__ v,
     bf16_t* vc = v_cache + pos * width;
     for (int h = 0; h < n_kv_heads; ++h) {
         const int o = h * head_dim;
-        const float a = k_row[o + i], b = k_row[o + i + half];
-        kc[o + i] = f32_to_bf16(a * c - b * s);
-        kc[o + i + half] = f32_to_bf16(b * c + a * s);
+        const float a = k_row[o + ia], b = k_row[o + ib];
+        kc[o + ia] = f32_to_bf16(a * c - b * s);
+        kc[o + ib] = f32_to_bf16(b * c + a * s);
         vc[o + i] = f32_to_bf16(v_row[o + i]);
         vc[o + i + half] = f32_to_bf16(v_row[o + i + half]);
     }

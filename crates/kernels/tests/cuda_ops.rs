@@ -193,9 +193,13 @@ fn rms_norm_and_residual_match_reference() {
 #[test]
 fn rope_and_rope_kv_match_reference() {
     let Some(gpu) = gpu() else { return };
-    for (heads, kv_heads, dh, start, n) in
-        [(4, 2, 16, 0, 5), (32, 8, 128, 4090, 9), (2, 1, 128, 0, 40)]
-    {
+    for (heads, kv_heads, dh, start, n, interleaved) in [
+        (4, 2, 16, 0, 5, false),
+        (32, 8, 128, 4090, 9, false),
+        (2, 1, 128, 0, 40, false),
+        (4, 2, 16, 0, 5, true),
+        (32, 8, 128, 4090, 9, true),
+    ] {
         let positions: Vec<usize> = (start..start + n).collect();
         let dpos = gpu.upload_positions(&positions).unwrap();
         let q = uniform(n * heads * dh, 1);
@@ -204,6 +208,7 @@ fn rope_and_rope_kv_match_reference() {
             n_heads: heads,
             head_dim: dh,
             theta: 1e6,
+            interleaved,
         };
         gpu.rope(pq, &dpos, &mut dq).unwrap();
         let mut want = q.clone();

@@ -1,13 +1,17 @@
-//! Opening a Hugging Face model directory: `config.json` plus its safetensors weights.
+//! Opening a checkpoint in any of the formats Mixtral ships in: a Hugging Face directory
+//! (`config.json` + safetensors), Mistral's directory (`params.json` +
+//! `consolidated*.safetensors`), or a GGUF file.
 
+use crate::names::Layout;
 use crate::{Config, Error, Result, Warning, Weights};
-use mixtral_tensor::TensorStore;
+use mixtral_tensor::gguf::{GgufFile, has_gguf_magic};
+use mixtral_tensor::{TensorFile, TensorStore};
 use std::path::{Path, PathBuf};
 
 /// A validated Mixtral checkpoint: its config and its memory-mapped weights.
 #[derive(Debug)]
 pub struct Checkpoint {
-    /// The model directory.
+    /// The model directory, or the GGUF file.
     pub dir: PathBuf,
     /// The architecture.
     pub config: Config,
@@ -15,30 +19,67 @@ pub struct Checkpoint {
     pub weights: Weights,
     /// Non-fatal findings (e.g. unused tensors).
     pub warnings: Vec<Warning>,
+    /// The format's naming scheme.
+    pub layout: Layout,
     store: TensorStore,
 }
 
 impl Checkpoint {
-    /// Opens `dir`: reads `config.json`, maps `model.safetensors` or the shards that
-    /// `model.safetensors.index.json` lists, and checks every tensor the config implies.
+    /// Opens a checkpoint and checks every tensor its config implies:
+    /// - a directory with `config.json`: Hugging Face, `model.safetensors` or the shards that
+    ///   `model.safetensors.index.json` lists;
+    /// - a directory with `params.json`: Mistral's format, `consolidated.safetensors` or
+    ///   `consolidated.NN.safetensors`;
+    /// - a file starting with the GGUF magic: llama.cpp's format, any tensor types.
     ///
     /// Only headers are read, so this takes milliseconds even for a 93 GB checkpoint.
-    pub fn open(dir: impl AsRef<Path>) -> Result<Checkpoint> {
-        let dir = dir.as_ref();
-        let config_path = dir.join("config.json");
-        if !config_path.is_file() {
-            return Err(Error::NotAModelDir {
-                dir: dir.to_path_buf(),
-            });
+    pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
+        let path = path.as_ref();
+        if path.is_file() && has_gguf_magic(path) {
+            return Checkpoint::open_gguf(path);
         }
-        let config = Config::from_file(&config_path)?;
-        let store = TensorStore::open_dir(dir)?;
-        let (weights, warnings) = Weights::load(&store, &config)?;
+        let not_a_model = || Error::NotAModelDir {
+            dir: path.to_path_buf(),
+        };
+        if !path.is_dir() {
+            return Err(not_a_model());
+        }
+        let config_path = path.join("config.json");
+        if config_path.is_file() {
+            let config = Config::from_file(&config_path)?;
+            let store = TensorStore::open_dir(path)?;
+            return Checkpoint::assemble(path, config, store, Layout::HuggingFace);
+        }
+        let params = path.join("params.json");
+        if params.is_file() {
+            let config = Config::from_params_file(&params)?;
+            let store = TensorStore::open_files(consolidated_files(path)?)?;
+            return Checkpoint::assemble(path, config, store, Layout::Mistral);
+        }
+        Err(not_a_model())
+    }
+
+    /// Opens a GGUF file: config from its metadata, weights as views of its tensors.
+    pub fn open_gguf(path: &Path) -> Result<Checkpoint> {
+        let file = GgufFile::open(path)?;
+        let config = Config::from_gguf(&file)?;
+        let store = TensorStore::from_files(vec![TensorFile::Gguf(file)]);
+        Checkpoint::assemble(path, config, store, Layout::Gguf)
+    }
+
+    fn assemble(
+        path: &Path,
+        config: Config,
+        store: TensorStore,
+        layout: Layout,
+    ) -> Result<Checkpoint> {
+        let (weights, warnings) = Weights::load(&store, &config, layout)?;
         Ok(Checkpoint {
-            dir: dir.to_path_buf(),
+            dir: path.to_path_buf(),
             config,
             weights,
             warnings,
+            layout,
             store,
         })
     }
@@ -47,4 +88,41 @@ impl Checkpoint {
     pub fn store(&self) -> &TensorStore {
         &self.store
     }
+
+    /// The GGUF file, when the checkpoint is one (its metadata carries the tokenizer).
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        self.store.gguf()
+    }
+}
+
+/// Mistral's weight files in a directory: `consolidated.safetensors`, or the numbered shards
+/// `consolidated.00.safetensors`, … in name order.
+fn consolidated_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("consolidated.safetensors");
+    if single.is_file() {
+        return Ok(vec![single]);
+    }
+    let entries = std::fs::read_dir(dir).map_err(|e| mixtral_tensor::Error::Io {
+        path: dir.to_path_buf(),
+        source: e,
+    })?;
+    let mut shards: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let middle = name
+                .strip_prefix("consolidated.")
+                .and_then(|r| r.strip_suffix(".safetensors"));
+            middle.is_some_and(|m| !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()))
+                && p.is_file()
+        })
+        .collect();
+    shards.sort();
+    if shards.is_empty() {
+        return Err(mixtral_tensor::Error::NoSafetensors {
+            dir: dir.to_path_buf(),
+        }
+        .into());
+    }
+    Ok(shards)
 }

@@ -50,6 +50,11 @@ pub struct Config {
     pub bos_token_id: Option<u32>,
     /// EOS id, if given.
     pub eos_token_id: Option<u32>,
+    /// Whether the checkpoint's q/k rows are in adjacent-pair RoPE order (Mistral's
+    /// `consolidated.safetensors` and GGUF files: pair `i` of a head is elements `2i, 2i + 1`)
+    /// rather than Hugging Face's half-split order (`i, i + Dh/2`). The rows are used as
+    /// stored and RoPE rotates the matching pairs; attention is the same either way.
+    pub rope_interleaved: bool,
 }
 
 /// The raw JSON, before defaults and validation.
@@ -240,6 +245,7 @@ impl RawConfig {
             norm_topk_prob: self.norm_topk_prob.unwrap_or(true),
             bos_token_id: self.bos_token_id,
             eos_token_id: self.eos_token_id,
+            rope_interleaved: false,
         };
         cfg.check(path)?;
         Ok(cfg)
@@ -248,7 +254,7 @@ impl RawConfig {
 
 impl Config {
     /// Checks the ranges and relations the forward pass relies on.
-    fn check(&self, path: &Path) -> Result<()> {
+    pub(crate) fn check(&self, path: &Path) -> Result<()> {
         let bad = |field, value: String, reason| {
             Err(Error::ConfigValue {
                 path: path.into(),

@@ -521,6 +521,7 @@ impl CudaModel {
             n_heads: heads,
             head_dim: c.head_dim,
             theta: c.rope_theta,
+            interleaved: c.rope_interleaved,
         };
         gpu.rope(rope(c.num_attention_heads), pos, &mut ws.q)?;
         let (kc, vc) = (&mut cache.k[l], &mut cache.v[l]);

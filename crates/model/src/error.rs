@@ -7,8 +7,11 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The directory does not exist or holds no `config.json`.
-    #[error("{}: not a model directory (no config.json)", dir.display())]
+    /// The path is neither a model directory (no `config.json` or `params.json`) nor a GGUF file.
+    #[error(
+        "{}: not a model (expected a directory with config.json or params.json, or a .gguf file)",
+        dir.display()
+    )]
     NotAModelDir {
         /// The directory given.
         dir: PathBuf,
@@ -43,6 +46,24 @@ pub enum Error {
         /// Why it cannot be used.
         reason: &'static str,
     },
+    /// A GGUF file's metadata lacks a key the model needs, or has a value it cannot use.
+    #[error("{}: metadata `{key}`: {reason}", path.display())]
+    GgufMetadata {
+        /// The GGUF file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong, with the value found.
+        reason: String,
+    },
+    /// A GGUF file holds a model of another architecture.
+    #[error("{}: not a Mixtral: {what}", path.display())]
+    NotMixtral {
+        /// The GGUF file.
+        path: PathBuf,
+        /// What it is instead.
+        what: String,
+    },
     /// A tensor the config implies is not in the checkpoint.
     #[error("{}: tensor `{name}` is missing", path.display())]
     MissingTensor {
@@ -64,7 +85,7 @@ pub enum Error {
         found: Shape,
     },
     /// A weight tensor has a dtype the kernels cannot multiply by.
-    #[error("{}: {name}: unsupported weight dtype {dtype} (expected F32, F16 or BF16)", path.display())]
+    #[error("{}: {name}: unsupported weight dtype {dtype} (expected a float or block-quantized type)", path.display())]
     WeightDtype {
         /// The file holding the tensor.
         path: PathBuf,

@@ -282,6 +282,7 @@ impl Model {
             n_heads: c.num_attention_heads,
             head_dim: c.head_dim,
             theta: c.rope_theta,
+            interleaved: c.rope_interleaved,
         };
         let rope_k = Rope {
             n_heads: c.num_key_value_heads,

@@ -1,6 +1,7 @@
 //! `Weights`: every tensor a Mixtral needs, found by name, checked against the config, and
 //! borrowed from the memory-mapped checkpoint.
 
+use crate::names::{ExpertMatrix, Layout};
 use crate::{Config, Error, Result, names};
 use mixtral_tensor::{Shape, Tensor, TensorStore};
 use std::collections::BTreeSet;
@@ -130,22 +131,27 @@ impl Loader<'_> {
 }
 
 impl Weights {
-    /// Finds and checks every tensor `cfg` implies; returns warnings about the rest.
-    pub fn load(store: &TensorStore, cfg: &Config) -> Result<(Weights, Vec<Warning>)> {
+    /// Finds and checks every tensor `cfg` implies, by `layout`'s names; returns warnings
+    /// about the rest.
+    pub fn load(
+        store: &TensorStore,
+        cfg: &Config,
+        layout: Layout,
+    ) -> Result<(Weights, Vec<Warning>)> {
         let mut ld = Loader {
             store,
             used: BTreeSet::new(),
         };
         let (v, d) = (cfg.vocab_size, cfg.hidden_size);
-        let embed = ld.get(names::EMBED, &[v, d])?;
-        let lm_head = if cfg.tie_word_embeddings && !ld.has(names::LM_HEAD) {
+        let embed = ld.get(layout.embed(), &[v, d])?;
+        let lm_head = if cfg.tie_word_embeddings && !ld.has(layout.lm_head()) {
             embed.clone()
         } else {
-            ld.get(names::LM_HEAD, &[v, d])?
+            ld.get(layout.lm_head(), &[v, d])?
         };
-        let norm = ld.get(names::FINAL_NORM, &[d])?;
+        let norm = ld.get(layout.final_norm(), &[d])?;
         let layers = (0..cfg.num_hidden_layers)
-            .map(|l| load_layer(&mut ld, cfg, l))
+            .map(|l| load_layer(&mut ld, cfg, layout, l))
             .collect::<Result<_>>()?;
         let unused: Vec<String> = store
             .names()
@@ -224,43 +230,81 @@ impl Weights {
     }
 }
 
-fn load_layer(ld: &mut Loader<'_>, cfg: &Config, l: usize) -> Result<LayerWeights> {
+fn load_layer(ld: &mut Loader<'_>, cfg: &Config, layout: Layout, l: usize) -> Result<LayerWeights> {
     let (d, q, kv, e) = (
         cfg.hidden_size,
         cfg.q_dim(),
         cfg.kv_dim(),
         cfg.num_local_experts,
     );
-    let fused = ld.has(&names::fused_gate_up(l));
+    let fused = layout == Layout::HuggingFace && ld.has(&names::fused_gate_up(l));
+    let merged = layout
+        .merged_experts(l, ExpertMatrix::W1)
+        .is_some_and(|n| ld.has(&n));
     let router_name = if fused {
         names::fused_router(l)
     } else {
-        names::router(l)
+        layout.router(l)
     };
     Ok(LayerWeights {
-        attn_norm: ld.get(&names::attn_norm(l), &[d])?,
-        wq: ld.get(&names::wq(l), &[q, d])?,
-        wk: ld.get(&names::wk(l), &[kv, d])?,
-        wv: ld.get(&names::wv(l), &[kv, d])?,
-        wo: ld.get(&names::wo(l), &[d, q])?,
-        moe_norm: ld.get(&names::moe_norm(l), &[d])?,
+        attn_norm: ld.get(&layout.attn_norm(l), &[d])?,
+        wq: ld.get(&layout.wq(l), &[q, d])?,
+        wk: ld.get(&layout.wk(l), &[kv, d])?,
+        wv: ld.get(&layout.wv(l), &[kv, d])?,
+        wo: ld.get(&layout.wo(l), &[d, q])?,
+        moe_norm: ld.get(&layout.moe_norm(l), &[d])?,
         router: ld.get(&router_name, &[e, d])?,
         experts: if fused {
             fused_experts(ld, cfg, l)?
+        } else if merged {
+            merged_experts(ld, cfg, layout, l)?
         } else {
-            split_experts(ld, cfg, l)?
+            split_experts(ld, cfg, layout, l)?
         },
     })
 }
 
-fn split_experts(ld: &mut Loader<'_>, cfg: &Config, l: usize) -> Result<Vec<ExpertWeights>> {
+fn split_experts(
+    ld: &mut Loader<'_>,
+    cfg: &Config,
+    layout: Layout,
+    l: usize,
+) -> Result<Vec<ExpertWeights>> {
     let (d, f) = (cfg.hidden_size, cfg.intermediate_size);
     (0..cfg.num_local_experts)
         .map(|e| {
             Ok(ExpertWeights {
-                w1: ld.get(&names::expert_w1(l, e), &[f, d])?,
-                w2: ld.get(&names::expert_w2(l, e), &[d, f])?,
-                w3: ld.get(&names::expert_w3(l, e), &[f, d])?,
+                w1: ld.get(&layout.expert(l, e, ExpertMatrix::W1), &[f, d])?,
+                w2: ld.get(&layout.expert(l, e, ExpertMatrix::W2), &[d, f])?,
+                w3: ld.get(&layout.expert(l, e, ExpertMatrix::W3), &[f, d])?,
+            })
+        })
+        .collect()
+}
+
+/// Experts of GGUF's merged layout: one 3-D tensor per matrix, each expert a borrowed slab
+/// (quantized rows stay whole blocks: a slab is whole rows).
+fn merged_experts(
+    ld: &mut Loader<'_>,
+    cfg: &Config,
+    layout: Layout,
+    l: usize,
+) -> Result<Vec<ExpertWeights>> {
+    let (d, f, e) = (
+        cfg.hidden_size,
+        cfg.intermediate_size,
+        cfg.num_local_experts,
+    );
+    let name = |m| layout.merged_experts(l, m).expect("a merged layout");
+    let gate = ld.get(&name(ExpertMatrix::W1), &[e, f, d])?;
+    let down = ld.get(&name(ExpertMatrix::W2), &[e, d, f])?;
+    let up = ld.get(&name(ExpertMatrix::W3), &[e, f, d])?;
+    (0..e)
+        .map(|i| {
+            Ok(ExpertWeights {
+                w1: gate.index_outer(i)?,
+                w2: down.index_outer(i)?,
+                w3: up.index_outer(i)?,
             })
         })
         .collect()

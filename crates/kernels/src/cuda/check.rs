@@ -791,12 +791,14 @@ mod tests {
             n_heads: 8,
             head_dim: 15,
             theta: 1e6,
+            interleaved: false,
         };
         is_limit(rope(rope_p, 1, 1 << 20), "head_dim");
         let rope_p = Rope {
             n_heads: 8,
             head_dim: 128,
             theta: 1e6,
+            interleaved: false,
         };
         assert_eq!(rope(rope_p, 3, 3 * 1024).unwrap().block_dim, (64, 1, 1));
         is_shape(

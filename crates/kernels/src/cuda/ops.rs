@@ -351,12 +351,14 @@ impl CudaBackend {
         let cfg = check::rope(p, positions.len(), x.len())?;
         let f = self.function(src("rope.cu"), OP)?;
         let (h, dh) = (int(OP, "n_heads", p.n_heads)?, p.head_dim as i32);
+        let interleaved = i32::from(p.interleaved);
         let mut b = self.stream().launch_builder(&f);
         b.arg(x.slice_mut())
             .arg(positions.buf.slice())
             .arg(&h)
             .arg(&dh)
-            .arg(&p.theta);
+            .arg(&p.theta)
+            .arg(&interleaved);
         launch(OP, b, cfg)
     }
 
@@ -382,6 +384,7 @@ impl CudaBackend {
         )?;
         let f = self.function(src("rope.cu"), OP)?;
         let (g, dh) = (int(OP, "n_kv_heads", p.n_heads)?, p.head_dim as i32);
+        let interleaved = i32::from(p.interleaved);
         let mut b = self.stream().launch_builder(&f);
         b.arg(k.slice())
             .arg(v.slice())
@@ -390,7 +393,8 @@ impl CudaBackend {
             .arg(v_cache.slice_mut())
             .arg(&g)
             .arg(&dh)
-            .arg(&p.theta);
+            .arg(&p.theta)
+            .arg(&interleaved);
         launch(OP, b, cfg)
     }
 

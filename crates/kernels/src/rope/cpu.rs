@@ -88,6 +88,11 @@ pub fn rope(isa: Isa, p: Rope, table: &RopeTable, positions: &[usize], x: &mut [
         );
         let (cos, sin) = table.row(pos);
         for head in xr.chunks_exact_mut(p.head_dim) {
+            if p.interleaved {
+                // Adjacent pairs: a fraction of a percent of a layer's time, left scalar.
+                rotate_pairs(head, cos, sin);
+                continue;
+            }
             match isa {
                 Isa::Scalar => rotate(head, cos, sin),
                 #[cfg(target_arch = "x86_64")]
@@ -97,6 +102,15 @@ pub fn rope(isa: Isa, p: Rope, table: &RopeTable, positions: &[usize], x: &mut [
         }
     };
     for_each_row_mut(x, width, width, |i, xr| row((xr, &positions[i])));
+}
+
+/// One head: element `2i` pairs with `2i + 1`.
+fn rotate_pairs(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for ((pair, &c), &s) in head.chunks_exact_mut(2).zip(cos).zip(sin) {
+        let (x0, x1) = (pair[0], pair[1]);
+        pair[0] = x0 * c - x1 * s;
+        pair[1] = x1 * c + x0 * s;
+    }
 }
 
 /// One head: element `i` pairs with `i + Dh/2`.

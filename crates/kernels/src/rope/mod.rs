@@ -1,5 +1,7 @@
-//! Rotary position embedding in the Hugging Face convention (rotate_half: element `i` pairs
-//! with element `i + Dh/2` of the same head).
+//! Rotary position embedding in either pairing of a head's elements: Hugging Face's
+//! `rotate_half` (element `i` pairs with `i + Dh/2`) or Mistral's and llama.cpp's adjacent
+//! pairs (`2i` with `2i + 1`). Both rotate pair `i` by `position · θ^(−2i/Dh)`; they differ
+//! only in where the pair's elements sit, which is how a checkpoint ordered its q/k rows.
 
 pub mod cpu;
 pub mod reference;
@@ -13,6 +15,9 @@ pub struct Rope {
     pub head_dim: usize,
     /// Base frequency (`rope_theta`, 1e6 for Mixtral).
     pub theta: f64,
+    /// `true`: pair `i` is elements `(2i, 2i + 1)` (the q/k row order of Mistral's
+    /// `consolidated.safetensors` and of GGUF files); `false`: `(i, i + Dh/2)` (Hugging Face).
+    pub interleaved: bool,
 }
 
 impl Rope {

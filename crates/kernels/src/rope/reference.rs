@@ -14,10 +14,15 @@ pub fn rope(p: Rope, positions: &[usize], x: &mut [f32]) {
         for i in 0..half {
             let angle = pos as f64 * p.inv_freq(i);
             let (sin, cos) = (angle.sin() as f32, angle.cos() as f32);
+            let (ia, ib) = if p.interleaved {
+                (2 * i, 2 * i + 1)
+            } else {
+                (i, i + half)
+            };
             for head in row.chunks_exact_mut(p.head_dim) {
-                let (a, b) = (head[i], head[i + half]);
-                head[i] = a * cos - b * sin;
-                head[i + half] = b * cos + a * sin;
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * cos - b * sin;
+                head[ib] = b * cos + a * sin;
             }
         }
     }
@@ -35,6 +40,7 @@ mod tests {
                 n_heads: 1,
                 head_dim: 4,
                 theta: 1e6,
+                interleaved: false,
             },
             &[0],
             &mut x,
@@ -51,6 +57,7 @@ mod tests {
                 n_heads: 1,
                 head_dim: 2,
                 theta: 1e6,
+                interleaved: false,
             },
             &[1],
             &mut x,
@@ -66,6 +73,7 @@ mod tests {
                 n_heads: 1,
                 head_dim: 4,
                 theta: 100.0,
+                interleaved: false,
             },
             &[5],
             &mut x,
@@ -77,6 +85,39 @@ mod tests {
     }
 
     #[test]
+    fn interleaved_pairs_are_the_half_split_pairs_moved() {
+        // Dh = 4: interleaved pair 1 is (x2, x3); in half-split order it is (x1, x3).
+        let p = Rope {
+            n_heads: 1,
+            head_dim: 4,
+            theta: 100.0,
+            interleaved: true,
+        };
+        let mut x = [0.0, 0.0, 1.0, 0.0];
+        rope(p, &[5], &mut x);
+        assert!(
+            (x[2] - 0.5f32.cos()).abs() < 1e-7 && (x[3] - 0.5f32.sin()).abs() < 1e-7,
+            "{x:?}"
+        );
+        // Permuting a head from half-split to interleaved order commutes with RoPE.
+        let half_split: Vec<f32> = (0..8).map(|i| (i as f32 * 0.7).sin()).collect();
+        let to_pairs = |h: &[f32]| -> Vec<f32> { (0..8).map(|j| h[(j % 2) * 4 + j / 2]).collect() };
+        let mut a = half_split.clone();
+        rope(
+            Rope {
+                head_dim: 8,
+                interleaved: false,
+                ..p
+            },
+            &[3],
+            &mut a,
+        );
+        let mut b = to_pairs(&half_split);
+        rope(Rope { head_dim: 8, ..p }, &[3], &mut b);
+        assert_eq!(to_pairs(&a), b);
+    }
+
+    #[test]
     fn rope_position_past_4096_keeps_the_norm() {
         let mut x: Vec<f32> = (0..128).map(|i| (i as f32 * 0.37).sin()).collect();
         let before: f32 = x.iter().map(|v| v * v).sum();
@@ -85,6 +126,7 @@ mod tests {
                 n_heads: 1,
                 head_dim: 128,
                 theta: 1e6,
+                interleaved: false,
             },
             &[32_000],
             &mut x,

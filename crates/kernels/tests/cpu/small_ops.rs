@@ -78,9 +78,10 @@ proptest! {
         half in dim(),
         positions in prop::collection::vec(0usize..40_000, 1..=6),
         theta in prop::sample::select(vec![1e4f64, 1e6]),
+        interleaved in any::<bool>(),
         seed: u64,
     ) {
-        check_rope(Rope { n_heads, head_dim: 2 * half, theta }, &positions, seed)
+        check_rope(Rope { n_heads, head_dim: 2 * half, theta, interleaved }, &positions, seed)
             .map_err(TestCaseError::fail)?;
     }
 
@@ -138,8 +139,14 @@ fn rope_position_past_4096() {
         n_heads: 8,
         head_dim: 128,
         theta: 1e6,
+        interleaved: false,
     };
     check_rope(p, &[4095, 4096, 4097, 32_767, 100_000], 13).unwrap();
+    let p = Rope {
+        interleaved: true,
+        ..p
+    };
+    check_rope(p, &[4095, 32_767, 100_000], 14).unwrap();
 }
 
 #[test]

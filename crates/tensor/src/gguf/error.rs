@@ -8,7 +8,7 @@ use super::ValueType;
 #[non_exhaustive]
 pub enum GgufError {
     /// The first four bytes are not `GGUF`.
-    #[error("not a GGUF file: the magic is {found:?}, expected \"GGUF\"")]
+    #[error("not a GGUF file: the magic is \"{found}\", expected \"GGUF\"")]
     BadMagic {
         /// The bytes found, escaped.
         found: String,

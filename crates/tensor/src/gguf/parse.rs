@@ -20,6 +20,18 @@ pub const MAX_NESTING: usize = 16;
 /// ggml's `GGML_MAX_DIMS`.
 pub const MAX_DIMS: u32 = 4;
 
+/// Most items reserved ahead of reading them. Counts are checked against the bytes left in
+/// the file, which for a real model include gigabytes of tensor data, and an item in memory is
+/// several times its smallest encoding: reserving a corrupt count in full would allocate
+/// several times the file's size before the first item failed to parse. Past this, vectors
+/// grow as items are actually read.
+const MAX_RESERVE: usize = 1024;
+
+/// Capacity to reserve for `n` items not yet read.
+fn reserve(n: usize) -> usize {
+    n.min(MAX_RESERVE)
+}
+
 /// One tensor as the header describes it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GgufTensorInfo {
@@ -162,7 +174,7 @@ impl<'a> Cursor<'a> {
         let n = self.count(what, ty.min_encoded_bytes())?;
         macro_rules! elems {
             ($variant:ident, $read:expr) => {{
-                let mut v = Vec::with_capacity(n);
+                let mut v = Vec::with_capacity(reserve(n));
                 for _ in 0..n {
                     v.push($read);
                 }
@@ -245,8 +257,8 @@ impl Header {
                 value
             }
         };
-        let mut raw = Vec::with_capacity(n_tensors);
-        let mut names: HashMap<String, usize> = HashMap::with_capacity(n_tensors);
+        let mut raw = Vec::with_capacity(reserve(n_tensors));
+        let mut names: HashMap<String, usize> = HashMap::with_capacity(reserve(n_tensors));
         for i in 0..n_tensors {
             let info = parse_tensor_info(&mut c, i)?;
             if names.insert(info.0.clone(), i).is_some() {
@@ -326,7 +338,7 @@ fn tensor_field(i: usize, name: &str, what: &str) -> String {
 }
 
 fn parse_metadata(c: &mut Cursor<'_>, n_kv: usize) -> Result<Metadata, Located> {
-    let mut metadata = Metadata::with_capacity(n_kv);
+    let mut metadata = Metadata::with_capacity(reserve(n_kv));
     for i in 0..n_kv {
         let key = c.string().map_err(|e| (format!("metadata[{i}].key"), e))?;
         let field = || format!("metadata[{i}] `{}`", escape(&key));
