@@ -175,7 +175,7 @@ fn bad_input_fails_with_one_clear_line() {
     let f32 = f32.to_str().unwrap();
     assert_fails_cleanly(
         &mixtral(&["generate", "--model", "/nonexistent", "--prompt", "x"]),
-        "not a model directory",
+        "not a model (expected a directory",
     );
     assert_fails_cleanly(
         &mixtral(&[

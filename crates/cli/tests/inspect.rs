@@ -66,7 +66,10 @@ fn summarises_each_fixture() {
 
 #[test]
 fn missing_directory_fails_cleanly() {
-    assert_clean_failure(Path::new("/nonexistent/model"), "not a model directory");
+    assert_clean_failure(
+        Path::new("/nonexistent/model"),
+        "not a model (expected a directory",
+    );
 }
 
 #[test]

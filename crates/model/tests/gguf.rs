@@ -1,0 +1,255 @@
+//! Mixtral from GGUF files made by llama.cpp's converter and quantizer, against the `exact`
+//! reference of `tests/fixtures/quant` (every tensor dequantized by gguf-py, the converter's
+//! q/k permutation undone, run by transformers in f32): logits at every stored position
+//! within 2e-5 × max |exact| (the fixtures README's tolerance for an engine that dequantizes
+//! exactly and computes in f32), argmax at every position, router top-2 sets at every layer
+//! and position, and the 32-token greedy continuation.
+//!
+//! `Q4_K_M.gguf` is in the repository. `Q8_0.gguf` (7.7 MB) is read from `../shared/fixtures`
+//! where that exists (as on the machines this project is built and tested on, CI included)
+//! and skipped with a note elsewhere; every tensor type it holds also appears in
+//! `Q4_K_M.gguf` (its attention k/v are Q8_0) and in the kernel tests' `gguf-types`.
+
+use mixtral_kernels::Isa;
+use mixtral_model::{Checkpoint, ForwardOptions, Kernels, Logits, Model};
+use mixtral_tensor::gguf::{GgufFile, GgufWriter, Value, WriteTensor};
+use mixtral_tensor::{SafetensorsFile, Shape};
+use mixtral_testkit::{argmax, check_rel, fixtures_dir};
+use serde_json::Value as Json;
+use std::path::{Path, PathBuf};
+
+const REL_TOL: f32 = 2e-5;
+
+fn quant_dir() -> PathBuf {
+    fixtures_dir().join("quant/tiny-q")
+}
+
+fn expected() -> Json {
+    serde_json::from_slice(&std::fs::read(quant_dir().join("expected.json")).unwrap()).unwrap()
+}
+
+/// The GGUF files to check with their reference directories.
+fn files() -> Vec<(&'static str, PathBuf, PathBuf)> {
+    let mut out = vec![(
+        "Q4_K_M",
+        quant_dir().join("Q4_K_M.gguf"),
+        quant_dir().join("refs"),
+    )];
+    let shared = fixtures_dir().join("../../../shared/fixtures/quant/tiny-q");
+    if shared.join("Q8_0.gguf").is_file() {
+        out.push(("Q8_0", shared.join("Q8_0.gguf"), shared.join("refs")));
+    } else {
+        eprintln!("note: {} absent, Q8_0.gguf not checked", shared.display());
+    }
+    out
+}
+
+fn ids(v: &Json) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn kernel_sets() -> Vec<Kernels> {
+    std::iter::once(Kernels::Reference)
+        .chain(Isa::available().into_iter().map(Kernels::Cpu))
+        .collect()
+}
+
+fn forward_all(m: &Model, tokens: &[u32]) -> (Vec<f32>, mixtral_model::RoutingTrace) {
+    let mut cache = m.new_cache();
+    let positions: Vec<usize> = (0..tokens.len()).collect();
+    let opts = ForwardOptions {
+        logits: Logits::All,
+        trace_routing: true,
+    };
+    let out = m.prefill(tokens, &positions, &mut cache, opts).unwrap();
+    (out.logits, out.routing.unwrap())
+}
+
+/// Greedy continuation of `n` tokens through the KV cache.
+fn greedy(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let mut cache = m.new_cache();
+    let positions: Vec<usize> = (0..prompt.len()).collect();
+    let out = m
+        .prefill(prompt, &positions, &mut cache, ForwardOptions::default())
+        .unwrap();
+    let mut next = argmax(out.last()) as u32;
+    let mut tokens = vec![next];
+    while tokens.len() < n {
+        let pos = cache.len();
+        next = argmax(m.decode_logits(next, pos, &mut cache).unwrap()) as u32;
+        tokens.push(next);
+    }
+    tokens
+}
+
+#[test]
+fn gguf_logits_argmax_and_router_match_the_exact_reference() {
+    let exp = expected();
+    for (file, path, refs) in files() {
+        for kernels in kernel_sets() {
+            let model = Model::open(&path).unwrap().with_kernels(kernels);
+            let v = model.config().vocab_size;
+            for (i, prompt) in exp["prompts"].as_array().unwrap().iter().enumerate() {
+                let what = format!("{file} prompt{i} [{kernels:?}]");
+                let tokens = ids(&prompt["input_ids"]);
+                let (logits, routing) = forward_all(&model, &tokens);
+                let r =
+                    SafetensorsFile::open(refs.join(format!("{file}.exact.prompt{i}.safetensors")))
+                        .unwrap();
+                let t = |name: &str| r.tensor(name).unwrap();
+                if r.infos().contains_key("logits") {
+                    let want = t("logits").to_f32_vec().unwrap();
+                    let w = check_rel(&what, &logits, &want, REL_TOL).unwrap();
+                    println!("{what}: all-position logits rel max diff {:.2e}", w.rel);
+                } else {
+                    let want = t("logits_last").to_f32_vec().unwrap();
+                    check_rel(&what, &logits[(tokens.len() - 1) * v..], &want, REL_TOL).unwrap();
+                }
+                let case = &exp["files"][file]["cases"][i]["exact"];
+                let got_argmax: Vec<u32> = logits
+                    .chunks_exact(v)
+                    .map(|row| argmax(row) as u32)
+                    .collect();
+                assert_eq!(got_argmax, ids(&case["argmax_all"]), "{what}: argmax");
+                let top2 = t("router_top2");
+                let top2 = top2.as_slice::<i32>().unwrap();
+                let n = tokens.len();
+                for (l, layer) in routing.layers.iter().enumerate() {
+                    for p in 0..n {
+                        let mut got = [layer.experts[2 * p], layer.experts[2 * p + 1]];
+                        let at = (l * n + p) * 2;
+                        let mut want = [top2[at] as u32, top2[at + 1] as u32];
+                        got.sort();
+                        want.sort();
+                        assert_eq!(got, want, "{what}: router layer {l} position {p}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn gguf_greedy_continuations_are_identical() {
+    let exp = expected();
+    for (file, path, _) in files() {
+        let model = Model::open(&path).unwrap();
+        for (i, prompt) in exp["prompts"].as_array().unwrap().iter().enumerate() {
+            let want = ids(&exp["files"][file]["cases"][i]["exact"]["greedy_new_tokens"]);
+            let got = greedy(&model, &ids(&prompt["input_ids"]), want.len());
+            assert_eq!(got, want, "{file} prompt{i}: greedy continuation");
+        }
+    }
+}
+
+#[test]
+fn gguf_config_comes_from_the_metadata() {
+    let ckpt = Checkpoint::open(quant_dir().join("Q4_K_M.gguf")).unwrap();
+    let c = &ckpt.config;
+    assert_eq!(
+        (
+            c.vocab_size,
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_hidden_layers
+        ),
+        (1024, 256, 512, 2)
+    );
+    assert_eq!(
+        (c.num_attention_heads, c.num_key_value_heads, c.head_dim),
+        (4, 2, 64)
+    );
+    assert_eq!((c.num_local_experts, c.num_experts_per_tok), (8, 2));
+    assert_eq!((c.rope_theta, c.max_position_embeddings), (1e6, 4096));
+    assert_eq!(c.rms_norm_eps as f32, 1e-5);
+    assert!(c.rope_interleaved && !c.tie_word_embeddings);
+    assert_eq!((c.bos_token_id, c.eos_token_id), (Some(1), Some(2)));
+    assert!(ckpt.warnings.is_empty(), "{:?}", ckpt.warnings);
+}
+
+#[test]
+fn quantized_weights_are_views_into_the_mapping() {
+    let ckpt = Checkpoint::open(quant_dir().join("Q4_K_M.gguf")).unwrap();
+    let file = ckpt.gguf().unwrap();
+    let map = file.mapped_range();
+    let tensors = ckpt.weights.tensors();
+    assert!(tensors.iter().any(|t| t.dtype().is_quantized()));
+    for t in tensors {
+        let at = t.as_bytes().as_ptr() as usize;
+        assert!(
+            t.is_mapped() && map.contains(&at),
+            "{} {:?}",
+            t.dtype(),
+            t.dims()
+        );
+    }
+    // Each expert is a slab of its merged tensor: expert 3's w1 starts 3 slabs in.
+    let merged = file.tensor("blk.0.ffn_gate_exps.weight").unwrap();
+    let slab = merged.as_bytes().len() / 8;
+    let w1 = &ckpt.weights.layers[0].experts[3].w1;
+    assert_eq!(
+        w1.as_bytes().as_ptr(),
+        merged.as_bytes()[3 * slab..].as_ptr()
+    );
+}
+
+/// `src` rewritten with each merged expert tensor split into per-expert tensors, as GGUF files
+/// made before llama.cpp merged them (`blk.L.ffn_gate.E.weight` …): same metadata, same bytes.
+fn write_per_expert(src: &Path, dst: &Path) {
+    let file = GgufFile::open(src).unwrap();
+    let bytes = std::fs::read(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in file.metadata().iter() {
+        w.metadata(k, v.clone());
+    }
+    for t in &file.header().tensors {
+        let data = &bytes[t.range.clone()];
+        let old = t.name.strip_suffix("_exps.weight");
+        if let Some(stem) = old {
+            let experts = t.shape.dims()[0];
+            let slab = data.len() / experts;
+            for e in 0..experts {
+                w.tensor(WriteTensor {
+                    name: format!("{stem}.{e}.weight"),
+                    dtype: t.dtype,
+                    shape: Shape::from(&t.shape.dims()[1..]),
+                    bytes: &data[e * slab..(e + 1) * slab],
+                });
+            }
+        } else {
+            w.tensor(WriteTensor {
+                name: t.name.clone(),
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                bytes: data,
+            });
+        }
+    }
+    w.write_new(dst).unwrap();
+}
+
+#[test]
+fn per_expert_layout_gives_the_merged_layout_logits() {
+    let dir = tempfile::tempdir().unwrap();
+    let split = dir.path().join("per-expert.gguf");
+    let merged_path = quant_dir().join("Q4_K_M.gguf");
+    write_per_expert(&merged_path, &split);
+    let file = GgufFile::open(&split).unwrap();
+    assert_eq!(file.header().tensors.len(), 65);
+    assert!(file.infos().contains_key("blk.1.ffn_down.7.weight"));
+    assert!(matches!(
+        file.metadata().get("general.architecture"),
+        Some(Value::String(a)) if a == "llama"
+    ));
+    let tokens = ids(&expected()["prompts"][2]["input_ids"]);
+    let merged = forward_all(&Model::open(&merged_path).unwrap(), &tokens).0;
+    let per_expert = forward_all(&Model::open(&split).unwrap(), &tokens).0;
+    assert_eq!(
+        merged, per_expert,
+        "same weights, same kernels: identical logits"
+    );
+}
