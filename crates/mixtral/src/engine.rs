@@ -144,9 +144,10 @@ impl Engine {
                 Some(CudaModel::from_checkpoint(&ckpt, &gpu, upload)?)
             }
         };
-        let tokenizer = match dir.join("tokenizer.json").is_file() {
-            true => Some(Tokenizer::from_dir(dir)?),
-            false => None,
+        let tokenizer = match ckpt.gguf() {
+            Some(file) => crate::gguf_vocab::tokenizer_from_gguf(file)?,
+            None if dir.join("tokenizer.json").is_file() => Some(Tokenizer::from_dir(dir)?),
+            None => None,
         };
         let defaults = Defaults::read(dir, &ckpt.config, tokenizer.as_ref())?;
         let precision = match opts.dtype {

@@ -32,6 +32,7 @@ mod defaults;
 mod engine;
 mod error;
 mod generate;
+pub mod gguf_vocab;
 
 pub use defaults::Defaults;
 pub use engine::{ComputeDType, Device, Engine, LoadOptions};

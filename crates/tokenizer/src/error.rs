@@ -51,6 +51,18 @@ pub enum Error {
         token: String,
     },
 
+    /// A SentencePiece vocabulary (from a GGUF file's metadata or a `tokenizer.model`) is
+    /// inconsistent or not one this crate can encode with.
+    #[error("{}: {field}: {reason}", path.display())]
+    BadVocab {
+        /// The file it came from.
+        path: PathBuf,
+        /// The field (`tokenizer.ggml.scores`, …).
+        field: String,
+        /// What is wrong.
+        reason: String,
+    },
+
     /// The underlying `tokenizers` pipeline failed on some text.
     #[error("tokenizer failed to encode text: {source}")]
     Encode {

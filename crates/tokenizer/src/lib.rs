@@ -25,7 +25,9 @@ pub mod chat;
 mod decode;
 mod error;
 mod tokenizer;
+mod vocab;
 
 pub use decode::IncrementalDecoder;
 pub use error::{Error, Result};
 pub use tokenizer::{FALLBACK_BOS_ID, FALLBACK_EOS_ID, Tokenizer};
+pub use vocab::{PieceType, SentencePieceVocab, merges};

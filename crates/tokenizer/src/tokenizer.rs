@@ -217,13 +217,25 @@ impl Tokenizer {
         let eos = ("eos", SpecialTokensConfig::eos as _);
         let bos_id = resolve_special(&inner, configs, bos, "<s>", FALLBACK_BOS_ID)?;
         let eos_id = resolve_special(&inner, configs, eos, "</s>", FALLBACK_EOS_ID)?;
-        Ok(Self {
+        Ok(Self::from_parts(inner, pieces, kinds, bos_id, eos_id))
+    }
+
+    /// A tokenizer from its parts (the `tokenizers` pipeline must not match special tokens in
+    /// the input).
+    pub(crate) fn from_parts(
+        inner: tokenizers::Tokenizer,
+        pieces: Vec<Option<Box<str>>>,
+        kinds: Vec<Option<PieceKind>>,
+        bos_id: u32,
+        eos_id: u32,
+    ) -> Self {
+        Self {
             inner,
             pieces,
             kinds,
             bos_id,
             eos_id,
-        })
+        }
     }
 
     /// SentencePiece `encode(text)`: the dummy-prefix space is added (`"Hello"` -> `▁Hello`),
