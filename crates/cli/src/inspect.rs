@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 /// Arguments of `mixtral inspect`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Hugging Face model directory. Defaults to the tiny test model shipped in the repository.
+    /// Model: a Hugging Face or Mistral directory, or a GGUF file. Defaults to the tiny test
+    /// model shipped in the repository.
     #[arg(long, default_value = DEFAULT_MODEL)]
     model: std::path::PathBuf,
     /// Context length to size the KV cache for (defaults to max_position_embeddings).
@@ -25,6 +26,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let opened = start.elapsed();
     let c = &ckpt.config;
     println!("model        {}", ckpt.dir.display());
+    println!("format       {}", format_line(&ckpt));
     println!(
         "opened in    {:.1} ms (headers only; weights are memory-mapped)",
         opened.as_secs_f64() * 1e3
@@ -60,12 +62,31 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         report::count(c.n_params()),
         report::count(c.n_active_params())
     );
-    let mut by_dtype: BTreeMap<String, u64> = BTreeMap::new();
-    for t in ckpt.weights.tensors() {
-        *by_dtype.entry(t.dtype().to_string()).or_default() += t.as_bytes().len() as u64;
+    // By the files' own tensors (a merged 3-D expert tensor counts once).
+    let mut by_dtype: BTreeMap<String, (usize, u64)> = BTreeMap::new();
+    let (mut bits, mut values) = (0u64, 0u64);
+    for file in ckpt.store().files() {
+        for info in file.infos().values() {
+            let bytes = info.range.len() as u64;
+            let entry = by_dtype.entry(info.dtype.to_string()).or_default();
+            *entry = (entry.0 + 1, entry.1 + bytes);
+            bits += 8 * bytes;
+            values += info.shape.checked_numel().unwrap_or(0) as u64;
+        }
     }
-    for (dtype, bytes) in &by_dtype {
-        println!("weights      {dtype}: {}", report::bytes(*bytes));
+    for (dtype, (count, bytes)) in &by_dtype {
+        println!(
+            "weights      {dtype}: {} ({count} tensors)",
+            report::bytes(*bytes)
+        );
+    }
+    if values > 0 {
+        println!(
+            "bits/weight  {:.2} ({} for {} values)",
+            bits as f64 / values as f64,
+            report::bytes(bits / 8),
+            report::count(values)
+        );
     }
     let ctx = args.context.unwrap_or(c.max_position_embeddings);
     println!(
@@ -88,4 +109,55 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// The checkpoint's format, with what a GGUF file says of itself.
+fn format_line(ckpt: &Checkpoint) -> String {
+    use mixtral::model::names::Layout;
+    match (ckpt.layout, ckpt.gguf()) {
+        (_, Some(file)) => {
+            let meta = file.metadata();
+            let arch = meta
+                .get("general.architecture")
+                .and_then(|v| v.as_str())
+                .unwrap_or("?");
+            let file_type = meta
+                .get("general.file_type")
+                .and_then(|v| v.as_u64())
+                .map_or("unknown".to_string(), file_type_name);
+            format!(
+                "GGUF v{} (llama.cpp), architecture {}, file type {file_type}",
+                file.version(),
+                arch.escape_debug()
+            )
+        }
+        (Layout::Mistral, _) => "Mistral (params.json + consolidated.safetensors)".into(),
+        _ => "Hugging Face (config.json + safetensors)".into(),
+    }
+}
+
+/// llama.cpp's name for `general.file_type` (`llama_ftype`): a label for the mix of tensor
+/// types a file was quantized to (each tensor's own type is what counts).
+fn file_type_name(id: u64) -> String {
+    let name = match id {
+        0 => "F32",
+        1 => "F16",
+        2 => "Q4_0",
+        3 => "Q4_1",
+        7 => "Q8_0",
+        8 => "Q5_0",
+        9 => "Q5_1",
+        10 => "Q2_K",
+        11 => "Q3_K_S",
+        12 => "Q3_K_M",
+        13 => "Q3_K_L",
+        14 => "Q4_K_S",
+        15 => "Q4_K_M",
+        16 => "Q5_K_S",
+        17 => "Q5_K_M",
+        18 => "Q6_K",
+        32 => "BF16",
+        _ => return format!("{id}"),
+    };
+    format!("{name} ({id})")
 }

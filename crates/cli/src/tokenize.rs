@@ -1,12 +1,11 @@
 //! `mixtral tokenize` and `mixtral detokenize`: the tokenizer on its own, as JSON.
 
-use mixtral::{Engine, Prompt};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `mixtral tokenize`.
 #[derive(clap::Args)]
 pub(crate) struct TokenizeArgs {
-    /// Model directory (only tokenizer.json is needed).
+    /// Model directory (only its tokenizer.json is read) or GGUF file (only its metadata).
     #[arg(long, default_value = crate::args::DEFAULT_MODEL)]
     model: PathBuf,
     /// Text to encode (SentencePiece dummy prefix, no BOS unless --bos).
@@ -23,7 +22,7 @@ pub(crate) struct TokenizeArgs {
 /// Arguments of `mixtral detokenize`.
 #[derive(clap::Args)]
 pub(crate) struct DetokenizeArgs {
-    /// Model directory (only tokenizer.json is needed).
+    /// Model directory (only its tokenizer.json is read) or GGUF file (only its metadata).
     #[arg(long, default_value = crate::args::DEFAULT_MODEL)]
     model: PathBuf,
     /// Token ids, comma-separated.
@@ -31,13 +30,8 @@ pub(crate) struct DetokenizeArgs {
     ids: Vec<u32>,
 }
 
-fn tokenizer(dir: &Path) -> Result<mixtral::tokenizer::Tokenizer, mixtral::Error> {
-    if !dir.join("tokenizer.json").is_file() {
-        return Err(mixtral::Error::NoTokenizer {
-            dir: dir.to_path_buf(),
-        });
-    }
-    Ok(mixtral::tokenizer::Tokenizer::from_dir(dir)?)
+fn tokenizer(model: &Path) -> Result<mixtral::tokenizer::Tokenizer, mixtral::Error> {
+    mixtral::load_tokenizer(model)
 }
 
 pub(crate) fn tokenize(args: TokenizeArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -50,8 +44,7 @@ pub(crate) fn tokenize(args: TokenizeArgs) -> Result<(), Box<dyn std::error::Err
         }
         (None, Some(path)) => {
             let messages = crate::args::read_chat(path)?;
-            let engine = Engine::load(&args.model)?;
-            engine.encode(&Prompt::Chat(messages))?
+            tokenizer(&args.model)?.encode_chat(&messages)?
         }
         (None, None) => unreachable!("clap requires --text or --chat"),
     };

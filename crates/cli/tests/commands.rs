@@ -185,7 +185,7 @@ fn bad_input_fails_with_one_clear_line() {
     );
     assert_fails_cleanly(
         &mixtral(&["logits", "--model", f32, "--text", "hi", "--out", "/tmp/x"]),
-        "no tokenizer.json",
+        "no tokenizer (tokenizer.json",
     );
     let long: Vec<String> = (0..4097).map(|_| "1".to_string()).collect();
     assert_fails_cleanly(

@@ -18,8 +18,9 @@ pub enum Error {
     /// Sampling parameters or logits were invalid.
     #[error(transparent)]
     Sampler(#[from] mixtral_sampler::Error),
-    /// Text was given but the model directory has no `tokenizer.json`.
-    #[error("{}: no tokenizer.json, so text cannot be encoded or decoded (give token ids instead)", dir.display())]
+    /// Text was given but the model has no tokenizer (no `tokenizer.json`, or a GGUF file
+    /// without `tokenizer.ggml.*` metadata).
+    #[error("{}: no tokenizer (tokenizer.json, or tokenizer metadata in a GGUF file), so text cannot be encoded or decoded (give token ids instead)", dir.display())]
     NoTokenizer {
         /// The model directory.
         dir: PathBuf,

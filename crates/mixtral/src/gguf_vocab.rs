@@ -1,8 +1,9 @@
-//! The tokenizer of a GGUF file, from its `tokenizer.ggml.*` metadata, so that a GGUF file alone
-//! runs `generate` and `chat` as it does in llama.cpp.
+//! Finding a model's tokenizer; for a GGUF file, from its `tokenizer.ggml.*` metadata, so that
+//! a GGUF file alone runs `generate` and `chat` as it does in llama.cpp.
 
-use mixtral_tensor::gguf::{Array, GgufFile, Value};
+use mixtral_tensor::gguf::{Array, GgufFile, Value, has_gguf_magic};
 use mixtral_tokenizer::{Error, PieceType, SentencePieceVocab, Tokenizer};
+use std::path::Path;
 
 /// The SentencePiece vocabulary in `file`'s metadata, or `None` when it has no
 /// `tokenizer.ggml.tokens`.
@@ -94,4 +95,25 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>, Error> 
     vocab_from_gguf(file)?
         .map(|v| Tokenizer::from_vocab(&v, file.path()))
         .transpose()
+}
+
+/// The tokenizer of a model, from whichever file its format keeps it in: a GGUF file's
+/// metadata, or a directory's `tokenizer.json` (with `tokenizer_config.json` /
+/// `special_tokens_map.json` for BOS/EOS). `None` when there is none.
+pub fn find_tokenizer(model: &Path) -> crate::Result<Option<Tokenizer>> {
+    if model.is_file() && has_gguf_magic(model) {
+        let file = GgufFile::open(model).map_err(mixtral_model::Error::from)?;
+        return Ok(tokenizer_from_gguf(&file)?);
+    }
+    if model.join("tokenizer.json").is_file() {
+        return Ok(Some(Tokenizer::from_dir(model)?));
+    }
+    Ok(None)
+}
+
+/// [`find_tokenizer`], failing with [`crate::Error::NoTokenizer`] when there is none.
+pub fn load_tokenizer(model: &Path) -> crate::Result<Tokenizer> {
+    find_tokenizer(model)?.ok_or_else(|| crate::Error::NoTokenizer {
+        dir: model.to_path_buf(),
+    })
 }

@@ -38,6 +38,7 @@ pub use defaults::Defaults;
 pub use engine::{ComputeDType, Device, Engine, LoadOptions};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token};
+pub use gguf_vocab::{find_tokenizer, load_tokenizer};
 pub use mixtral_model::{Output, RoutingTrace};
 pub use mixtral_sampler::SamplerConfig;
 pub use mixtral_tokenizer::chat::{Message, Role};

@@ -117,5 +117,8 @@ fn text_prompts_need_a_tokenizer() {
     let err = engine
         .generate(&Prompt::Text("hi".into()), &engine.params())
         .unwrap_err();
-    assert!(err.to_string().contains("no tokenizer.json"), "{err}");
+    assert!(
+        err.to_string().contains("no tokenizer (tokenizer.json"),
+        "{err}"
+    );
 }
