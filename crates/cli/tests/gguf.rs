@@ -153,7 +153,8 @@ fn broken(dir: &Path, edit: impl FnOnce(&mut Vec<u8>)) -> String {
 #[test]
 fn a_broken_gguf_file_is_one_error_line() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: Vec<(Box<dyn FnOnce(&mut Vec<u8>)>, &str)> = vec![
+    type Edit = Box<dyn FnOnce(&mut Vec<u8>)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (
             Box::new(|b| b[4] = 9),
             "version: GGUF version 9 is not supported",
