@@ -146,8 +146,7 @@ impl Engine {
         };
         let tokenizer = match ckpt.gguf() {
             Some(file) => crate::gguf_vocab::tokenizer_from_gguf(file)?,
-            None if dir.join("tokenizer.json").is_file() => Some(Tokenizer::from_dir(dir)?),
-            None => None,
+            None => crate::gguf_vocab::find_tokenizer(dir)?,
         };
         let defaults = Defaults::read(dir, &ckpt.config, tokenizer.as_ref())?;
         let precision = match opts.dtype {

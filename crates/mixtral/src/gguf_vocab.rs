@@ -98,8 +98,9 @@ pub fn tokenizer_from_gguf(file: &GgufFile) -> Result<Option<Tokenizer>, Error> 
 }
 
 /// The tokenizer of a model, from whichever file its format keeps it in: a GGUF file's
-/// metadata, or a directory's `tokenizer.json` (with `tokenizer_config.json` /
-/// `special_tokens_map.json` for BOS/EOS). `None` when there is none.
+/// metadata, a directory's `tokenizer.json` (with `tokenizer_config.json` /
+/// `special_tokens_map.json` for BOS/EOS), or else its SentencePiece `tokenizer.model`
+/// (Mistral's format). `None` when there is none.
 pub fn find_tokenizer(model: &Path) -> crate::Result<Option<Tokenizer>> {
     if model.is_file() && has_gguf_magic(model) {
         let file = GgufFile::open(model).map_err(mixtral_model::Error::from)?;
@@ -107,6 +108,11 @@ pub fn find_tokenizer(model: &Path) -> crate::Result<Option<Tokenizer>> {
     }
     if model.join("tokenizer.json").is_file() {
         return Ok(Some(Tokenizer::from_dir(model)?));
+    }
+    // Mistral's own directories carry only SentencePiece's model file.
+    let spm = model.join("tokenizer.model");
+    if spm.is_file() {
+        return Ok(Some(Tokenizer::from_sentencepiece_model(&spm)?));
     }
     Ok(None)
 }

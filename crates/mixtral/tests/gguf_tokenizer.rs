@@ -124,3 +124,48 @@ fn mixtral_vocabulary_encodes_and_decodes_as_sentencepiece() {
         assert_eq!(got, case["text"].as_str().unwrap(), "{}", case["name"]);
     }
 }
+
+#[test]
+fn sentencepiece_model_file_gives_the_same_tokenizer() {
+    // Mistral's directories carry `tokenizer.model` only: its pieces, scores and types give the
+    // merge list of the Hugging Face conversion and SentencePiece's ids.
+    use mixtral::tokenizer::{Tokenizer, parse_model};
+    let path = fixtures_dir().join("models/tiny-bf16/tokenizer.model");
+    let (vocab, spec) = parse_model(&std::fs::read(&path).unwrap()).unwrap();
+    assert_eq!((spec.model_type, spec.byte_fallback), (2, true));
+    assert!(spec.add_dummy_prefix && !spec.remove_extra_whitespaces);
+    let want = hf_merges(&fixtures_dir().join("models/tiny-bf16/tokenizer.json"));
+    assert_eq!(merges(&vocab), want);
+    let tok = Tokenizer::from_sentencepiece_model(&path).unwrap();
+    assert_eq!(
+        (tok.vocab_size(), tok.bos_id(), tok.eos_id()),
+        (32000, 1, 2)
+    );
+    for case in json_lines(&fixtures_dir().join("tokenizer/encode_cases.jsonl")) {
+        let text = case["text"].as_str().unwrap();
+        assert_eq!(
+            tok.encode(text).unwrap(),
+            ids(&case["ids"]),
+            "{}",
+            case["name"]
+        );
+    }
+    // Truncated or garbled files are errors naming the file, never panics.
+    let bytes = std::fs::read(&path).unwrap();
+    for cut in [1usize, 7, 1000, bytes.len() / 2] {
+        assert!(
+            parse_model(&bytes[..cut]).is_err() || cut < 2,
+            "cut at {cut}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("tokenizer.model");
+    std::fs::write(&bad, &bytes[..bytes.len() / 3]).unwrap();
+    let err = Tokenizer::from_sentencepiece_model(&bad)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tokenizer.model") && err.contains("ModelProto"),
+        "{err}"
+    );
+}

@@ -87,6 +87,13 @@ impl SafetensorsFile {
         })
     }
 
+    /// Validates a whole safetensors file's `bytes` (header length, JSON header, tensor
+    /// placement, data ending where the file does) without mapping it; `path` is used in error
+    /// messages only. Used by fuzzing.
+    pub fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, TensorInfo>> {
+        parse_header(path, bytes)
+    }
+
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path

@@ -24,10 +24,12 @@
 pub mod chat;
 mod decode;
 mod error;
+mod sentencepiece_model;
 mod tokenizer;
 mod vocab;
 
 pub use decode::IncrementalDecoder;
 pub use error::{Error, Result};
+pub use sentencepiece_model::{MAX_MODEL_BYTES, ModelSpec, parse_model};
 pub use tokenizer::{FALLBACK_BOS_ID, FALLBACK_EOS_ID, Tokenizer};
 pub use vocab::{PieceType, SentencePieceVocab, merges};
