@@ -12,8 +12,9 @@ pub(crate) const DEFAULT_MODEL: &str = concat!(
 /// Which model to load, and on how many threads.
 #[derive(clap::Args)]
 pub(crate) struct ModelArgs {
-    /// Hugging Face model directory (config.json + safetensors + tokenizer.json). Defaults to
-    /// the tiny random-weight test model shipped in the repository.
+    /// The model: a Hugging Face directory (config.json + safetensors + tokenizer.json), a
+    /// Mistral directory (params.json + consolidated.safetensors + tokenizer.model) or a GGUF
+    /// file. Defaults to the tiny random-weight test model shipped in the repository.
     #[arg(long, default_value = DEFAULT_MODEL)]
     pub model: PathBuf,
     /// Worker threads (default: one per core).

@@ -124,7 +124,7 @@ fn format_line(ckpt: &Checkpoint) -> String {
             let file_type = meta
                 .get("general.file_type")
                 .and_then(|v| v.as_u64())
-                .map_or("unknown".to_string(), file_type_name);
+                .map_or("not stated".to_string(), file_type_name);
             format!(
                 "GGUF v{} (llama.cpp), architecture {}, file type {file_type}",
                 file.version(),
