@@ -32,4 +32,4 @@ pub use decode::IncrementalDecoder;
 pub use error::{Error, Result};
 pub use sentencepiece_model::{MAX_MODEL_BYTES, ModelSpec, parse_model};
 pub use tokenizer::{FALLBACK_BOS_ID, FALLBACK_EOS_ID, Tokenizer};
-pub use vocab::{PieceType, SentencePieceVocab, merges};
+pub use vocab::{MAX_MERGED_PIECE_CHARS, PieceType, SentencePieceVocab, merges};

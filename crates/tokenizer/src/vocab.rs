@@ -67,9 +67,15 @@ pub struct SentencePieceVocab {
     pub unk_id: Option<u32>,
 }
 
+/// Normal pieces longer than this many characters are not split into merges. SentencePiece's
+/// trainer makes no piece longer than 16 by default; the bound keeps a hostile vocabulary
+/// (one huge piece) from costing time quadratic in its length.
+pub const MAX_MERGED_PIECE_CHARS: usize = 64;
+
 /// The merge list Hugging Face's `SentencePieceExtractor` derives from a vocabulary: for each
 /// normal piece in id order, each split into two normal pieces (ordered by the pieces' ids),
-/// all sorted by the merged piece's score, highest first (stable).
+/// all sorted by the merged piece's score, highest first (stable). Pieces longer than
+/// [`MAX_MERGED_PIECE_CHARS`] are left out.
 pub fn merges(vocab: &SentencePieceVocab) -> Vec<(String, String)> {
     let ids: HashMap<&str, usize> = vocab
         .pieces
@@ -81,7 +87,10 @@ pub fn merges(vocab: &SentencePieceVocab) -> Vec<(String, String)> {
         .collect();
     let mut out: Vec<(f32, usize, usize, usize)> = Vec::new();
     for (id, piece) in vocab.pieces.iter().enumerate() {
-        if vocab.types[id] != PieceType::Normal || ids.get(piece.as_str()) != Some(&id) {
+        if vocab.types[id] != PieceType::Normal
+            || ids.get(piece.as_str()) != Some(&id)
+            || piece.chars().nth(MAX_MERGED_PIECE_CHARS).is_some()
+        {
             continue;
         }
         let mut local: Vec<(usize, usize)> = piece
