@@ -32,8 +32,8 @@ pub fn dequantize_block(dtype: DType, block: &[u8], out: &mut [f32]) {
         DType::Q5_1 => q5_1(block, out),
         DType::Q2_K => q2_k(block, out),
         DType::Q3_K => q3_k(block, out),
-        DType::Q4_K => q4_k(block, out),
-        DType::Q5_K => q5_k(block, out),
+        DType::Q4_K => q45_k(block, out, false),
+        DType::Q5_K => q45_k(block, out, true),
         DType::Q6_K => q6_k(block, out),
         other => panic!("{other} is not a weight dtype"),
     }
@@ -185,41 +185,29 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// `d` @0, `dmin` @2, `scales`[12] @4, `qs`[128] @16.
-fn q4_k(b: &[u8], y: &mut [f32]) {
+/// Q4_K (`fifth_bit` false) and Q5_K: `d` @0, `dmin` @2, `scales`[12] @4, then for Q5_K
+/// `qh`[32] @16 (bit `2c` / `2c + 1` of `qh[l]` adds 16 to the low / high nibble of chunk `c`),
+/// then `qs`[128] (@16 or @48). Chunk `c` of 64 values uses scales and mins `2c` and `2c + 1`.
+fn q45_k(b: &[u8], y: &mut [f32], fifth_bit: bool) {
     let (d, min) = (f16_at(b, 0), f16_at(b, 2));
     let scales = &b[4..16];
+    let (qh, qs) = if fifth_bit {
+        (Some(&b[16..48]), &b[48..176])
+    } else {
+        (None, &b[16..144])
+    };
     for c in 0..4 {
-        let q = &b[16 + 32 * c..16 + 32 * (c + 1)];
+        let q = &qs[32 * c..32 * (c + 1)];
         let (sc1, m1) = scale_min_k4(2 * c, scales);
         let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
         let (d1, m1) = (d * f32::from(sc1), min * f32::from(m1));
         let (d2, m2) = (d * f32::from(sc2), min * f32::from(m2));
-        let y = &mut y[64 * c..64 * (c + 1)];
-        for (l, &qv) in q.iter().enumerate() {
-            y[l] = d1 * f32::from(qv & 0x0F) - m1;
-            y[l + 32] = d2 * f32::from(qv >> 4) - m2;
-        }
-    }
-}
-
-/// `d` @0, `dmin` @2, `scales`[12] @4, `qh`[32] @16, `qs`[128] @48.
-fn q5_k(b: &[u8], y: &mut [f32]) {
-    let (d, min) = (f16_at(b, 0), f16_at(b, 2));
-    let (scales, qh) = (&b[4..16], &b[16..48]);
-    for c in 0..4 {
-        let q = &b[48 + 32 * c..48 + 32 * (c + 1)];
-        let (sc1, m1) = scale_min_k4(2 * c, scales);
-        let (sc2, m2) = scale_min_k4(2 * c + 1, scales);
-        let (d1, m1) = (d * f32::from(sc1), min * f32::from(m1));
-        let (d2, m2) = (d * f32::from(sc2), min * f32::from(m2));
+        let high = |l: usize, bit: u8| qh.map_or(0, |h| if h[l] & bit != 0 { 16 } else { 0 });
         let (u1, u2) = (1u8 << (2 * c), 2u8 << (2 * c));
         let y = &mut y[64 * c..64 * (c + 1)];
         for (l, &qv) in q.iter().enumerate() {
-            let h1 = if qh[l] & u1 != 0 { 16 } else { 0 };
-            let h2 = if qh[l] & u2 != 0 { 16 } else { 0 };
-            y[l] = d1 * f32::from((qv & 0x0F) + h1) - m1;
-            y[l + 32] = d2 * f32::from((qv >> 4) + h2) - m2;
+            y[l] = d1 * f32::from((qv & 0x0F) + high(l, u1)) - m1;
+            y[l + 32] = d2 * f32::from((qv >> 4) + high(l, u2)) - m2;
         }
     }
 }

@@ -7,24 +7,20 @@ use mixtral_kernels::dequant::dequantize;
 use mixtral_kernels::matmul::{Matmul, Precision, cpu, reference};
 use mixtral_kernels::{Isa, QuantBlocks, Weight};
 use mixtral_tensor::gguf::GgufFile;
-use mixtral_tensor::{DType, SafetensorsFile};
+use mixtral_tensor::{ALL_DTYPES, DType, SafetensorsFile};
 use mixtral_testkit::{Tol, fixtures_dir, run, uniform};
 use proptest::prelude::*;
 use std::path::Path;
 
 /// The ten block types.
-const QUANT_TYPES: [DType; 10] = [
-    DType::Q8_0,
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q2_K,
-    DType::Q3_K,
-    DType::Q4_K,
-    DType::Q5_K,
-    DType::Q6_K,
-];
+fn quant_types() -> Vec<DType> {
+    let types: Vec<DType> = ALL_DTYPES
+        .into_iter()
+        .filter(|d| d.is_quantized())
+        .collect();
+    assert_eq!(types.len(), 10);
+    types
+}
 
 /// Byte offsets of each type's f16 scale fields within a block (ggml `ggml-common.h`).
 fn scale_offsets(t: DType) -> &'static [usize] {
@@ -73,7 +69,7 @@ fn assert_bits(what: &str, got: &[f32], want: &[f32]) {
 #[test]
 fn random_blocks_dequantize_bit_exactly_as_gguf_py() {
     let path = fixtures_dir().join("quant/blocks.safetensors");
-    for t in QUANT_TYPES {
+    for t in quant_types() {
         let name = t.name().to_lowercase();
         let bytes = raw(&path, &format!("{name}.raw"));
         let want = f32s(&raw(&path, &format!("{name}.dequant")));
@@ -211,7 +207,7 @@ proptest! {
 
     #[test]
     fn quantized_matmul_matches_the_reference(
-        t in prop::sample::select(QUANT_TYPES.to_vec()),
+        t in prop::sample::select(quant_types()),
         rows in prop_oneof![Just(1usize), 2usize..=9],
         blocks in 1usize..=3,
         n in prop_oneof![1usize..=17, Just(64usize), Just(67usize)],
