@@ -89,10 +89,10 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let ctx = args.context.unwrap_or(c.max_position_embeddings);
-    println!(
-        "kv cache     {} for {ctx} positions (f32)",
-        report::bytes(c.kv_bytes_per_position() * ctx as u64)
-    );
+    let kv = c
+        .kv_bytes(ctx)
+        .map_or("more than 16 EiB".to_string(), report::bytes);
+    println!("kv cache     {kv} for {ctx} positions (f32)");
     println!(
         "files        {} ({} tensors)",
         ckpt.store().files().len(),

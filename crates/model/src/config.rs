@@ -156,6 +156,11 @@ impl Config {
     pub fn kv_bytes_per_position(&self) -> u64 {
         (2 * self.num_hidden_layers * self.kv_dim() * std::mem::size_of::<f32>()) as u64
     }
+
+    /// Bytes of KV cache for `positions` positions, or `None` if that overflows a `u64`.
+    pub fn kv_bytes(&self, positions: usize) -> Option<u64> {
+        self.kv_bytes_per_position().checked_mul(positions as u64)
+    }
 }
 
 impl RawConfig {
@@ -213,6 +218,9 @@ impl RawConfig {
         };
         let hidden_size = self.hidden_size.unwrap_or(4096);
         let num_attention_heads = self.num_attention_heads.unwrap_or(32);
+        if num_attention_heads == 0 {
+            return Err(bad("num_attention_heads", "0".into(), "must be positive"));
+        }
         let head_dim = match self.head_dim {
             Some(h) => h,
             None => {
@@ -252,6 +260,14 @@ impl RawConfig {
     }
 }
 
+/// The largest value accepted for any one size in a config (heads, widths, vocabulary, layers,
+/// experts): 2^20, 64 times Mixtral-8x7B's widest (14336). With every size this small, every
+/// product the engine forms (`H·Dh`, `V·D`, `E·F·D`, KV bytes per position) fits a `u64`
+/// with room to spare, so no size arithmetic derived from a config can wrap.
+pub const MAX_DIM: usize = 1 << 20;
+/// The longest context accepted: 2^24 positions (512 times Mixtral's 32k).
+pub const MAX_CONTEXT: usize = 1 << 24;
+
 impl Config {
     /// Checks the ranges and relations the forward pass relies on.
     pub(crate) fn check(&self, path: &Path) -> Result<()> {
@@ -278,6 +294,22 @@ impl Config {
         for (field, v) in positive {
             if v == 0 {
                 return bad(field, "0".into(), "must be positive");
+            }
+            let max = if field == "max_position_embeddings" {
+                MAX_CONTEXT
+            } else {
+                MAX_DIM
+            };
+            if v > max {
+                return bad(
+                    field,
+                    v.to_string(),
+                    if field == "max_position_embeddings" {
+                        "exceeds the longest context this engine accepts (2^24 positions)"
+                    } else {
+                        "exceeds the largest size this engine accepts for one dimension (2^20)"
+                    },
+                );
             }
         }
         if !self
@@ -400,6 +432,44 @@ mod tests {
                 other => panic!("{json}: expected a ConfigValue error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn sizes_that_would_wrap_are_rejected() {
+        // 2^63 + 16: times 32 heads it wraps to 512 in a u64; it must never get that far.
+        let err = parse(r#"{"head_dim": 9223372036854775824}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config.json: `head_dim` = 9223372036854775824: exceeds the largest size this engine accepts for one dimension (2^20)"
+        );
+        for field in [
+            "hidden_size",
+            "intermediate_size",
+            "vocab_size",
+            "num_local_experts",
+        ] {
+            let json = format!(r#"{{"{field}": 1099511627776, "head_dim": 128}}"#);
+            assert!(
+                matches!(parse(&json), Err(Error::ConfigValue { field: f, .. }) if f == field),
+                "{field}"
+            );
+        }
+        let err = parse(r#"{"max_position_embeddings": 36028797018963968}"#).unwrap_err();
+        assert!(err.to_string().contains("longest context"), "{err}");
+        // The largest accepted sizes still multiply without overflow.
+        let c = parse(r#"{"head_dim": 1048576, "num_attention_heads": 1048576, "num_key_value_heads": 1048576, "num_hidden_layers": 1048576}"#).unwrap();
+        assert!(c.q_dim() > 0 && c.kv_bytes_per_position() > 0);
+        assert_eq!(c.kv_bytes(1 << 40), None);
+        assert_eq!(parse("{}").unwrap().kv_bytes(1 << 55), None);
+    }
+
+    #[test]
+    fn zero_heads_say_so() {
+        let err = parse(r#"{"num_attention_heads": 0}"#).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "config.json: `num_attention_heads` = 0: must be positive"
+        );
     }
 
     #[test]

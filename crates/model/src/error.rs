@@ -112,6 +112,14 @@ pub enum Error {
         /// The model's limit.
         max: usize,
     },
+    /// A forward call was given a different number of positions than tokens.
+    #[error("{tokens} tokens but {positions} positions: give one position per token")]
+    PositionsLength {
+        /// Tokens given.
+        tokens: usize,
+        /// Positions given.
+        positions: usize,
+    },
     /// A forward call was given no tokens.
     #[error("empty input: at least one token is needed")]
     EmptyInput,

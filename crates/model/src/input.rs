@@ -14,7 +14,12 @@ pub(crate) fn check_input(
     if tokens.is_empty() {
         return Err(Error::EmptyInput);
     }
-    assert_eq!(tokens.len(), positions.len(), "one position per token");
+    if tokens.len() != positions.len() {
+        return Err(Error::PositionsLength {
+            tokens: tokens.len(),
+            positions: positions.len(),
+        });
+    }
     if let Some((index, &id)) = tokens
         .iter()
         .enumerate()
@@ -27,14 +32,12 @@ pub(crate) fn check_input(
         });
     }
     for (i, &p) in positions.iter().enumerate() {
-        if p != cached + i {
-            return Err(Error::PositionMismatch {
-                expected: cached + i,
-                found: p,
-            });
+        let expected = cached.saturating_add(i);
+        if p != expected {
+            return Err(Error::PositionMismatch { expected, found: p });
         }
     }
-    let len = cached + tokens.len();
+    let len = cached.saturating_add(tokens.len());
     if len > c.max_position_embeddings {
         return Err(Error::ContextOverflow {
             len,
@@ -42,4 +45,40 @@ pub(crate) fn check_input(
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_bad_input_is_a_typed_error() {
+        let c = Config::from_json(std::path::Path::new("config.json"), b"{\"vocab_size\": 10}")
+            .unwrap();
+        let err = check_input(&c, &[1, 2], &[0], 0).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "2 tokens but 1 positions: give one position per token"
+        );
+        assert!(matches!(
+            check_input(&c, &[1], &[0, 1], 0),
+            Err(Error::PositionsLength {
+                tokens: 1,
+                positions: 2
+            })
+        ));
+        assert!(matches!(
+            check_input(&c, &[], &[], 0),
+            Err(Error::EmptyInput)
+        ));
+        assert!(matches!(
+            check_input(&c, &[10], &[0], 0),
+            Err(Error::TokenOutOfRange { id: 10, .. })
+        ));
+        assert!(matches!(
+            check_input(&c, &[1], &[usize::MAX], usize::MAX),
+            Err(Error::ContextOverflow { .. })
+        ));
+        assert!(check_input(&c, &[1, 2], &[3, 4], 3).is_ok());
+    }
 }

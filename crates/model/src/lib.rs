@@ -43,7 +43,7 @@ mod scratch;
 mod weights;
 
 pub use checkpoint::Checkpoint;
-pub use config::Config;
+pub use config::{Config, MAX_CONTEXT, MAX_DIM};
 pub use cuda_model::{CudaKvCache, CudaModel, CudaModelError};
 pub use error::{Error, Result};
 pub use forward::{ForwardOptions, Logits, Model, Output};
