@@ -58,14 +58,19 @@ pub enum FinishReason {
     Stop(StopReason),
     /// [`Generation::interrupt`] was called (e.g. Ctrl-C).
     Interrupted,
+    /// The sequence filled the model's context (`max_position_embeddings`): the last token
+    /// generated could not be run through the model to choose another.
+    ContextFull,
 }
 
 impl FinishReason {
-    /// `"stop"`, `"length"` or `"interrupted"`, as OpenAI-style APIs spell them.
+    /// `"stop"`, `"length"` (the token limit or the context) or `"interrupted"`, as
+    /// OpenAI-style APIs spell them.
     pub fn as_str(&self) -> &'static str {
         match self {
             FinishReason::Stop(r) => r.finish_reason().as_str(),
             FinishReason::Interrupted => "interrupted",
+            FinishReason::ContextFull => "length",
         }
     }
 }
@@ -279,6 +284,15 @@ impl Engine {
             .zip(prompt_ids)
             .take_while(|(a, b)| a == b)
             .count();
+        // A prompt the context cannot hold is refused before any of it is computed.
+        let max = self.config().max_position_embeddings;
+        if prompt_ids.len() > max {
+            return Err(mixtral_model::Error::ContextOverflow {
+                len: prompt_ids.len(),
+                max,
+            }
+            .into());
+        }
         let keep = shared.min(prompt_ids.len().saturating_sub(1));
         session.cache.truncate(keep);
         session.ids.truncate(keep);
@@ -378,10 +392,17 @@ impl Generation<'_> {
             Some(d) => d.push(id)?.unwrap_or_default(),
             None => String::new(),
         };
-        let step = self.stopper.push(id, &piece);
+        let mut step = self.stopper.push(id, &piece);
         self.stats.generated_tokens += 1;
+        let context = self.engine.config().max_position_embeddings;
         match step.stop {
             Some(reason) => self.finish = Some(FinishReason::Stop(reason)),
+            // This token would sit at position `ids.len()`: past the context, it cannot be run
+            // to choose another. It is still returned, with any text held back for it.
+            None if self.session.ids.len() >= context => {
+                step.text.push_str(&self.stopper.flush());
+                self.finish = Some(FinishReason::ContextFull);
+            }
             None => self.pending = Some(id),
         }
         Ok(Token {

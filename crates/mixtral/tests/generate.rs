@@ -122,3 +122,59 @@ fn text_prompts_need_a_tokenizer() {
         "{err}"
     );
 }
+
+/// A copy of tiny-f32 whose context is `context` positions.
+fn short_context_model(context: usize) -> tempfile::TempDir {
+    let src = std::path::Path::new(TINY_BF16).join("../tiny-f32");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        src.join("model.safetensors"),
+        dir.path().join("model.safetensors"),
+    )
+    .unwrap();
+    let mut config: Value =
+        serde_json::from_slice(&std::fs::read(src.join("config.json")).unwrap()).unwrap();
+    config["max_position_embeddings"] = context.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn a_full_context_ends_generation_with_length_and_keeps_the_tokens() {
+    let dir = short_context_model(8);
+    let engine = Engine::load(dir.path()).unwrap();
+    let mut params = engine.params();
+    params.max_new_tokens = 100;
+    params.ignore_eos = true;
+    let prompt = Prompt::Tokens(vec![1, 5, 6, 7, 8]);
+    let mut generation = engine.generate(&prompt, &params).unwrap();
+    let got: Vec<u32> = generation.by_ref().map(|t| t.unwrap().id).collect();
+    // Positions 0..8 hold the prompt and three generated tokens; the fourth is chosen from
+    // position 7's logits and cannot be run itself.
+    assert_eq!(got.len(), 4);
+    assert_eq!(generation.finish_reason(), Some(&FinishReason::ContextFull));
+    assert_eq!(generation.finish_reason().unwrap().as_str(), "length");
+    // The same tokens as an unbounded context gives.
+    let long = short_context_model(4096);
+    let engine = Engine::load(long.path()).unwrap();
+    params.max_new_tokens = 4;
+    let want: Vec<u32> = engine
+        .generate(&prompt, &params)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn a_prompt_longer_than_the_context_is_refused_before_prefill() {
+    let dir = short_context_model(8);
+    let engine = Engine::load(dir.path()).unwrap();
+    let err = engine
+        .generate(&Prompt::Tokens(vec![1; 9]), &engine.params())
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "sequence of 9 positions exceeds max_position_embeddings = 8"
+    );
+}
