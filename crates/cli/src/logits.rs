@@ -3,7 +3,7 @@
 use crate::args::ModelArgs;
 use mixtral::tensor::{Tensor, save};
 use mixtral::{Engine, Prompt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Arguments of `mixtral logits`.
 #[derive(clap::Args)]
@@ -30,7 +30,15 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let engine = Engine::load(&args.model.model)?;
+    let engine = args.model.load()?;
+    if let Some(file) = model_file_at(&engine, &args.out) {
+        return Err(format!(
+            "{}: is the model's own file {}; refusing to write over it",
+            args.out.display(),
+            file.display()
+        )
+        .into());
+    }
     let prompt = match (args.tokens, args.text) {
         (Some(ids), _) => Prompt::Tokens(ids),
         (None, Some(text)) => Prompt::Text(text),
@@ -61,4 +69,22 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         args.out.display()
     );
     Ok(())
+}
+
+/// The model file that `out` is (the same file by device and inode, whatever the path's
+/// spelling or links), if it is one: a GGUF file, or any file directly in the model directory.
+fn model_file_at(engine: &Engine, out: &Path) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let target = std::fs::metadata(out).ok()?;
+    let same = |p: &Path| {
+        std::fs::metadata(p).is_ok_and(|m| (m.dev(), m.ino()) == (target.dev(), target.ino()))
+    };
+    let model = engine.dir();
+    if model.is_file() {
+        return same(model).then(|| model.to_path_buf());
+    }
+    std::fs::read_dir(model)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| same(p))
 }

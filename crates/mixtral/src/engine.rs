@@ -72,12 +72,15 @@ impl std::str::FromStr for ComputeDType {
     }
 }
 
+/// The most worker threads [`LoadOptions::threads`] accepts.
+pub const MAX_THREADS: usize = 1024;
+
 /// How to load a model.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LoadOptions {
     /// Where to run.
     pub device: Device,
-    /// Worker threads; `None` uses one per core.
+    /// Worker threads (1 to [`MAX_THREADS`]); `None` uses one per core.
     pub threads: Option<usize>,
     /// Activation precision.
     pub dtype: ComputeDType,
@@ -120,11 +123,21 @@ impl Engine {
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Engine> {
         let dir = dir.as_ref();
-        if opts.threads == Some(0) {
-            return Err(Error::InvalidOption {
-                option: "threads",
-                reason: "must be at least 1",
-            });
+        match opts.threads {
+            Some(0) => {
+                return Err(Error::InvalidOption {
+                    option: "threads",
+                    reason: "must be at least 1",
+                });
+            }
+            Some(n) if n > MAX_THREADS => {
+                return Err(Error::InvalidOption {
+                    option: "threads",
+                    reason: "more than 1024 (no CPU this engine runs on has that many cores; \
+                             more threads than cores only slow the kernels down)",
+                });
+            }
+            _ => {}
         }
         let threads = opts.threads.unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

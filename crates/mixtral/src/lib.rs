@@ -35,7 +35,7 @@ mod generate;
 pub mod gguf_vocab;
 
 pub use defaults::Defaults;
-pub use engine::{ComputeDType, Device, Engine, LoadOptions};
+pub use engine::{ComputeDType, Device, Engine, LoadOptions, MAX_THREADS};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token};
 pub use gguf_vocab::{find_tokenizer, load_tokenizer};

@@ -148,6 +148,14 @@ pub enum Error {
         /// What is wrong with it.
         kind: crate::gguf::GgufError,
     },
+    /// An output path names something other than a regular file.
+    #[error("{}: is a {what}; refusing to write over it (give the path of a regular file or of a new one)", path.display())]
+    NotARegularFile {
+        /// The path.
+        path: PathBuf,
+        /// What is there.
+        what: &'static str,
+    },
     /// A mutable view was asked of a tensor whose storage is shared or read-only.
     #[error("tensor storage is shared or memory-mapped and cannot be written")]
     NotWritable,

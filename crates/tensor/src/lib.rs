@@ -40,7 +40,7 @@ mod tensor;
 pub use dtype::{ALL_DTYPES, DType, Element};
 pub use error::{Error, Result};
 pub use file::{FileDType, MAX_HEADER_BYTES, SafetensorsFile, TensorInfo};
-pub use save::save;
+pub use save::{save, write_file_replacing};
 pub use shape::Shape;
 pub use storage::{AlignedBytes, Storage};
 pub use store::{INDEX_FILE, SINGLE_FILE, TensorFile, TensorStore};

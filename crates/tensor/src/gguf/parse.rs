@@ -288,8 +288,13 @@ impl Header {
                 return Err((field(".offset"), e));
             }
             let overflow = || (field(".ne"), GgufError::DimsOverflow { ne: ne.clone() });
+            // Multiplied outermost first, as `Shape::checked_numel` (and `numel`) do: innermost
+            // first, a zero `ne[0]` hid an overflowing product of the other dimensions (`ne` =
+            // [0, 2^32, 2^32]), and the header was accepted with a shape that `Shape` finds
+            // overflowing (the tensor then failed to open, `Shape::numel` panicked in debug).
             let numel = ne
                 .iter()
+                .rev()
                 .try_fold(1u64, |acc, &d| acc.checked_mul(d))
                 .and_then(|n| usize::try_from(n).ok())
                 .ok_or_else(overflow)?;

@@ -1,0 +1,204 @@
+//! Hostile model folders and bad arguments, as an attacker or a careless user would give
+//! them: each gets one clean `error:` line (or a correct result), never a panic, an abort, a
+//! hang, a clobbered file or unbounded memory.
+
+use serde_json::Value;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+fn fixture(model: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/models"
+    ))
+    .join(model)
+}
+
+fn mixtral(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mixtral"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Fails with exit 1 and one `error:` line that mentions `needle`.
+fn assert_clean_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "no `{needle}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.lines().count() <= 4, "{stderr}");
+}
+
+/// A writable copy of a fixture model.
+fn copy_of(model: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(model)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn logits_out_never_replaces_what_is_not_a_regular_file_or_the_model() {
+    let model = copy_of("tiny-f32");
+    let weights = model.path().join("model.safetensors");
+    let before = std::fs::read(&weights).unwrap();
+    let logits = |out: &Path| {
+        mixtral(&[
+            "logits",
+            "--model",
+            s(model.path()),
+            "--tokens",
+            "1,2",
+            "--out",
+            s(out),
+        ])
+    };
+    assert_clean_error(&logits(&weights), "the model's own file");
+    let scratch = tempfile::tempdir().unwrap();
+    let link = scratch.path().join("link");
+    std::os::unix::fs::symlink(&weights, &link).unwrap();
+    assert_clean_error(&logits(&link), "refusing to write over it");
+    assert_eq!(std::fs::read(&weights).unwrap(), before);
+    assert!(
+        std::fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_clean_error(&logits(Path::new("/dev/null")), "special file");
+    assert!(
+        std::fs::metadata("/dev/null")
+            .unwrap()
+            .file_type()
+            .is_char_device()
+    );
+    assert_clean_error(&logits(scratch.path()), "directory");
+    // A regular file is replaced and keeps its permissions.
+    let out = scratch.path().join("logits.safetensors");
+    std::fs::write(&out, b"old").unwrap();
+    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o604)).unwrap();
+    let done = logits(&out);
+    assert!(
+        done.status.success(),
+        "{}",
+        String::from_utf8_lossy(&done.stderr)
+    );
+    assert_eq!(
+        std::fs::metadata(&out).unwrap().permissions().mode() & 0o777,
+        0o604
+    );
+    assert!(std::fs::read(&out).unwrap().len() > 8);
+}
+
+#[test]
+fn absurd_thread_counts_are_refused_at_once() {
+    for threads in ["18446744073709551615", "1099511627776", "10000", "0"] {
+        let start = Instant::now();
+        let out = mixtral(&[
+            "generate",
+            "--tokens",
+            "1,2",
+            "--max-new-tokens",
+            "1",
+            "--threads",
+            threads,
+        ]);
+        assert_clean_error(&out, "invalid option `threads`");
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{threads}: {:?}",
+            start.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_full_context_prints_what_was_generated() {
+    let model = copy_of("tiny-f32");
+    let config = model.path().join("config.json");
+    let mut c: Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    c["max_position_embeddings"] = 8.into();
+    std::fs::write(&config, c.to_string()).unwrap();
+    let out = mixtral(&[
+        "generate",
+        "--model",
+        s(model.path()),
+        "--tokens",
+        "1,5,6,7,8",
+        "--max-new-tokens",
+        "100",
+        "--ignore-eos",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["finish_reason"], "length");
+    assert_eq!(json["ids"].as_array().unwrap().len(), 4);
+    // A prompt the context cannot hold is refused before any prefill.
+    let long: Vec<String> = (0..9).map(|_| "1".to_string()).collect();
+    let out = mixtral(&[
+        "generate",
+        "--model",
+        s(model.path()),
+        "--tokens",
+        &long.join(","),
+    ]);
+    assert_clean_error(&out, "exceeds max_position_embeddings = 8");
+}
+
+#[test]
+fn logits_honours_precision_and_device() {
+    let scratch = tempfile::tempdir().unwrap();
+    let run = |precision: &str| {
+        let out = scratch.path().join(format!("{precision}.safetensors"));
+        let done = mixtral(&[
+            "logits",
+            "--model",
+            s(&fixture("tiny-bf16")),
+            "--tokens",
+            "1,22557,1526",
+            "--precision",
+            precision,
+            "--threads",
+            "1",
+            "--out",
+            s(&out),
+        ]);
+        assert!(
+            done.status.success(),
+            "{}",
+            String::from_utf8_lossy(&done.stderr)
+        );
+        std::fs::read(out).unwrap()
+    };
+    assert_ne!(
+        run("f32"),
+        run("bf16"),
+        "--precision bf16 must change bf16-weight logits"
+    );
+    let out = mixtral(&[
+        "logits",
+        "--tokens",
+        "1,2",
+        "--device",
+        "cuda:7",
+        "--out",
+        s(&scratch.path().join("x")),
+    ]);
+    assert!(!out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
+}
