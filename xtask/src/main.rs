@@ -12,9 +12,15 @@
 //!   precisions too.
 //! - `gen-model --preset NAME --out DIR`: write a random-weight checkpoint in Hugging Face format
 //!   (`bench-1b`, `mixtral-8x7b`, `tiny`), streamed to disk.
+//! - `fuzz [--seconds N] [--minimize] [TARGET...]`: run the cargo-fuzz targets of `fuzz/`
+//!   (GGUF, safetensors header and index, config.json/params.json, chat files) N seconds each
+//!   (default 60; nightly + cargo-fuzz), print each one's executions, exit non-zero on a crash,
+//!   hang or out-of-memory; with `--minimize`, rewrite `fuzz/corpus/<target>/` as the 200
+//!   inputs found so far that cover the most.
 
 mod bench;
 mod cuda_tools;
+mod fuzz;
 mod gen_model;
 mod gpu_check;
 mod kernels;
@@ -25,7 +31,8 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: cargo xtask bench [FILTER] [--model DIR] [--threads N]
        cargo xtask kernels [--arch sm_80,sm_90]
        cargo xtask gpu-check
-       cargo xtask gen-model --preset bench-1b|mixtral-8x7b|tiny --out DIR [--layers N] [--dtype bf16|f32]";
+       cargo xtask gen-model --preset bench-1b|mixtral-8x7b|tiny --out DIR [--layers N] [--dtype bf16|f32]
+       cargo xtask fuzz [--seconds N] [--minimize] [gguf|safetensors|safetensors_index|config|chat...]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,6 +42,7 @@ fn main() -> ExitCode {
             Some("kernels") => kernels::run(&args[1..]).map_err(Into::into),
             Some("gpu-check") => gpu_check::run(&args[1..]).map_err(Into::into),
             Some("gen-model") => gen_model::run(&args[1..]).map_err(Into::into),
+            Some("fuzz") => fuzz::run(&args[1..]).map_err(Into::into),
             Some("-h" | "--help") => {
                 println!("{USAGE}");
                 return ExitCode::SUCCESS;
