@@ -273,48 +273,50 @@ pub(crate) unsafe fn drive<T: Elem, K: Tiles>(
         }
         return;
     }
-    PACKED.with_borrow_mut(|(xb, wb)| {
-        xb.resize(MC * KC, 0.0);
-        wb.resize(JB * KC, 0.0);
-        for k0 in (0..k).step_by(KC) {
-            let kc = KC.min(k - k0);
-            for tb in (0..p.rows).step_by(MC) {
-                let mc = MC.min(p.rows - tb);
-                // [mc, kc] of x, rows `kc` apart: the micro-panels sit in L1 without conflicts.
-                for t in 0..mc {
-                    let src = &x[(tb + t) * k + k0..][..kc];
-                    xb[t * kc..(t + 1) * kc].copy_from_slice(src);
+    // Taken out of the thread-local rather than borrowed through a closure: a closure does not
+    // inherit this function's target features, and its micro-kernels would not inline.
+    let (mut xb, mut wb) = PACKED.take();
+    xb.resize(MC * KC, 0.0);
+    wb.resize(JB * KC, 0.0);
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        for tb in (0..p.rows).step_by(MC) {
+            let mc = MC.min(p.rows - tb);
+            // [mc, kc] of x, rows `kc` apart: the micro-panels sit in L1 without conflicts.
+            for t in 0..mc {
+                let src = &x[(tb + t) * k + k0..][..kc];
+                xb[t * kc..(t + 1) * kc].copy_from_slice(src);
+            }
+            for jb in cols.clone().step_by(JB) {
+                let jn = JB.min(cols.end - jb);
+                // [jn, kc] of W widened to f32 once, reused by all `mc` tokens.
+                for j in 0..jn {
+                    let src = &w[(jb + j) * k + k0..][..kc];
+                    // SAFETY: features per this function's contract.
+                    unsafe { K::widen(src, &mut wb[j * kc..(j + 1) * kc]) };
                 }
-                for jb in cols.clone().step_by(JB) {
-                    let jn = JB.min(cols.end - jb);
-                    // [jn, kc] of W widened to f32 once, reused by all `mc` tokens.
-                    for j in 0..jn {
-                        let src = &w[(jb + j) * k + k0..][..kc];
+                for t0 in (0..mc).step_by(MR) {
+                    let mr = MR.min(mc - t0);
+                    for j in (0..jn).step_by(NR) {
+                        let nr = NR.min(jn - j);
+                        let (xt, wt) = (&xb[t0 * kc..], &wb[j * kc..]);
                         // SAFETY: features per this function's contract.
-                        unsafe { K::widen(src, &mut wb[j * kc..(j + 1) * kc]) };
-                    }
-                    for t0 in (0..mc).step_by(MR) {
-                        let mr = MR.min(mc - t0);
-                        for j in (0..jn).step_by(NR) {
-                            let nr = NR.min(jn - j);
-                            let (xt, wt) = (&xb[t0 * kc..], &wb[j * kc..]);
-                            // SAFETY: features per this function's contract.
-                            let r = unsafe { tile_dyn::<f32, K>(mr, nr, xt, wt, kc) };
-                            for (t, rt) in r.iter().enumerate().take(mr) {
-                                let cols = jb + j..jb + j + nr;
-                                // SAFETY: these columns lie in `cols`, which only this call
-                                // writes.
-                                let yt = unsafe { out.cols(tb + t0 + t, cols) };
-                                for (y, &v) in yt.iter_mut().zip(rt) {
-                                    *y = if k0 == 0 { v } else { *y + v };
-                                }
+                        let r = unsafe { tile_dyn::<f32, K>(mr, nr, xt, wt, kc) };
+                        for (t, rt) in r.iter().enumerate().take(mr) {
+                            let cols = jb + j..jb + j + nr;
+                            // SAFETY: these columns lie in `cols`, which only this call
+                            // writes.
+                            let yt = unsafe { out.cols(tb + t0 + t, cols) };
+                            for (y, &v) in yt.iter_mut().zip(rt) {
+                                *y = if k0 == 0 { v } else { *y + v };
                             }
                         }
                     }
                 }
             }
         }
-    });
+    }
+    PACKED.set((xb, wb));
 }
 
 /// An `mr × nr` tile (edges included) through the fixed-size micro-kernels.

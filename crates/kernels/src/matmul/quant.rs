@@ -18,7 +18,24 @@ use std::ops::Range;
 
 thread_local! {
     /// Decoded weight rows and, for the GEMM, its `[rows, panel]` output, reused per thread.
-    static DECODED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Taken out for the duration of a call (not borrowed through a closure: a closure does not
+    /// inherit its function's target features, and the SIMD micro-kernels would not inline).
+    static DECODED: RefCell<Buffers> = RefCell::new(Buffers::default());
+}
+
+/// Per-thread scratch of the quantized matmuls.
+#[derive(Default)]
+struct Buffers {
+    rows: Vec<f32>,
+    part: Vec<f32>,
+}
+
+/// Runs `f` with this thread's buffers, taken out of the thread-local and put back after.
+fn with_buffers<R>(f: impl FnOnce(&mut Buffers) -> R) -> R {
+    let mut b = DECODED.take();
+    let r = f(&mut b);
+    DECODED.set(b);
+    r
 }
 
 /// Floats of decoded weights one GEMM panel holds (256 KiB: stays in L2 while every token
@@ -33,13 +50,13 @@ pub(super) fn gemv_rows(
     out: &SharedOut<'_>,
     cols: Range<usize>,
 ) {
-    match isa {
+    with_buffers(|b| match isa {
         // SAFETY: the scalar tiles use no target features; only this chunk writes `cols`.
-        Isa::Scalar => unsafe { gemv_with::<Scalar>(x, w, out, cols) },
+        Isa::Scalar => unsafe { gemv_with::<Scalar>(x, w, out, cols, &mut b.rows) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
-        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { gemv_avx2(x, w, out, cols) },
-    }
+        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { gemv_avx2(x, w, out, cols, &mut b.rows) },
+    })
 }
 
 /// [`gemv_with`] compiled with AVX2, FMA and F16C.
@@ -48,9 +65,15 @@ pub(super) fn gemv_rows(
 /// The CPU must support them; only this call writes `cols` of `out`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemv_avx2(x: &[f32], w: QuantBlocks<'_>, out: &SharedOut<'_>, cols: Range<usize>) {
+unsafe fn gemv_avx2(
+    x: &[f32],
+    w: QuantBlocks<'_>,
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+    row: &mut Vec<f32>,
+) {
     // SAFETY: per this function's contract.
-    unsafe { gemv_with::<super::avx2::Avx2>(x, w, out, cols) }
+    unsafe { gemv_with::<super::avx2::Avx2>(x, w, out, cols, row) }
 }
 
 /// # Safety
@@ -61,18 +84,17 @@ unsafe fn gemv_with<K: Tiles>(
     w: QuantBlocks<'_>,
     out: &SharedOut<'_>,
     cols: Range<usize>,
+    row: &mut Vec<f32>,
 ) {
     let k = x.len();
-    DECODED.with_borrow_mut(|(row, _)| {
-        row.resize(k, 0.0);
-        // SAFETY: these columns belong to `cols`, which only this call writes.
-        let y = unsafe { out.cols(0, cols.clone()) };
-        for (yj, j) in y.iter_mut().zip(cols) {
-            w.decode_into(j * k, row);
-            // SAFETY: features per this function's contract.
-            *yj = unsafe { K::dot(x, row) };
-        }
-    });
+    row.resize(k, 0.0);
+    // SAFETY: these columns belong to `cols`, which only this call writes.
+    let y = unsafe { out.cols(0, cols.clone()) };
+    for (yj, j) in y.iter_mut().zip(cols) {
+        w.decode_into(j * k, row);
+        // SAFETY: features per this function's contract.
+        *yj = unsafe { K::dot(x, row) };
+    }
 }
 
 /// `y = x Wᵀ` for `rows > 1` tokens: panels of weight rows decoded into f32, each multiplied
@@ -85,18 +107,22 @@ pub(super) fn gemm(isa: Isa, p: Matmul, x: &[f32], w: QuantBlocks<'_>, y: &mut [
     let out = SharedOut::new(y, p.rows, p.n);
     let panel = (PANEL_FLOATS / p.k).clamp(2, 64);
     for_each_range(p.n, panel, p.rows * p.k, 4, |cols| {
-        for start in cols.clone().step_by(panel) {
-            let part = start..(start + panel).min(cols.end);
-            match isa {
-                // SAFETY: the scalar tiles use no target features; only this chunk writes
-                // `part`.
-                Isa::Scalar => unsafe { panel_with::<Scalar>(p, x, w, &out, part) },
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were
-                // detected; only this chunk writes `part`.
-                Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { panel_avx2(p, x, w, &out, part) },
+        with_buffers(|b| {
+            for start in cols.clone().step_by(panel) {
+                let part = start..(start + panel).min(cols.end);
+                match isa {
+                    // SAFETY: the scalar tiles use no target features; only this chunk writes
+                    // `part`.
+                    Isa::Scalar => unsafe { panel_with::<Scalar>(p, x, w, &out, part, b) },
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were
+                    // detected; only this chunk writes `part`.
+                    Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe {
+                        panel_avx2(p, x, w, &out, part, b)
+                    },
+                }
             }
-        }
+        })
     });
 }
 
@@ -112,9 +138,10 @@ unsafe fn panel_avx2(
     w: QuantBlocks<'_>,
     out: &SharedOut<'_>,
     cols: Range<usize>,
+    b: &mut Buffers,
 ) {
     // SAFETY: per this function's contract.
-    unsafe { panel_with::<super::avx2::Avx2>(p, x, w, out, cols) }
+    unsafe { panel_with::<super::avx2::Avx2>(p, x, w, out, cols, b) }
 }
 
 /// Output columns `cols` of every row: the weight rows `cols` decoded, then the f32 GEMM.
@@ -128,23 +155,23 @@ unsafe fn panel_with<K: Tiles>(
     w: QuantBlocks<'_>,
     out: &SharedOut<'_>,
     cols: Range<usize>,
+    b: &mut Buffers,
 ) {
     let (k, jn) = (p.k, cols.len());
-    DECODED.with_borrow_mut(|(panel, part)| {
-        panel.resize(jn * k, 0.0);
-        w.decode_into(cols.start * k, panel);
-        part.resize(p.rows * jn, 0.0);
-        let sub = Matmul {
-            rows: p.rows,
-            k,
-            n: jn,
-        };
-        let part_out = SharedOut::new(part, p.rows, jn);
-        // SAFETY: features per this function's contract; `part_out` is this call's own.
-        unsafe { drive::<f32, K>(sub, x, panel, &part_out, 0..jn) };
-        for (t, row) in part.chunks_exact(jn).enumerate() {
-            // SAFETY: these columns belong to `cols`, which only this call writes.
-            unsafe { out.cols(t, cols.clone()) }.copy_from_slice(row);
-        }
-    });
+    let Buffers { rows: panel, part } = b;
+    panel.resize(jn * k, 0.0);
+    w.decode_into(cols.start * k, panel);
+    part.resize(p.rows * jn, 0.0);
+    let sub = Matmul {
+        rows: p.rows,
+        k,
+        n: jn,
+    };
+    let part_out = SharedOut::new(part, p.rows, jn);
+    // SAFETY: features per this function's contract; `part_out` is this call's own.
+    unsafe { drive::<f32, K>(sub, x, panel, &part_out, 0..jn) };
+    for (t, row) in part.chunks_exact(jn).enumerate() {
+        // SAFETY: these columns belong to `cols`, which only this call writes.
+        unsafe { out.cols(t, cols.clone()) }.copy_from_slice(row);
+    }
 }
