@@ -83,6 +83,38 @@ pub enum Error {
         /// The shard file name it gives.
         shard: String,
     },
+    /// A shard index names a shard by something other than a plain file name.
+    #[error("{}: names shard `{shard}`: shard names must be plain file names inside the model directory (no `/`, no `..`, not absolute)", index.display())]
+    BadShardName {
+        /// The `model.safetensors.index.json` file.
+        index: PathBuf,
+        /// The shard name it gives, escaped.
+        shard: String,
+    },
+    /// A shard index maps no tensor.
+    #[error("{}: the index's weight_map is empty: it names no tensor and no shard", index.display())]
+    EmptyIndex {
+        /// The `model.safetensors.index.json` file.
+        index: PathBuf,
+    },
+    /// A tensor the index assigns to a shard is not in that shard.
+    #[error("{}: tensor `{name}` is missing, though the index lists it in this shard", path.display())]
+    NotInShard {
+        /// The shard.
+        path: PathBuf,
+        /// The tensor, escaped.
+        name: String,
+    },
+    /// A small side file (JSON config, index) is larger than any real one.
+    #[error("{}: {len} bytes, more than the {max} accepted for this file", path.display())]
+    FileTooLarge {
+        /// The file.
+        path: PathBuf,
+        /// Its size.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A shard index is not the JSON that transformers writes.
     #[error("{}: corrupt shard index", path.display())]
     CorruptIndex {

@@ -114,11 +114,11 @@ impl SafetensorsFile {
     pub fn tensor(&self, name: &str) -> Result<Tensor> {
         let info = self.tensors.get(name).ok_or_else(|| Error::MissingTensor {
             path: self.path.clone(),
-            name: name.to_string(),
+            name: crate::escape(name),
         })?;
         let dtype = info.dtype().ok_or_else(|| Error::UnsupportedDtype {
             path: self.path.clone(),
-            name: crate::gguf::escape(name),
+            name: crate::escape(name),
             dtype: info.dtype.to_string(),
         })?;
         let storage = Storage::Mapped {

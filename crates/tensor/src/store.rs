@@ -55,6 +55,14 @@ impl TensorFile {
 pub const SINGLE_FILE: &str = "model.safetensors";
 /// The shard index name transformers writes.
 pub const INDEX_FILE: &str = "model.safetensors.index.json";
+/// The largest shard index read (Mixtral-8x7B's is 92 KiB).
+pub const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// True for a name that can only mean a file directly in a directory: not empty, not `.` or
+/// `..`, no path separator, no NUL.
+fn is_plain_file_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\\', '\0'])
+}
 
 /// Tensors gathered from one or more memory-mapped tensor files.
 #[derive(Debug)]
@@ -88,40 +96,57 @@ impl TensorStore {
     }
 
     /// Opens the shards listed by an index file; every tensor it names must be in its shard.
+    ///
+    /// Shard names must be plain file names: the shards are files of the index's own directory
+    /// (a symbolic link there is followed, as the Hugging Face cache needs), never a path that
+    /// leaves it.
     pub fn open_index(index: &Path) -> Result<TensorStore> {
-        let text = std::fs::read(index).map_err(|e| Error::io(index, e))?;
+        let text = crate::read_small_file(index, MAX_INDEX_BYTES)?;
         let parsed: Index =
             serde_json::from_slice(&text).map_err(|source| Error::CorruptIndex {
                 path: index.into(),
                 source,
             })?;
+        if parsed.weight_map.is_empty() {
+            return Err(Error::EmptyIndex {
+                index: index.into(),
+            });
+        }
         let dir = index.parent().unwrap_or(Path::new("."));
         let mut shards: Vec<&String> = parsed.weight_map.values().collect();
         shards.sort();
         shards.dedup();
         let mut paths = Vec::with_capacity(shards.len());
-        for shard in shards {
+        for shard in &shards {
+            if !is_plain_file_name(shard) {
+                return Err(Error::BadShardName {
+                    index: index.into(),
+                    shard: crate::escape(shard),
+                });
+            }
             let path = dir.join(shard);
             if !path.is_file() {
                 return Err(Error::MissingShard {
                     index: index.into(),
-                    shard: shard.clone(),
+                    shard: crate::escape(shard),
                 });
             }
             paths.push(path);
         }
-        let store = TensorStore::open_files(paths)?;
+        let mut store = TensorStore::open_files(paths)?;
+        // The index decides which shard a tensor comes from, even if another shard has a
+        // tensor of the same name.
         for (name, shard) in &parsed.weight_map {
-            let in_shard = store
-                .by_name
-                .get(name)
-                .map(|&i| store.files[i].path().ends_with(shard));
-            if in_shard != Some(true) {
-                return Err(Error::MissingTensor {
-                    path: dir.join(shard),
-                    name: name.clone(),
+            let i = shards
+                .binary_search(&shard)
+                .expect("every shard was listed");
+            if !store.files[i].infos().contains_key(name) {
+                return Err(Error::NotInShard {
+                    path: store.files[i].path().to_path_buf(),
+                    name: crate::escape(name),
                 });
             }
+            store.by_name.insert(name.clone(), i);
         }
         Ok(store)
     }
@@ -194,7 +219,7 @@ impl TensorStore {
             Some(&i) => self.files[i].tensor(name),
             None => Err(Error::MissingTensor {
                 path: self.describe(),
-                name: name.to_string(),
+                name: crate::escape(name),
             }),
         }
     }

@@ -189,10 +189,102 @@ fn index_naming_a_tensor_its_shard_lacks_is_reported() {
     std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
     let err = TensorStore::open_dir(dir.path()).unwrap_err();
     assert!(
-        matches!(&err, Error::MissingTensor { name, .. } if name == "v"),
+        matches!(&err, Error::NotInShard { name, .. } if name == "v"),
         "{err:?}"
     );
     assert_names(&err, "a.safetensors");
+    assert_names(&err, "the index lists it in this shard");
+}
+
+#[test]
+fn shard_names_cannot_leave_the_model_directory() {
+    let root = tempfile::tempdir().unwrap();
+    let model = root.path().join("model");
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(&model).unwrap();
+    std::fs::create_dir_all(&outside).unwrap();
+    write_raw(&outside, "x.safetensors", ONE_F32, 16);
+    for shard in [
+        "../outside/x.safetensors",
+        "/etc/passwd",
+        "./x.safetensors",
+        "sub/x.safetensors",
+        "..",
+        "",
+        "a\\b",
+    ] {
+        let index = serde_json::json!({"weight_map": {"w": shard}}).to_string();
+        std::fs::write(model.join("model.safetensors.index.json"), index).unwrap();
+        let err = TensorStore::open_dir(&model).unwrap_err();
+        assert!(
+            matches!(err, Error::BadShardName { .. }),
+            "{shard}: {err:?}"
+        );
+        assert_names(
+            &err,
+            "shard names must be plain file names inside the model directory",
+        );
+        assert!(!err.to_string().contains("root:"), "{err}");
+    }
+    // A symbolic link in the directory itself is followed (the Hugging Face cache is made of
+    // them).
+    std::os::unix::fs::symlink(outside.join("x.safetensors"), model.join("x.safetensors")).unwrap();
+    let index = r#"{"weight_map":{"w":"x.safetensors"}}"#;
+    std::fs::write(model.join("model.safetensors.index.json"), index).unwrap();
+    assert_eq!(TensorStore::open_dir(&model).unwrap().len(), 1);
+}
+
+#[test]
+fn an_empty_index_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("model.safetensors.index.json");
+    std::fs::write(&path, r#"{"weight_map":{}}"#).unwrap();
+    let err = TensorStore::open_dir(dir.path()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: the index's weight_map is empty: it names no tensor and no shard",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn the_index_decides_the_shard_of_a_tensor_in_two() {
+    let dir = tempfile::tempdir().unwrap();
+    // Padded so the data starts 8-aligned.
+    let two = r#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}  "#;
+    write_raw(dir.path(), "a.safetensors", two, 4);
+    let mut bytes = (two.len() as u64).to_le_bytes().to_vec();
+    bytes.extend_from_slice(two.as_bytes());
+    bytes.extend_from_slice(&2.5f32.to_le_bytes());
+    std::fs::write(dir.path().join("b.safetensors"), bytes).unwrap();
+    for (shard, value) in [("a.safetensors", 0.0f32), ("b.safetensors", 2.5)] {
+        let index = format!(r#"{{"weight_map":{{"w":"{shard}"}}}}"#);
+        std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
+        let store = TensorStore::open_dir(dir.path()).unwrap();
+        assert_eq!(
+            store.tensor("w").unwrap().as_slice::<f32>().unwrap(),
+            &[value]
+        );
+    }
+}
+
+#[test]
+fn names_from_files_are_escaped_in_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    let index = r#"{"weight_map":{"w":"\u001b[2Jevil\u0000.safetensors"}}"#;
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index).unwrap();
+    let err = TensorStore::open_dir(dir.path()).unwrap_err().to_string();
+    assert!(!err.contains('\u{1b}') && !err.contains('\0'), "{err:?}");
+    assert!(err.contains("\\u{1b}[2Jevil"), "{err}");
+    let path = write_raw(dir.path(), "t.safetensors", ONE_F32, 16);
+    let file = SafetensorsFile::open(&path).unwrap();
+    let err = file.tensor("\u{7}bell").unwrap_err().to_string();
+    assert!(
+        !err.contains('\u{7}') && err.contains("\\u{7}bell"),
+        "{err}"
+    );
 }
 
 #[test]

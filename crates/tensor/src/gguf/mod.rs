@@ -26,7 +26,7 @@ pub use parse::{
 pub use value::{Array, Value, ValueType};
 pub use write::{GgufWriter, WriteTensor};
 
-pub(crate) use parse::escape;
+pub(crate) use crate::escape;
 
 use crate::{Error, FileDType, Result, Storage, Tensor, TensorInfo};
 use memmap2::Mmap;

@@ -4,6 +4,7 @@
 use super::ggml_type::{GgmlType, ggml_type};
 use super::value::{Array, Value, ValueType};
 use super::{GgufError, Metadata};
+use crate::escape;
 use crate::{DType, Shape};
 use std::collections::HashMap;
 use std::ops::Range;
@@ -197,11 +198,6 @@ impl<'a> Cursor<'a> {
             ValueType::Array => elems!(Array, self.array_value(depth + 1)?),
         })
     }
-}
-
-/// `name` with control characters and other unprintable ones escaped, for messages.
-pub(crate) fn escape(name: &str) -> String {
-    name.escape_debug().to_string()
 }
 
 impl Header {
