@@ -73,7 +73,16 @@ impl Checkpoint {
         store: TensorStore,
         layout: Layout,
     ) -> Result<Checkpoint> {
-        let (weights, warnings) = Weights::load(&store, &config, layout)?;
+        let (weights, mut warnings) = Weights::load(&store, &config, layout)?;
+        for file in store.files() {
+            if let TensorFile::Safetensors(f) = file
+                && f.copies_misaligned_data()
+            {
+                warnings.push(Warning::AlignedCopy {
+                    path: f.path().to_path_buf(),
+                });
+            }
+        }
         Ok(Checkpoint {
             dir: path.to_path_buf(),
             config,

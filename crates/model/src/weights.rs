@@ -61,19 +61,44 @@ pub enum Warning {
         /// Their names, sorted.
         names: Vec<String>,
     },
+    /// A safetensors file's data is not aligned for its dtypes (its header length is not a
+    /// multiple of 8): its tensors were copied to aligned memory instead of being borrowed.
+    AlignedCopy {
+        /// The file.
+        path: PathBuf,
+    },
 }
+
+/// Names listed in a warning before the rest are only counted (a crafted checkpoint can hold
+/// millions of tensors; the message stays one short line).
+const MAX_NAMES_SHOWN: usize = 8;
 
 impl std::fmt::Display for Warning {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Warning::UnusedTensors { names } => {
+                let shown: Vec<String> = names
+                    .iter()
+                    .take(MAX_NAMES_SHOWN)
+                    .map(|n| mixtral_tensor::escape(n))
+                    .collect();
                 write!(
                     f,
                     "{} unused tensor(s) in the checkpoint: {}",
                     names.len(),
-                    names.join(", ")
-                )
+                    shown.join(", ")
+                )?;
+                match names.len().saturating_sub(MAX_NAMES_SHOWN) {
+                    0 => Ok(()),
+                    more => write!(f, " and {more} more"),
+                }
             }
+            Warning::AlignedCopy { path } => write!(
+                f,
+                "{}: tensor data is not aligned (header length not a multiple of 8); its \
+                 tensors were copied to aligned memory instead of being memory-mapped",
+                path.display()
+            ),
         }
     }
 }

@@ -299,3 +299,62 @@ fn transformers_5_fused_experts_give_the_same_expert_weights() {
         assert!(b.is_mapped());
     }
 }
+
+#[test]
+fn a_checkpoint_with_misaligned_data_runs_through_an_aligned_copy() {
+    let src = fixture("tiny-f32");
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    // One more byte of header (a trailing space, valid JSON): every tensor's data moves off
+    // its alignment, as the format allows.
+    let mut moved = ((n + 1) as u64).to_le_bytes().to_vec();
+    moved.extend_from_slice(&bytes[8..8 + n]);
+    moved.push(b' ');
+    moved.extend_from_slice(&bytes[8 + n..]);
+    std::fs::write(dir.path().join("model.safetensors"), moved).unwrap();
+    std::fs::copy(src.join("config.json"), dir.path().join("config.json")).unwrap();
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    assert!(
+        matches!(&ckpt.warnings[..], [Warning::AlignedCopy { path }] if path.ends_with("model.safetensors")),
+        "{:?}",
+        ckpt.warnings
+    );
+    assert!(
+        ckpt.warnings[0]
+            .to_string()
+            .contains("copied to aligned memory")
+    );
+    let run = |m: mixtral_model::Model| {
+        let mut cache = m.new_cache();
+        m.prefill(&[1, 5, 9], &[0, 1, 2], &mut cache, Default::default())
+            .unwrap()
+            .logits
+    };
+    let original = mixtral_model::Model::open(&src).unwrap();
+    assert_eq!(run(mixtral_model::Model::new(ckpt).unwrap()), run(original));
+}
+
+#[test]
+fn many_unused_tensors_make_one_short_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    rewrite(
+        "tiny-f32",
+        dir.path(),
+        |name, t| {
+            let mut out = keep(name, t.clone());
+            if name == names::FINAL_NORM {
+                out.extend((0..20).map(|i| (format!("extra.{i:02}\u{1b}[31m"), t.clone())));
+            }
+            out
+        },
+        |_| {},
+    );
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let text = ckpt.warnings[0].to_string();
+    assert!(
+        text.starts_with("20 unused tensor(s)") && text.ends_with(" and 12 more"),
+        "{text}"
+    );
+    assert!(!text.contains('\u{1b}'), "{text}");
+}

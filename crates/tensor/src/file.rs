@@ -1,6 +1,6 @@
 //! One safetensors file, memory-mapped: its header parsed and checked, its tensors borrowed.
 
-use crate::{DType, Error, Result, Shape, Storage, Tensor};
+use crate::{AlignedBytes, DType, Error, Result, Shape, Storage, Tensor};
 use memmap2::Mmap;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -121,11 +121,29 @@ impl SafetensorsFile {
             name: crate::escape(name),
             dtype: info.dtype.to_string(),
         })?;
-        let storage = Storage::Mapped {
+        let mapped = Storage::Mapped {
             map: Arc::clone(&self.map),
             range: info.range.clone(),
         };
+        // The format lets a header's length be any number, so data can start off its dtype's
+        // alignment (mappings start on a page); such a tensor is read through an aligned copy.
+        let storage = if info.range.start % dtype.block_bytes().min(8) == 0 {
+            mapped
+        } else {
+            let mut buf = AlignedBytes::zeroed(info.range.len());
+            buf.as_bytes_mut().copy_from_slice(mapped.bytes());
+            Storage::Owned(Arc::new(buf))
+        };
         Tensor::from_storage(dtype, info.shape.clone(), storage)
+    }
+
+    /// True when some tensor's data starts off its dtype's alignment (the header length is not
+    /// a multiple of 8): such tensors are copied to aligned memory rather than borrowed.
+    pub fn copies_misaligned_data(&self) -> bool {
+        self.tensors.values().any(|i| match i.dtype() {
+            Some(d) => i.range.start % d.block_bytes().min(8) != 0,
+            None => false,
+        })
     }
 }
 
