@@ -1,6 +1,6 @@
 //! Every way a checkpoint file can be broken gives a typed error that names the file.
 
-use mixtral_tensor::{DType, Error, SafetensorsFile, TensorStore};
+use mixtral_tensor::{Error, SafetensorsFile, TensorStore};
 use std::path::{Path, PathBuf};
 
 /// A safetensors file from a raw header string and data length (data is zeros).
