@@ -31,5 +31,7 @@ mod vocab;
 pub use decode::IncrementalDecoder;
 pub use error::{Error, Result};
 pub use sentencepiece_model::{MAX_MODEL_BYTES, ModelSpec, parse_model};
-pub use tokenizer::{FALLBACK_BOS_ID, FALLBACK_EOS_ID, Tokenizer};
+pub use tokenizer::{
+    FALLBACK_BOS_ID, FALLBACK_EOS_ID, MAX_CONFIG_BYTES, MAX_TOKENIZER_JSON_BYTES, Tokenizer,
+};
 pub use vocab::{MAX_MERGED_PIECE_CHARS, PieceType, SentencePieceVocab, merges};

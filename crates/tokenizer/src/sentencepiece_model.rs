@@ -195,18 +195,7 @@ impl Tokenizer {
             field: field.into(),
             reason,
         };
-        let io = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let len = std::fs::metadata(path).map_err(io)?.len();
-        if len > MAX_MODEL_BYTES {
-            return Err(bad(
-                "file",
-                format!("{len} bytes, more than the {MAX_MODEL_BYTES} accepted"),
-            ));
-        }
-        let bytes = std::fs::read(path).map_err(io)?;
+        let bytes = crate::tokenizer::read_bounded(path, MAX_MODEL_BYTES)?;
         let (vocab, spec) = parse_model(&bytes).map_err(|e| bad("ModelProto", e))?;
         let unsupported = match spec {
             ModelSpec { model_type, .. } if model_type != 2 => Some(format!(

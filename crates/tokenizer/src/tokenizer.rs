@@ -101,16 +101,53 @@ impl TokenSpec {
     }
 }
 
+/// The largest `tokenizer.json` read (Mixtral's is 1.8 MB; the largest vocabularies' are
+/// tens of MB).
+pub const MAX_TOKENIZER_JSON_BYTES: u64 = 256 << 20;
+/// The largest `tokenizer_config.json` / `special_tokens_map.json` read.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
 /// Reads a file, or `None` if it does not exist (for optional files).
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
-    match std::fs::read(path) {
+fn read_optional(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    match read_bounded(path, max) {
         Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Io {
-            path: path.to_owned(),
-            source,
-        }),
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
     }
+}
+
+/// Reads `path`, which must be a regular file (links followed) of at most `max` bytes: a FIFO
+/// would block, `/dev/zero` would never end, a huge file would exhaust memory.
+pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let io = |source| Error::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(io)?;
+    let refuse = |why: String| {
+        Err(Error::Io {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, why),
+        })
+    };
+    if !meta.is_file() {
+        return refuse("not a regular file".into());
+    }
+    if meta.len() > max {
+        return refuse(format!(
+            "{} bytes, more than the {max} accepted",
+            meta.len()
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .map_err(io)?;
+    if bytes.len() as u64 > max {
+        return refuse(format!("more than the {max} bytes accepted"));
+    }
+    Ok(bytes)
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
@@ -137,7 +174,7 @@ impl Tokenizer {
         let mut configs = Vec::new();
         for name in ["tokenizer_config.json", "special_tokens_map.json"] {
             let path = dir.join(name);
-            if let Some(bytes) = read_optional(&path)? {
+            if let Some(bytes) = read_optional(&path, MAX_CONFIG_BYTES)? {
                 let config: SpecialTokensConfig = parse_json(&path, &bytes)?;
                 configs.push((path, config));
             }
@@ -156,10 +193,7 @@ impl Tokenizer {
     }
 
     fn load(path: &Path, configs: &[(PathBuf, SpecialTokensConfig)]) -> Result<Self> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = read_bounded(path, MAX_TOKENIZER_JSON_BYTES)?;
         let mut inner: tokenizers::Tokenizer = parse_json(path, &bytes)?;
         // SentencePiece (and mistral-common) treat `<s>`, `</s>`, `<unk>` in input text as
         // ordinary text; keep the added special tokens known (ids, decoding) but never match
@@ -184,6 +218,21 @@ impl Tokenizer {
 
         let vocab = inner.get_vocab(true);
         let size = vocab.values().map(|&id| id as usize + 1).max().unwrap_or(0);
+        // The id table is sized by the largest id: ids must be the vocabulary's own (dense),
+        // or a single id of 4294967295 would ask for a 64 GiB table.
+        if size > vocab.len() {
+            let (piece, id) = vocab.iter().max_by_key(|(_, id)| **id).expect("non-empty");
+            return Err(Error::BadVocab {
+                path: path.to_owned(),
+                field: "model.vocab".into(),
+                reason: format!(
+                    "token {:?} has id {id}, but the vocabulary has only {} tokens (ids must \
+                     be below the vocabulary size)",
+                    piece.escape_debug().to_string(),
+                    vocab.len()
+                ),
+            });
+        }
         let mut pieces: Vec<Option<Box<str>>> = vec![None; size];
         for (piece, id) in vocab {
             pieces[id as usize] = Some(piece.into_boxed_str());

@@ -180,3 +180,50 @@ fn non_bpe_tokenizer_json_is_refused() {
     assert!(err.to_string().contains("tokenizer.json"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_token_id_far_past_the_vocabulary_is_an_error_not_an_abort() {
+    let dir = scratch_dir("huge-id");
+    let json = fixture_tokenizer_json().replacen("\"▁Hello\": 22557", "\"▁Hello\": 4294967295", 1);
+    assert!(json.contains("4294967295"));
+    std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+    let err = Tokenizer::from_dir(&dir).expect_err("id past the vocabulary");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("has id 4294967295") && msg.contains("tokenizer.json"),
+        "{msg}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn side_files_must_be_small_regular_files() {
+    let dir = scratch_dir("side-files");
+    std::fs::copy(
+        Path::new(MODEL_DIR).join("tokenizer.json"),
+        dir.join("tokenizer.json"),
+    )
+    .unwrap();
+    // A FIFO would block a reader forever; a directory or a device is no config either.
+    let config = dir.join("tokenizer_config.json");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&config)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let err = Tokenizer::from_dir(&dir).expect_err("FIFO config");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    let err = Tokenizer::from_dir(&dir).expect_err("/dev/zero config");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    std::fs::remove_file(&config).unwrap();
+    let big = std::fs::File::create(&config).unwrap();
+    big.set_len(mixtral_tokenizer::MAX_CONFIG_BYTES + 1)
+        .unwrap();
+    let err = Tokenizer::from_dir(&dir).expect_err("huge config");
+    assert!(err.to_string().contains("more than the"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
