@@ -78,7 +78,7 @@ impl PromptArgs {
 /// Errors reading a `--chat` file.
 #[derive(Debug)]
 pub(crate) enum ChatFileError {
-    Read(PathBuf, std::io::Error),
+    Read(PathBuf, mixtral::tensor::Error),
     Parse(PathBuf, serde_json::Error),
 }
 
@@ -106,9 +106,14 @@ impl std::error::Error for ChatFileError {
     }
 }
 
+/// The largest chat file read.
+const MAX_CHAT_FILE_BYTES: u64 = 64 << 20;
+
 /// Reads a conversation file.
 pub(crate) fn read_chat(path: &std::path::Path) -> Result<Vec<Message>, ChatFileError> {
-    let bytes = std::fs::read(path).map_err(|e| ChatFileError::Read(path.to_path_buf(), e))?;
+    // A chat file is a small regular file: not a FIFO (would block), not /dev/zero (never ends).
+    let bytes = mixtral::tensor::read_small_file(path, MAX_CHAT_FILE_BYTES)
+        .map_err(|e| ChatFileError::Read(path.to_path_buf(), e))?;
     serde_json::from_slice(&bytes).map_err(|e| ChatFileError::Parse(path.to_path_buf(), e))
 }
 

@@ -202,3 +202,47 @@ fn logits_honours_precision_and_device() {
     assert!(!out.status.success());
     assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
 }
+
+#[test]
+fn side_files_that_are_not_small_regular_files_are_reported() {
+    // generation_config.json as a directory, a FIFO, /dev/zero: each one clear error, no hang.
+    for kind in ["dir", "fifo", "zero", "json"] {
+        let model = copy_of("tiny-f32");
+        let g = model.path().join("generation_config.json");
+        std::fs::remove_file(&g).unwrap();
+        match kind {
+            "dir" => std::fs::create_dir(&g).unwrap(),
+            "fifo" => assert!(Command::new("mkfifo").arg(&g).status().unwrap().success()),
+            "zero" => std::os::unix::fs::symlink("/dev/zero", &g).unwrap(),
+            _ => std::fs::write(&g, b"{\"do_sample\": 3").unwrap(),
+        }
+        let start = Instant::now();
+        let out = mixtral(&["generate", "--model", s(model.path()), "--tokens", "1,2"]);
+        assert_clean_error(&out, "generation_config.json");
+        assert!(start.elapsed() < Duration::from_secs(20), "{kind}");
+    }
+    // config.json as /dev/zero; a chat file that is a FIFO.
+    let model = copy_of("tiny-f32");
+    let config = model.path().join("config.json");
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &config).unwrap();
+    assert_clean_error(
+        &mixtral(&["inspect", "--model", s(model.path())]),
+        "special file",
+    );
+    let fifo = model.path().join("chat.json");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert_clean_error(&mixtral(&["generate", "--chat", s(&fifo)]), "special file");
+    let huge = model.path().join("huge.json");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    assert_clean_error(&mixtral(&["generate", "--chat", s(&huge)]), "more than the");
+}

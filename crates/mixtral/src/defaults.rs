@@ -8,6 +8,9 @@ use mixtral_tokenizer::Tokenizer;
 use serde::Deserialize;
 use std::path::Path;
 
+/// The largest `generation_config.json` read (real ones are a few hundred bytes).
+const MAX_GENERATION_CONFIG_BYTES: u64 = 1 << 20;
+
 /// Generation defaults of a model directory.
 ///
 /// transformers samples only when `do_sample` is true; then `temperature`, `top_k` and
@@ -48,10 +51,16 @@ impl Defaults {
     /// config's.
     pub fn read(dir: &Path, config: &Config, tokenizer: Option<&Tokenizer>) -> Result<Defaults> {
         let path = dir.join("generation_config.json");
-        let g: GenerationConfig = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|source| Error::GenerationConfig { path, source })?,
-            Err(_) => GenerationConfig::default(),
+        // Optional: absent (or no directory at all, as for a GGUF file) means no defaults; any
+        // other failure (a directory in its place, a FIFO, an unreadable or huge file, bad
+        // JSON) is reported, never silently ignored.
+        let g: GenerationConfig = if !dir.is_dir() || !path.exists() {
+            GenerationConfig::default()
+        } else {
+            let bytes = mixtral_tensor::read_small_file(&path, MAX_GENERATION_CONFIG_BYTES)
+                .map_err(mixtral_model::Error::from)?;
+            serde_json::from_slice(&bytes)
+                .map_err(|source| Error::GenerationConfig { path, source })?
         };
         let mut sampling = SamplerConfig::default(); // greedy
         if g.do_sample == Some(true) {

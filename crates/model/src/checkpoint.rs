@@ -44,14 +44,17 @@ impl Checkpoint {
         if !path.is_dir() {
             return Err(not_a_model());
         }
+        // Present in any form (a FIFO, a device, a dangling link): read it and report what is
+        // wrong, rather than call the directory "not a model".
+        let present = |p: &Path| std::fs::symlink_metadata(p).is_ok();
         let config_path = path.join("config.json");
-        if config_path.is_file() {
+        if present(&config_path) {
             let config = Config::from_file(&config_path)?;
             let store = TensorStore::open_dir(path)?;
             return Checkpoint::assemble(path, config, store, Layout::HuggingFace);
         }
         let params = path.join("params.json");
-        if params.is_file() {
+        if present(&params) {
             let config = Config::from_params_file(&params)?;
             let store = TensorStore::open_files(consolidated_files(path)?)?;
             return Checkpoint::assemble(path, config, store, Layout::Mistral);

@@ -93,10 +93,7 @@ struct RopeParameters {
 impl Config {
     /// Reads and validates `config.json`.
     pub fn from_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read(path).map_err(|source| Error::ConfigRead {
-            path: path.into(),
-            source,
-        })?;
+        let text = mixtral_tensor::read_small_file(path, crate::config::MAX_CONFIG_BYTES)?;
         Config::from_json(path, &text)
     }
 
@@ -267,6 +264,8 @@ impl RawConfig {
 pub const MAX_DIM: usize = 1 << 20;
 /// The longest context accepted: 2^24 positions (512 times Mixtral's 32k).
 pub const MAX_CONTEXT: usize = 1 << 24;
+/// The largest `config.json` / `params.json` read (real ones are about 1 KB).
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
 impl Config {
     /// Checks the ranges and relations the forward pass relies on.

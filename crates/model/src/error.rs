@@ -16,15 +16,6 @@ pub enum Error {
         /// The directory given.
         dir: PathBuf,
     },
-    /// `config.json` could not be read.
-    #[error("{}: cannot read config", path.display())]
-    ConfigRead {
-        /// The config file.
-        path: PathBuf,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
     /// `config.json` is not JSON of the expected form.
     #[error("{}: invalid config", path.display())]
     ConfigParse {

@@ -31,10 +31,7 @@ struct MoeParams {
 impl Config {
     /// Reads and validates Mistral's `params.json`.
     pub fn from_params_file(path: &Path) -> Result<Config> {
-        let text = std::fs::read(path).map_err(|source| Error::ConfigRead {
-            path: path.into(),
-            source,
-        })?;
+        let text = mixtral_tensor::read_small_file(path, crate::config::MAX_CONFIG_BYTES)?;
         Config::from_params_json(path, &text)
     }
 
