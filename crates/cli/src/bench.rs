@@ -37,19 +37,35 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let engine = args.model.load()?;
     let c = engine.config();
-    // Deterministic pseudo-random prompt ids (no tokenizer needed), never BOS/EOS.
+    // The whole run must fit the context: checked before anything is allocated for it.
+    let (prompt_len, gen_len) = (args.prompt_len.max(1), args.gen_tokens.max(1));
+    let needed = prompt_len.saturating_add(gen_len);
+    if needed > c.max_position_embeddings {
+        return Err(format!(
+            "--prompt-len {prompt_len} + --gen {gen_len} = {needed} positions, more than the \
+             model's context of {}",
+            c.max_position_embeddings
+        )
+        .into());
+    }
+    // Deterministic pseudo-random prompt ids (no tokenizer needed), past the first three ids
+    // (`<unk>`, BOS, EOS in Mixtral's vocabulary) when the vocabulary has more.
+    let (first, span) = match c.vocab_size {
+        v if v > 3 => (3, v as u64 - 3),
+        v => (0, v as u64),
+    };
     let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let ids: Vec<u32> = (0..args.prompt_len.max(1))
+    let ids: Vec<u32> = (0..prompt_len)
         .map(|_| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            3 + (state % (c.vocab_size as u64 - 3)) as u32
+            first + (state % span) as u32
         })
         .collect();
     let mut params = engine.params();
     params.sampling = SamplerConfig::default();
-    params.max_new_tokens = args.gen_tokens.max(1);
+    params.max_new_tokens = gen_len;
     params.ignore_eos = true;
     // One untimed run first: buffers sized, pages touched, threads woken, as llama-bench does.
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());

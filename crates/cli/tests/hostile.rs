@@ -246,3 +246,47 @@ fn side_files_that_are_not_small_regular_files_are_reported() {
         .unwrap();
     assert_clean_error(&mixtral(&["generate", "--chat", s(&huge)]), "more than the");
 }
+
+#[test]
+fn bench_on_a_tiny_vocabulary_and_absurd_lengths() {
+    use mixtral::tensor::{TensorStore, save};
+    // tiny-f32 cut to a vocabulary of 2 ids.
+    let dir = tempfile::tempdir().unwrap();
+    let store = TensorStore::open_dir(fixture("tiny-f32")).unwrap();
+    let tensors: Vec<_> = store
+        .names()
+        .map(|n| {
+            let t = store.tensor(n).unwrap();
+            let t = match n {
+                "model.embed_tokens.weight" | "lm_head.weight" => t.narrow_outer(0, 2).unwrap(),
+                _ => t,
+            };
+            (n.to_string(), t)
+        })
+        .collect();
+    save(dir.path().join("model.safetensors"), &tensors).unwrap();
+    let mut c: Value =
+        serde_json::from_slice(&std::fs::read(fixture("tiny-f32").join("config.json")).unwrap())
+            .unwrap();
+    c["vocab_size"] = 2.into();
+    std::fs::write(dir.path().join("config.json"), c.to_string()).unwrap();
+    let bench = |extra: &[&str]| {
+        let mut args = vec!["bench", "--model", s(dir.path()), "--repeat", "1", "--json"];
+        args.extend(extra);
+        mixtral(&args)
+    };
+    let out = bench(&["--prompt-len", "4", "--gen", "2"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for len in ["1000000000000", "100000000"] {
+        let start = Instant::now();
+        assert_clean_error(
+            &bench(&["--prompt-len", len]),
+            "more than the model's context of 4096",
+        );
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+}
