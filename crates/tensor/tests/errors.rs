@@ -75,6 +75,19 @@ fn oversized_header_is_rejected_before_reading_it() {
         "{err:?}"
     );
     assert_names(&err, "huge.safetensors");
+    // 90 MB of header (within the safetensors crate's own 100 MB limit) is refused at once,
+    // not parsed into gigabytes of memory.
+    let mut bytes = (90_000_000u64).to_le_bytes().to_vec();
+    bytes.resize(8 + 90_000_000, b' ');
+    std::fs::write(&path, bytes).unwrap();
+    let err = SafetensorsFile::open(&path).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "{}: safetensors header of 90000000 bytes exceeds the limit of 16777216",
+            path.display()
+        )
+    );
 }
 
 #[test]
