@@ -19,9 +19,63 @@ pub(crate) struct Args {
     /// llama-bench's `-r`).
     #[arg(long, default_value_t = 3)]
     repeat: usize,
+    /// Keep N threads busy in a separate process during the runs, as on a machine that is not
+    /// idle (its speed under competition is what a laptop or a shared server sees).
+    #[arg(long, default_value_t = 0)]
+    contend: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// The most competing threads `--contend` starts.
+const MAX_CONTEND: usize = 256;
+
+/// Busy threads in another process, stopped (killed) when dropped.
+struct Competitor(std::process::Child);
+
+impl Competitor {
+    fn start(threads: usize) -> std::io::Result<Competitor> {
+        let child = std::process::Command::new(std::env::current_exe()?)
+            .args(["spin", &threads.to_string()])
+            .stdin(std::process::Stdio::null())
+            .spawn()?;
+        // Let its threads start before anything is timed.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        Ok(Competitor(child))
+    }
+}
+
+impl Drop for Competitor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `mixtral spin N`: N threads that never stop computing (until the process is killed).
+pub(crate) fn spin(threads: usize) -> Result<(), Box<dyn std::error::Error>> {
+    if threads == 0 || threads > MAX_CONTEND {
+        return Err(format!("spin: 1 to {MAX_CONTEND} threads").into());
+    }
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut x = i as u64 | 1;
+                loop {
+                    // xorshift: pure ALU work, no memory traffic beyond this core.
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    std::hint::black_box(x);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    Ok(())
 }
 
 /// The median of `v` (the mean of the middle two for an even count).
@@ -67,6 +121,14 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     params.sampling = SamplerConfig::default();
     params.max_new_tokens = gen_len;
     params.ignore_eos = true;
+    if args.contend > MAX_CONTEND {
+        return Err(format!("--contend {}: at most {MAX_CONTEND}", args.contend).into());
+    }
+    let competitor = match args.contend {
+        0 => None,
+        n => Some(Competitor::start(n)?),
+    };
+    let preempted_before = engine.preemptions();
     // One untimed run first: buffers sized, pages touched, threads woken, as llama-bench does.
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     let mut stats = None;
@@ -83,6 +145,8 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         stats = Some(s);
     }
     let stats = stats.expect("at least one run");
+    let preemptions = engine.preemptions() - preempted_before;
+    drop(competitor); // the bandwidth probe below runs on a quiet machine
     let (prefill, decode) = (median(prefill), median(decode));
     let bytes_per_token = engine
         .model()
@@ -99,6 +163,8 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "threads": engine.threads(),
             "repeat": args.repeat.max(1),
             "precision": format!("{:?}", args.model.precision).to_lowercase(),
+            "contend": args.contend,
+            "preemptions": preemptions,
             "prefill_tokens_per_s": prefill,
             "decode_tokens_per_s": decode,
             "peak_rss_bytes": peak,
@@ -111,6 +177,12 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         println!("model         {}", engine.dir().display());
         println!("threads       {}", engine.threads());
+        if args.contend > 0 {
+            println!(
+                "competition   {} busy threads in another process; {preemptions} regions found a helper preempted",
+                args.contend
+            );
+        }
         println!(
             "prefill       {prefill:.1} tokens/s ({} tokens, median of {})",
             stats.prompt_tokens,

@@ -106,7 +106,10 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             let (info, path) = ckpt.store().info(name).expect("listed name");
             let file = path.file_name().unwrap_or_default().to_string_lossy();
             // Names come from the file: escaped, so they cannot drive the terminal.
-            let (name, file) = (mixtral::tensor::escape(name), mixtral::tensor::escape(&file));
+            let (name, file) = (
+                mixtral::tensor::escape(name),
+                mixtral::tensor::escape(&file),
+            );
             println!("{name}\t{}\t{}\t{file}", info.dtype, info.shape);
         }
     }

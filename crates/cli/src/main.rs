@@ -41,6 +41,12 @@ enum Command {
     Inspect(inspect::Args),
     /// Measure prefill and decode tokens/s against this machine's decode floor.
     Bench(bench::Args),
+    /// Keep N threads busy until killed (`bench --contend` runs this as its competitor).
+    #[command(hide = true)]
+    Spin {
+        /// Busy threads.
+        threads: usize,
+    },
 }
 
 fn main() -> ExitCode {
@@ -53,6 +59,7 @@ fn main() -> ExitCode {
         Command::Detokenize(args) => tokenize::detokenize(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Spin { threads } => bench::spin(threads),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -214,6 +214,12 @@ impl Engine {
         self.team.threads()
     }
 
+    /// Parallel regions so far that found a worker thread descheduled by another process
+    /// (after each, the engine runs on one thread for a while; see `threads::Team`).
+    pub fn preemptions(&self) -> u64 {
+        self.team.preemptions()
+    }
+
     /// Logits at every position of `tokens` (a fresh sequence), and with `routing` the router's
     /// choices per layer and token.
     ///

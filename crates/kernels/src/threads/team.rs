@@ -19,6 +19,16 @@ use std::time::{Duration, Instant};
 /// pause.
 const SPIN: Duration = Duration::from_millis(2);
 
+/// A leader that waits longer than this for the helpers at the end of a region (and longer
+/// than half its own share of the region) takes it as a helper descheduled by another process:
+/// on a quiet machine the wait is at most one chunk, tens of microseconds in decode.
+const PREEMPTED_WAIT: Duration = Duration::from_micros(300);
+/// How long the team then runs regions on the leader alone before trying its helpers again;
+/// doubled each time the retry is preempted too, up to [`MAX_SERIAL`].
+const FIRST_SERIAL: Duration = Duration::from_millis(20);
+/// The longest serial stretch between retries.
+const MAX_SERIAL: Duration = Duration::from_millis(640);
+
 /// What the current thread may do with a parallel region.
 #[derive(Clone, Copy)]
 enum Role {
@@ -101,6 +111,62 @@ struct Shared {
     sleepers: AtomicUsize,
     sleep: Mutex<()>,
     wake: Condvar,
+    /// Contention state, touched by the leader only (one at a time, under `Team::lead`).
+    contention: Contention,
+}
+
+/// The leader's record of helpers descheduled by other processes (see [`PREEMPTED_WAIT`]):
+/// while one competes for the cores, a region that waits for a preempted helper waits a whole
+/// scheduler time slice (milliseconds), so the team runs regions on the leader alone for a
+/// while and then tries its helpers again.
+struct Contention {
+    /// The team's clock origin.
+    origin: Instant,
+    /// Regions run serially until this many nanoseconds after `origin`.
+    serial_until: AtomicU64,
+    /// The next serial stretch, in nanoseconds (0: no preemption seen lately).
+    backoff: AtomicU64,
+    /// Regions that found a helper preempted (for tests and diagnostics).
+    preemptions: AtomicU64,
+}
+
+impl Contention {
+    fn new() -> Contention {
+        Contention {
+            origin: Instant::now(),
+            serial_until: AtomicU64::new(0),
+            backoff: AtomicU64::new(0),
+            preemptions: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.origin.elapsed().as_nanos() as u64
+    }
+
+    /// True while the team should run regions on the leader alone.
+    fn serial(&self) -> bool {
+        self.now() < self.serial_until.load(Ordering::Relaxed)
+    }
+
+    /// Records how a parallel region ended: the leader's own working time and how long it then
+    /// waited for the helpers.
+    fn record(&self, own: Duration, waited: Duration) {
+        if waited > PREEMPTED_WAIT && waited > own / 2 {
+            self.preemptions.fetch_add(1, Ordering::Relaxed);
+            let first = FIRST_SERIAL.as_nanos() as u64;
+            let stretch = match self.backoff.load(Ordering::Relaxed) {
+                0 => first,
+                b => (2 * b).min(MAX_SERIAL.as_nanos() as u64),
+            };
+            self.backoff.store(stretch, Ordering::Relaxed);
+            self.serial_until
+                .store(self.now() + stretch, Ordering::Relaxed);
+        } else if self.backoff.load(Ordering::Relaxed) != 0 {
+            // A clean parallel region: the competition has gone (or was a blip).
+            self.backoff.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 // SAFETY: `job` is the only non-Sync field; its accesses are ordered by `epoch` (the leader
@@ -152,6 +218,7 @@ impl Team {
             sleepers: AtomicUsize::new(0),
             sleep: Mutex::new(()),
             wake: Condvar::new(),
+            contention: Contention::new(),
         });
         let mut team = Team {
             shared,
@@ -171,6 +238,12 @@ impl Team {
     /// Threads working on each region: the caller and the helpers.
     pub fn threads(&self) -> usize {
         self.shared.helpers + 1
+    }
+
+    /// Regions so far that found a helper descheduled by another process, after which the team
+    /// ran on the leader alone for a while.
+    pub fn preemptions(&self) -> u64 {
+        self.shared.contention.preemptions.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the calling thread with this team serving the parallel regions of every
@@ -208,7 +281,7 @@ impl TeamHandle {
         // SAFETY: per this function's contract the leader is inside `Team::run`, which keeps
         // the shared state alive.
         let s = unsafe { &*self.0 };
-        if s.helpers == 0 || chunks <= 1 {
+        if s.helpers == 0 || chunks <= 1 || s.contention.serial() {
             let _busy = RoleGuard::set(Role::Busy);
             (0..chunks).for_each(f);
             return;
@@ -224,8 +297,11 @@ impl TeamHandle {
         s.epoch.fetch_add(1, Ordering::SeqCst); // publishes job, next and done
         s.wake_sleepers();
         let wait = WaitForHelpers(s);
+        let start = Instant::now();
         s.work(Job { f, chunks });
+        let own = start.elapsed();
         drop(wait);
+        s.contention.record(own, start.elapsed() - own);
         if s.panicked.swap(false, Ordering::Relaxed) {
             panic!("a parallel region panicked on a helper thread");
         }
@@ -333,5 +409,70 @@ impl RoleGuard {
 impl Drop for RoleGuard {
     fn drop(&mut self) {
         ROLE.set(self.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_wait_for_helpers_runs_regions_serially_for_a_while() {
+        let c = Contention::new();
+        let us = Duration::from_micros;
+        // Normal imbalance: short waits, or waits short next to the leader's own work.
+        c.record(us(100), us(40));
+        c.record(us(5000), us(1000));
+        assert!(!c.serial());
+        assert_eq!(c.preemptions.load(Ordering::Relaxed), 0);
+        // A helper descheduled for a time slice.
+        c.record(us(50), us(4000));
+        assert!(c.serial());
+        assert_eq!(
+            c.backoff.load(Ordering::Relaxed),
+            FIRST_SERIAL.as_nanos() as u64
+        );
+        // Preempted again on the retry: the stretch doubles, up to the cap.
+        for _ in 0..10 {
+            c.record(us(50), us(4000));
+        }
+        assert_eq!(
+            c.backoff.load(Ordering::Relaxed),
+            MAX_SERIAL.as_nanos() as u64
+        );
+        // A clean region forgets it.
+        c.record(us(100), us(10));
+        assert_eq!(c.backoff.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn regions_stay_complete_with_busy_threads_competing() {
+        use std::sync::atomic::AtomicU32;
+        let team = Team::new(2).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let spinners: Vec<_> = (0..cores)
+            .map(|_| {
+                let stop = Arc::clone(&stop);
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let hits: Vec<AtomicU32> = (0..257).map(|_| AtomicU32::new(0)).collect();
+        team.run(|| {
+            for _ in 0..300 {
+                crate::threads::for_each_range(hits.len(), 1, 1 << 20, 4, |r| {
+                    for i in r {
+                        hits[i].fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        stop.store(true, Ordering::Relaxed);
+        spinners.into_iter().for_each(|h| h.join().unwrap());
+        assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 300));
     }
 }
