@@ -290,3 +290,42 @@ fn bench_on_a_tiny_vocabulary_and_absurd_lengths() {
         assert!(start.elapsed() < Duration::from_secs(10));
     }
 }
+
+#[test]
+fn bench_runs_beside_a_competing_process() {
+    let out = mixtral(&[
+        "bench",
+        "--prompt-len",
+        "8",
+        "--gen",
+        "4",
+        "--repeat",
+        "1",
+        "--contend",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["contend"], 1);
+    assert!(json["preemptions"].is_u64());
+    assert!(json["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert_clean_error(
+        &mixtral(&["bench", "--contend", "100000"]),
+        "--contend 100000",
+    );
+    // The competitor process is gone once bench returns.
+    let spinning = Command::new("pgrep")
+        .args(["-f", "mixtral spin"])
+        .output()
+        .unwrap();
+    assert!(
+        spinning.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&spinning.stdout)
+    );
+}
