@@ -160,7 +160,7 @@ impl Tokenizer {
             let at = vocab.types.iter().position(|t| *t == PieceType::Unknown)?;
             Some(at as u32)
         });
-        let inner = build_tokenizers(vocab, unk_id)?;
+        let inner = build_tokenizers(vocab, unk_id, source)?;
         let pieces = vocab
             .pieces
             .iter()
@@ -207,6 +207,7 @@ impl Tokenizer {
 fn build_tokenizers(
     vocab: &SentencePieceVocab,
     unk_id: Option<u32>,
+    source: &Path,
 ) -> Result<tokenizers::Tokenizer> {
     use serde_json::{Map, Value, json};
     let mut map = Map::with_capacity(vocab.pieces.len());
@@ -258,7 +259,7 @@ fn build_tokenizers(
     });
     let mut inner: tokenizers::Tokenizer =
         serde_json::from_value(spec).map_err(|e| Error::BadVocab {
-            path: Default::default(),
+            path: source.to_path_buf(),
             field: "tokens".into(),
             reason: format!("cannot build the BPE model: {e}"),
         })?;
