@@ -2,33 +2,11 @@
 //! transformers fixture, tokenize/detokenize/logits print what the libraries compute, and bad
 //! input is one clear line on stderr with a non-zero exit.
 
+mod common;
+
+use common::{csv, fixture, mixtral, stdout_json};
 use serde_json::Value;
-use std::path::PathBuf;
-use std::process::{Command, Output};
-
-fn fixture(model: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/models"
-    ))
-    .join(model)
-}
-
-fn mixtral(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mixtral"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stdout_json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
+use std::process::Output;
 
 fn assert_fails_cleanly(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -46,15 +24,6 @@ fn assert_fails_cleanly(out: &Output, needle: &str) {
 
 fn expected(model: &str) -> Value {
     serde_json::from_slice(&std::fs::read(fixture(model).join("expected.json")).unwrap()).unwrap()
-}
-
-fn csv(v: &Value) -> String {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[test]

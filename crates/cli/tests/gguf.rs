@@ -2,10 +2,13 @@
 //! tokenizer from the file's metadata, greedy output equal to the exact reference, `tokenize`
 //! equal to SentencePiece, `chat`, `inspect`, and one clean `error:` line for a broken file.
 
+mod common;
+
+use common::{csv, mixtral, ok_stdout, stdout_json};
 use serde_json::Value;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 fn quant() -> PathBuf {
     PathBuf::from(concat!(
@@ -20,29 +23,6 @@ fn gguf() -> String {
 
 fn expected() -> Value {
     serde_json::from_slice(&std::fs::read(quant().join("expected.json")).unwrap()).unwrap()
-}
-
-fn mixtral(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mixtral"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok_stdout(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "stderr: {stderr}");
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
-fn csv(v: &Value) -> String {
-    let ids: Vec<String> = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-    ids.join(",")
 }
 
 #[test]
@@ -62,7 +42,7 @@ fn greedy_generation_equals_the_exact_reference() {
         "0",
         "--json",
     ]);
-    let json: Value = serde_json::from_str(&ok_stdout(&out)).unwrap();
+    let json: Value = stdout_json(&out);
     assert_eq!(
         json["ids"],
         exp["files"]["Q4_K_M"]["cases"][1]["exact"]["greedy_new_tokens"]
@@ -75,7 +55,7 @@ fn text_prompts_use_the_tokenizer_in_the_file() {
     for prompt in exp["prompts"].as_array().unwrap() {
         let text = prompt["text"].as_str().unwrap();
         let out = mixtral(&["tokenize", "--model", &gguf(), "--text", text, "--bos"]);
-        let json: Value = serde_json::from_str(&ok_stdout(&out)).unwrap();
+        let json: Value = stdout_json(&out);
         assert_eq!(json["ids"], prompt["text_ids_with_bos"], "{text}");
     }
     let text = exp["prompts"][0]["text"].as_str().unwrap();
@@ -89,7 +69,7 @@ fn text_prompts_use_the_tokenizer_in_the_file() {
         "4",
         "--json",
     ]);
-    let json: Value = serde_json::from_str(&ok_stdout(&out)).unwrap();
+    let json: Value = stdout_json(&out);
     let n = exp["prompts"][0]["text_ids_with_bos"]
         .as_array()
         .unwrap()

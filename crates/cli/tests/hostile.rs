@@ -2,50 +2,14 @@
 //! them: each gets one clean `error:` line (or a correct result), never a panic, an abort, a
 //! hang, a clobbered file or unbounded memory.
 
+mod common;
+
+use common::{assert_clean_error, copy_of, fixture, mixtral, s, stdout_json};
 use serde_json::Value;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn fixture(model: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/models"
-    ))
-    .join(model)
-}
-
-fn mixtral(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mixtral"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// Fails with exit 1 and one `error:` line that mentions `needle`.
-fn assert_clean_error(out: &Output, needle: &str) {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert!(stderr.starts_with("error: "), "{stderr}");
-    assert!(stderr.contains(needle), "no `{needle}` in: {stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert!(stderr.lines().count() <= 4, "{stderr}");
-}
-
-/// A writable copy of a fixture model.
-fn copy_of(model: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(model)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 #[test]
 fn logits_out_never_replaces_what_is_not_a_regular_file_or_the_model() {
@@ -140,12 +104,7 @@ fn a_full_context_prints_what_was_generated() {
         "--ignore-eos",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = stdout_json(&out);
     assert_eq!(json["finish_reason"], "length");
     assert_eq!(json["ids"].as_array().unwrap().len(), 4);
     // A prompt the context cannot hold is refused before any prefill.
@@ -305,12 +264,7 @@ fn bench_runs_beside_a_competing_process() {
         "1",
         "--json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let json = stdout_json(&out);
     assert_eq!(json["contend"], 1);
     assert!(json["preemptions"].is_u64());
     assert!(json["decode_tokens_per_s"].as_f64().unwrap() > 0.0);

@@ -1,15 +1,10 @@
 //! `mixtral inspect` on good and broken checkpoints: a summary, or one clean error and exit 1.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod common;
 
-fn fixture(model: &str) -> PathBuf {
-    PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/models"
-    ))
-    .join(model)
-}
+use common::{copy_of, fixture};
+use std::path::Path;
+use std::process::Command;
 
 fn inspect(dir: &Path) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_mixtral"))
@@ -24,16 +19,6 @@ fn inspect(dir: &Path) -> (i32, String, String) {
         text(out.stdout),
         text(out.stderr),
     )
-}
-
-/// A writable copy of a fixture model directory.
-fn copy_of(model: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(model)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
-    dir
 }
 
 fn assert_clean_failure(dir: &Path, needle: &str) {

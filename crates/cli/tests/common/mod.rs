@@ -1,0 +1,74 @@
+//! Shared by the CLI's integration tests: fixture paths, running the binary, reading its output.
+#![allow(dead_code)] // each test file uses its own subset
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A fixture model directory.
+pub fn fixture(model: &str) -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/models"
+    ))
+    .join(model)
+}
+
+/// A writable copy of a fixture model directory.
+pub fn copy_of(model: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(fixture(model)).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+/// Runs `mixtral ARGS…` to completion.
+pub fn mixtral(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mixtral"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// The standard output of a run that must have succeeded.
+pub fn ok_stdout(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// The JSON a successful run printed.
+pub fn stdout_json(out: &Output) -> Value {
+    serde_json::from_str(&ok_stdout(out)).unwrap()
+}
+
+/// Fails with exit 1 and one `error:` line (a few with its causes) that mentions `needle`.
+pub fn assert_clean_error(out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    assert!(stderr.contains(needle), "no `{needle}` in: {stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.lines().count() <= 4, "{stderr}");
+}
+
+/// A JSON list of ids as the comma-separated argument of `--tokens`.
+pub fn csv(v: &Value) -> String {
+    let ids: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+    ids.join(",")
+}
+
+/// A path as a command-line argument.
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
