@@ -2,6 +2,7 @@
 //! sessions reuse their cache, and stop conditions end generation.
 
 use mixtral::{Engine, FinishReason, Prompt, SamplerConfig};
+use mixtral_testkit::json_ids as ids;
 use serde_json::Value;
 
 const TINY_BF16: &str = concat!(
@@ -11,14 +12,6 @@ const TINY_BF16: &str = concat!(
 
 fn expected() -> Value {
     serde_json::from_slice(&std::fs::read(format!("{TINY_BF16}/expected.json")).unwrap()).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 #[test]

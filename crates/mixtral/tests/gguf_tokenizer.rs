@@ -7,6 +7,7 @@ use mixtral::gguf_vocab::{tokenizer_from_gguf, vocab_from_gguf};
 use mixtral::tensor::gguf::GgufFile;
 use mixtral::tokenizer::merges;
 use mixtral_testkit::fixtures_dir;
+use mixtral_testkit::json_ids as ids;
 use serde_json::Value;
 use std::path::Path;
 
@@ -15,14 +16,6 @@ fn json_lines(path: &Path) -> Vec<Value> {
         .unwrap()
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
         .collect()
 }
 

@@ -12,9 +12,10 @@
 
 mod common;
 
-use common::{Expected, fixture, ids};
+use common::{Expected, fixture};
 use mixtral_kernels::cuda::CudaBackend;
 use mixtral_model::{Checkpoint, CudaModel, ForwardOptions, Logits};
+use mixtral_testkit::json_ids as ids;
 use mixtral_testkit::{argmax, check_rel};
 
 const MODELS: [&str; 3] = ["tiny-f32", "tiny-bf16", "tiny-variant-f32"];

@@ -8,7 +8,8 @@ use mixtral_kernels::Isa;
 use mixtral_model::{ForwardOptions, Kernels, Logits, Model, RoutingTrace};
 mod common;
 
-use common::{Expected, fixture, ids};
+use common::{Expected, fixture};
+use mixtral_testkit::json_ids as ids;
 use mixtral_testkit::{argmax, check_rel};
 use serde_json::Value;
 

@@ -14,6 +14,7 @@ use mixtral_kernels::Isa;
 use mixtral_model::{Checkpoint, ForwardOptions, Kernels, Logits, Model};
 use mixtral_tensor::gguf::{GgufFile, GgufWriter, Value, WriteTensor};
 use mixtral_tensor::{SafetensorsFile, Shape};
+use mixtral_testkit::json_ids as ids;
 use mixtral_testkit::{argmax, check_rel, fixtures_dir};
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
@@ -42,14 +43,6 @@ fn files() -> Vec<(&'static str, PathBuf, PathBuf)> {
         eprintln!("note: {} absent, Q8_0.gguf not checked", shared.display());
     }
     out
-}
-
-fn ids(v: &Json) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 fn kernel_sets() -> Vec<Kernels> {

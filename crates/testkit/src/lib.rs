@@ -124,6 +124,20 @@ pub fn check_close(
     }
 }
 
+/// A fixture's JSON list of token ids.
+pub fn json_ids(v: &serde_json::Value) -> Vec<u32> {
+    let list = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list of ids: {v}"));
+    list.iter()
+        .map(|x| {
+            x.as_u64()
+                .and_then(|id| u32::try_from(id).ok())
+                .expect("a token id")
+        })
+        .collect()
+}
+
 /// `n` values uniform in `[-1, 1)` from a seeded SplitMix64 stream.
 pub fn uniform(n: usize, seed: u64) -> Vec<f32> {
     let mut state = seed;

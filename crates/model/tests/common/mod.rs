@@ -50,15 +50,6 @@ impl Expected {
     }
 }
 
-/// A JSON list of token ids.
-pub fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 /// Copies fixture `model` into `dst` as one `model.safetensors`, passing every tensor through
 /// `edit` (which returns the tensors to write in its place) and the config through `edit_config`.
 pub fn rewrite(
