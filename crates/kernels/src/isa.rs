@@ -26,9 +26,11 @@ pub enum Isa {
     /// x86-64 with AVX2, FMA and F16C (Haswell / Zen and later).
     #[cfg(target_arch = "x86_64")]
     Avx2Fma(Detected),
-    /// x86-64 with all of [`Isa::Avx2Fma`] plus AVX-512 (F, BW, VL) and AVX512-BF16 (Zen 4,
-    /// Sapphire Rapids and later). It adds one kernel, the bf16-activation matmul
-    /// (`vdpbf16ps`, twice the f32 FMA rate); every other op runs its AVX2 code.
+    /// x86-64 with all of [`Isa::Avx2Fma`] plus AVX-512 (F, BW, VL, VNNI) and AVX512-BF16
+    /// (Cooper Lake, Sapphire Rapids, Zen 4 and later: every CPU with AVX512-BF16 has VNNI).
+    /// It adds two kernels, the bf16-activation matmul (`vdpbf16ps`, twice the f32 FMA rate)
+    /// and the integer dots of quantized weights (`vpdpbusd`); every other op runs its AVX2
+    /// code.
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16(Detected),
 }
@@ -70,6 +72,7 @@ impl Isa {
                 && std::arch::is_x86_feature_detected!("avx512bw")
                 && std::arch::is_x86_feature_detected!("avx512vl")
                 && std::arch::is_x86_feature_detected!("avx512bf16")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
             {
                 all.push(Isa::Avx512Bf16(Detected(())));
             }

@@ -19,6 +19,7 @@ pub mod dequant;
 pub mod isa;
 pub mod matmul;
 pub mod moe;
+pub mod qdot;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;

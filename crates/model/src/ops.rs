@@ -20,6 +20,10 @@ pub enum Kernels {
     /// ([`Precision::Bf16`]): what llama.cpp and transformers' native bf16 compute, about 1%
     /// of the logits' range away from the f32 path; the router stays in f32.
     CpuBf16(Isa),
+    /// As [`Kernels::CpuBf16`], and quantized weights multiply activations quantized to
+    /// 8-bit blocks with integer dot products ([`Precision::Int8`]): llama.cpp's numerics on
+    /// its quantized files, a few percent of the logits' range from the exact path.
+    CpuInt8(Isa),
 }
 
 impl Default for Kernels {
@@ -35,6 +39,7 @@ impl Kernels {
         match precision {
             Precision::F32 => Kernels::Cpu(isa),
             Precision::Bf16 => Kernels::CpuBf16(isa),
+            Precision::Int8 => Kernels::CpuInt8(isa),
         }
     }
 
@@ -42,6 +47,7 @@ impl Kernels {
     pub fn precision(self) -> Precision {
         match self {
             Kernels::CpuBf16(_) => Precision::Bf16,
+            Kernels::CpuInt8(_) => Precision::Int8,
             Kernels::Reference | Kernels::Cpu(_) => Precision::F32,
         }
     }
@@ -50,7 +56,7 @@ impl Kernels {
     /// on rounding).
     pub(crate) fn exact(self) -> Kernels {
         match self {
-            Kernels::CpuBf16(isa) => Kernels::Cpu(isa),
+            Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => Kernels::Cpu(isa),
             other => other,
         }
     }
@@ -58,7 +64,7 @@ impl Kernels {
     pub(crate) fn matmul(self, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
         match self {
             Kernels::Reference => matmul::reference::matmul(p, x, w, y),
-            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
                 matmul::cpu::matmul_at(isa, self.precision(), p, x, w, y)
             }
         }
@@ -74,7 +80,7 @@ impl Kernels {
                     matmul::reference::matmul(p, job.x, job.w, job.y);
                 }
             }
-            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
                 matmul::cpu::gemv_many(isa, self.precision(), jobs)
             }
         }
@@ -83,7 +89,9 @@ impl Kernels {
     pub(crate) fn rms_norm(self, p: RmsNorm, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
         match self {
             Kernels::Reference => rmsnorm::reference::rms_norm(p, x, w, y),
-            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => rmsnorm::cpu::rms_norm(isa, p, x, w, y),
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
+                rmsnorm::cpu::rms_norm(isa, p, x, w, y)
+            }
         }
     }
 
@@ -91,7 +99,7 @@ impl Kernels {
     pub(crate) fn rope(self, p: Rope, table: &RopeTable, positions: &[usize], x: &mut [f32]) {
         match self {
             Kernels::Reference => rope::reference::rope(p, positions, x),
-            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
                 rope::cpu::rope(isa, p, table, positions, x)
             }
         }
@@ -106,7 +114,7 @@ impl Kernels {
     ) {
         match self {
             Kernels::Reference => router::reference::router_top_k(p, logits, ids, weights),
-            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
                 router::cpu::router_top_k(isa, p, logits, ids, weights)
             }
         }
@@ -122,7 +130,7 @@ impl Kernels {
     ) {
         match self {
             Kernels::Reference => attention::reference::attention_kv(p, q, positions, kv, out),
-            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
                 attention::cpu::attention_kv(isa, p, q, positions, kv, out)
             }
         }
@@ -144,7 +152,7 @@ impl Kernels {
         } = input;
         match self {
             Kernels::Reference => moe::reference::moe(p, x, ids, weights, experts, y),
-            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) => {
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
                 let precision = self.precision();
                 moe::cpu::moe(isa, precision, p, x, ids, weights, experts, y, scratch)
             }

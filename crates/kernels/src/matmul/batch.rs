@@ -7,8 +7,10 @@
 //! without stopping.
 
 use super::{GEMV_CHUNKS, Matmul, NR_GEMV, Precision, ROUNDED, Scalar, drive};
+use crate::qdot::{QuantizedActs, acts_kind};
 use crate::threads::{SharedOut, for_each_range};
 use crate::{Isa, Weight};
+use std::cell::RefCell;
 use std::ops::Range;
 
 /// The most GEMVs one [`gemv_many`] call takes (a fixed bound keeps the call allocation-free).
@@ -33,6 +35,8 @@ enum Input<'a> {
     /// The AVX512-BF16 kernel on `x` rounded to bf16 pairs.
     #[cfg(target_arch = "x86_64")]
     Pairs(&'a [u32]),
+    /// The integer dot on `x` quantized to 8-bit blocks ([`Precision::Int8`]).
+    Int8(&'a QuantizedActs),
 }
 
 /// Where a job's prepared input lives.
@@ -42,6 +46,12 @@ enum Prepared {
     Rounded(usize),
     #[cfg(target_arch = "x86_64")]
     Pairs(usize),
+    Int8(usize),
+}
+
+thread_local! {
+    /// Quantized activations of [`Precision::Int8`] GEMVs, one per job, reused between calls.
+    static ACTS: RefCell<Vec<QuantizedActs>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Each GEMV of `jobs` as [`matmul_at`](super::matmul_at) with `rows = 1` computes it, in one
@@ -76,16 +86,38 @@ pub fn gemv_many(isa: Isa, precision: Precision, jobs: &mut [Gemv<'_>]) {
     }
     // Inputs first, serially (a few thousand elements), into two reused buffers.
     #[cfg(target_arch = "x86_64")]
-    let pairs_kernel = precision == Precision::Bf16 && matches!(isa, Isa::Avx512Bf16(_));
+    let pairs_kernel = precision.rounds_bf16() && matches!(isa, Isa::Avx512Bf16(_));
     #[cfg(target_arch = "x86_64")]
     let mut pairs = super::avx512::take_buffer();
     let mut rounded = ROUNDED.take();
     rounded.clear();
+    let mut acts = ACTS.take();
+    acts.resize_with(MAX_GEMVS, QuantizedActs::default);
     let mut prepared = [Prepared::AsGiven; MAX_GEMVS];
-    for (slot, job) in prepared.iter_mut().zip(jobs.iter()) {
-        if precision != Precision::Bf16 || !matches!(job.w, Weight::BF16(_)) {
+    for i in 0..count {
+        let job = &jobs[i];
+        if let Weight::Quant(q) = job.w
+            && precision.quantizes_acts()
+            && let Some(kind) = acts_kind(q.dtype)
+        {
+            // Jobs on the same input (an expert's w1 and w3) share one quantization.
+            let same = |j: usize| {
+                std::ptr::eq(jobs[j].x, job.x)
+                    && matches!(jobs[j].w, Weight::Quant(o) if acts_kind(o.dtype) == Some(kind))
+            };
+            prepared[i] = match (0..i).find(|&j| same(j)) {
+                Some(j) => prepared[j],
+                None => {
+                    acts[i].quantize(kind, job.x);
+                    Prepared::Int8(i)
+                }
+            };
             continue;
         }
+        if !precision.rounds_bf16() || !matches!(job.w, Weight::BF16(_)) {
+            continue;
+        }
+        let slot = &mut prepared[i];
         #[cfg(target_arch = "x86_64")]
         if pairs_kernel {
             // SAFETY: `pairs_kernel` holds only where AVX512-BF16 was detected.
@@ -108,6 +140,7 @@ pub fn gemv_many(isa: Isa, precision: Precision, jobs: &mut [Gemv<'_>]) {
             Prepared::Rounded(at) => Input::F32(&rounded[at..at + k[i]]),
             #[cfg(target_arch = "x86_64")]
             Prepared::Pairs(at) => Input::Pairs(&pairs[at..]),
+            Prepared::Int8(at) => Input::Int8(&acts[at]),
         };
         weights[i] = job.w;
         if k[i] == 0 {
@@ -139,6 +172,7 @@ pub fn gemv_many(isa: Isa, precision: Precision, jobs: &mut [Gemv<'_>]) {
     #[cfg(target_arch = "x86_64")]
     super::avx512::put_buffer(pairs);
     ROUNDED.set(rounded);
+    ACTS.set(acts);
 }
 
 /// Output rows `cols` of one GEMV whose input is `k` long.
@@ -169,6 +203,12 @@ fn rows(
             // SAFETY: pairs are prepared only on `Isa::Avx512Bf16`, which exists only after
             // its features were detected; only this chunk writes `cols`.
             unsafe { super::avx512::gemv(xb, w, k, out, cols) }
+        }
+        Input::Int8(acts) => {
+            let Weight::Quant(w) = w else {
+                unreachable!("8-bit activations are prepared only for quantized weights")
+            };
+            super::quant::gemv_rows_int8(isa, acts, w, out, cols)
         }
     }
 }

@@ -119,7 +119,23 @@ pub fn matmul_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32])
     }
 }
 
-/// [`matmul`] or [`matmul_bf16`], as `precision` says.
+/// [`matmul`] at [`Precision::Int8`](super::Precision::Int8): quantized weights with an
+/// integer dot multiply 8-bit activation blocks ([`crate::qdot`]); bf16 weights are
+/// [`matmul_bf16`]. Same contract as [`reference::matmul_int8`](super::reference::matmul_int8).
+pub fn matmul_int8(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    p.check(x.len(), w.len(), y.len());
+    if p.rows == 1 {
+        return gemv_many(isa, Precision::Int8, &mut [Gemv { x, w, y }]);
+    }
+    match w {
+        Weight::Quant(q) if crate::qdot::acts_kind(q.dtype).is_some() => {
+            quant::gemm_int8(isa, p, x, q, y)
+        }
+        _ => matmul_bf16(isa, p, x, w, y),
+    }
+}
+
+/// [`matmul`], [`matmul_bf16`] or [`matmul_int8`], as `precision` says.
 pub fn matmul_at(
     isa: Isa,
     precision: Precision,
@@ -131,6 +147,7 @@ pub fn matmul_at(
     match precision {
         Precision::F32 => matmul(isa, p, x, w, y),
         Precision::Bf16 => matmul_bf16(isa, p, x, w, y),
+        Precision::Int8 => matmul_int8(isa, p, x, w, y),
     }
 }
 

@@ -10,9 +10,9 @@
 //! blocks themselves are the next step.
 
 use super::{Matmul, Scalar, Tiles, drive};
-use crate::Isa;
-use crate::QuantBlocks;
+use crate::qdot::{self, QuantizedActs};
 use crate::threads::{SharedOut, for_each_range};
+use crate::{Isa, QuantBlocks};
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -174,4 +174,93 @@ unsafe fn panel_with<K: Tiles>(
         // SAFETY: these columns belong to `cols`, which only this call writes.
         unsafe { out.cols(t, cols.clone()) }.copy_from_slice(row);
     }
+}
+
+thread_local! {
+    /// The GEMM's quantized activations ([`gemm_int8`]), reused between calls.
+    static GEMM_ACTS: RefCell<QuantizedActs> = RefCell::new(QuantizedActs::default());
+}
+
+/// Weight rows per [`gemm_int8`] panel: 16 rows of 4096 Q8_0 values are 68 KiB, which stay in
+/// L2 while every group of tokens passes over them.
+const INT8_PANEL_ROWS: usize = 16;
+
+/// Bytes of one weight row of `k` values.
+fn row_bytes(w: QuantBlocks<'_>, k: usize) -> usize {
+    k / w.dtype.block_len() * w.dtype.block_bytes()
+}
+
+/// Output rows `cols` of the GEMV `y = W x` with `x` quantized to 8-bit blocks (`acts`, one
+/// row) and integer dots ([`Precision::Int8`](super::Precision::Int8)).
+pub(super) fn gemv_rows_int8(
+    isa: Isa,
+    acts: &QuantizedActs,
+    w: QuantBlocks<'_>,
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+) {
+    let k = acts.qs.len();
+    let (rb, a) = (row_bytes(w, k), acts.row(0, k));
+    // SAFETY: these columns belong to `cols`, which only this call writes.
+    let y = unsafe { out.cols(0, cols.clone()) };
+    for (yj, j) in y.iter_mut().zip(cols) {
+        *yj = qdot::dot_rows::<1>(isa, w.dtype, &w.bytes[j * rb..(j + 1) * rb], [a])[0];
+    }
+}
+
+/// `y = x Wᵀ` for `rows > 1` tokens with 8-bit activations: every row of `x` quantized once
+/// (in parallel), then panels of weight rows, each block unpacked once per four tokens.
+pub(super) fn gemm_int8(isa: Isa, p: Matmul, x: &[f32], w: QuantBlocks<'_>, y: &mut [f32]) {
+    let kind = qdot::acts_kind(w.dtype).expect("gemm_int8 is called for types with a dot");
+    if p.k == 0 {
+        y.fill(0.0);
+        return;
+    }
+    // Taken, not borrowed: a job this thread runs while it waits must not find it borrowed.
+    let mut acts = GEMM_ACTS.take();
+    acts.quantize_rows(kind, x, p.k);
+    let out = SharedOut::new(y, p.rows, p.n);
+    let rb = row_bytes(w, p.k);
+    let row = |t: usize| acts.row(t * p.k, p.k);
+    for_each_range(p.n, INT8_PANEL_ROWS, p.rows * p.k, 4, |cols| {
+        for j0 in cols.clone().step_by(INT8_PANEL_ROWS) {
+            let panel = j0..(j0 + INT8_PANEL_ROWS).min(cols.end);
+            for t0 in (0..p.rows).step_by(4) {
+                for j in panel.clone() {
+                    let wj = &w.bytes[j * rb..(j + 1) * rb];
+                    let mut r = [0f32; 4];
+                    let mt = (p.rows - t0).min(4);
+                    match mt {
+                        4 => {
+                            r = qdot::dot_rows(
+                                isa,
+                                w.dtype,
+                                wj,
+                                std::array::from_fn(|i| row(t0 + i)),
+                            )
+                        }
+                        3 => r[..3].copy_from_slice(&qdot::dot_rows::<3>(
+                            isa,
+                            w.dtype,
+                            wj,
+                            std::array::from_fn(|i| row(t0 + i)),
+                        )),
+                        2 => r[..2].copy_from_slice(&qdot::dot_rows::<2>(
+                            isa,
+                            w.dtype,
+                            wj,
+                            std::array::from_fn(|i| row(t0 + i)),
+                        )),
+                        _ => r[0] = qdot::dot_rows::<1>(isa, w.dtype, wj, [row(t0)])[0],
+                    }
+                    for (t, &v) in r[..mt].iter().enumerate() {
+                        // SAFETY: column `j` lies in `cols`, which only this chunk writes.
+                        let yt = unsafe { out.cols(t0 + t, j..j + 1) };
+                        yt[0] = v;
+                    }
+                }
+            }
+        }
+    });
+    GEMM_ACTS.set(acts);
 }

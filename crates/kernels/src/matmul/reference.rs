@@ -1,7 +1,7 @@
 //! Reference matmul: three plain loops, f32 accumulation. The specification for every fast twin.
 
-use super::Matmul;
-use crate::Weight;
+use super::{Matmul, Precision};
+use crate::{Weight, qdot};
 
 /// `y[r, j] = Σ_i x[r, i] · W[j, i]`, accumulated in f32 in index order. Each weight row is
 /// widened (or, for a quantized weight, dequantized) once, then used by every row of `x`.
@@ -30,6 +30,38 @@ pub fn matmul_bf16(p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
             matmul(p, &rounded, w, y)
         }
         _ => matmul(p, x, w, y),
+    }
+}
+
+/// [`matmul`] at [`Precision::Int8`](super::Precision::Int8): for quantized weights with an
+/// integer dot ([`qdot::acts_kind`]), each row of `x` quantized to 8-bit blocks and each
+/// output the reference integer dot ([`qdot::reference::dot`]); other weights as
+/// [`matmul_bf16`].
+pub fn matmul_int8(p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    let Weight::Quant(q) = w else {
+        return matmul_bf16(p, x, w, y);
+    };
+    let Some(kind) = qdot::acts_kind(q.dtype) else {
+        return matmul(p, x, w, y);
+    };
+    p.check(x.len(), w.len(), y.len());
+    let row_bytes = p.k / q.dtype.block_len() * q.dtype.block_bytes();
+    let mut acts = qdot::QuantizedActs::default();
+    for r in 0..p.rows {
+        qdot::reference::quantize(kind, &x[r * p.k..(r + 1) * p.k], &mut acts);
+        for j in 0..p.n {
+            let wj = &q.bytes[j * row_bytes..(j + 1) * row_bytes];
+            y[r * p.n + j] = qdot::reference::dot(q.dtype, wj, acts.row(0, p.k));
+        }
+    }
+}
+
+/// The reference matmul at `precision`.
+pub fn matmul_at(precision: Precision, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    match precision {
+        Precision::F32 => matmul(p, x, w, y),
+        Precision::Bf16 => matmul_bf16(p, x, w, y),
+        Precision::Int8 => matmul_int8(p, x, w, y),
     }
 }
 

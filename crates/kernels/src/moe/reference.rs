@@ -26,6 +26,29 @@ pub fn moe_bf16(
     moe_with(reference::matmul_bf16, p, x, ids, weights, experts, y)
 }
 
+/// [`moe`] with every matmul at `precision` ([`reference::matmul_at`]).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the public function's six plus the precision"
+)]
+pub fn moe_at(
+    precision: crate::matmul::Precision,
+    p: Moe,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    experts: &[Expert<'_>],
+    y: &mut [f32],
+) {
+    match precision {
+        crate::matmul::Precision::F32 => moe(p, x, ids, weights, experts, y),
+        crate::matmul::Precision::Bf16 => moe_bf16(p, x, ids, weights, experts, y),
+        crate::matmul::Precision::Int8 => {
+            moe_with(reference::matmul_int8, p, x, ids, weights, experts, y)
+        }
+    }
+}
+
 /// [`moe`] with the given reference matmul.
 #[expect(
     clippy::too_many_arguments,

@@ -7,6 +7,7 @@
 mod attention;
 mod matmul;
 mod moe;
+mod qdot;
 mod quant;
 mod small_ops;
 

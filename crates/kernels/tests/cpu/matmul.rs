@@ -52,7 +52,7 @@ fn check_many(shapes: &[(usize, usize)], seed: u64) -> Result<(), String> {
         .zip(shapes)
         .map(|(i, &(k, n))| Weights::uniform(n * k, seed ^ (i + 100), 1.0))
         .collect();
-    for precision in [Precision::F32, Precision::Bf16] {
+    for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
         for isa in Isa::available() {
             let mut ys: Vec<Vec<f32>> = shapes.iter().map(|&(_, n)| vec![f32::NAN; n]).collect();
             let mut jobs: Vec<cpu::Gemv<'_>> = ys
@@ -67,9 +67,8 @@ fn check_many(shapes: &[(usize, usize)], seed: u64) -> Result<(), String> {
             cpu::gemv_many(isa, precision, &mut jobs);
             for (i, (&(k, n), got)) in shapes.iter().zip(&ys).enumerate() {
                 let p = Matmul { rows: 1, k, n };
-                let want = run(n, |y| match precision {
-                    Precision::F32 => reference::matmul(p, &xs[i], ws[i].view(i % 3), y),
-                    Precision::Bf16 => reference::matmul_bf16(p, &xs[i], ws[i].view(i % 3), y),
+                let want = run(n, |y| {
+                    reference::matmul_at(precision, p, &xs[i], ws[i].view(i % 3), y)
                 });
                 let what = format!(
                     "gemv {i} of {shapes:?} {} {isa} {precision:?}",

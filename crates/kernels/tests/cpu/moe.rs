@@ -38,10 +38,9 @@ fn check(p: Moe, n_experts: usize, ids: &[u32], weights: &[f32], seed: u64) -> R
             })
             .collect();
         let n = x.len();
-        for precision in [Precision::F32, Precision::Bf16] {
-            let want = run(n, |y| match precision {
-                Precision::F32 => reference::moe(p, &x, ids, weights, &ex, y),
-                Precision::Bf16 => reference::moe_bf16(p, &x, ids, weights, &ex, y),
+        for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+            let want = run(n, |y| {
+                reference::moe_at(precision, p, &x, ids, weights, &ex, y)
             });
             for isa in Isa::available() {
                 let got = run(n, |y| {
@@ -54,7 +53,7 @@ fn check(p: Moe, n_experts: usize, ids: &[u32], weights: &[f32], seed: u64) -> R
                 let tol = Tol::reduction_f32(p.hidden.max(p.ffn) * p.top_k);
                 match precision {
                     Precision::F32 => tol.check(&what, &got, &want)?,
-                    Precision::Bf16 => {
+                    Precision::Bf16 | Precision::Int8 => {
                         let flips = bf16_flip_bound(p, &x, ids, weights, &ws);
                         within_flips(&what, tol, &got, &want, &flips)?
                     }

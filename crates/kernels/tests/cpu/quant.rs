@@ -23,7 +23,7 @@ fn quant_types() -> Vec<DType> {
 }
 
 /// Byte offsets of each type's f16 scale fields within a block (ggml `ggml-common.h`).
-fn scale_offsets(t: DType) -> &'static [usize] {
+pub(crate) fn scale_offsets(t: DType) -> &'static [usize] {
     match t {
         DType::Q8_0 | DType::Q4_0 | DType::Q5_0 => &[0],
         DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K => &[0, 2],
@@ -35,13 +35,13 @@ fn scale_offsets(t: DType) -> &'static [usize] {
 }
 
 /// Raw bytes of tensor `name` of a safetensors file (any dtype, U8 and F64 included).
-fn raw(path: &Path, name: &str) -> Vec<u8> {
+pub(crate) fn raw(path: &Path, name: &str) -> Vec<u8> {
     let file = SafetensorsFile::open(path).unwrap();
     let range = file.infos()[name].range.clone();
     std::fs::read(path).unwrap()[range].to_vec()
 }
 
-fn f32s(bytes: &[u8]) -> Vec<f32> {
+pub(crate) fn f32s(bytes: &[u8]) -> Vec<f32> {
     bytes
         .chunks_exact(4)
         .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
@@ -140,7 +140,7 @@ fn quantized_matvec_matches_float64_products() {
 }
 
 /// `blocks` random blocks of `t`, scales finite and small (`2^-10 .. 2^-6`, either sign).
-fn random_blocks(t: DType, blocks: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn random_blocks(t: DType, blocks: usize, seed: u64) -> Vec<u8> {
     let noise = uniform(blocks * t.block_bytes(), seed);
     let mut bytes: Vec<u8> = noise.iter().map(|v| ((v + 1.0) * 127.9) as u8).collect();
     let scales = uniform(blocks * 2, seed ^ 0x5ca1e);
@@ -154,8 +154,9 @@ fn random_blocks(t: DType, blocks: usize, seed: u64) -> Vec<u8> {
     bytes
 }
 
-/// The fast matmul (GEMM for `rows > 1`, `gemv_many` for one row, at both precisions: the
-/// bf16 precision leaves quantized weights at f32 activations) against the reference.
+/// The fast matmul (GEMM for `rows > 1`, `gemv_many` for one row, at every precision: the
+/// bf16 precision leaves quantized weights at f32 activations, int8 quantizes them for the
+/// types with an integer dot) against the reference at the same precision.
 fn check(t: DType, p: Matmul, seed: u64) -> Result<(), String> {
     let x = uniform(p.rows * p.k, seed);
     let bytes = random_blocks(t, p.n * p.k / t.block_len(), seed ^ 0xb10c);
@@ -170,15 +171,21 @@ fn check(t: DType, p: Matmul, seed: u64) -> Result<(), String> {
         atol: tol.atol * scale,
         rtol: tol.rtol,
     };
+    let want_int8 = run(p.rows * p.n, |y| reference::matmul_int8(p, &x, w, y));
     for isa in Isa::available() {
-        for precision in [Precision::F32, Precision::Bf16] {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
             let got = run(p.rows * p.n, |y| {
                 cpu::matmul_at(isa, precision, p, &x, w, y)
             });
+            let want = if precision == Precision::Int8 {
+                &want_int8
+            } else {
+                &want
+            };
             tol.check(
                 &format!("{t} {p:?} {isa} {precision:?} seed {seed}"),
                 &got,
-                &want,
+                want,
             )?;
         }
         if p.rows == 1 {

@@ -1,0 +1,165 @@
+//! Integer dot products of block-quantized weights with 8-bit quantized activations: the
+//! `fast` numerics of the quantized matmuls ([`Precision::Int8`](crate::matmul::Precision)),
+//! what llama.cpp computes on its CPU backend.
+//!
+//! Each activation row is quantized once per matmul, per block, to the type ggml pairs with
+//! the weight type (its `vec_dot_type`): **Q8_0** (32 values, one f16 scale) for Q8_0 and
+//! Q4_0 weights, **Q8_K** (256 values, an f32 scale and the sums of each 16 quants) for the
+//! K-quants. A weight row's dot is then exact integer arithmetic inside each block and one
+//! f32 multiply-add per block, so the only error beyond f32 round-off is the activations'
+//! 8-bit rounding (about 0.4% of a dot's scale: see the fixtures' README, tolerance (ii)).
+//!
+//! Types with a fast dot: Q8_0, Q4_0, Q4_K, Q5_K, Q6_K (what llama.cpp's Q8_0, Q4_0 and
+//! Q4_K_M/Q5_K_M/Q6_K files hold). Q4_1, Q5_0, Q5_1, Q2_K and Q3_K keep the exact path
+//! (dequantized weights, f32 activations) at every precision: [`acts_kind`] is `None` for them.
+//!
+//! [`reference`] is the specification (ggml's generic C, transcribed); the x86 kernels
+//! compute the same integer sums with `vpmaddubsw` (AVX2) or `vpdpbusd` (AVX512-VNNI) and
+//! agree with it to f32 round-off of the per-block scaling.
+
+pub mod reference;
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86;
+
+use crate::Isa;
+use mixtral_tensor::DType;
+
+/// Values per activation block of the largest kind (Q8_K).
+pub const MAX_QK: usize = 256;
+
+/// The block format activations are quantized to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum ActsKind {
+    /// 32 values, `d` = max|x| / 127 rounded to f16, quants rounded half away from zero.
+    #[default]
+    Q8_0,
+    /// 256 values, `d` = −max / 127 for the value of largest magnitude, quants rounded ties
+    /// to even, plus the sum of each 16 quants.
+    Q8K,
+}
+
+impl ActsKind {
+    /// Values per block.
+    pub fn block_len(self) -> usize {
+        match self {
+            ActsKind::Q8_0 => 32,
+            ActsKind::Q8K => 256,
+        }
+    }
+}
+
+/// The activation blocks a weight type's integer dot takes, or `None` when the type has no
+/// integer dot here (it then stays on the exact path).
+pub fn acts_kind(dtype: DType) -> Option<ActsKind> {
+    match dtype {
+        DType::Q8_0 | DType::Q4_0 => Some(ActsKind::Q8_0),
+        DType::Q4_K | DType::Q5_K | DType::Q6_K => Some(ActsKind::Q8K),
+        _ => None,
+    }
+}
+
+/// Rows of quantized activations, struct of arrays: the quants, one scale per block and (Q8_K)
+/// one sum per 16 quants. Reused between calls; [`reference::quantize`] fills it.
+#[derive(Clone, Debug, Default)]
+pub struct QuantizedActs {
+    /// The block format.
+    pub kind: ActsKind,
+    /// All quants, row after row.
+    pub qs: Vec<i8>,
+    /// One scale per block.
+    pub d: Vec<f32>,
+    /// Q8_K only: the sum of each 16 quants.
+    pub bsums: Vec<i16>,
+}
+
+impl QuantizedActs {
+    /// Sized for `len` values of `kind` (contents unspecified until written).
+    pub(crate) fn reset(&mut self, kind: ActsKind, len: usize) {
+        let blocks = len / kind.block_len();
+        self.kind = kind;
+        self.qs.resize(len, 0);
+        self.d.resize(blocks, 0.0);
+        self.bsums
+            .resize(if kind == ActsKind::Q8K { len / 16 } else { 0 }, 0);
+    }
+
+    /// Quantizes `x` (rows of whole blocks) with [`reference::quantize`]. It stays scalar: a
+    /// GEMV quantizes `k` values and then reads `n · k` weights, so its share is under 1%.
+    pub fn quantize(&mut self, kind: ActsKind, x: &[f32]) {
+        reference::quantize(kind, x, self)
+    }
+
+    /// [`QuantizedActs::quantize`] of `x` as rows of `k` values, the rows spread over the
+    /// threads (a prefill GEMM's activations: hundreds of rows).
+    pub fn quantize_rows(&mut self, kind: ActsKind, x: &[f32], k: usize) {
+        self.reset(kind, x.len());
+        if k == 0 {
+            return;
+        }
+        let qk = kind.block_len();
+        let sums = if kind == ActsKind::Q8K { k / 16 } else { 0 };
+        let mut rows: Vec<_> = self
+            .qs
+            .chunks_mut(k)
+            .zip(self.d.chunks_mut(k / qk))
+            .zip(
+                self.bsums
+                    .chunks_mut(sums.max(1))
+                    .chain(std::iter::repeat_with(|| &mut [][..])),
+            )
+            .map(|((qs, d), bsums)| (qs, d, bsums))
+            .collect();
+        crate::threads::for_each_row_mut(&mut rows, 1, 4 * k, |r, row| {
+            let (qs, d, bsums) = &mut row[0];
+            reference::quantize_into(kind, &x[r * k..(r + 1) * k], qs, d, bsums);
+        });
+    }
+
+    /// The activations of values `start..start + len` (block-aligned): one row.
+    pub fn row(&self, start: usize, len: usize) -> Acts<'_> {
+        let qk = self.kind.block_len();
+        debug_assert!(start.is_multiple_of(qk) && len.is_multiple_of(qk));
+        Acts {
+            kind: self.kind,
+            qs: &self.qs[start..start + len],
+            d: &self.d[start / qk..(start + len) / qk],
+            bsums: if self.kind == ActsKind::Q8K {
+                &self.bsums[start / 16..(start + len) / 16]
+            } else {
+                &[]
+            },
+        }
+    }
+}
+
+/// One row of quantized activations (a view into [`QuantizedActs`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Acts<'a> {
+    /// The block format.
+    pub kind: ActsKind,
+    /// The quants.
+    pub qs: &'a [i8],
+    /// One scale per block.
+    pub d: &'a [f32],
+    /// Q8_K only: the sum of each 16 quants.
+    pub bsums: &'a [i16],
+}
+
+/// `out[t] = Σ w·a[t]` for one weight row `w` (whole blocks of `dtype`) and `M` activation
+/// rows, with `isa`'s kernel (the weight row is decoded once for all `M`).
+///
+/// # Panics
+/// If `dtype` has no integer dot or a length disagrees.
+#[inline]
+pub fn dot_rows<const M: usize>(isa: Isa, dtype: DType, w: &[u8], a: [Acts<'_>; M]) -> [f32; M] {
+    match isa {
+        Isa::Scalar => a.map(|a| reference::dot(dtype, w, a)),
+        // SAFETY: an `Avx2Fma` exists only after AVX2, FMA and F16C were detected.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma(_) => unsafe { x86::dot_rows_avx2(dtype, w, a) },
+        // SAFETY: an `Avx512Bf16` exists only after AVX-512 F/BW/VL/VNNI and AVX512-BF16 were
+        // detected (and AVX2, FMA, F16C before them).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16(_) => unsafe { x86::dot_rows_vnni(dtype, w, a) },
+    }
+}
