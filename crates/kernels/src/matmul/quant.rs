@@ -179,6 +179,8 @@ unsafe fn panel_with<K: Tiles>(
 thread_local! {
     /// The GEMM's quantized activations ([`gemm_int8`]), reused between calls.
     static GEMM_ACTS: RefCell<QuantizedActs> = RefCell::new(QuantizedActs::default());
+    /// One panel's `[rows, panel]` output of [`gemm_int8`], per thread.
+    static GEMM_PART: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Weight rows per [`gemm_int8`] panel: 16 rows of 4096 Q8_0 values are 68 KiB, which stay in
@@ -203,9 +205,7 @@ pub(super) fn gemv_rows_int8(
     let (rb, a) = (row_bytes(w, k), acts.row(0, k));
     // SAFETY: these columns belong to `cols`, which only this call writes.
     let y = unsafe { out.cols(0, cols.clone()) };
-    for (yj, j) in y.iter_mut().zip(cols) {
-        *yj = qdot::dot_rows::<1>(isa, w.dtype, &w.bytes[j * rb..(j + 1) * rb], [a])[0];
-    }
+    qdot::gemv(isa, w.dtype, &w.bytes[cols.start * rb..cols.end * rb], a, y);
 }
 
 /// `y = x Wᵀ` for `rows > 1` tokens with 8-bit activations: every row of `x` quantized once
@@ -221,46 +221,19 @@ pub(super) fn gemm_int8(isa: Isa, p: Matmul, x: &[f32], w: QuantBlocks<'_>, y: &
     acts.quantize_rows(kind, x, p.k);
     let out = SharedOut::new(y, p.rows, p.n);
     let rb = row_bytes(w, p.k);
-    let row = |t: usize| acts.row(t * p.k, p.k);
     for_each_range(p.n, INT8_PANEL_ROWS, p.rows * p.k, 4, |cols| {
+        let mut part = GEMM_PART.take();
         for j0 in cols.clone().step_by(INT8_PANEL_ROWS) {
             let panel = j0..(j0 + INT8_PANEL_ROWS).min(cols.end);
-            for t0 in (0..p.rows).step_by(4) {
-                for j in panel.clone() {
-                    let wj = &w.bytes[j * rb..(j + 1) * rb];
-                    let mut r = [0f32; 4];
-                    let mt = (p.rows - t0).min(4);
-                    match mt {
-                        4 => {
-                            r = qdot::dot_rows(
-                                isa,
-                                w.dtype,
-                                wj,
-                                std::array::from_fn(|i| row(t0 + i)),
-                            )
-                        }
-                        3 => r[..3].copy_from_slice(&qdot::dot_rows::<3>(
-                            isa,
-                            w.dtype,
-                            wj,
-                            std::array::from_fn(|i| row(t0 + i)),
-                        )),
-                        2 => r[..2].copy_from_slice(&qdot::dot_rows::<2>(
-                            isa,
-                            w.dtype,
-                            wj,
-                            std::array::from_fn(|i| row(t0 + i)),
-                        )),
-                        _ => r[0] = qdot::dot_rows::<1>(isa, w.dtype, wj, [row(t0)])[0],
-                    }
-                    for (t, &v) in r[..mt].iter().enumerate() {
-                        // SAFETY: column `j` lies in `cols`, which only this chunk writes.
-                        let yt = unsafe { out.cols(t0 + t, j..j + 1) };
-                        yt[0] = v;
-                    }
-                }
+            part.resize(p.rows * panel.len(), 0.0);
+            let wp = &w.bytes[panel.start * rb..panel.end * rb];
+            qdot::gemm(isa, w.dtype, wp, &acts, p.k, &mut part);
+            for (t, row) in part.chunks_exact(panel.len()).enumerate() {
+                // SAFETY: the columns `panel` lie in `cols`, which only this chunk writes.
+                unsafe { out.cols(t, panel.clone()) }.copy_from_slice(row);
             }
         }
+        GEMM_PART.set(part);
     });
     GEMM_ACTS.set(acts);
 }

@@ -20,6 +20,8 @@
 pub mod reference;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
+#[cfg(target_arch = "x86_64")]
+mod zmm;
 
 use crate::Isa;
 use mixtral_tensor::DType;
@@ -161,5 +163,56 @@ pub fn dot_rows<const M: usize>(isa: Isa, dtype: DType, w: &[u8], a: [Acts<'_>; 
         // detected (and AVX2, FMA, F16C before them).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16(_) => unsafe { x86::dot_rows_vnni(dtype, w, a) },
+    }
+}
+
+/// `y[j] = Σ w_j · a` for each of the `y.len()` weight rows in `w` (whole blocks of `dtype`,
+/// `w.len() / y.len()` bytes each): a GEMV's rows, one activation row.
+///
+/// # Panics
+/// If `dtype` has no integer dot or a length disagrees.
+pub fn gemv(isa: Isa, dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
+    match isa {
+        Isa::Scalar => {
+            let rb = w.len() / y.len().max(1);
+            for (j, yj) in y.iter_mut().enumerate() {
+                *yj = reference::dot(dtype, &w[j * rb..(j + 1) * rb], a);
+            }
+        }
+        // SAFETY: an `Avx2Fma` exists only after AVX2, FMA and F16C were detected.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma(_) => unsafe { x86::gemv_avx2(dtype, w, a, y) },
+        // SAFETY: an `Avx512Bf16` exists only after AVX-512 F/BW/VL/VNNI and AVX512-BF16 were
+        // detected (and AVX2, FMA, F16C before them).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16(_) => unsafe { x86::gemv_vnni(dtype, w, a, y) },
+    }
+}
+
+/// `y[t, j] = Σ w_j · a_t` for the weight rows in `w` (whole blocks of `dtype`) and the rows
+/// of `acts` (`k` values each): `y` is `[rows, n]` row-major, `n = y.len() / rows`. Each
+/// weight block is unpacked once per four tokens.
+///
+/// # Panics
+/// If `dtype` has no integer dot or a length disagrees.
+pub fn gemm(isa: Isa, dtype: DType, w: &[u8], acts: &QuantizedActs, k: usize, y: &mut [f32]) {
+    match isa {
+        Isa::Scalar => {
+            let rows = acts.qs.len() / k.max(1);
+            let n = y.len() / rows.max(1);
+            let rb = w.len() / n.max(1);
+            for (t, yt) in y.chunks_exact_mut(n.max(1)).enumerate() {
+                for (j, yj) in yt.iter_mut().enumerate() {
+                    *yj = reference::dot(dtype, &w[j * rb..(j + 1) * rb], acts.row(t * k, k));
+                }
+            }
+        }
+        // SAFETY: an `Avx2Fma` exists only after AVX2, FMA and F16C were detected.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma(_) => unsafe { x86::gemm_avx2(dtype, w, acts, k, y) },
+        // SAFETY: an `Avx512Bf16` exists only after AVX-512 F/BW/VL/VNNI and AVX512-BF16 were
+        // detected (and AVX2, FMA, F16C before them).
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Bf16(_) => unsafe { x86::gemm_vnni(dtype, w, acts, k, y) },
     }
 }

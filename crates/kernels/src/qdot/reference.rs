@@ -13,6 +13,23 @@ pub(crate) fn nearest_int(v: f32) -> i32 {
     ((v + 12_582_912.0).to_bits() & 0x007f_ffff) as i32 - 0x0040_0000
 }
 
+/// `roundf(v)` as i8 for |v| ≤ 127 (`f32::round` is a libm call on the x86-64 baseline):
+/// truncate, then step away from zero when the fraction is half or more (exact: `v − trunc`
+/// is representable for |v| < 2²³). NaN gives 0, like the saturating cast.
+#[inline]
+fn round_half_away(v: f32) -> i8 {
+    let t = v as i32;
+    let frac = v - t as f32;
+    let r = if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    };
+    r.clamp(-128, 127) as i8
+}
+
 /// f16 at byte offset `at` of `b`, widened.
 #[inline]
 fn f16_at(b: &[u8], at: usize) -> f32 {
@@ -60,8 +77,7 @@ pub fn quantize_into(kind: ActsKind, x: &[f32], qs: &mut [i8], d: &mut [f32], bs
                 let db = amax / 127.0;
                 let id = if db != 0.0 { 1.0 / db } else { 0.0 };
                 for (q, &v) in qs.iter_mut().zip(xb) {
-                    // Saturating, like the C conversion on these bounded values (NaN → 0).
-                    *q = (v * id).round() as i8;
+                    *q = round_half_away(v * id);
                 }
                 d[b] = f16::from_f32(db).to_f32();
             }
@@ -220,6 +236,25 @@ mod tests {
             .map(|&v| nearest_int(v))
             .collect();
         assert_eq!(got, [0, 2, 2, 0, -2, 127, -127]);
+    }
+
+    #[test]
+    fn round_half_away_is_roundf() {
+        for v in [
+            0.5f32,
+            1.5,
+            2.5,
+            -0.5,
+            -2.5,
+            0.499_999_97,
+            -0.499_999_97,
+            126.5,
+            3.7,
+            -3.2,
+        ] {
+            assert_eq!(round_half_away(v), v.round() as i8, "{v}");
+        }
+        assert_eq!(round_half_away(f32::NAN), 0);
     }
 
     #[test]

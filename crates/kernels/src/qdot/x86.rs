@@ -10,12 +10,16 @@
 //! AVX512-VNNI (`vpdpbusd` on 256-bit vectors). Each kernel takes `M` activation rows, so a
 //! prefill GEMM unpacks each weight block once for `M` tokens.
 
-use super::Acts;
+use super::{Acts, QuantizedActs};
 use mixtral_tensor::DType;
 use std::arch::x86_64::*;
 
 /// Four adjacent `u8 · i8` products summed into each i32 lane.
 pub(crate) trait Dot8 {
+    /// Whether AVX-512 (F, BW, VL, VNNI) is available too: the K-quants then take the 512-bit
+    /// kernels of [`super::zmm`].
+    const AVX512: bool;
+
     /// A pair of scales (one per 16-byte half) in the form [`Dot8::dot_scaled`] takes.
     type Scale: Copy;
 
@@ -42,6 +46,7 @@ pub(crate) trait Dot8 {
 pub(crate) struct Avx2;
 
 impl Dot8 for Avx2 {
+    const AVX512: bool = false;
     type Scale = __m256i;
 
     #[inline(always)]
@@ -70,6 +75,7 @@ impl Dot8 for Avx2 {
 pub(crate) struct Vnni;
 
 impl Dot8 for Vnni {
+    const AVX512: bool = true;
     type Scale = __m256i;
 
     #[inline(always)]
@@ -104,8 +110,9 @@ pub(crate) unsafe fn dot_rows_avx2<const M: usize>(
     w: &[u8],
     a: [Acts<'_>; M],
 ) -> [f32; M] {
-    // SAFETY: features per this function's contract.
-    unsafe { dot_rows::<Avx2, M>(dtype, w, a) }
+    let nb = check(dtype, w.len(), &a);
+    // SAFETY: features per this function's contract; lengths checked.
+    unsafe { dot_blocks::<Avx2, M>(dtype, w.as_ptr(), nb, &a) }
 }
 
 /// [`super::dot_rows`] with AVX512-VNNI.
@@ -118,34 +125,199 @@ pub(crate) unsafe fn dot_rows_vnni<const M: usize>(
     w: &[u8],
     a: [Acts<'_>; M],
 ) -> [f32; M] {
-    // SAFETY: features per this function's contract.
-    unsafe { dot_rows::<Vnni, M>(dtype, w, a) }
+    let nb = check(dtype, w.len(), &a);
+    // SAFETY: features per this function's contract; lengths checked.
+    unsafe { dot_blocks::<Vnni, M>(dtype, w.as_ptr(), nb, &a) }
 }
 
-/// Checks every length once, then runs the type's kernel.
+/// [`super::gemv`] with AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemv_avx2(dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
+    // SAFETY: features per this function's contract.
+    unsafe { gemv::<Avx2>(dtype, w, a, y) }
+}
+
+/// [`super::gemv`] with AVX512-VNNI.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX512-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn gemv_vnni(dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
+    // SAFETY: features per this function's contract.
+    unsafe { gemv::<Vnni>(dtype, w, a, y) }
+}
+
+/// [`super::gemm`] with AVX2.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(crate) unsafe fn gemm_avx2(
+    dtype: DType,
+    w: &[u8],
+    acts: &QuantizedActs,
+    k: usize,
+    y: &mut [f32],
+) {
+    // SAFETY: features per this function's contract.
+    unsafe { gemm::<Avx2>(dtype, w, acts, k, y) }
+}
+
+/// [`super::gemm`] with AVX512-VNNI.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, F16C, AVX-512 F/BW/VL and AVX512-VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+pub(crate) unsafe fn gemm_vnni(
+    dtype: DType,
+    w: &[u8],
+    acts: &QuantizedActs,
+    k: usize,
+    y: &mut [f32],
+) {
+    // SAFETY: features per this function's contract.
+    unsafe { gemm::<Vnni>(dtype, w, acts, k, y) }
+}
+
+/// `y[t, j] = Σ w_j · a_t` for the rows of `w` and of `acts`, tokens four at a time (each
+/// weight block unpacked once per four tokens), lengths checked once.
 ///
 /// # Safety
 /// `D`'s target features and AVX2, FMA, F16C must be available.
 #[inline(always)]
-unsafe fn dot_rows<D: Dot8, const M: usize>(dtype: DType, w: &[u8], a: [Acts<'_>; M]) -> [f32; M] {
+unsafe fn gemm<D: Dot8>(dtype: DType, w: &[u8], acts: &QuantizedActs, k: usize, y: &mut [f32]) {
+    if k == 0 || y.is_empty() {
+        y.fill(0.0);
+        return;
+    }
+    let rows = acts.qs.len() / k;
+    let n = y.len() / rows.max(1);
+    assert!(
+        rows * k == acts.qs.len() && rows * n == y.len() && n > 0,
+        "gemm {dtype} shape"
+    );
+    let rb = w.len() / n;
+    assert_eq!(rb * n, w.len(), "{dtype}: {} bytes for {n} rows", w.len());
+    let mut t0 = 0;
+    // SAFETY: features per the caller's contract; shapes checked above, each `Acts` is
+    // checked by `check` inside `tokens`.
+    unsafe {
+        while t0 + 4 <= rows {
+            tokens::<D, 4>(dtype, w, rb, acts, k, t0, y, n);
+            t0 += 4;
+        }
+        match rows - t0 {
+            3 => tokens::<D, 3>(dtype, w, rb, acts, k, t0, y, n),
+            2 => tokens::<D, 2>(dtype, w, rb, acts, k, t0, y, n),
+            1 => tokens::<D, 1>(dtype, w, rb, acts, k, t0, y, n),
+            _ => {}
+        }
+    }
+}
+
+/// Tokens `t0..t0 + M` of [`gemm`] against every weight row.
+///
+/// # Safety
+/// As [`gemm`], whose checks hold.
+#[inline(always)]
+#[expect(clippy::too_many_arguments, reason = "the GEMM's shape, spelled out")]
+unsafe fn tokens<D: Dot8, const M: usize>(
+    dtype: DType,
+    w: &[u8],
+    rb: usize,
+    acts: &QuantizedActs,
+    k: usize,
+    t0: usize,
+    y: &mut [f32],
+    n: usize,
+) {
+    let mut a = [acts.row(0, k); M];
+    for (t, at) in a.iter_mut().enumerate() {
+        *at = acts.row((t0 + t) * k, k);
+    }
+    let nb = check(dtype, rb, &a);
+    for j in 0..n {
+        // SAFETY: row `j` is `rb` bytes inside `w` (checked by the caller), `nb` blocks.
+        let r = unsafe { dot_blocks::<D, M>(dtype, w.as_ptr().add(j * rb), nb, &a) };
+        for t in 0..M {
+            y[(t0 + t) * n + j] = r[t];
+        }
+    }
+}
+
+/// `y[j] = Σ w_j · a` over the rows of `w`, lengths checked once for all rows.
+///
+/// # Safety
+/// `D`'s target features and AVX2, FMA, F16C must be available.
+#[inline(always)]
+unsafe fn gemv<D: Dot8>(dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
+    if y.is_empty() {
+        return;
+    }
+    let rb = w.len() / y.len();
+    assert_eq!(
+        rb * y.len(),
+        w.len(),
+        "{dtype}: {} bytes for {} rows",
+        w.len(),
+        y.len()
+    );
+    let nb = check(dtype, rb, &[a]);
+    for (j, yj) in y.iter_mut().enumerate() {
+        // SAFETY: row `j` is `rb` bytes inside `w`, `nb` blocks (checked); features per the
+        // caller's contract.
+        *yj = unsafe { dot_blocks::<D, 1>(dtype, w.as_ptr().add(j * rb), nb, &[a])[0] };
+    }
+}
+
+/// Checks that `dtype` has a dot, that `row_bytes` are whole blocks and that every row of
+/// activations has as many blocks; returns the block count.
+#[inline(always)]
+fn check<const M: usize>(dtype: DType, row_bytes: usize, a: &[Acts<'_>; M]) -> usize {
     let (bl, bb) = (dtype.block_len(), dtype.block_bytes());
     let kind = super::acts_kind(dtype);
     assert!(kind.is_some(), "{dtype} has no integer dot");
-    let nb = w.len() / bb;
-    assert_eq!(nb * bb, w.len(), "{dtype} row of whole blocks");
-    for a in &a {
+    let nb = row_bytes / bb;
+    assert_eq!(nb * bb, row_bytes, "{dtype} row of whole blocks");
+    for a in a {
         assert!(Some(a.kind) == kind && a.qs.len() == nb * bl && a.d.len() == nb);
         assert!(a.kind == super::ActsKind::Q8_0 || a.bsums.len() == nb * 16);
     }
-    // SAFETY: lengths checked above: `nb` blocks of weights, quants, scales and sums.
+    nb
+}
+
+/// One weight row (`nb` blocks at `w`) against `M` rows of activations.
+///
+/// # Safety
+/// `D`'s target features and AVX2, FMA, F16C must be available; `w` holds `nb` blocks and
+/// the rows of `a` `nb` blocks each ([`check`]).
+#[inline(always)]
+unsafe fn dot_blocks<D: Dot8, const M: usize>(
+    dtype: DType,
+    w: *const u8,
+    nb: usize,
+    a: &[Acts<'_>; M],
+) -> [f32; M] {
+    // SAFETY: per this function's contract.
     unsafe {
+        if D::AVX512 {
+            match dtype {
+                DType::Q4_K => return super::zmm::q45_k::<M, false>(w, nb, a),
+                DType::Q5_K => return super::zmm::q45_k::<M, true>(w, nb, a),
+                DType::Q6_K => return super::zmm::q6_k::<M>(w, nb, a),
+                _ => {}
+            }
+        }
         let acc = match dtype {
-            DType::Q8_0 => q8_0::<D, M>(w, nb, &a),
-            DType::Q4_0 => q4_0::<D, M>(w, nb, &a),
-            DType::Q4_K => q4_k::<D, M>(w, nb, &a),
-            DType::Q5_K => q5_k::<D, M>(w, nb, &a),
-            DType::Q6_K => q6_k::<D, M>(w, nb, &a),
-            _ => unreachable!("checked above"),
+            DType::Q8_0 => q8_0::<D, M>(w, nb, a),
+            DType::Q4_0 => q4_0::<D, M>(w, nb, a),
+            DType::Q4_K => q45_k::<D, M, false>(w, nb, a),
+            DType::Q5_K => q45_k::<D, M, true>(w, nb, a),
+            DType::Q6_K => q6_k::<D, M>(w, nb, a),
+            _ => unreachable!("checked by `check`"),
         };
         // A loop, not `map`: a closure would not inherit the target features.
         let mut out = [0f32; M];
@@ -158,7 +330,7 @@ unsafe fn dot_rows<D: Dot8, const M: usize>(dtype: DType, w: &[u8], a: [Acts<'_>
 
 /// f16 at `p`, widened.
 #[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
+pub(super) unsafe fn f16_at(p: *const u8) -> f32 {
     // SAFETY: the caller guarantees 2 readable bytes and F16C.
     unsafe {
         let bits = u16::from_le_bytes([*p, *p.add(1)]);
@@ -168,14 +340,14 @@ unsafe fn f16_at(p: *const u8) -> f32 {
 
 /// 32 bytes at `p`.
 #[inline(always)]
-unsafe fn load32<T>(p: *const T) -> __m256i {
+pub(super) unsafe fn load32<T>(p: *const T) -> __m256i {
     // SAFETY: the caller guarantees 32 readable bytes.
     unsafe { _mm256_loadu_si256(p.cast()) }
 }
 
 /// The sum of the eight lanes.
 #[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
+pub(super) unsafe fn hsum(v: __m256) -> f32 {
     // SAFETY: AVX per the caller's contract.
     unsafe {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -186,7 +358,7 @@ unsafe fn hsum(v: __m256) -> f32 {
 
 /// `acc + d · lanes` (the block's integer lanes, scaled).
 #[inline(always)]
-unsafe fn scale_add(acc: __m256, d: f32, lanes: __m256i) -> __m256 {
+pub(super) unsafe fn scale_add(acc: __m256, d: f32, lanes: __m256i) -> __m256 {
     // SAFETY: AVX and FMA per the caller's contract.
     unsafe { _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(lanes), acc) }
 }
@@ -213,12 +385,12 @@ unsafe fn signed_blocks<D: Dot8, const M: usize>(
 
 /// Q8_0 (34 bytes: `d` f16, 32 i8) against Q8_0 activations.
 #[inline(always)]
-unsafe fn q8_0<D: Dot8, const M: usize>(w: &[u8], nb: usize, a: &[Acts<'_>; M]) -> [__m256; M] {
+unsafe fn q8_0<D: Dot8, const M: usize>(w: *const u8, nb: usize, a: &[Acts<'_>; M]) -> [__m256; M] {
     // SAFETY: `nb` whole blocks in `w` and in every row (checked by the caller).
     unsafe {
         let mut acc = [_mm256_setzero_ps(); M];
         for b in 0..nb {
-            let p = w.as_ptr().add(34 * b);
+            let p = w.add(34 * b);
             signed_blocks::<D, M>(&mut acc, a, b, load32(p.add(2)), f16_at(p));
         }
         acc
@@ -227,13 +399,13 @@ unsafe fn q8_0<D: Dot8, const M: usize>(w: &[u8], nb: usize, a: &[Acts<'_>; M]) 
 
 /// Q4_0 (18 bytes: `d` f16, 16 bytes of nibbles: low = values 0..16, high = 16..32; value − 8).
 #[inline(always)]
-unsafe fn q4_0<D: Dot8, const M: usize>(w: &[u8], nb: usize, a: &[Acts<'_>; M]) -> [__m256; M] {
+unsafe fn q4_0<D: Dot8, const M: usize>(w: *const u8, nb: usize, a: &[Acts<'_>; M]) -> [__m256; M] {
     // SAFETY: `nb` whole blocks in `w` and in every row (checked by the caller).
     unsafe {
         let mut acc = [_mm256_setzero_ps(); M];
         let m4 = _mm_set1_epi8(0x0F);
         for b in 0..nb {
-            let p = w.as_ptr().add(18 * b);
+            let p = w.add(18 * b);
             let q = _mm_loadu_si128(p.add(2).cast());
             let lo = _mm_and_si128(q, m4);
             let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
@@ -247,7 +419,7 @@ unsafe fn q4_0<D: Dot8, const M: usize>(w: &[u8], nb: usize, a: &[Acts<'_>; M]) 
 /// A Q4_K/Q5_K block's eight 6-bit scales and eight 6-bit mins (bytes 4..16), unpacked as
 /// ggml does with its `kmask` words: `(scales, mins)`, one byte each.
 #[inline(always)]
-fn scales_mins_k4(packed: &[u8; 12]) -> ([u8; 8], u64) {
+pub(super) fn scales_mins_k4(packed: &[u8; 12]) -> ([u8; 8], u64) {
     let word = |i: usize| u32::from_le_bytes(packed[4 * i..4 * i + 4].try_into().expect("4"));
     let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
     let (u0, u1, u2) = (word(0), word(1), word(2));
@@ -263,7 +435,7 @@ fn scales_mins_k4(packed: &[u8; 12]) -> ([u8; 8], u64) {
 
 /// `Σ_j m_j · (bsums[2j] + bsums[2j+1])` lanes of one Q8_K block against packed mins.
 #[inline(always)]
-unsafe fn mins_lanes(mins: u64, bsums: *const i16) -> __m256i {
+pub(super) unsafe fn mins_lanes(mins: u64, bsums: *const i16) -> __m256i {
     // SAFETY: 16 readable i16 at `bsums`; AVX2 per the caller's contract.
     unsafe {
         let m = _mm_set1_epi64x(mins as i64);
@@ -272,25 +444,11 @@ unsafe fn mins_lanes(mins: u64, bsums: *const i16) -> __m256i {
     }
 }
 
-/// Q4_K (144 bytes: `d`, `dmin` f16, 12 bytes of scales, 128 bytes of nibbles).
-#[inline(always)]
-unsafe fn q4_k<D: Dot8, const M: usize>(w: &[u8], nb: usize, a: &[Acts<'_>; M]) -> [__m256; M] {
-    // SAFETY: `nb` whole blocks in `w` and in every row (checked by the caller).
-    unsafe { q45_k::<D, M, false>(w, nb, a) }
-}
-
-/// Q5_K (176 bytes: as Q4_K with 32 bytes of fifth bits before the nibbles).
-#[inline(always)]
-unsafe fn q5_k<D: Dot8, const M: usize>(w: &[u8], nb: usize, a: &[Acts<'_>; M]) -> [__m256; M] {
-    // SAFETY: `nb` whole blocks in `w` and in every row (checked by the caller).
-    unsafe { q45_k::<D, M, true>(w, nb, a) }
-}
-
 /// Q4_K and (`FIFTH`) Q5_K: chunk `c` of 32 quant bytes holds values `64c..64c+32` in its low
 /// nibbles (scale `2c`) and `64c+32..64c+64` in its high nibbles (scale `2c+1`).
 #[inline(always)]
 unsafe fn q45_k<D: Dot8, const M: usize, const FIFTH: bool>(
-    w: &[u8],
+    w: *const u8,
     nb: usize,
     a: &[Acts<'_>; M],
 ) -> [__m256; M] {
@@ -300,7 +458,7 @@ unsafe fn q45_k<D: Dot8, const M: usize, const FIFTH: bool>(
         let mut acc = [_mm256_setzero_ps(); M];
         let (m4, one) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(1));
         for b in 0..nb {
-            let p = w.as_ptr().add(bb * b);
+            let p = w.add(bb * b);
             let (d, dmin) = (f16_at(p), f16_at(p.add(2)));
             let packed: &[u8; 12] = &*p.add(4).cast();
             let (scales, mins) = scales_mins_k4(packed);
@@ -356,13 +514,13 @@ unsafe fn high_pair(qh: __m256i, shift: i32, m2: __m256i) -> __m256i {
 /// Q6_K (210 bytes: 128 bytes of low nibbles, 64 of high 2-bit pairs, 16 i8 scales, `d` f16
 /// last). Values are `q − 32`: the `−32` is taken out once per block through the Q8_K sums.
 #[inline(always)]
-unsafe fn q6_k<D: Dot8, const M: usize>(w: &[u8], nb: usize, a: &[Acts<'_>; M]) -> [__m256; M] {
+unsafe fn q6_k<D: Dot8, const M: usize>(w: *const u8, nb: usize, a: &[Acts<'_>; M]) -> [__m256; M] {
     // SAFETY: `nb` whole blocks in `w` and in every row (checked by the caller).
     unsafe {
         let mut acc = [_mm256_setzero_ps(); M];
         let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(3));
         for b in 0..nb {
-            let p = w.as_ptr().add(210 * b);
+            let p = w.add(210 * b);
             let d = f16_at(p.add(208));
             let sc: &[i8; 16] = &*p.add(192).cast();
             let mut lanes = [_mm256_setzero_si256(); M];

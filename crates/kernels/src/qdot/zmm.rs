@@ -1,0 +1,209 @@
+//! 512-bit kernels of the K-quants for CPUs with AVX-512 (F, BW, VL) and AVX512-VNNI: one
+//! `vpdpbusd` multiplies 64 weight quants by 64 activation quants, so a Q4_K block (256
+//! values) takes four, against eight 256-bit ones. A decode GEMV on these types is bound by
+//! instructions per weight byte, not by memory, so halving them is what moves it toward the
+//! bandwidth floor.
+//!
+//! Layout facts these kernels rely on (see the reference): a Q4_K/Q5_K chunk of 32 quant bytes
+//! holds values `64c..64c+32` in its low nibbles and `64c+32..64c+64` in its high nibbles, so
+//! one chunk broadcast to both halves of a 512-bit register and shifted by 0 and 4 per half is
+//! 64 consecutive values; a Q6_K half-block's 64 low-nibble bytes are values `0..64` (low
+//! nibbles) and `64..128` (high nibbles), each with two bits from one 32-byte `qh` run.
+
+use super::Acts;
+use super::x86::{f16_at, hsum, load32, mins_lanes, scales_mins_k4};
+use std::arch::x86_64::*;
+
+/// The sum of the sixteen lanes.
+#[inline(always)]
+unsafe fn hsum512(v: __m512) -> f32 {
+    // SAFETY: AVX-512 F per the caller's contract.
+    unsafe {
+        let lo = _mm512_castps512_ps256(v);
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        hsum(_mm256_add_ps(lo, hi))
+    }
+}
+
+/// Asks for the cache lines [`PREFETCH_AHEAD`] bytes past `p` (a prefetch past the end of
+/// the row is harmless: it never faults).
+#[inline(always)]
+unsafe fn prefetch(p: *const u8) {
+    // SAFETY: a prefetch reads nothing architecturally; `wrapping_add` keeps the pointer
+    // arithmetic defined past the end of the allocation.
+    unsafe {
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD).cast());
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + 64).cast());
+        _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_AHEAD + 128).cast());
+    }
+}
+
+/// How far ahead of the block being multiplied its successors are prefetched.
+const PREFETCH_AHEAD: usize = 1024;
+
+/// 64 bytes at `p`.
+#[inline(always)]
+unsafe fn load64<T>(p: *const T) -> __m512i {
+    // SAFETY: the caller guarantees 64 readable bytes.
+    unsafe { _mm512_loadu_si512(p.cast()) }
+}
+
+/// 32 bytes at `p` in both halves.
+#[inline(always)]
+unsafe fn broadcast32(p: *const u8) -> __m512i {
+    // SAFETY: the caller guarantees 32 readable bytes and AVX-512 F.
+    unsafe { _mm512_broadcast_i64x4(load32(p)) }
+}
+
+/// Sixteen i16 lanes of `lo` then sixteen of `hi` (per-half shift counts).
+#[inline(always)]
+unsafe fn halves16(lo: i16, hi: i16) -> __m512i {
+    // SAFETY: AVX-512 F per the caller's contract.
+    unsafe { _mm512_inserti64x4(_mm512_set1_epi16(lo), _mm256_set1_epi16(hi), 1) }
+}
+
+/// i32 lane indices `first` ×`run`, `first + 1` ×`run`, … (16 lanes), for `vpermd`.
+#[inline(always)]
+unsafe fn runs(first: i32, run: i32) -> __m512i {
+    // SAFETY: AVX-512 F per the caller's contract.
+    unsafe {
+        let lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+        let step = match run {
+            4 => _mm512_srli_epi32(lane, 2),
+            _ => _mm512_srli_epi32(lane, 3),
+        };
+        _mm512_add_epi32(step, _mm512_set1_epi32(first))
+    }
+}
+
+/// Q4_K and (`FIFTH`) Q5_K against Q8_K activations.
+///
+/// # Safety
+/// AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C must be available; `w` holds `nb` blocks and
+/// every row of `a` `nb` blocks (quants, scales and sums).
+#[inline(always)]
+pub(super) unsafe fn q45_k<const M: usize, const FIFTH: bool>(
+    w: *const u8,
+    nb: usize,
+    a: &[Acts<'_>; M],
+) -> [f32; M] {
+    let bb = if FIFTH { 176 } else { 144 };
+    // SAFETY: per this function's contract.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); M];
+        let mut acc_min = [_mm256_setzero_ps(); M];
+        let m4 = _mm512_set1_epi8(0x0F);
+        let one = _mm512_set1_epi8(1);
+        let nibble_shift = halves16(0, 4);
+        for b in 0..nb {
+            let p = w.add(bb * b);
+            prefetch(p);
+            let (d, dmin) = (f16_at(p), f16_at(p.add(2)));
+            let (scales, mins) = scales_mins_k4(&*p.add(4).cast());
+            let sc = _mm512_cvtepu8_epi32(_mm_set_epi64x(0, i64::from_le_bytes(scales)));
+            let qs = p.add(if FIFTH { 48 } else { 16 });
+            let qh = if FIFTH {
+                broadcast32(p.add(16))
+            } else {
+                _mm512_setzero_si512()
+            };
+            let mut lanes = [_mm512_setzero_si512(); M];
+            for c in 0..4 {
+                let q = broadcast32(qs.add(32 * c));
+                let mut u = _mm512_and_si512(_mm512_srlv_epi16(q, nibble_shift), m4);
+                if FIFTH {
+                    let shift = halves16(2 * c as i16, 2 * c as i16 + 1);
+                    let h = _mm512_and_si512(_mm512_srlv_epi16(qh, shift), one);
+                    u = _mm512_or_si512(u, _mm512_slli_epi16(h, 4));
+                }
+                let scale = _mm512_permutexvar_epi32(runs(2 * c as i32, 8), sc);
+                for t in 0..M {
+                    let x = load64(a[t].qs.as_ptr().add(256 * b + 64 * c));
+                    let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x);
+                    lanes[t] = _mm512_add_epi32(lanes[t], _mm512_mullo_epi32(sums, scale));
+                }
+            }
+            for t in 0..M {
+                let da = *a[t].d.get_unchecked(b);
+                let m = mins_lanes(mins, a[t].bsums.as_ptr().add(16 * b));
+                acc[t] =
+                    _mm512_fmadd_ps(_mm512_set1_ps(d * da), _mm512_cvtepi32_ps(lanes[t]), acc[t]);
+                acc_min[t] =
+                    _mm256_fmadd_ps(_mm256_set1_ps(dmin * da), _mm256_cvtepi32_ps(m), acc_min[t]);
+            }
+        }
+        let mut out = [0f32; M];
+        for t in 0..M {
+            out[t] = hsum512(acc[t]) - hsum(acc_min[t]);
+        }
+        out
+    }
+}
+
+/// The 2-bit pairs of `qh` at per-half `shifts`, moved to bits 4..6 of each byte. (A
+/// function, not a closure: closures do not inherit target features.)
+#[inline(always)]
+unsafe fn high_bits(qh: __m512i, shifts: __m512i, m2: __m512i) -> __m512i {
+    // SAFETY: AVX-512 BW per the caller's contract.
+    unsafe { _mm512_slli_epi16(_mm512_and_si512(_mm512_srlv_epi16(qh, shifts), m2), 4) }
+}
+
+/// Q6_K against Q8_K activations: values `q − 32`, the `−32` taken out once per block
+/// through the activations' sums of 16.
+///
+/// # Safety
+/// As [`q45_k`].
+#[inline(always)]
+pub(super) unsafe fn q6_k<const M: usize>(w: *const u8, nb: usize, a: &[Acts<'_>; M]) -> [f32; M] {
+    // SAFETY: per this function's contract.
+    unsafe {
+        let mut acc = [_mm512_setzero_ps(); M];
+        let mut acc_off = [_mm256_setzero_ps(); M];
+        let (m4, m2) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(3));
+        let (low_pairs, high_pairs) = (halves16(0, 2), halves16(4, 6));
+        for b in 0..nb {
+            let p = w.add(210 * b);
+            prefetch(p);
+            let d = f16_at(p.add(208));
+            let sc_bytes = _mm_loadu_si128(p.add(192).cast());
+            let sc = _mm512_cvtepi8_epi32(sc_bytes);
+            let mut lanes = [_mm512_setzero_si512(); M];
+            for h in 0..2 {
+                let ql = load64(p.add(64 * h));
+                let qh = broadcast32(p.add(128 + 32 * h));
+                let u = [
+                    _mm512_or_si512(_mm512_and_si512(ql, m4), high_bits(qh, low_pairs, m2)),
+                    _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi16(ql, 4), m4),
+                        high_bits(qh, high_pairs, m2),
+                    ),
+                ];
+                for (i, &ui) in u.iter().enumerate() {
+                    let scale = _mm512_permutexvar_epi32(runs(8 * h as i32 + 4 * i as i32, 4), sc);
+                    for t in 0..M {
+                        let x = load64(a[t].qs.as_ptr().add(256 * b + 128 * h + 64 * i));
+                        let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), ui, x);
+                        lanes[t] = _mm512_add_epi32(lanes[t], _mm512_mullo_epi32(sums, scale));
+                    }
+                }
+            }
+            let sc16 = _mm256_cvtepi8_epi16(sc_bytes);
+            for t in 0..M {
+                let dd = d * *a[t].d.get_unchecked(b);
+                let bsums = load32(a[t].bsums.as_ptr().add(16 * b));
+                let off = _mm256_madd_epi16(bsums, sc16);
+                acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(dd), _mm512_cvtepi32_ps(lanes[t]), acc[t]);
+                acc_off[t] = _mm256_fmadd_ps(
+                    _mm256_set1_ps(32.0 * dd),
+                    _mm256_cvtepi32_ps(off),
+                    acc_off[t],
+                );
+            }
+        }
+        let mut out = [0f32; M];
+        for t in 0..M {
+            out[t] = hsum512(acc[t]) - hsum(acc_off[t]);
+        }
+        out
+    }
+}
