@@ -16,8 +16,8 @@ use std::arch::x86_64::*;
 
 /// Four adjacent `u8 · i8` products summed into each i32 lane.
 pub(crate) trait Dot8 {
-    /// Whether AVX-512 (F, BW, VL, VNNI) is available too: the K-quants then take the 512-bit
-    /// kernels of [`super::zmm`].
+    /// Whether AVX-512 (F, BW, VL, VNNI) is available too: Q8_0 and the K-quants then take the
+    /// 512-bit kernels of [`super::zmm`].
     const AVX512: bool;
 
     /// A pair of scales (one per 16-byte half) in the form [`Dot8::dot_scaled`] takes.
@@ -308,6 +308,7 @@ unsafe fn dot_blocks<D: Dot8, const M: usize>(
                 DType::Q4_K => return super::zmm::q45_k::<M, false>(w, nb, a),
                 DType::Q5_K => return super::zmm::q45_k::<M, true>(w, nb, a),
                 DType::Q6_K => return super::zmm::q6_k::<M>(w, nb, a),
+                DType::Q8_0 => return super::zmm::q8_0::<M>(w, nb, a),
                 _ => {}
             }
         }
