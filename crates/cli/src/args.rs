@@ -23,11 +23,13 @@ pub(crate) struct ModelArgs {
     /// Where to run: `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
     pub device: Device,
-    /// Activation precision of the matmuls: `f32` (exact, matches transformers' f32 forward),
+    /// Activation precision of the matmuls: `auto` (int8 for a quantized GGUF file, f32
+    /// otherwise), `f32` (exact, matches transformers' f32 forward; quantized weights
+    /// dequantized exactly),
     /// `bf16` (activations rounded to bf16 for bf16 weights, as llama.cpp and transformers'
     /// native bf16 compute; twice the prefill speed on AVX512-BF16 CPUs) or `int8` (as bf16,
     /// and 8-bit activation blocks with integer dots for quantized weights, as llama.cpp).
-    #[arg(long, default_value = "f32")]
+    #[arg(long, default_value = "auto")]
     pub precision: ComputeDType,
 }
 

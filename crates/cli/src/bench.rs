@@ -162,7 +162,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "gen": stats.generated_tokens,
             "threads": engine.threads(),
             "repeat": args.repeat.max(1),
-            "precision": format!("{:?}", args.model.precision).to_lowercase(),
+            "precision": format!("{:?}", engine.model().kernels().precision()).to_lowercase(),
             "contend": args.contend,
             "preemptions": preemptions,
             "prefill_tokens_per_s": prefill,

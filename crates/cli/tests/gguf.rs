@@ -40,6 +40,8 @@ fn greedy_generation_equals_the_exact_reference() {
         "--ignore-eos",
         "--temperature",
         "0",
+        "--precision",
+        "f32",
         "--json",
     ]);
     let json: Value = stdout_json(&out);
