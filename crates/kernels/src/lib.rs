@@ -20,6 +20,7 @@ pub mod isa;
 pub mod matmul;
 pub mod moe;
 pub mod qdot;
+pub mod quantize;
 pub mod rmsnorm;
 pub mod rope;
 pub mod router;

@@ -17,7 +17,7 @@ pub(crate) fn nearest_int(v: f32) -> i32 {
 /// truncate, then step away from zero when the fraction is half or more (exact: `v − trunc`
 /// is representable for |v| < 2²³). NaN gives 0, like the saturating cast.
 #[inline]
-fn round_half_away(v: f32) -> i8 {
+pub(crate) fn round_half_away(v: f32) -> i8 {
     let t = v as i32;
     let frac = v - t as f32;
     let r = if frac >= 0.5 {

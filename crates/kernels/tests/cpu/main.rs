@@ -9,6 +9,7 @@ mod matmul;
 mod moe;
 mod qdot;
 mod quant;
+mod quantize;
 mod small_ops;
 
 use half::{bf16, f16};
