@@ -8,6 +8,7 @@ mod inspect;
 mod interrupt;
 mod logits;
 mod progress;
+mod quantize;
 mod report;
 mod tokenize;
 
@@ -41,6 +42,9 @@ enum Command {
     Inspect(inspect::Args),
     /// Measure prefill and decode tokens/s against this machine's decode floor.
     Bench(bench::Args),
+    /// Write a checkpoint as a quantized GGUF file (Q8_0, Q6_K, Q5_K_M, Q4_K_M …) that
+    /// llama.cpp's tools load.
+    Quantize(quantize::Args),
     /// Keep N threads busy until killed (`bench --contend` runs this as its competitor).
     #[command(hide = true)]
     Spin {
@@ -59,6 +63,7 @@ fn main() -> ExitCode {
         Command::Detokenize(args) => tokenize::detokenize(args),
         Command::Inspect(args) => inspect::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Quantize(args) => quantize::run(args),
         Command::Spin { threads } => bench::spin(threads),
     };
     match result {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{csv, fixture, mixtral, stdout_json};
+use common::{assert_clean_error, csv, fixture, mixtral, s, stdout_json};
 use serde_json::Value;
 use std::process::Output;
 
@@ -248,4 +248,67 @@ fn unknown_precision_is_one_clear_error() {
         err.contains("unknown compute dtype `fp8` (expected auto, f32, bf16 or int8)"),
         "{err}"
     );
+}
+
+#[test]
+fn quantize_writes_a_gguf_and_refuses_what_it_cannot_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q.gguf");
+    let model = fixture("tiny-bf16");
+    let json = stdout_json(&mixtral(&[
+        "quantize",
+        "--model",
+        s(&model),
+        "--type",
+        "q8_0",
+        "--out",
+        s(&out),
+        "--json",
+    ]));
+    assert_eq!(json["type"], "Q8_0");
+    assert!(json["tensor_bytes"].as_u64().unwrap() > 0);
+    let generated = stdout_json(&mixtral(&[
+        "generate",
+        "--model",
+        s(&out),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "3",
+        "--json",
+    ]));
+    assert_eq!(generated["ids"].as_array().unwrap().len(), 3);
+    // The output exists now: never overwritten.
+    let again = mixtral(&[
+        "quantize",
+        "--model",
+        s(&model),
+        "--type",
+        "q8_0",
+        "--out",
+        s(&out),
+    ]);
+    assert_clean_error(&again, "already exists");
+    let other = dir.path().join("k.gguf");
+    let k = mixtral(&[
+        "quantize",
+        "--model",
+        s(&model),
+        "--type",
+        "q4_k_m",
+        "--out",
+        s(&other),
+    ]);
+    assert_clean_error(&k, "not whole Q4_K blocks");
+    assert!(!other.exists());
+    let bad = mixtral(&[
+        "quantize",
+        "--model",
+        s(&model),
+        "--type",
+        "q3_k",
+        "--out",
+        s(&other),
+    ]);
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown quantization `q3_k`"));
 }

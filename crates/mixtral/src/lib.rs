@@ -33,6 +33,7 @@ mod engine;
 mod error;
 mod generate;
 pub mod gguf_vocab;
+mod quantize;
 
 pub use defaults::Defaults;
 pub use engine::{ComputeDType, Device, Engine, LoadOptions, MAX_THREADS};
@@ -42,6 +43,7 @@ pub use gguf_vocab::{find_tokenizer, load_tokenizer};
 pub use mixtral_model::{Output, RoutingTrace};
 pub use mixtral_sampler::SamplerConfig;
 pub use mixtral_tokenizer::chat::{Message, Role};
+pub use quantize::{QuantScheme, QuantizeReport, quantize_to_gguf};
 
 pub use mixtral_kernels as kernels;
 pub use mixtral_model as model;

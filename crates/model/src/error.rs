@@ -122,6 +122,14 @@ pub enum Error {
         /// The position given.
         found: usize,
     },
+    /// A checkpoint cannot be written in the format asked for.
+    #[error("{}: cannot export: {reason}", path.display())]
+    Export {
+        /// The file being written.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// The tensor layer failed (I/O, corrupt file, unsupported dtype).
     #[error(transparent)]
     Tensor(#[from] mixtral_tensor::Error),

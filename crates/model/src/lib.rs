@@ -31,6 +31,7 @@ mod checkpoint;
 mod config;
 mod cuda_model;
 mod error;
+pub mod export;
 mod forward;
 mod gguf_config;
 mod input;

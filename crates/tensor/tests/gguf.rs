@@ -1504,3 +1504,67 @@ fn path_is_the_file_opened() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn streaming_writes_what_to_bytes_writes_and_cleans_up_on_a_short_tensor() {
+    let q8: Vec<u8> = (0..68u8).collect(); // two Q8_0 blocks
+    let f: Vec<u8> = [1.5f32, -2.0, 0.25]
+        .iter()
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let mut whole = GgufWriter::new();
+    whole.metadata("general.architecture", Value::String("llama".into()));
+    let tensors = [
+        WriteTensor {
+            name: "a".into(),
+            dtype: DType::Q8_0,
+            shape: Shape::new(vec![64]),
+            bytes: &q8,
+        },
+        WriteTensor {
+            name: "b".into(),
+            dtype: DType::F32,
+            shape: Shape::new(vec![3]),
+            bytes: &f,
+        },
+    ];
+    let streamed = whole.clone();
+    for t in &tensors {
+        whole.tensor(t.clone());
+    }
+    let specs: Vec<mixtral_tensor::gguf::TensorSpec> = tensors
+        .iter()
+        .map(|t| mixtral_tensor::gguf::TensorSpec {
+            name: t.name.clone(),
+            dtype: t.dtype,
+            shape: t.shape.clone(),
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.gguf");
+    streamed
+        .write_streaming(&path, &specs, |i, sink| {
+            // In two pieces, as a chunked writer would.
+            let (a, b) = tensors[i].bytes.split_at(tensors[i].bytes.len() / 2);
+            sink.write(a)?;
+            sink.write(b)
+        })
+        .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), whole.to_bytes());
+    // Refuses an existing file; a tensor written short fails and leaves nothing behind.
+    assert!(
+        streamed
+            .write_streaming(&path, &specs, |_, _| Ok(()))
+            .is_err()
+    );
+    let short = dir.path().join("short.gguf");
+    let err = streamed
+        .write_streaming(&short, &specs, |_, sink| sink.write(&[0u8; 3]))
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("tensor `a`: 3 bytes written, 68 expected"),
+        "{err}"
+    );
+    assert!(!short.exists());
+}

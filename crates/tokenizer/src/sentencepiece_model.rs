@@ -190,6 +190,17 @@ impl Tokenizer {
     /// [`Error::Io`] if it cannot be read, [`Error::BadVocab`] if it is malformed, larger than
     /// [`MAX_MODEL_BYTES`], or a kind of SentencePiece model this crate does not encode like.
     pub fn from_sentencepiece_model(path: &Path) -> Result<Tokenizer> {
+        Tokenizer::from_vocab(&read_sentencepiece_vocab(path)?, path)
+    }
+}
+
+/// The vocabulary of a SentencePiece `tokenizer.model`, checked to be a kind this crate
+/// encodes exactly (see [`Tokenizer::from_sentencepiece_model`]).
+///
+/// # Errors
+/// As [`Tokenizer::from_sentencepiece_model`].
+pub fn read_sentencepiece_vocab(path: &Path) -> Result<SentencePieceVocab> {
+    {
         let bad = |field: &str, reason: String| Error::BadVocab {
             path: path.to_path_buf(),
             field: field.into(),
@@ -221,6 +232,6 @@ impl Tokenizer {
                 format!("{reason}: not a tokenizer this crate encodes exactly"),
             ));
         }
-        Tokenizer::from_vocab(&vocab, path)
+        Ok(vocab)
     }
 }

@@ -24,7 +24,7 @@ pub use parse::{
     ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GgufTensorInfo, Header, MAGIC, MAX_DIMS, MAX_NESTING,
 };
 pub use value::{Array, Value, ValueType};
-pub use write::{GgufWriter, WriteTensor};
+pub use write::{GgufWriter, TensorSink, TensorSpec, WriteTensor};
 
 pub(crate) use crate::escape;
 

@@ -1,0 +1,266 @@
+//! `quantize_to_gguf` on the fixture model: the file's tensors are the source's, quantized
+//! (Q8_0 blocks within half a step, q/k rows moved to llama.cpp's adjacent-pair order,
+//! experts merged), its vocabulary encodes as the original tokenizer does, and the quantized
+//! model's logits stay close to the original's. (On bench-1b the written file's tensors are
+//! byte-identical to `llama-quantize`'s: docs/performance.md.)
+
+use mixtral::kernels::Weight;
+use mixtral::model::{Checkpoint, ForwardOptions, Kernels, Logits, Model};
+use mixtral::{QuantScheme, quantize_to_gguf};
+use mixtral_testkit::json_ids as ids;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/tiny-bf16")
+}
+
+/// Every value of a weight, dequantized or widened to f32.
+fn values(w: Weight<'_>) -> Vec<f32> {
+    let mut out = vec![0f32; w.len()];
+    w.row_into(0, &mut out);
+    out
+}
+
+/// Each Q8_0 block of `got` within half a quantization step (plus the f16 rounding of the
+/// block scale) of `want`.
+fn assert_q8_0_close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}");
+    for (b, (g, w)) in got.chunks(32).zip(want.chunks(32)).enumerate() {
+        let amax = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let bound = amax * (1.0 / 254.0 + 1.0 / 1024.0) + 1e-12;
+        for (i, (x, y)) in g.iter().zip(w).enumerate() {
+            assert!(
+                (x - y).abs() <= bound,
+                "{what}: block {b} value {i}: {x} vs {y}"
+            );
+        }
+    }
+}
+
+/// Rows of a `[heads · hd, k]` matrix in half-split order, moved to adjacent pairs.
+fn to_pairs(v: &[f32], k: usize, hd: usize) -> Vec<f32> {
+    let mut out = v.to_vec();
+    for (h, head) in out.chunks_exact_mut(hd * k).enumerate() {
+        for i in 0..hd / 2 {
+            for j in 0..2 {
+                let src = h * hd * k + (j * hd / 2 + i) * k;
+                head[(2 * i + j) * k..(2 * i + j + 1) * k].copy_from_slice(&v[src..src + k]);
+            }
+        }
+    }
+    out
+}
+
+/// KL(softmax(p) ‖ softmax(q)) in f64.
+fn kl_div(p: &[f32], q: &[f32]) -> f64 {
+    let log_softmax = |z: &[f32]| {
+        let m = z.iter().fold(f64::MIN, |m, &v| m.max(f64::from(v)));
+        let lse = z
+            .iter()
+            .map(|&v| (f64::from(v) - m).exp())
+            .sum::<f64>()
+            .ln()
+            + m;
+        z.iter().map(|&v| f64::from(v) - lse).collect::<Vec<f64>>()
+    };
+    let (lp, lq) = (log_softmax(p), log_softmax(q));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
+}
+
+#[test]
+fn q8_0_file_holds_the_source_tensors_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny-q8_0.gguf");
+    let mut calls = 0;
+    let report = quantize_to_gguf(&tiny(), QuantScheme::Q8_0, &out, |done, total| {
+        assert!(done <= total);
+        calls += 1;
+    })
+    .unwrap();
+    assert!(calls > 0 && report.tokenizer_from.is_some());
+
+    let src = Checkpoint::open(tiny()).unwrap();
+    let q = Checkpoint::open(&out).unwrap();
+    assert_eq!(q.config.hidden_size, src.config.hidden_size);
+    assert_eq!(q.config.num_local_experts, src.config.num_local_experts);
+    assert!(q.config.rope_interleaved && !src.config.rope_interleaved);
+    let (s, g) = (&src.weights, &q.weights);
+    let w = |t| values(Weight::new(t).unwrap());
+    let k = src.config.hidden_size;
+    let hd = src.config.head_dim;
+    assert_q8_0_close("embed", &w(&g.embed), &w(&s.embed));
+    assert_q8_0_close("lm_head", &w(&g.lm_head), &w(&s.lm_head));
+    assert_eq!(w(&g.norm), w(&s.norm), "norms stay exact (f32)");
+    for (l, (gl, sl)) in g.layers.iter().zip(&s.layers).enumerate() {
+        assert_q8_0_close(&format!("wq {l}"), &w(&gl.wq), &to_pairs(&w(&sl.wq), k, hd));
+        assert_q8_0_close(&format!("wk {l}"), &w(&gl.wk), &to_pairs(&w(&sl.wk), k, hd));
+        assert_q8_0_close(&format!("wv {l}"), &w(&gl.wv), &w(&sl.wv));
+        assert_q8_0_close(&format!("wo {l}"), &w(&gl.wo), &w(&sl.wo));
+        assert_eq!(w(&gl.router), w(&sl.router), "router {l} stays exact");
+        for (e, (ge, se)) in gl.experts.iter().zip(&sl.experts).enumerate() {
+            assert_q8_0_close(&format!("w1 {l}.{e}"), &w(&ge.w1), &w(&se.w1));
+            assert_q8_0_close(&format!("w2 {l}.{e}"), &w(&ge.w2), &w(&se.w2));
+            assert_q8_0_close(&format!("w3 {l}.{e}"), &w(&ge.w3), &w(&se.w3));
+        }
+    }
+
+    // The vocabulary in the file encodes as the directory's tokenizer does.
+    let text = "Mixtral quantized: «ça marche» 123 ✓";
+    let a = mixtral::load_tokenizer(&tiny()).unwrap();
+    let b = mixtral::load_tokenizer(&out).unwrap();
+    assert_eq!(a.encode(text).unwrap(), b.encode(text).unwrap());
+
+    // Logits of the quantized model (exact dequantization) against the original's: the
+    // quantization error itself, which flips near-tied router choices of this random model
+    // (the fixtures' README measures llama.cpp's own Q8_0 at KL 2e-4 to 8e-3 on tiny-q).
+    let exp: Value =
+        serde_json::from_slice(&std::fs::read(tiny().join("expected.json")).unwrap()).unwrap();
+    let (m0, m1) = (
+        Model::open(tiny()).unwrap(),
+        Model::open(&out).unwrap().with_kernels(Kernels::default()),
+    );
+    let (mut kl, mut agree, mut total) = (0f64, 0, 0);
+    for case in exp["cases"].as_array().unwrap() {
+        let tokens = ids(&case["input_ids"]);
+        let run = |m: &Model| {
+            let positions: Vec<usize> = (0..tokens.len()).collect();
+            let opts = ForwardOptions {
+                logits: Logits::All,
+                trace_routing: false,
+            };
+            m.prefill(&tokens, &positions, &mut m.new_cache(), opts)
+                .unwrap()
+                .logits
+        };
+        let (l0, l1) = (run(&m0), run(&m1));
+        let v = m0.config().vocab_size;
+        for (r0, r1) in l0.chunks(v).zip(l1.chunks(v)) {
+            kl += kl_div(r0, r1);
+            agree += usize::from(mixtral_testkit::argmax(r0) == mixtral_testkit::argmax(r1));
+            total += 1;
+        }
+    }
+    let kl = kl / total as f64;
+    println!("Q8_0 vs original: KL mean {kl:.2e}, argmax {agree}/{total}");
+    assert!(kl < 0.02, "KL mean {kl}");
+    assert!(agree * 10 >= total * 9, "argmax {agree}/{total}");
+}
+
+#[test]
+fn k_quants_refuse_rows_that_are_not_whole_blocks_and_leave_no_file() {
+    // tiny-bf16's hidden size is 128: a Q4_K block is 256 values.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("q4.gguf");
+    let err = quantize_to_gguf(&tiny(), QuantScheme::Q4KM, &out, |_, _| {}).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("token_embd.weight") && msg.contains("not whole Q4_K blocks"),
+        "{msg}"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn an_existing_output_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("taken.gguf");
+    std::fs::write(&out, b"mine").unwrap();
+    assert!(quantize_to_gguf(&tiny(), QuantScheme::Q8_0, &out, |_, _| {}).is_err());
+    assert_eq!(std::fs::read(&out).unwrap(), b"mine");
+}
+
+#[test]
+fn a_mistral_directory_keeps_its_pair_order_and_warns_of_no_vocabulary() {
+    // Mistral's consolidated format already stores q/k in adjacent-pair order.
+    let src =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models/tiny-f32-mistral");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("m.gguf");
+    let report = quantize_to_gguf(&src, QuantScheme::Q8_0, &out, |_, _| {}).unwrap();
+    assert_eq!(
+        report.tokenizer_from, None,
+        "the fixture has no tokenizer.model"
+    );
+    let (s, q) = (
+        Checkpoint::open(&src).unwrap(),
+        Checkpoint::open(&out).unwrap(),
+    );
+    let w = |t| values(Weight::new(t).unwrap());
+    assert_q8_0_close(
+        "wq",
+        &w(&q.weights.layers[0].wq),
+        &w(&s.weights.layers[0].wq),
+    );
+    assert_q8_0_close(
+        "wk",
+        &w(&q.weights.layers[1].wk),
+        &w(&s.weights.layers[1].wk),
+    );
+}
+
+/// The Python that has llama.cpp's `gguf` package: `MIXTRAL_GGUF_PYTHON` (CI sets it, and the
+/// check must then pass), else `python3` when it can import `gguf`.
+fn gguf_python() -> Option<String> {
+    if let Ok(p) = std::env::var("MIXTRAL_GGUF_PYTHON") {
+        return Some(p);
+    }
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import gguf"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| "python3".to_string())
+}
+
+#[test]
+fn llama_cpps_gguf_package_reads_the_file_back() {
+    let Some(python) = gguf_python() else {
+        eprintln!("note: no Python with the `gguf` package (set MIXTRAL_GGUF_PYTHON); skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny-q8_0.gguf");
+    quantize_to_gguf(&tiny(), QuantScheme::Q8_0, &out, |_, _| {}).unwrap();
+    // What our reader sees, as "name type ne0,ne1,…" lines, against gguf-py's view.
+    let file = mixtral::model::Checkpoint::open(&out).unwrap();
+    let gguf = file.gguf().unwrap();
+    let mut ours: Vec<String> = gguf
+        .infos()
+        .iter()
+        .map(|(name, info)| {
+            let ne: Vec<String> = info
+                .shape
+                .dims()
+                .iter()
+                .rev()
+                .map(|d| d.to_string())
+                .collect();
+            format!("{name} {} {}", info.dtype, ne.join(","))
+        })
+        .collect();
+    ours.sort();
+    let script = r#"
+import sys, gguf
+r = gguf.GGUFReader(sys.argv[1])
+lines = sorted(f"{t.name} {t.tensor_type.name} {','.join(str(int(d)) for d in t.shape)}" for t in r.tensors)
+assert r.fields["general.architecture"].contents() == "llama"
+assert r.fields["llama.expert_count"].contents() == 8
+assert len(r.fields["tokenizer.ggml.tokens"].contents()) == 32000
+print("\n".join(lines))
+"#;
+    let run = std::process::Command::new(&python)
+        .args(["-c", script, out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let theirs: Vec<String> = String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(theirs, ours);
+}
