@@ -205,6 +205,12 @@ unsafe fn gemm<D: Dot8>(dtype: DType, w: &[u8], acts: &QuantizedActs, k: usize, 
     // SAFETY: features per the caller's contract; shapes checked above, each `Acts` is
     // checked by `check` inside `tokens`.
     unsafe {
+        if D::AVX512 {
+            while t0 + 8 <= rows {
+                tokens::<D, 8>(dtype, w, rb, acts, k, t0, y, n);
+                t0 += 8;
+            }
+        }
         while t0 + 4 <= rows {
             tokens::<D, 4>(dtype, w, rb, acts, k, t0, y, n);
             t0 += 4;
