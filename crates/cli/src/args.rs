@@ -31,6 +31,10 @@ pub(crate) struct ModelArgs {
     /// and 8-bit activation blocks with integer dots for quantized weights, as llama.cpp).
     #[arg(long, default_value = "auto")]
     pub precision: ComputeDType,
+    /// Quantize a bf16/f16/f32 checkpoint while loading it: `q8_0`, `q6_k`, `q5_k_m`,
+    /// `q4_k_m`, `q5_k` or `q4_k` (what `mixtral quantize` writes, without keeping a file).
+    #[arg(long)]
+    pub quantize: Option<mixtral::QuantScheme>,
 }
 
 impl ModelArgs {
@@ -41,6 +45,7 @@ impl ModelArgs {
             device: self.device,
             dtype: self.precision,
             prefault: true,
+            quantize: self.quantize,
         };
         let bar = crate::progress::bytes("loading weights");
         let engine = Engine::load_with(&self.model, opts, |done, total| {

@@ -88,6 +88,38 @@ impl std::str::FromStr for ComputeDType {
     }
 }
 
+/// [`LoadOptions::quantize`]: `ckpt` written quantized to an unlinked temporary GGUF file,
+/// opened in its place.
+fn quantize_at_load(
+    ckpt: Checkpoint,
+    scheme: crate::QuantScheme,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<Checkpoint> {
+    if has_quantized_weights(&ckpt) {
+        return Err(Error::InvalidOption {
+            option: "quantize",
+            reason: "the checkpoint is quantized already (quantize a bf16, f16 or f32 one)",
+        });
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("mixtral-quantize-")
+        .tempdir()
+        .map_err(|source| {
+            mixtral_model::Error::from(mixtral_tensor::Error::Io {
+                path: std::env::temp_dir(),
+                source,
+            })
+        })?;
+    let file = tmp.path().join("model.gguf");
+    mixtral_model::export::write_quantized_gguf(&ckpt, scheme, Vec::new(), &file, |d, t| {
+        progress(d, t)
+    })?;
+    let quantized = Checkpoint::open(&file)?;
+    // The mapping keeps the data; the name goes with the directory.
+    drop(tmp);
+    Ok(quantized)
+}
+
 /// Whether any tensor of the checkpoint is block-quantized (what [`ComputeDType::Auto`] asks).
 fn has_quantized_weights(ckpt: &Checkpoint) -> bool {
     ckpt.store().files().iter().any(|f| {
@@ -112,6 +144,13 @@ pub struct LoadOptions {
     /// Read every weight page once at load (with progress), so the first token is not slowed
     /// by page faults. Off: pages load lazily on first use.
     pub prefault: bool,
+    /// Quantize a bf16/f16/f32 checkpoint while loading it (`progress` then counts the bytes
+    /// quantized): every matrix is quantized on all threads by ggml's algorithm, one tensor
+    /// at a time, into a GGUF file in the temporary directory (`TMPDIR`) that is mapped and
+    /// unlinked at once, so anonymous memory stays at one tensor's working set and the
+    /// quantized weights live in the page cache, as a GGUF file's do. The same file
+    /// `mixtral quantize` writes.
+    pub quantize: Option<crate::QuantScheme>,
 }
 
 /// A model ready to generate: weights (memory-mapped), tokenizer, threads, defaults.
@@ -168,7 +207,10 @@ impl Engine {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         });
         let team = Team::new(threads).map_err(|source| Error::Threads { threads, source })?;
-        let ckpt = Checkpoint::open(dir)?;
+        let mut ckpt = Checkpoint::open(dir)?;
+        if let Some(scheme) = opts.quantize {
+            ckpt = quantize_at_load(ckpt, scheme, &mut progress)?;
+        }
         let cuda = match opts.device {
             Device::Cpu => {
                 if opts.prefault {
@@ -183,8 +225,8 @@ impl Engine {
             }
         };
         let tokenizer = match ckpt.gguf() {
-            Some(file) => crate::gguf_vocab::tokenizer_from_gguf(file)?,
-            None => crate::gguf_vocab::find_tokenizer(dir)?,
+            Some(file) if opts.quantize.is_none() => crate::gguf_vocab::tokenizer_from_gguf(file)?,
+            _ => crate::gguf_vocab::find_tokenizer(dir)?,
         };
         let defaults = Defaults::read(dir, &ckpt.config, tokenizer.as_ref())?;
         let precision = match opts.dtype {

@@ -264,3 +264,69 @@ print("\n".join(lines))
         .collect();
     assert_eq!(theirs, ours);
 }
+
+/// Logits at every position of `tokens`.
+fn all_logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
+    let positions: Vec<usize> = (0..tokens.len()).collect();
+    let opts = ForwardOptions {
+        logits: Logits::All,
+        trace_routing: false,
+    };
+    m.prefill(tokens, &positions, &mut m.new_cache(), opts)
+        .unwrap()
+        .logits
+}
+
+#[test]
+fn quantize_at_load_runs_within_the_activation_quantizing_tolerance() {
+    use mixtral::{ComputeDType, Engine, LoadOptions};
+    // Int8 numerics on the weights quantized at load, against the exact dequantization of
+    // the same weights: the fixtures README's tolerance (ii) for Q8_0 (KL mean ≤ 0.025,
+    // argmax agreement ≥ 0.86), on the Hugging Face and the Mistral fixture.
+    let models = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/models");
+    for name in ["tiny-bf16", "tiny-f32-mistral"] {
+        let load = |dtype| {
+            let opts = LoadOptions {
+                dtype,
+                threads: Some(2),
+                quantize: Some(QuantScheme::Q8_0),
+                ..LoadOptions::default()
+            };
+            let mut calls = 0;
+            let e = Engine::load_with(models.join(name), opts, |_, _| calls += 1).unwrap();
+            assert!(calls > 0, "{name}: quantization reports progress");
+            e
+        };
+        let (fast, exact) = (load(ComputeDType::Auto), load(ComputeDType::F32));
+        assert_eq!(
+            fast.model().kernels().precision(),
+            mixtral::kernels::matmul::Precision::Int8,
+            "auto is int8 on the quantized weights"
+        );
+        let v = fast.config().vocab_size;
+        let tokens: Vec<u32> = (0..48).map(|i| (i * 37 + 5) % v as u32).collect();
+        let (a, b) = (
+            all_logits(exact.model(), &tokens),
+            all_logits(fast.model(), &tokens),
+        );
+        let (mut kl, mut agree) = (0f64, 0);
+        for (ra, rb) in a.chunks(v).zip(b.chunks(v)) {
+            kl += kl_div(ra, rb);
+            agree += usize::from(mixtral_testkit::argmax(ra) == mixtral_testkit::argmax(rb));
+        }
+        let kl = kl / tokens.len() as f64;
+        println!("{name} --quantize q8_0: int8 vs exact KL mean {kl:.2e}, argmax {agree}/48");
+        assert!(
+            kl <= 0.025 && agree * 100 >= 86 * 48,
+            "{name}: KL {kl}, argmax {agree}/48"
+        );
+    }
+    // A quantized file is not quantized again.
+    let gguf = models.join("../quant/tiny-q/Q4_K_M.gguf");
+    let opts = LoadOptions {
+        quantize: Some(QuantScheme::Q8_0),
+        ..LoadOptions::default()
+    };
+    let err = Engine::load_with(&gguf, opts, |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("quantized already"), "{err}");
+}
