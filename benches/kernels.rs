@@ -13,10 +13,12 @@ use half::{bf16, f16};
 use mixtral_kernels::attention::{self, Attention};
 use mixtral_kernels::matmul::{Matmul, Precision, cpu, reference};
 use mixtral_kernels::moe::{self, Expert, Moe, cpu::MoeScratch};
+use mixtral_kernels::quantize;
 use mixtral_kernels::rmsnorm::{self, RmsNorm};
 use mixtral_kernels::rope::{self, Rope, cpu::RopeTable};
 use mixtral_kernels::router::{self, Router};
-use mixtral_kernels::{Isa, Weight};
+use mixtral_kernels::{Isa, QuantBlocks, Weight};
+use mixtral_tensor::DType;
 use rayon::prelude::*;
 use std::hint::black_box;
 use std::time::Duration;
@@ -150,6 +152,69 @@ fn gemv(c: &mut Criterion) {
     matmul_group(c, Dtype::Bf16, mm(4096, 14336), false);
     matmul_group(c, Dtype::F16, mm(14336, 4096), false);
     matmul_group(c, Dtype::F32, mm(4096, 4096), false);
+}
+
+/// Quantized weights of `dtype` (ggml's quantizer on smooth random rows) held as u64 words,
+/// so the read baseline sums the very same bytes.
+fn quantized_words(dtype: DType, n: usize, k: usize) -> Words {
+    let x: Vec<f32> = (0..n * k)
+        .map(|i| ((i.wrapping_mul(2654435761) % 2000) as f32 / 1000.0 - 1.0) * 0.05)
+        .collect();
+    let mut bytes = vec![0u8; quantize::quantized_bytes(dtype, n * k).expect("whole blocks")];
+    quantize::quantize_rows(dtype, &x, k, &mut bytes);
+    let mut words = vec![0u64; bytes.len().div_ceil(8)];
+    bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..bytes.len()].copy_from_slice(&bytes);
+    Words(words)
+}
+
+/// `gemv/{type}-{n}x{k}` and `gemm/{type}-{rows}x{k}x{n}` on quantized weights: the exact
+/// path (`-exact`, dequantized weights × f32 activations) and the integer dots (`-int8`), with
+/// the read baseline over the same bytes for the GEMV.
+fn quant_group(c: &mut Criterion, dtype: DType, p: Matmul) {
+    let words = quantized_words(dtype, p.n, p.k);
+    let len = quantize::quantized_bytes(dtype, p.n * p.k).expect("whole blocks");
+    let w = Weight::Quant(QuantBlocks {
+        dtype,
+        bytes: &bytemuck::cast_slice(&words.0)[..len],
+    });
+    let x = activations(p.rows * p.k);
+    let mut y = vec![0f32; p.rows * p.n];
+    let t = dtype.name().to_lowercase();
+    let name = if p.rows == 1 {
+        format!("gemv/{t}-{}x{}", p.n, p.k)
+    } else {
+        format!("gemm/{t}-{}x{}x{}", p.rows, p.k, p.n)
+    };
+    let mut g = c.benchmark_group(name);
+    configure(&mut g);
+    if p.rows == 1 {
+        g.throughput(Throughput::Bytes(len as u64));
+        g.bench_function("read-baseline", |b| b.iter(|| black_box(words.read_all())));
+    } else {
+        g.throughput(Throughput::Elements((2 * p.rows * p.k * p.n) as u64));
+    }
+    for isa in Isa::available() {
+        for (label, precision) in [("exact", Precision::F32), ("int8", Precision::Int8)] {
+            if p.rows > 1 && isa == Isa::Scalar && precision == Precision::F32 {
+                continue; // minutes per sample
+            }
+            g.bench_function(format!("cpu-{isa}-{label}"), |b| {
+                b.iter(|| cpu::matmul_at(isa, precision, p, black_box(&x), w, &mut y))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// The quantized types of llama.cpp's Mixtral files at the 8x7B expert shapes.
+fn quantized(c: &mut Criterion) {
+    let mm = |rows, n, k| Matmul { rows, k, n };
+    for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q8_0] {
+        quant_group(c, dtype, mm(1, 14336, 4096));
+    }
+    quant_group(c, DType::Q4_K, mm(1, 4096, 14336));
+    quant_group(c, DType::Q4_K, mm(128, 14336, 4096));
+    quant_group(c, DType::Q8_0, mm(128, 14336, 4096));
 }
 
 fn gemm(c: &mut Criterion) {
@@ -368,6 +433,7 @@ criterion_group!(
     benches,
     gemv,
     gemm,
+    quantized,
     rmsnorm,
     rope_and_silu,
     attention,
