@@ -8,6 +8,7 @@ use mixtral::kernels::Weight;
 use mixtral::model::{Checkpoint, ForwardOptions, Kernels, Logits, Model};
 use mixtral::{QuantScheme, quantize_to_gguf};
 use mixtral_testkit::json_ids as ids;
+use mixtral_testkit::kl_div;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
@@ -50,22 +51,6 @@ fn to_pairs(v: &[f32], k: usize, hd: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-/// KL(softmax(p) ‖ softmax(q)) in f64.
-fn kl_div(p: &[f32], q: &[f32]) -> f64 {
-    let log_softmax = |z: &[f32]| {
-        let m = z.iter().fold(f64::MIN, |m, &v| m.max(f64::from(v)));
-        let lse = z
-            .iter()
-            .map(|&v| (f64::from(v) - m).exp())
-            .sum::<f64>()
-            .ln()
-            + m;
-        z.iter().map(|&v| f64::from(v) - lse).collect::<Vec<f64>>()
-    };
-    let (lp, lq) = (log_softmax(p), log_softmax(q));
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
 }
 
 #[test]

@@ -15,7 +15,7 @@ use mixtral_model::{Checkpoint, ForwardOptions, Kernels, Logits, Model};
 use mixtral_tensor::gguf::{GgufFile, GgufWriter, Value, WriteTensor};
 use mixtral_tensor::{SafetensorsFile, Shape};
 use mixtral_testkit::json_ids as ids;
-use mixtral_testkit::{argmax, check_rel, fixtures_dir};
+use mixtral_testkit::{argmax, check_rel, fixtures_dir, kl_div};
 use serde_json::Value as Json;
 use std::path::{Path, PathBuf};
 
@@ -137,17 +137,6 @@ fn int8_bounds(file: &str) -> (f64, f64, f64, f32) {
     }
 }
 
-/// KL(softmax(p) ‖ softmax(q)) in f64.
-fn kl(p: &[f32], q: &[f32]) -> f64 {
-    let log_softmax = |z: &[f32]| {
-        let m = z.iter().fold(f64::MIN, |m, &v| m.max(v as f64));
-        let lse = z.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln() + m;
-        z.iter().map(|&v| v as f64 - lse).collect::<Vec<f64>>()
-    };
-    let (lp, lq) = (log_softmax(p), log_softmax(q));
-    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
-}
-
 #[test]
 fn gguf_int8_activations_stay_within_the_activation_quantizing_tolerance() {
     // Over all three prompts of a file together, as the README measures llama.cpp. Prompt 1
@@ -223,7 +212,7 @@ fn gguf_int8_activations_stay_within_the_activation_quantizing_tolerance() {
                     .fold(0f32, |m, x| m.max(x.abs()));
                 for (p, want) in &stored {
                     let got = &logits[p * v..(p + 1) * v];
-                    kls.push(kl(want, got));
+                    kls.push(kl_div(want, got));
                     if clean(*p) {
                         let d = got
                             .iter()

@@ -25,6 +25,23 @@ pub fn max_abs(x: &[f32]) -> f32 {
     x.iter().fold(0f32, |m, v| m.max(v.abs()))
 }
 
+/// KL(softmax(p) ‖ softmax(q)) in nats, computed in f64: how far logits `q` are from the
+/// reference `p` as distributions (the fixtures' READMEs measure engines with it).
+pub fn kl_div(p: &[f32], q: &[f32]) -> f64 {
+    let log_softmax = |z: &[f32]| {
+        let m = z.iter().fold(f64::MIN, |m, &v| m.max(f64::from(v)));
+        let lse = z
+            .iter()
+            .map(|&v| (f64::from(v) - m).exp())
+            .sum::<f64>()
+            .ln()
+            + m;
+        z.iter().map(|&v| f64::from(v) - lse).collect::<Vec<f64>>()
+    };
+    let (lp, lq) = (log_softmax(p), log_softmax(q));
+    lp.iter().zip(&lq).map(|(a, b)| a.exp() * (a - b)).sum()
+}
+
 /// Index of the largest element (the first one on ties).
 pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
