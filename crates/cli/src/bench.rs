@@ -177,6 +177,10 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     } else {
         println!("model         {}", engine.dir().display());
         println!("threads       {}", engine.threads());
+        println!(
+            "precision     {} (activations of the matmuls)",
+            format!("{:?}", engine.model().kernels().precision()).to_lowercase()
+        );
         if args.contend > 0 {
             println!(
                 "competition   {} busy threads in another process; {preemptions} regions found a helper preempted",
