@@ -121,7 +121,7 @@ fn quantize_at_load(
 }
 
 /// Whether any tensor of the checkpoint is block-quantized (what [`ComputeDType::Auto`] asks).
-fn has_quantized_weights(ckpt: &Checkpoint) -> bool {
+pub(crate) fn has_quantized_weights(ckpt: &Checkpoint) -> bool {
     ckpt.store().files().iter().any(|f| {
         f.infos()
             .values()

@@ -41,6 +41,13 @@ pub fn quantize_to_gguf(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<QuantizeReport> {
     let ckpt = Checkpoint::open(model)?;
+    if crate::engine::has_quantized_weights(&ckpt) {
+        return Err(crate::Error::InvalidOption {
+            option: "quantize",
+            reason: "the checkpoint is quantized already: requantizing compounds the error \
+                     (quantize the bf16, f16 or f32 checkpoint)",
+        });
+    }
     let (extra, tokenizer_from) = tokenizer_metadata(&ckpt, model)?;
     let mut total = 0;
     write_quantized_gguf(&ckpt, scheme, extra, out, |done, all| {

@@ -315,3 +315,14 @@ fn quantize_at_load_runs_within_the_activation_quantizing_tolerance() {
     let err = Engine::load_with(&gguf, opts, |_, _| {}).unwrap_err();
     assert!(err.to_string().contains("quantized already"), "{err}");
 }
+
+#[test]
+fn a_quantized_file_is_not_quantized_again() {
+    let gguf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/quant/tiny-q/Q4_K_M.gguf");
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("again.gguf");
+    let err = quantize_to_gguf(&gguf, QuantScheme::Q8_0, &out, |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains("quantized already"), "{err}");
+    assert!(!out.exists());
+}

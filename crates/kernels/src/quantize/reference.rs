@@ -376,6 +376,20 @@ mod tests {
     }
 
     #[test]
+    fn non_finite_and_extreme_values_never_panic() {
+        // A checkpoint from a stranger may hold NaN, infinities or values near f32::MAX.
+        let mut x = vec![1e-3f32; 512];
+        (x[0], x[7], x[100], x[300]) = (f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX);
+        x[400] = f32::MIN_POSITIVE;
+        for dtype in QUANTIZABLE {
+            let mut q = vec![0u8; 512 / dtype.block_len() * dtype.block_bytes()];
+            quantize_row(dtype, &x, &mut q);
+            let mut y = vec![0f32; 512];
+            dequantize(dtype, &q, &mut y);
+        }
+    }
+
+    #[test]
     fn zero_rows_quantize_to_zero() {
         for dtype in QUANTIZABLE {
             let mut q = vec![0xAAu8; 256 / dtype.block_len() * dtype.block_bytes()];
