@@ -16,8 +16,8 @@ use std::arch::x86_64::*;
 
 /// Four adjacent `u8 · i8` products summed into each i32 lane.
 pub(crate) trait Dot8 {
-    /// Whether AVX-512 (F, BW, VL, VNNI) is available too: Q8_0 and the K-quants then take the
-    /// 512-bit kernels of [`super::zmm`].
+    /// Whether AVX-512 (F, BW, VL, VNNI) is available too: Q8_0, Q4_0 and the K-quants then
+    /// take the 512-bit kernels of [`super::zmm`].
     const AVX512: bool;
 
     /// A pair of scales (one per 16-byte half) in the form [`Dot8::dot_scaled`] takes.
@@ -315,6 +315,7 @@ unsafe fn dot_blocks<D: Dot8, const M: usize>(
                 DType::Q5_K => return super::zmm::q45_k::<M, true>(w, nb, a),
                 DType::Q6_K => return super::zmm::q6_k::<M>(w, nb, a),
                 DType::Q8_0 => return super::zmm::q8_0::<M>(w, nb, a),
+                DType::Q4_0 => return super::zmm::q4_0::<M>(w, nb, a),
                 _ => {}
             }
         }
