@@ -326,3 +326,90 @@ fn a_quantized_file_is_not_quantized_again() {
     assert!(err.to_string().contains("quantized already"), "{err}");
     assert!(!out.exists());
 }
+
+/// A random f32 Hugging Face checkpoint whose rows are whole K-quant blocks (hidden 256,
+/// experts 512 wide), written into `dir`.
+fn write_256_wide_model(dir: &Path) {
+    use mixtral::model::names;
+    use mixtral_tensor::{Tensor, save};
+    let (v, d, f, layers, heads, kv, hd, e) = (512, 256, 512, 2, 4, 2, 64, 8);
+    let config = serde_json::json!({
+        "model_type": "mixtral", "vocab_size": v, "hidden_size": d, "intermediate_size": f,
+        "num_hidden_layers": layers, "num_attention_heads": heads, "num_key_value_heads": kv,
+        "head_dim": hd, "num_local_experts": e, "num_experts_per_tok": 2,
+        "rope_theta": 1e6, "rms_norm_eps": 1e-5, "max_position_embeddings": 4096,
+        "tie_word_embeddings": false, "torch_dtype": "float32",
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    let mut seed = 1u64;
+    let mut t = |shape: Vec<usize>, scale: f32, offset: f32| {
+        seed += 1;
+        let n = shape.iter().product();
+        let vals: Vec<f32> = mixtral_testkit::uniform(n, seed)
+            .iter()
+            .map(|x| offset + scale * x)
+            .collect();
+        Tensor::from_vec(vals, shape).unwrap()
+    };
+    let mut ts = vec![
+        (
+            "model.embed_tokens.weight".to_string(),
+            t(vec![v, d], 0.5, 0.0),
+        ),
+        ("model.norm.weight".to_string(), t(vec![d], 0.2, 1.0)),
+        ("lm_head.weight".to_string(), t(vec![v, d], 0.1, 0.0)),
+    ];
+    for l in 0..layers {
+        ts.push((names::attn_norm(l), t(vec![d], 0.2, 1.0)));
+        ts.push((names::moe_norm(l), t(vec![d], 0.2, 1.0)));
+        ts.push((names::wq(l), t(vec![heads * hd, d], 0.1, 0.0)));
+        ts.push((names::wk(l), t(vec![kv * hd, d], 0.1, 0.0)));
+        ts.push((names::wv(l), t(vec![kv * hd, d], 0.1, 0.0)));
+        ts.push((names::wo(l), t(vec![d, heads * hd], 0.1, 0.0)));
+        ts.push((names::router(l), t(vec![e, d], 0.1, 0.0)));
+        for x in 0..e {
+            ts.push((names::expert_w1(l, x), t(vec![f, d], 0.1, 0.0)));
+            ts.push((names::expert_w2(l, x), t(vec![d, f], 0.1, 0.0)));
+            ts.push((names::expert_w3(l, x), t(vec![f, d], 0.1, 0.0)));
+        }
+    }
+    save(dir.join("model.safetensors"), &ts).unwrap();
+}
+
+#[test]
+fn k_quants_at_load_stay_within_tolerance_of_their_exact_dequantization() {
+    use mixtral::{ComputeDType, Engine, LoadOptions};
+    // The fixtures README's tolerance (ii) for Q4_K_M (KL mean ≤ 0.0085, argmax ≥ 0.83):
+    // int8 numerics against the exact dequantization of the same Q4_K/Q5_K/Q6_K/Q8_0 weights.
+    let dir = tempfile::tempdir().unwrap();
+    write_256_wide_model(dir.path());
+    for scheme in [QuantScheme::Q4KM, QuantScheme::Q6K] {
+        let load = |dtype| {
+            let opts = LoadOptions {
+                dtype,
+                threads: Some(2),
+                quantize: Some(scheme),
+                ..LoadOptions::default()
+            };
+            Engine::load_with(dir.path(), opts, |_, _| {}).unwrap()
+        };
+        let (fast, exact) = (load(ComputeDType::Int8), load(ComputeDType::F32));
+        let v = fast.config().vocab_size;
+        let tokens: Vec<u32> = (0..64).map(|i| (i * 97 + 3) % v as u32).collect();
+        let (a, b) = (
+            all_logits(exact.model(), &tokens),
+            all_logits(fast.model(), &tokens),
+        );
+        let (mut kl, mut agree) = (0f64, 0);
+        for (ra, rb) in a.chunks(v).zip(b.chunks(v)) {
+            kl += kl_div(ra, rb);
+            agree += usize::from(mixtral_testkit::argmax(ra) == mixtral_testkit::argmax(rb));
+        }
+        let kl = kl / tokens.len() as f64;
+        println!("{scheme} at load: int8 vs exact KL mean {kl:.2e}, argmax {agree}/64");
+        assert!(
+            kl <= 0.0085 && agree * 100 >= 83 * 64,
+            "{scheme}: KL {kl}, argmax {agree}/64"
+        );
+    }
+}
