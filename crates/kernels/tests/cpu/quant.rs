@@ -251,3 +251,28 @@ fn long_quantized_rows_in_a_team_region() {
         .unwrap();
     }
 }
+
+#[test]
+fn int8_gemms_over_several_token_groups() {
+    // Eight-token groups (the AVX-512 K-quant path) and their remainders.
+    for t in [
+        DType::Q4_K,
+        DType::Q5_K,
+        DType::Q6_K,
+        DType::Q8_0,
+        DType::Q4_0,
+    ] {
+        for rows in [8, 16, 17, 27] {
+            check(
+                t,
+                Matmul {
+                    rows,
+                    k: 512,
+                    n: 19,
+                },
+                rows as u64,
+            )
+            .unwrap();
+        }
+    }
+}
