@@ -306,6 +306,7 @@ impl Engine {
         let opts = ForwardOptions {
             logits: Logits::All,
             trace_routing: routing,
+            ..Default::default()
         };
         if let Some(cuda) = &self.cuda {
             let mut cache = cuda.new_cache(tokens.len())?;

@@ -113,6 +113,7 @@ fn q8_0_file_holds_the_source_tensors_and_runs() {
             let opts = ForwardOptions {
                 logits: Logits::All,
                 trace_routing: false,
+                ..Default::default()
             };
             m.prefill(&tokens, &positions, &mut m.new_cache(), opts)
                 .unwrap()
@@ -256,6 +257,7 @@ fn all_logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
     let opts = ForwardOptions {
         logits: Logits::All,
         trace_routing: false,
+        ..Default::default()
     };
     m.prefill(tokens, &positions, &mut m.new_cache(), opts)
         .unwrap()

@@ -397,6 +397,14 @@ impl CudaModel {
         cache: &mut CudaKvCache,
         opts: ForwardOptions,
     ) -> Result<Output> {
+        if opts.router_logits || opts.hidden_states {
+            return Err(ModelError::Intervention {
+                reason: "router logits and hidden states are recorded on the CPU path only \
+                         (run with --device cpu)"
+                    .into(),
+            }
+            .into());
+        }
         let (out, routing) = self.forward(
             tokens,
             positions,
@@ -408,6 +416,8 @@ impl CudaModel {
             rows: opts.logits.rows(tokens.len()),
             logits: out.into_logits(),
             routing,
+            router_logits: None,
+            hidden_states: None,
         })
     }
 

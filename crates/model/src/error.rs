@@ -122,6 +122,25 @@ pub enum Error {
         /// The position given.
         found: usize,
     },
+    /// An intervention on the router does not fit the model.
+    #[error("intervention: {reason}")]
+    Intervention {
+        /// Why.
+        reason: String,
+    },
+    /// A KV cache filled under one router intervention was continued under another (its
+    /// positions would mix two models' states).
+    #[error(
+        "the KV cache was filled {} and is being continued {}: start a new cache (or session) for a different intervention",
+        if *cached { "under a router intervention" } else { "without intervention" },
+        if *asked { "under a different intervention" } else { "without one" }
+    )]
+    CacheSteering {
+        /// Whether the cache was filled under an intervention.
+        cached: bool,
+        /// Whether this call asks for one.
+        asked: bool,
+    },
     /// A checkpoint cannot be written in the format asked for.
     #[error("{}: cannot export: {reason}", path.display())]
     Export {

@@ -6,6 +6,7 @@
 use crate::input::check_input;
 use crate::ops::MoeInput;
 use crate::scratch::{Scratch, sized};
+use crate::steer::Intervention;
 use crate::{
     Checkpoint, Config, Kernels, KvCache, LayerRouting, LayerWeights, Result, RoutingTrace, Weights,
 };
@@ -46,6 +47,52 @@ pub struct ForwardOptions {
     pub logits: Logits,
     /// Record each layer's router choices (off by default: it costs a copy per layer).
     pub trace_routing: bool,
+    /// Record each layer's router logits over every expert, before the softmax
+    /// ([`Output::router_logits`], `[L][T][E]`).
+    pub router_logits: bool,
+    /// Record the residual stream ([`Output::hidden_states`], `[L+2][T][D]`): the embeddings,
+    /// the stream after each layer, and the final-normed state `lm_head` reads.
+    pub hidden_states: bool,
+}
+
+/// A recorded `[A][B][C]` array of f32, row-major: what [`Output::router_logits`] and
+/// [`Output::hidden_states`] hold.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Recorded {
+    /// `[A, B, C]`.
+    pub dims: [usize; 3],
+    /// `A · B · C` values.
+    pub data: Vec<f32>,
+}
+
+impl Recorded {
+    fn new(b: usize, c: usize) -> Recorded {
+        Recorded {
+            dims: [0, b, c],
+            data: Vec::new(),
+        }
+    }
+
+    /// Appends one `[B, C]` slice.
+    fn push(&mut self, slice: &[f32]) {
+        debug_assert_eq!(slice.len(), self.dims[1] * self.dims[2]);
+        self.data.extend_from_slice(slice);
+        self.dims[0] += 1;
+    }
+
+    /// The `C` values at `[a][b]` (e.g. layer `l`, token `t`).
+    pub fn at(&self, a: usize, b: usize) -> &[f32] {
+        let [na, nb, c] = self.dims;
+        assert!(a < na && b < nb, "[{a}][{b}] outside {:?}", self.dims);
+        &self.data[(a * nb + b) * c..][..c]
+    }
+
+    /// The `[B, C]` slice at `[a]`.
+    pub fn slice(&self, a: usize) -> &[f32] {
+        let [na, nb, c] = self.dims;
+        assert!(a < na, "[{a}] outside {:?}", self.dims);
+        &self.data[a * nb * c..][..nb * c]
+    }
 }
 
 /// The result of a forward call.
@@ -57,6 +104,11 @@ pub struct Output {
     pub rows: usize,
     /// The router's choices, when asked for.
     pub routing: Option<RoutingTrace>,
+    /// `[L][T][E]` router logits before the softmax (after any intervention), when asked for.
+    pub router_logits: Option<Recorded>,
+    /// `[L+2][T][D]` residual stream, when asked for: 0 the embeddings, `l + 1` after layer
+    /// `l`, `L + 1` after the final norm.
+    pub hidden_states: Option<Recorded>,
 }
 
 impl Output {
@@ -151,13 +203,32 @@ impl Model {
         cache: &mut KvCache,
         opts: ForwardOptions,
     ) -> Result<Output> {
+        self.prefill_steered(tokens, positions, cache, opts, &Intervention::default())
+    }
+
+    /// [`Model::prefill`] under an [`Intervention`] on the router. The cache remembers the
+    /// intervention it was filled under: continuing it under another is an error
+    /// ([`Error::CacheSteering`]), never a silent mix.
+    pub fn prefill_steered(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        cache: &mut KvCache,
+        opts: ForwardOptions,
+        steer: &Intervention,
+    ) -> Result<Output> {
         check_input(&self.config, tokens, positions, cache.len())?;
-        let routing = self.forward(tokens, positions, cache, opts);
+        steer.validate(&self.config)?;
+        cache.claim_steering(steer.fingerprint())?;
+        let mut rec = Records::new(&self.config, tokens.len(), opts);
+        let routing = self.forward(tokens, positions, cache, opts, steer, &mut rec);
         let rows = opts.logits.rows(tokens.len());
         Ok(Output {
             logits: cache.scratch.logits.clone(),
             rows,
             routing,
+            router_logits: rec.router_logits,
+            hidden_states: rec.hidden,
         })
     }
 
@@ -181,36 +252,63 @@ impl Model {
         cache: &'c mut KvCache,
     ) -> Result<&'c [f32]> {
         check_input(&self.config, &[token], &[position], cache.len())?;
-        self.forward(&[token], &[position], cache, ForwardOptions::default());
+        cache.claim_steering(0)?;
+        let opts = ForwardOptions::default();
+        let mut rec = Records::new(&self.config, 1, opts);
+        self.forward(
+            &[token],
+            &[position],
+            cache,
+            opts,
+            &Intervention::default(),
+            &mut rec,
+        );
         Ok(&cache.scratch.logits)
     }
 
     /// The graph. Leaves the logits in `cache.scratch.logits`; returns the routing trace.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the call's input, cache and options, plus its steering and its records"
+    )]
     fn forward(
         &self,
         tokens: &[u32],
         positions: &[usize],
         cache: &mut KvCache,
         opts: ForwardOptions,
+        steer: &Intervention,
+        rec: &mut Records,
     ) -> Option<RoutingTrace> {
         let (c, n) = (&self.config, tokens.len());
         let mut s = std::mem::take(&mut cache.scratch);
         self.embed(tokens, sized(&mut s.h, n * c.hidden_size)); // [T, D]
+        if let Some(h) = &mut rec.hidden {
+            h.push(&s.h);
+        }
         let mut trace = opts.trace_routing.then(|| RoutingTrace {
-            top_k: c.num_experts_per_tok,
+            top_k: steer.top_k(c),
             layers: vec![],
         });
         for (l, lw) in self.weights.layers.iter().enumerate() {
             self.attention_block(l, lw, positions, cache, &mut s);
-            self.moe_block(lw, n, &mut s);
+            self.moe_block(l, lw, positions, &mut s, steer, rec);
             if let Some(trace) = &mut trace {
                 trace.layers.push(LayerRouting {
                     experts: s.ids.clone(),
                     weights: s.weights.clone(),
                 });
             }
+            if let Some(h) = &mut rec.hidden {
+                h.push(&s.h);
+            }
         }
         cache.commit(n);
+        if let Some(h) = &mut rec.hidden {
+            // The final norm of every row (the head normalises only the rows it returns).
+            self.norm(&s.h, &self.weights.norm, &mut s.x);
+            h.push(&s.x);
+        }
         let rows = opts.logits.rows(n);
         self.head(rows, &mut s);
         cache.scratch = s;
@@ -308,12 +406,30 @@ impl Model {
     }
 
     /// `h += moe(rmsnorm(h))`; leaves the router's choices in `s.ids` / `s.weights`.
-    fn moe_block(&self, lw: &LayerWeights, n: usize, s: &mut Scratch) {
-        let c = &self.config;
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the layer, its input, plus the request's steering and records"
+    )]
+    fn moe_block(
+        &self,
+        l: usize,
+        lw: &LayerWeights,
+        positions: &[usize],
+        s: &mut Scratch,
+        steer: &Intervention,
+        rec: &mut Records,
+    ) {
+        let (c, n) = (&self.config, positions.len());
         self.norm(&s.h, &lw.moe_norm, &mut s.x); // [T, D]
         // The router in f32 at any precision: a rounding must not flip an expert choice.
         linear_with(self.kernels.exact(), &s.x, &lw.router, &mut s.router); // [T, E]
-        let (k, e) = (c.num_experts_per_tok, c.num_local_experts);
+        let (k, e) = (steer.top_k(c), c.num_local_experts);
+        if !steer.is_none() {
+            steer.edit_logits(l, positions, e, &mut s.router);
+        }
+        if let Some(r) = &mut rec.router_logits {
+            r.push(&s.router);
+        }
         let p = Router {
             n_tokens: n,
             n_experts: e,
@@ -326,6 +442,9 @@ impl Model {
             sized(&mut s.ids, n * k),
             sized(&mut s.weights, n * k),
         ); // [T, K]
+        if !steer.force.is_empty() {
+            steer.force_choices(l, positions, &s.router, e, &mut s.ids, &mut s.weights);
+        }
         let p = Moe {
             n_tokens: n,
             hidden: c.hidden_size,
@@ -352,6 +471,23 @@ impl Model {
         let last = &s.h[s.h.len() - rows * d..];
         self.norm(last, &self.weights.norm, &mut s.x);
         self.linear(&s.x, &self.weights.lm_head, &mut s.logits);
+    }
+}
+
+/// What a forward call records, allocated only when asked for.
+struct Records {
+    router_logits: Option<Recorded>,
+    hidden: Option<Recorded>,
+}
+
+impl Records {
+    fn new(c: &Config, n: usize, opts: ForwardOptions) -> Records {
+        Records {
+            router_logits: opts
+                .router_logits
+                .then(|| Recorded::new(n, c.num_local_experts)),
+            hidden: opts.hidden_states.then(|| Recorded::new(n, c.hidden_size)),
+        }
     }
 }
 

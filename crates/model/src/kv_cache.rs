@@ -32,6 +32,9 @@ pub struct KvCache {
     head_dim: usize,
     len: usize,
     layers: Vec<LayerKv>,
+    /// [`crate::Intervention::fingerprint`] of the steering the cached positions were
+    /// computed under (0: none).
+    steering: u64,
     pub(crate) scratch: crate::scratch::Scratch,
 }
 
@@ -42,6 +45,7 @@ impl KvCache {
             n_kv_heads,
             head_dim,
             len: 0,
+            steering: 0,
             layers: vec![LayerKv::default(); n_layers],
             scratch: Default::default(),
         }
@@ -111,6 +115,20 @@ impl KvCache {
     }
 
     /// Makes the rows appended by the current forward call part of the cache.
+    /// Takes the cache for a call under steering `fingerprint`: an empty cache adopts it; a
+    /// filled one must have been filled under the same.
+    pub(crate) fn claim_steering(&mut self, fingerprint: u64) -> crate::Result<()> {
+        if self.len == 0 {
+            self.steering = fingerprint;
+        } else if self.steering != fingerprint {
+            return Err(crate::Error::CacheSteering {
+                cached: self.steering != 0,
+                asked: fingerprint != 0,
+            });
+        }
+        Ok(())
+    }
+
     pub(crate) fn commit(&mut self, n_tokens: usize) {
         self.len += n_tokens;
         debug_assert!(self.layers.iter().all(|l| l.filled == self.len));

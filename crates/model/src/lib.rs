@@ -41,14 +41,16 @@ pub mod names;
 mod ops;
 mod routing;
 mod scratch;
+pub mod steer;
 mod weights;
 
 pub use checkpoint::Checkpoint;
 pub use config::{Config, MAX_CONTEXT, MAX_DIM};
 pub use cuda_model::{CudaKvCache, CudaModel, CudaModelError};
 pub use error::{Error, Result};
-pub use forward::{ForwardOptions, Logits, Model, Output};
+pub use forward::{ForwardOptions, Logits, Model, Output, Recorded};
 pub use kv_cache::KvCache;
 pub use ops::Kernels;
 pub use routing::{LayerRouting, RoutingTrace};
+pub use steer::{ForceRouting, Intervention, RouterHook, RouterLogits};
 pub use weights::{ExpertWeights, LayerWeights, Warning, Weights};

@@ -81,6 +81,8 @@ impl Fixture {
 const ALL: ForwardOptions = ForwardOptions {
     logits: Logits::All,
     trace_routing: true,
+    router_logits: false,
+    hidden_states: false,
 };
 
 #[test]

@@ -85,6 +85,7 @@ fn forward_all(m: &Model, tokens: &[u32]) -> (Vec<f32>, RoutingTrace) {
     let opts = ForwardOptions {
         logits: Logits::All,
         trace_routing: true,
+        ..Default::default()
     };
     let out = m
         .prefill(tokens, &positions(0, tokens.len()), &mut cache, opts)

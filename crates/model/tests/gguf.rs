@@ -57,6 +57,7 @@ fn forward_all(m: &Model, tokens: &[u32]) -> (Vec<f32>, mixtral_model::RoutingTr
     let opts = ForwardOptions {
         logits: Logits::All,
         trace_routing: true,
+        ..Default::default()
     };
     let out = m.prefill(tokens, &positions, &mut cache, opts).unwrap();
     (out.logits, out.routing.unwrap())
