@@ -186,3 +186,44 @@ impl SamplingArgs {
         p
     }
 }
+
+/// Router interventions (research): the same on `logits` and `generate`. Not `--top-k`,
+/// which is the sampler's.
+#[derive(clap::Args, Debug, Default)]
+pub(crate) struct SteerArgs {
+    /// Remove experts from the router's choice: `LAYER:EXPERT` pairs, comma-separated
+    /// (`--ablate 1:3,0:5`); the top-k is taken among the rest.
+    #[arg(long, value_delimiter = ',', value_parser = parse_layer_expert)]
+    pub ablate: Vec<(usize, usize)>,
+    /// Remove expert E in every layer; may be repeated.
+    #[arg(long = "ablate-expert")]
+    pub ablate_expert: Vec<usize>,
+    /// Experts per token, 1 … E, instead of the model's (Mixtral: 2).
+    #[arg(long = "experts-per-token")]
+    pub experts_per_token: Option<usize>,
+}
+
+/// `LAYER:EXPERT`.
+fn parse_layer_expert(s: &str) -> Result<(usize, usize), String> {
+    let (l, e) = s
+        .split_once(':')
+        .ok_or_else(|| format!("`{s}`: expected LAYER:EXPERT, e.g. 1:3"))?;
+    let num = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("`{s}`: expected LAYER:EXPERT with two numbers, e.g. 1:3"))
+    };
+    Ok((num(l)?, num(e)?))
+}
+
+impl SteerArgs {
+    /// The intervention these options describe.
+    pub(crate) fn intervention(&self) -> mixtral::Intervention {
+        mixtral::Intervention {
+            ablate: self.ablate.clone(),
+            ablate_everywhere: self.ablate_expert.clone(),
+            experts_per_token: self.experts_per_token,
+            ..Default::default()
+        }
+    }
+}

@@ -1,6 +1,6 @@
 //! `mixtral generate`: stream a continuation of a prompt, or print it as one JSON object.
 
-use crate::args::{ModelArgs, PromptArgs, SamplingArgs};
+use crate::args::{ModelArgs, PromptArgs, SamplingArgs, SteerArgs};
 use crate::{interrupt, progress};
 use mixtral::{Engine, GenerateParams, Generation};
 use std::io::Write;
@@ -14,6 +14,8 @@ pub(crate) struct Args {
     prompt: PromptArgs,
     #[command(flatten)]
     sampling: SamplingArgs,
+    #[command(flatten)]
+    steer: SteerArgs,
     /// Print one JSON object (ids, text, prompt_tokens, prefill/decode tokens per second,
     /// finish_reason) instead of streaming text.
     #[arg(long)]
@@ -22,7 +24,8 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let engine = args.model.load()?;
-    let params = args.sampling.params(&engine);
+    let mut params = args.sampling.params(&engine);
+    params.intervention = args.steer.intervention();
     let ids = engine.encode(&args.prompt.prompt()?)?;
     interrupt::install();
     let mut generation = start(&engine, engine.session(), &ids, &params)?;

@@ -1,8 +1,8 @@
 //! `mixtral logits`: every position's logits (and optionally the routing) as safetensors.
 
-use crate::args::ModelArgs;
+use crate::args::{ModelArgs, SteerArgs};
 use mixtral::tensor::{Tensor, save};
-use mixtral::{Engine, Prompt};
+use mixtral::{Engine, LogitsOptions, Prompt};
 use std::path::{Path, PathBuf};
 
 /// Arguments of `mixtral logits`.
@@ -27,6 +27,16 @@ pub(crate) struct Args {
     /// Also write `routing.{layer}.experts` I64 [seq_len, k] and `routing.{layer}.weights` F32.
     #[arg(long)]
     routing: bool,
+    /// Also write `router_logits.{layer}` F32 [seq_len, experts]: the router's logits over
+    /// every expert, before the softmax.
+    #[arg(long = "router-logits")]
+    router_logits: bool,
+    /// Also write `hidden.{i}` F32 [seq_len, hidden]: i = 0 the embeddings, l + 1 the residual
+    /// stream after layer l, layers + 1 after the final norm.
+    #[arg(long = "hidden-states")]
+    hidden_states: bool,
+    #[command(flatten)]
+    steer: SteerArgs,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -45,7 +55,13 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         (None, None) => unreachable!("clap requires --tokens or --text"),
     };
     let ids = engine.encode(&prompt)?;
-    let out = engine.logits(&ids, args.routing)?;
+    let opts = LogitsOptions {
+        routing: args.routing,
+        router_logits: args.router_logits,
+        hidden_states: args.hidden_states,
+        intervention: args.steer.intervention(),
+    };
+    let out = engine.logits_with(&ids, &opts)?;
     let (t, v) = (ids.len(), engine.config().vocab_size);
     let mut tensors = vec![("logits".to_string(), Tensor::from_vec(out.logits, [t, v])?)];
     if let Some(trace) = out.routing {
@@ -60,6 +76,20 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 format!("routing.{l}.weights"),
                 Tensor::from_vec(layer.weights, [t, k])?,
             ));
+        }
+    }
+    for (prefix, rec) in [
+        ("router_logits", &out.router_logits),
+        ("hidden", &out.hidden_states),
+    ] {
+        if let Some(rec) = rec {
+            for i in 0..rec.dims[0] {
+                let slice = rec.slice(i).to_vec();
+                tensors.push((
+                    format!("{prefix}.{i}"),
+                    Tensor::from_vec(slice, [t, rec.dims[2]])?,
+                ));
+            }
         }
     }
     save(&args.out, &tensors)?;

@@ -129,6 +129,19 @@ pub(crate) fn has_quantized_weights(ckpt: &Checkpoint) -> bool {
     })
 }
 
+/// What [`Engine::logits_with`] records, and under which intervention.
+#[derive(Clone, Debug, Default)]
+pub struct LogitsOptions {
+    /// The router's choices per layer and token ([`Output::routing`]).
+    pub routing: bool,
+    /// The router's logits over every expert ([`Output::router_logits`], `[L][T][E]`).
+    pub router_logits: bool,
+    /// The residual stream ([`Output::hidden_states`], `[L+2][T][D]`).
+    pub hidden_states: bool,
+    /// Steering of the router.
+    pub intervention: mixtral_model::Intervention,
+}
+
 /// The most worker threads [`LoadOptions::threads`] accepts.
 pub const MAX_THREADS: usize = 1024;
 
@@ -302,18 +315,56 @@ impl Engine {
     /// # Ok::<(), mixtral::Error>(())
     /// ```
     pub fn logits(&self, tokens: &[u32], routing: bool) -> Result<Output> {
+        let opts = LogitsOptions {
+            routing,
+            ..LogitsOptions::default()
+        };
+        self.logits_with(tokens, &opts)
+    }
+
+    /// Logits at every position of `tokens` (a fresh sequence), with what `opts` asks to record
+    /// and under its router intervention: the research entry point.
+    ///
+    /// ```
+    /// use mixtral::{Intervention, LogitsOptions};
+    /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-f32");
+    /// let engine = mixtral::Engine::load(dir)?;
+    /// let opts = LogitsOptions {
+    ///     router_logits: true,
+    ///     hidden_states: true,
+    ///     intervention: Intervention { ablate_everywhere: vec![5], ..Default::default() },
+    ///     ..Default::default()
+    /// };
+    /// let out = engine.logits_with(&[1, 140, 585], &opts)?;
+    /// let router = out.router_logits.unwrap(); // [L][T][E]
+    /// assert_eq!(router.at(0, 2)[5], f32::NEG_INFINITY); // expert 5 removed
+    /// let hidden = out.hidden_states.unwrap(); // [L+2][T][D]
+    /// assert_eq!(hidden.dims[0], engine.config().num_hidden_layers + 2);
+    /// # Ok::<(), mixtral::Error>(())
+    /// ```
+    pub fn logits_with(&self, tokens: &[u32], opts: &LogitsOptions) -> Result<Output> {
         let positions: Vec<usize> = (0..tokens.len()).collect();
-        let opts = ForwardOptions {
+        let fwd = ForwardOptions {
             logits: Logits::All,
-            trace_routing: routing,
-            ..Default::default()
+            trace_routing: opts.routing,
+            router_logits: opts.router_logits,
+            hidden_states: opts.hidden_states,
         };
         if let Some(cuda) = &self.cuda {
+            if !opts.intervention.is_none() {
+                return Err(Error::InvalidOption {
+                    option: "intervention",
+                    reason: "router interventions run on the CPU path only (--device cpu)",
+                });
+            }
             let mut cache = cuda.new_cache(tokens.len())?;
-            return Ok(cuda.prefill(tokens, &positions, &mut cache, opts)?);
+            return Ok(cuda.prefill(tokens, &positions, &mut cache, fwd)?);
         }
         let mut cache = self.model.new_cache();
-        self.run(|| self.model.prefill(tokens, &positions, &mut cache, opts))
+        self.run(|| {
+            self.model
+                .prefill_steered(tokens, &positions, &mut cache, fwd, &opts.intervention)
+        })
     }
 
     /// True when the model runs on a GPU.

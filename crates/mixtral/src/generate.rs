@@ -2,7 +2,7 @@
 //! of tokens with their text), and the parameters that steer it.
 
 use crate::{Engine, Result};
-use mixtral_model::{CudaKvCache, ForwardOptions, KvCache};
+use mixtral_model::{CudaKvCache, ForwardOptions, Intervention, KvCache};
 use mixtral_sampler::{Sampled, Sampler, SamplerConfig, StopConfig, StopReason, Stopper};
 use mixtral_tokenizer::IncrementalDecoder;
 use mixtral_tokenizer::chat::Message;
@@ -35,6 +35,9 @@ pub struct GenerateParams {
     pub stop_token_ids: Vec<u32>,
     /// Keep going past EOS.
     pub ignore_eos: bool,
+    /// Steering of the router, applied to the prompt and to every decoded token (CPU only).
+    /// A session filled under another intervention is recomputed, never continued.
+    pub intervention: Intervention,
 }
 
 /// One generated token.
@@ -118,6 +121,8 @@ fn rate(n: usize, t: Duration) -> f64 {
 pub struct Session {
     cache: Cache,
     ids: Vec<u32>,
+    /// [`Intervention::fingerprint`] of the steering `ids` were computed under.
+    steering: u64,
 }
 
 /// Where a session's keys and values live.
@@ -159,6 +164,8 @@ pub struct Generation<'e> {
     pending: Option<u32>,
     finish: Option<FinishReason>,
     stats: Stats,
+    /// The request's router steering, for the decoded tokens.
+    steer: Intervention,
 }
 
 impl Engine {
@@ -170,6 +177,7 @@ impl Engine {
             stop_strings: vec![],
             stop_token_ids: vec![],
             ignore_eos: false,
+            intervention: Intervention::default(),
         }
     }
 
@@ -193,15 +201,30 @@ impl Engine {
             Some(_) => Cache::Cuda(None),
             None => Cache::Cpu(Box::new(self.model.new_cache())),
         };
-        Session { cache, ids: vec![] }
+        Session {
+            cache,
+            ids: vec![],
+            steering: 0,
+        }
     }
 
     /// Runs `chunk` after the session's cached ids; returns the last row of logits.
-    fn prefill_chunk(&self, session: &mut Session, chunk: &[u32]) -> Result<Vec<f32>> {
+    fn prefill_chunk(
+        &self,
+        session: &mut Session,
+        chunk: &[u32],
+        steer: &Intervention,
+    ) -> Result<Vec<f32>> {
         let start = session.ids.len();
         let positions: Vec<usize> = (start..start + chunk.len()).collect();
         let opts = ForwardOptions::default();
         let out = match (&mut session.cache, &self.cuda) {
+            (Cache::Cuda(_), Some(_)) if !steer.is_none() => {
+                return Err(crate::Error::InvalidOption {
+                    option: "intervention",
+                    reason: "router interventions run on the CPU path only (--device cpu)",
+                });
+            }
             (Cache::Cuda(cache), Some(cuda)) => {
                 let cache = match cache {
                     Some(c) => c,
@@ -209,9 +232,10 @@ impl Engine {
                 };
                 cuda.prefill(chunk, &positions, cache, opts)?
             }
-            (Cache::Cpu(cache), _) => {
-                self.run(|| self.model.prefill(chunk, &positions, cache, opts))?
-            }
+            (Cache::Cpu(cache), _) => self.run(|| {
+                self.model
+                    .prefill_steered(chunk, &positions, cache, opts, steer)
+            })?,
             (Cache::Cuda(_), None) => unreachable!("a CUDA session comes from a CUDA engine"),
         };
         session.ids.extend_from_slice(chunk);
@@ -219,9 +243,24 @@ impl Engine {
     }
 
     /// Runs one token after the session's cached ids, writing its logits into `logits`.
-    fn decode_into(&self, session: &mut Session, id: u32, logits: &mut Vec<f32>) -> Result<()> {
+    fn decode_into(
+        &self,
+        session: &mut Session,
+        id: u32,
+        logits: &mut Vec<f32>,
+        steer: &Intervention,
+    ) -> Result<()> {
         let pos = session.ids.len();
         match (&mut session.cache, &self.cuda) {
+            (Cache::Cpu(cache), _) if !steer.is_none() => self.run(|| {
+                let opts = ForwardOptions::default();
+                let out = self
+                    .model
+                    .prefill_steered(&[id], &[pos], cache, opts, steer)?;
+                logits.clear();
+                logits.extend_from_slice(out.last());
+                Ok(())
+            })?,
             (Cache::Cuda(Some(cache)), Some(cuda)) => {
                 let out = cuda.decode(id, pos, cache, ForwardOptions::default())?;
                 logits.clear();
@@ -293,6 +332,13 @@ impl Engine {
             }
             .into());
         }
+        // A session computed under another intervention is recomputed from the start.
+        let steering = params.intervention.fingerprint();
+        let shared = if session.steering == steering {
+            shared
+        } else {
+            0
+        };
         let keep = shared.min(prompt_ids.len().saturating_sub(1));
         session.cache.truncate(keep);
         session.ids.truncate(keep);
@@ -302,8 +348,9 @@ impl Engine {
         if todo.is_empty() {
             return Err(mixtral_model::Error::EmptyInput.into());
         }
+        session.steering = steering;
         for chunk in todo.chunks(PREFILL_CHUNK) {
-            logits = self.prefill_chunk(&mut session, chunk)?;
+            logits = self.prefill_chunk(&mut session, chunk, &params.intervention)?;
             progress(session.ids.len() - keep, todo.len());
         }
         let stats = Stats {
@@ -319,6 +366,7 @@ impl Engine {
             stopper,
             decoder: self.tokenizer.as_ref().map(|t| t.stream()),
             logits,
+            steer: params.intervention.clone(),
             history: prompt_ids.to_vec(),
             pending: None,
             finish: None,
@@ -371,7 +419,7 @@ impl Generation<'_> {
     fn advance(&mut self, id: u32) -> Result<()> {
         let start = Instant::now();
         self.engine
-            .decode_into(&mut self.session, id, &mut self.logits)?;
+            .decode_into(&mut self.session, id, &mut self.logits, &self.steer)?;
         self.stats.decode_time += start.elapsed();
         self.stats.decode_steps += 1;
         Ok(())

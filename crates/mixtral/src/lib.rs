@@ -36,11 +36,13 @@ pub mod gguf_vocab;
 mod quantize;
 
 pub use defaults::Defaults;
-pub use engine::{ComputeDType, Device, Engine, LoadOptions, MAX_THREADS};
+pub use engine::{ComputeDType, Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS};
 pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token};
 pub use gguf_vocab::{find_tokenizer, load_tokenizer};
-pub use mixtral_model::{Output, RoutingTrace};
+pub use mixtral_model::{
+    ForceRouting, Intervention, Output, Recorded, RouterHook, RouterLogits, RoutingTrace,
+};
 pub use mixtral_sampler::SamplerConfig;
 pub use mixtral_tokenizer::chat::{Message, Role};
 pub use quantize::{QuantScheme, QuantizeReport, quantize_to_gguf};

@@ -171,3 +171,33 @@ fn a_prompt_longer_than_the_context_is_refused_before_prefill() {
         "sequence of 9 positions exceeds max_position_embeddings = 8"
     );
 }
+
+#[test]
+fn a_session_filled_under_another_intervention_is_recomputed() {
+    let engine = Engine::load(TINY_BF16).unwrap();
+    let mut params = engine.params();
+    params.sampling = SamplerConfig::default();
+    params.max_new_tokens = 6;
+    params.ignore_eos = true;
+    let prompt: Vec<u32> = (1..30).collect();
+    let g = engine
+        .generate_in(engine.session(), &prompt, &params, |_, _| {})
+        .unwrap();
+    let session = g.into_session();
+    let mut steered = params.clone();
+    steered.intervention = mixtral::Intervention {
+        experts_per_token: Some(1),
+        ..Default::default()
+    };
+    let g = engine
+        .generate_in(session, &prompt, &steered, |_, _| {})
+        .unwrap();
+    assert_eq!(g.stats().prefill_tokens, prompt.len(), "nothing reused");
+    let reused: Vec<u32> = g.map(|t| t.unwrap().id).collect();
+    let fresh: Vec<u32> = engine
+        .generate_in(engine.session(), &prompt, &steered, |_, _| {})
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
+    assert_eq!(reused, fresh);
+}

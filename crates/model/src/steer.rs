@@ -73,6 +73,23 @@ impl std::fmt::Debug for Intervention {
     }
 }
 
+impl PartialEq for Intervention {
+    /// Equal named interventions and the same hook (the same `Arc`), as
+    /// [`Intervention::fingerprint`] compares them.
+    fn eq(&self, other: &Intervention) -> bool {
+        let same_hook = match (&self.hook, &other.hook) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        same_hook
+            && self.ablate == other.ablate
+            && self.ablate_everywhere == other.ablate_everywhere
+            && self.force == other.force
+            && self.experts_per_token == other.experts_per_token
+    }
+}
+
 impl Intervention {
     /// True when it changes nothing.
     pub fn is_none(&self) -> bool {
@@ -194,7 +211,10 @@ impl Intervention {
     }
 
     /// Overwrites the choices of forced positions of layer `l`: `ids`/`weights` `[T, K]`.
-    #[expect(clippy::too_many_arguments, reason = "the layer's logits and choices, in and out")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the layer's logits and choices, in and out"
+    )]
     pub(crate) fn force_choices(
         &self,
         l: usize,
