@@ -2,6 +2,8 @@
 
 #[path = "../examples/chat.rs"]
 mod chat;
+#[path = "../examples/experts.rs"]
+mod experts;
 #[path = "../examples/generate.rs"]
 mod generate;
 #[path = "../examples/routing.rs"]
@@ -37,4 +39,37 @@ fn routing_example_counts_k_choices_per_token() {
         hist.iter()
             .all(|layer| layer.len() == 8 && layer.iter().sum::<usize>() == 10)
     );
+}
+
+#[test]
+fn experts_example_measures_usage_ablation_and_top_k() {
+    let study = experts::run(
+        TINY_BF16,
+        "The cat sleeps. Le chat dort. Die Katze schläft.",
+        0,
+    )
+    .unwrap();
+    // tiny-bf16: 2 layers, 8 experts, top-2.
+    let tokens: usize = study.usage[0].iter().sum::<usize>() / 2;
+    assert!(
+        tokens > 5
+            && study
+                .usage
+                .iter()
+                .all(|l| l.iter().sum::<usize>() == 2 * tokens)
+    );
+    assert_eq!(study.ablation_effect.len(), 8);
+    // An expert no token chose changes nothing but rounding (the softmax's denominator loses
+    // a term); one that was chosen changes the logits.
+    for (e, &effect) in study.ablation_effect.iter().enumerate() {
+        let unused = study.usage[0][e] == 0;
+        assert!(
+            if unused { effect < 1e-5 } else { effect > 1e-3 },
+            "expert {e}: {effect}"
+        );
+    }
+    let by_k: Vec<usize> = study.top_k_effect.iter().map(|&(k, _)| k).collect();
+    assert_eq!(by_k, [1, 2, 3]);
+    assert_eq!(study.top_k_effect[1].1, 0.0, "top-2 is the model's own");
+    assert!(study.top_k_effect[0].1 > 0.0 && study.top_k_effect[2].1 > 0.0);
 }
