@@ -35,6 +35,10 @@ pub(crate) struct ModelArgs {
     /// `q4_k_m`, `q5_k` or `q4_k` (what `mixtral quantize` writes, without keeping a file).
     #[arg(long)]
     pub quantize: Option<mixtral::QuantScheme>,
+    /// The KV cache's element type: `f32`, `f16` or `bf16` (default: f32 at `--precision
+    /// f32`, f16 otherwise, half the memory).
+    #[arg(long = "kv-dtype")]
+    pub kv_dtype: Option<mixtral::KvDType>,
 }
 
 impl ModelArgs {
@@ -46,6 +50,7 @@ impl ModelArgs {
             dtype: self.precision,
             prefault: true,
             quantize: self.quantize,
+            kv_dtype: self.kv_dtype,
         };
         let bar = crate::progress::bytes("loading weights");
         let engine = Engine::load_with(&self.model, opts, |done, total| {

@@ -15,6 +15,10 @@ pub(crate) struct Args {
     /// Context length to size the KV cache for (defaults to max_position_embeddings).
     #[arg(long)]
     context: Option<usize>,
+    /// The KV cache's element type to size it for: `f32`, `f16` or `bf16` (default: f32 and
+    /// f16 both).
+    #[arg(long = "kv-dtype")]
+    kv_dtype: Option<mixtral::KvDType>,
     /// List every tensor with its dtype, shape and file.
     #[arg(long)]
     tensors: bool,
@@ -89,10 +93,20 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         );
     }
     let ctx = args.context.unwrap_or(c.max_position_embeddings);
-    let kv = c
-        .kv_bytes(ctx)
-        .map_or("more than 16 EiB".to_string(), report::bytes);
-    println!("kv cache     {kv} for {ctx} positions (f32)");
+    let dtypes = match args.kv_dtype {
+        Some(d) => vec![d],
+        None => vec![mixtral::KvDType::F32, mixtral::KvDType::F16],
+    };
+    let sizes: Vec<String> = dtypes
+        .iter()
+        .map(|&d| {
+            let bytes = c
+                .kv_bytes_as(ctx, d)
+                .map_or("more than 16 EiB".to_string(), report::bytes);
+            format!("{bytes} {}", format!("{d:?}").to_lowercase())
+        })
+        .collect();
+    println!("kv cache     {} for {ctx} positions", sizes.join(" / "));
     println!(
         "files        {} ({} tensors)",
         ckpt.store().files().len(),

@@ -99,8 +99,9 @@ impl fmt::Display for Isa {
     }
 }
 
-/// A weight element type the fast kernels read: f32, bf16 or f16, widened to f32 on load.
-pub(crate) trait Elem: Copy + Send + Sync + 'static {
+/// An element type the fast kernels read (weights, and the KV cache): f32, bf16 or f16,
+/// widened to f32 on load. Sealed: only these three implement it.
+pub trait Elem: Copy + Send + Sync + std::fmt::Debug + sealed::Sealed + 'static {
     /// The element as f32 (exact for all three types).
     fn widen(self) -> f32;
 
@@ -112,6 +113,14 @@ pub(crate) trait Elem: Copy + Send + Sync + 'static {
     /// `#[inline(always)]` body is inlined.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+mod sealed {
+    /// Keeps [`super::Elem`] to the three types the kernels are written for.
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for half::f16 {}
 }
 
 impl Elem for f32 {

@@ -164,6 +164,11 @@ pub struct LoadOptions {
     /// quantized weights live in the page cache, as a GGUF file's do. The same file
     /// `mixtral quantize` writes.
     pub quantize: Option<crate::QuantScheme>,
+    /// The KV cache's element type; `None` picks f32 when the matmuls are exact (f32) and f16
+    /// otherwise (as llama.cpp keeps it): half the cache's memory and half the bytes decode
+    /// attention reads at long context, for logits ~1e-3 of their range away
+    /// (docs/performance.md).
+    pub kv_dtype: Option<mixtral_model::KvDType>,
 }
 
 /// A model ready to generate: weights (memory-mapped), tokenizer, threads, defaults.
@@ -248,7 +253,13 @@ impl Engine {
             ComputeDType::Bf16 => Precision::Bf16,
             ComputeDType::Int8 => Precision::Int8,
         };
-        let model = Model::new(ckpt)?.with_kernels(Kernels::cpu(Isa::detect(), precision));
+        let kv_dtype = opts.kv_dtype.unwrap_or(match precision {
+            Precision::F32 => mixtral_model::KvDType::F32,
+            _ => mixtral_model::KvDType::F16,
+        });
+        let model = Model::new(ckpt)?
+            .with_kernels(Kernels::cpu(Isa::detect(), precision))
+            .with_kv_dtype(kv_dtype);
         Ok(Engine {
             model,
             cuda,

@@ -41,7 +41,7 @@ pub use error::{Error, Result};
 pub use generate::{FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token};
 pub use gguf_vocab::{find_tokenizer, load_tokenizer};
 pub use mixtral_model::{
-    ForceRouting, Intervention, Output, Recorded, RouterHook, RouterLogits, RoutingTrace,
+    ForceRouting, Intervention, KvDType, Output, Recorded, RouterHook, RouterLogits, RoutingTrace,
 };
 pub use mixtral_sampler::SamplerConfig;
 pub use mixtral_tokenizer::chat::{Message, Role};

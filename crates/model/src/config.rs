@@ -154,9 +154,15 @@ impl Config {
         (2 * self.num_hidden_layers * self.kv_dim() * std::mem::size_of::<f32>()) as u64
     }
 
-    /// Bytes of KV cache for `positions` positions, or `None` if that overflows a `u64`.
+    /// Bytes of f32 KV cache for `positions` positions, or `None` if that overflows a `u64`.
     pub fn kv_bytes(&self, positions: usize) -> Option<u64> {
         self.kv_bytes_per_position().checked_mul(positions as u64)
+    }
+
+    /// Bytes of KV cache stored as `dtype` for `positions` positions, or `None` on overflow.
+    pub fn kv_bytes_as(&self, positions: usize, dtype: crate::KvDType) -> Option<u64> {
+        let per = (2 * self.num_hidden_layers * self.kv_dim() * dtype.bytes()) as u64;
+        per.checked_mul(positions as u64)
     }
 }
 

@@ -3,6 +3,7 @@
 //! embedding → per layer [RMSNorm → attention → residual add → RMSNorm → sparse MoE →
 //! residual add] → final RMSNorm → lm_head.
 
+use crate::KvDType;
 use crate::input::check_input;
 use crate::ops::MoeInput;
 use crate::scratch::{Scratch, sized};
@@ -130,6 +131,7 @@ pub struct Model {
     config: Config,
     weights: Weights,
     kernels: Kernels,
+    kv_dtype: KvDType,
 }
 
 /// `y = x Wᵀ` with `kernels`, for `x` of whole rows: `[rows, k] → [rows, n]`.
@@ -159,6 +161,7 @@ impl Model {
             config: ckpt.config,
             weights: ckpt.weights,
             kernels: Kernels::default(),
+            kv_dtype: KvDType::default(),
         })
     }
 
@@ -191,7 +194,24 @@ impl Model {
     /// An empty KV cache (and scratch buffers) for one sequence.
     pub fn new_cache(&self) -> KvCache {
         let c = &self.config;
-        KvCache::new(c.num_hidden_layers, c.num_key_value_heads, c.head_dim)
+        KvCache::with_dtype(
+            c.num_hidden_layers,
+            c.num_key_value_heads,
+            c.head_dim,
+            self.kv_dtype,
+        )
+    }
+
+    /// The same model making caches that store keys and values as `dtype`
+    /// ([`Model::new_cache`]).
+    pub fn with_kv_dtype(mut self, dtype: KvDType) -> Model {
+        self.kv_dtype = dtype;
+        self
+    }
+
+    /// The element type of the caches [`Model::new_cache`] makes.
+    pub fn kv_dtype(&self) -> KvDType {
+        self.kv_dtype
     }
 
     /// Runs `tokens` at `positions` (which must continue the cache: `cache.len()`,

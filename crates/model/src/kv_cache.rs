@@ -4,15 +4,146 @@
 /// context costs memory only once it is used.
 const BLOCK_POSITIONS: usize = 256;
 
+use half::{bf16, f16};
 use mixtral_kernels::attention::Kv;
+
+/// The element type a KV cache stores keys and values in. Attention widens them to f32 in
+/// registers as it reads them; the arithmetic is f32 whatever this is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum KvDType {
+    /// Exact: what the fixtures' f32 tolerance is checked on.
+    #[default]
+    F32,
+    /// Half the bytes; 11-bit significands (keys and values of Mixtral stay far inside f16's
+    /// range).
+    F16,
+    /// Half the bytes; 8-bit significands, f32's range.
+    Bf16,
+}
+
+impl KvDType {
+    /// Bytes per element.
+    pub fn bytes(self) -> usize {
+        match self {
+            KvDType::F32 => 4,
+            KvDType::F16 | KvDType::Bf16 => 2,
+        }
+    }
+}
+
+impl std::str::FromStr for KvDType {
+    type Err = String;
+
+    /// `f32`, `f16` or `bf16`.
+    fn from_str(s: &str) -> std::result::Result<KvDType, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" => Ok(KvDType::F32),
+            "f16" => Ok(KvDType::F16),
+            "bf16" => Ok(KvDType::Bf16),
+            _ => Err(format!(
+                "unknown KV cache dtype `{s}` (expected f32, f16 or bf16)"
+            )),
+        }
+    }
+}
+
+/// One layer's keys or values in the cache's element type.
+#[derive(Clone, Debug)]
+enum Store {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+    Bf16(Vec<bf16>),
+}
+
+impl Store {
+    fn new(dtype: KvDType) -> Store {
+        match dtype {
+            KvDType::F32 => Store::F32(Vec::new()),
+            KvDType::F16 => Store::F16(Vec::new()),
+            KvDType::Bf16 => Store::Bf16(Vec::new()),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Store::F32(v) => v.len() * 4,
+            Store::F16(v) => v.len() * 2,
+            Store::Bf16(v) => v.len() * 2,
+        }
+    }
+
+    /// Writes `src` (rounded to nearest even for a half-precision store) at `at`.
+    fn write(&mut self, at: usize, src: &[f32]) {
+        match self {
+            Store::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+            Store::F16(v) => v[at..at + src.len()]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, &x)| *d = f16::from_f32(x)),
+            Store::Bf16(v) => v[at..at + src.len()]
+                .iter_mut()
+                .zip(src)
+                .for_each(|(d, &x)| *d = bf16::from_f32(x)),
+        }
+    }
+
+    /// A buffer of `len` elements holding, for each of `heads` runs, the first `n` elements of
+    /// the run at `from · h` moved to `to · h`.
+    fn regrow(&mut self, len: usize, heads: usize, (from, to, n): (usize, usize, usize)) {
+        fn regrow<T: Copy + Default>(
+            m: &mut Vec<T>,
+            len: usize,
+            heads: usize,
+            (from, to, n): (usize, usize, usize),
+        ) {
+            let mut grown = vec![T::default(); len];
+            for g in 0..heads {
+                grown[g * to..g * to + n].copy_from_slice(&m[g * from..g * from + n]);
+            }
+            *m = grown;
+        }
+        match self {
+            Store::F32(v) => regrow(v, len, heads, (from, to, n)),
+            Store::F16(v) => regrow(v, len, heads, (from, to, n)),
+            Store::Bf16(v) => regrow(v, len, heads, (from, to, n)),
+        }
+    }
+}
+
+/// One layer's keys and values as attention reads them, in the cache's element type.
+#[derive(Clone, Copy, Debug)]
+pub enum LayerView<'a> {
+    /// An f32 cache.
+    F32(Kv<'a, f32>),
+    /// An f16 cache.
+    F16(Kv<'a, f16>),
+    /// A bf16 cache.
+    Bf16(Kv<'a, bf16>),
+}
+
+impl LayerView<'_> {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        match self {
+            LayerView::F32(kv) => kv.len,
+            LayerView::F16(kv) => kv.len,
+            LayerView::Bf16(kv) => kv.len,
+        }
+    }
+
+    /// True when no position is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// Keys and values of one layer, `[G, capacity, Dh]` each: every KV head's positions are one
 /// contiguous run, so attention reads each head's keys and values as one sequential stream
 /// (see [`Kv::by_head`]).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 struct LayerKv {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Store,
+    v: Store,
     /// Positions written (committed or not).
     filled: usize,
     /// Positions the buffers hold room for.
@@ -30,6 +161,7 @@ struct LayerKv {
 pub struct KvCache {
     n_kv_heads: usize,
     head_dim: usize,
+    dtype: KvDType,
     len: usize,
     layers: Vec<LayerKv>,
     /// [`crate::Intervention::fingerprint`] of the steering the cached positions were
@@ -39,16 +171,39 @@ pub struct KvCache {
 }
 
 impl KvCache {
-    /// An empty cache for `n_layers` layers of `n_kv_heads` key/value heads of `head_dim`.
+    /// An empty f32 cache for `n_layers` layers of `n_kv_heads` key/value heads of
+    /// `head_dim`.
     pub fn new(n_layers: usize, n_kv_heads: usize, head_dim: usize) -> KvCache {
+        KvCache::with_dtype(n_layers, n_kv_heads, head_dim, KvDType::F32)
+    }
+
+    /// An empty cache storing keys and values as `dtype`.
+    pub fn with_dtype(
+        n_layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        dtype: KvDType,
+    ) -> KvCache {
+        let layer = LayerKv {
+            k: Store::new(dtype),
+            v: Store::new(dtype),
+            filled: 0,
+            capacity: 0,
+        };
         KvCache {
             n_kv_heads,
             head_dim,
+            dtype,
             len: 0,
             steering: 0,
-            layers: vec![LayerKv::default(); n_layers],
+            layers: vec![layer; n_layers],
             scratch: Default::default(),
         }
+    }
+
+    /// The element type keys and values are stored in.
+    pub fn dtype(&self) -> KvDType {
+        self.dtype
     }
 
     /// Positions held.
@@ -71,10 +226,7 @@ impl KvCache {
 
     /// Bytes currently reserved for keys and values.
     pub fn reserved_bytes(&self) -> usize {
-        self.layers
-            .iter()
-            .map(|l| (l.k.len() + l.v.len()) * std::mem::size_of::<f32>())
-            .sum()
+        self.layers.iter().map(|l| l.k.bytes() + l.v.bytes()).sum()
     }
 
     /// Appends rows of keys and values (`[T, G·Dh]`, as the projections produce them) to
@@ -94,8 +246,7 @@ impl KvCache {
         for (dst, src) in [(&mut kv.k, k), (&mut kv.v, v)] {
             for (r, row) in src.chunks_exact(width).enumerate() {
                 for (g, head) in row.chunks_exact(dh).enumerate() {
-                    let at = (g * kv.capacity + kv.filled + r) * dh;
-                    dst[at..at + dh].copy_from_slice(head);
+                    dst.write((g * kv.capacity + kv.filled + r) * dh, head);
                 }
             }
         }
@@ -103,14 +254,33 @@ impl KvCache {
     }
 
     /// Keys and values of `layer` for every position appended so far.
-    pub(crate) fn layer(&self, layer: usize) -> Kv<'_> {
+    pub(crate) fn layer(&self, layer: usize) -> LayerView<'_> {
         let kv = &self.layers[layer];
-        Kv {
-            k: &kv.k,
-            v: &kv.v,
-            len: kv.filled,
-            row_stride: self.head_dim,
-            group_stride: kv.capacity * self.head_dim,
+        let (len, row_stride, group_stride) =
+            (kv.filled, self.head_dim, kv.capacity * self.head_dim);
+        match (&kv.k, &kv.v) {
+            (Store::F32(k), Store::F32(v)) => LayerView::F32(Kv {
+                k,
+                v,
+                len,
+                row_stride,
+                group_stride,
+            }),
+            (Store::F16(k), Store::F16(v)) => LayerView::F16(Kv {
+                k,
+                v,
+                len,
+                row_stride,
+                group_stride,
+            }),
+            (Store::Bf16(k), Store::Bf16(v)) => LayerView::Bf16(Kv {
+                k,
+                v,
+                len,
+                row_stride,
+                group_stride,
+            }),
+            _ => unreachable!("keys and values share the cache's dtype"),
         }
     }
 
@@ -140,14 +310,9 @@ impl LayerKv {
     /// positions so far move to the start of its new run.
     fn grow(&mut self, n_kv_heads: usize, dh: usize, need: usize) {
         let capacity = need.div_ceil(BLOCK_POSITIONS) * BLOCK_POSITIONS;
+        let moves = (self.capacity * dh, capacity * dh, self.filled * dh);
         for m in [&mut self.k, &mut self.v] {
-            let mut grown = vec![0f32; n_kv_heads * capacity * dh];
-            for g in 0..n_kv_heads {
-                let (from, to) = (g * self.capacity * dh, g * capacity * dh);
-                let n = self.filled * dh;
-                grown[to..to + n].copy_from_slice(&m[from..from + n]);
-            }
-            *m = grown;
+            m.regrow(n_kv_heads * capacity * dh, n_kv_heads, moves);
         }
         self.capacity = capacity;
     }
@@ -156,6 +321,24 @@ impl LayerKv {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn half_precision_caches_round_and_halve_the_bytes() {
+        for (dtype, want) in [(KvDType::F16, 1.0 + 2f32.powi(-10)), (KvDType::Bf16, 1.0)] {
+            let mut c = KvCache::with_dtype(1, 1, 2, dtype);
+            // 1 + 2⁻¹⁰ + 2⁻¹² rounds to 1 + 2⁻¹⁰ in f16 and to 1 in bf16.
+            let x = 1.0 + 2f32.powi(-10) + 2f32.powi(-12);
+            c.append(0, &[x, -2.0], &[0.5, x]);
+            c.commit(1);
+            assert_eq!(c.reserved_bytes(), 2 * BLOCK_POSITIONS * 2 * 2);
+            let first = match c.layer(0) {
+                LayerView::F16(kv) => kv.k[0].to_f32(),
+                LayerView::Bf16(kv) => kv.k[0].to_f32(),
+                LayerView::F32(_) => unreachable!(),
+            };
+            assert_eq!(first, want, "{dtype:?}");
+        }
+    }
 
     #[test]
     fn grows_in_blocks_not_up_front() {
@@ -168,7 +351,7 @@ mod tests {
         assert_eq!(c.len(), 3);
         assert_eq!(c.reserved_bytes(), 2 * 2 * BLOCK_POSITIONS * 4 * 4);
         c.truncate(1);
-        assert_eq!(c.layer(1).len, 1);
+        assert_eq!(c.layer(1).len(), 1);
     }
 
     #[test]
@@ -188,7 +371,9 @@ mod tests {
             c.append(0, &k, &v);
             c.commit(range.len());
         }
-        let kv = c.layer(0);
+        let LayerView::F32(kv) = c.layer(0) else {
+            panic!("an f32 cache")
+        };
         assert_eq!((kv.len, kv.row_stride), (300, dh));
         for s in [0, 199, 200, 299] {
             for g in 0..g_n {

@@ -125,14 +125,25 @@ impl Kernels {
         p: Attention,
         q: &[f32],
         positions: &[usize],
-        kv: attention::Kv<'_>,
+        kv: crate::kv_cache::LayerView<'_>,
         out: &mut [f32],
     ) {
-        match self {
-            Kernels::Reference => attention::reference::attention_kv(p, q, positions, kv, out),
-            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
-                attention::cpu::attention_kv(isa, p, q, positions, kv, out)
+        use crate::kv_cache::LayerView;
+        match (self, kv) {
+            (Kernels::Reference, LayerView::F32(kv)) => {
+                attention::reference::attention_kv(p, q, positions, kv, out)
             }
+            (Kernels::Reference, LayerView::F16(kv)) => {
+                attention::reference::attention_kv(p, q, positions, kv, out)
+            }
+            (Kernels::Reference, LayerView::Bf16(kv)) => {
+                attention::reference::attention_kv(p, q, positions, kv, out)
+            }
+            (Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa), kv) => match kv {
+                LayerView::F32(kv) => attention::cpu::attention_kv(isa, p, q, positions, kv, out),
+                LayerView::F16(kv) => attention::cpu::attention_kv(isa, p, q, positions, kv, out),
+                LayerView::Bf16(kv) => attention::cpu::attention_kv(isa, p, q, positions, kv, out),
+            },
         }
     }
 

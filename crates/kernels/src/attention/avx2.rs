@@ -1,6 +1,7 @@
 //! AVX2/FMA primitives of the CPU attention and its `#[target_feature]` entry point.
 
 use super::{Group, HEADS, Lanes, Rows, Scores, accumulate_each, scores_each};
+use crate::isa::Elem;
 use crate::isa::avx2::{dot, exp, hsum, scale_axpy};
 use std::arch::x86_64::*;
 
@@ -9,62 +10,67 @@ struct Avx2;
 
 impl Lanes for Avx2 {
     #[inline(always)]
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
-        // SAFETY: the caller guarantees AVX2/FMA.
+    unsafe fn dot<T: Elem>(a: &[f32], b: &[T]) -> f32 {
+        // SAFETY: the caller guarantees AVX2/FMA/F16C.
         unsafe { dot(a, b) }
     }
 
     #[inline(always)]
-    unsafe fn scale_axpy(y: &mut [f32], scale: f32, alpha: f32, x: &[f32]) {
-        // SAFETY: the caller guarantees AVX2/FMA.
+    unsafe fn scale_axpy<T: Elem>(y: &mut [f32], scale: f32, alpha: f32, x: &[T]) {
+        // SAFETY: the caller guarantees AVX2/FMA/F16C.
         unsafe { scale_axpy(y, scale, alpha, x) }
     }
 
     #[inline(always)]
-    unsafe fn scores(q: &[f32], k: Rows<'_>, scale: f32, sc: &mut Scores) {
+    unsafe fn scores<T: Elem>(q: &[f32], k: Rows<'_, T>, scale: f32, sc: &mut Scores) {
         let hn = q.len() / k.dh.max(1);
         if !k.dh.is_multiple_of(8) {
             // SAFETY: the caller guarantees AVX2/FMA.
-            return unsafe { scores_each::<Self>(q, k, scale, sc) };
+            return unsafe { scores_each::<Self, T>(q, k, scale, sc) };
         }
         let mut h = 0;
         // SAFETY: `h + N <= hn` heads of `q`; AVX2/FMA per the caller.
         unsafe {
             while h + 4 <= hn {
-                scores_n::<4>(&q[h * k.dh..], k, scale, &mut sc[h..h + 4]);
+                scores_n::<4, T>(&q[h * k.dh..], k, scale, &mut sc[h..h + 4]);
                 h += 4;
             }
             while h < hn {
-                scores_n::<1>(&q[h * k.dh..], k, scale, &mut sc[h..h + 1]);
+                scores_n::<1, T>(&q[h * k.dh..], k, scale, &mut sc[h..h + 1]);
                 h += 1;
             }
         }
     }
 
     #[inline(always)]
-    unsafe fn accumulate(o: &mut [f32], alpha: &[f32; HEADS], sc: &Scores, v: Rows<'_>) {
+    unsafe fn accumulate<T: Elem>(
+        o: &mut [f32],
+        alpha: &[f32; HEADS],
+        sc: &Scores,
+        v: Rows<'_, T>,
+    ) {
         let hn = o.len() / v.dh.max(1);
         if !v.dh.is_multiple_of(8) {
             // SAFETY: the caller guarantees AVX2/FMA.
-            return unsafe { accumulate_each::<Self>(o, alpha, sc, v) };
+            return unsafe { accumulate_each::<Self, T>(o, alpha, sc, v) };
         }
         let mut h = 0;
         // SAFETY: `h + N <= hn` heads of `o`; AVX2/FMA per the caller.
         unsafe {
             while h + 4 <= hn {
-                accumulate_n::<4>(&mut o[h * v.dh..], &alpha[h..], &sc[h..], v);
+                accumulate_n::<4, T>(&mut o[h * v.dh..], &alpha[h..], &sc[h..], v);
                 h += 4;
             }
             while h < hn {
-                accumulate_n::<1>(&mut o[h * v.dh..], &alpha[h..], &sc[h..], v);
+                accumulate_n::<1, T>(&mut o[h * v.dh..], &alpha[h..], &sc[h..], v);
                 h += 1;
             }
         }
     }
 
     #[inline(always)]
-    unsafe fn prefetch(row: &[f32]) {
-        for line in row.chunks(16) {
+    unsafe fn prefetch<T: Elem>(row: &[T]) {
+        for line in row.chunks(64 / std::mem::size_of::<T>()) {
             // SAFETY: a prefetch is only a hint and never faults; the address is in `row`.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(line.as_ptr().cast::<i8>()) };
         }
@@ -100,7 +106,7 @@ impl Lanes for Avx2 {
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn run(job: &Group<'_>, o: &mut [f32]) {
+pub(super) unsafe fn run<T: Elem>(job: &Group<'_, T>, o: &mut [f32]) {
     // SAFETY: this function enables the features `Avx2` needs.
     unsafe { job.run::<Avx2>(o) }
 }
@@ -112,9 +118,9 @@ pub(super) unsafe fn run(job: &Group<'_>, o: &mut [f32]) {
 /// # Safety
 /// Needs AVX2 and FMA.
 #[inline(always)]
-unsafe fn scores_n<const N: usize>(
+unsafe fn scores_n<const N: usize, T: Elem>(
     q: &[f32],
-    k: Rows<'_>,
+    k: Rows<'_, T>,
     scale: f32,
     sc: &mut [[f32; super::BLOCK]],
 ) {
@@ -129,7 +135,7 @@ unsafe fn scores_n<const N: usize>(
             let kp = k.ptr(i);
             let mut acc = [_mm256_setzero_ps(); N];
             for c in (0..dh).step_by(8) {
-                let kv = _mm256_loadu_ps(kp.add(c));
+                let kv = T::load8(kp.add(c));
                 for (h, a) in acc.iter_mut().enumerate() {
                     *a = _mm256_fmadd_ps(kv, _mm256_loadu_ps(qp.add(h * dh + c)), *a);
                 }
@@ -162,11 +168,11 @@ unsafe fn scores_n<const N: usize>(
 /// # Safety
 /// Needs AVX2 and FMA.
 #[inline(always)]
-unsafe fn accumulate_n<const N: usize>(
+unsafe fn accumulate_n<const N: usize, T: Elem>(
     o: &mut [f32],
     alpha: &[f32],
     sc: &[[f32; super::BLOCK]],
-    v: Rows<'_>,
+    v: Rows<'_, T>,
 ) {
     let dh = v.dh;
     assert!(o.len() >= N * dh && alpha.len() >= N && sc.len() >= N && v.n <= super::BLOCK);
@@ -175,11 +181,11 @@ unsafe fn accumulate_n<const N: usize>(
     // SAFETY: as `columns` requires: `c + 8·C <= Dh`; AVX2/FMA per the caller.
     unsafe {
         while c + 16 <= dh {
-            columns::<N, 2>(o, alpha, sc, v, c);
+            columns::<N, 2, T>(o, alpha, sc, v, c);
             c += 16;
         }
         if c < dh {
-            columns::<N, 1>(o, alpha, sc, v, c);
+            columns::<N, 1, T>(o, alpha, sc, v, c);
         }
     }
 }
@@ -189,11 +195,11 @@ unsafe fn accumulate_n<const N: usize>(
 /// # Safety
 /// Needs AVX2 and FMA; `c + 8·C <= Dh`, and the bounds `accumulate_n` asserts.
 #[inline(always)]
-unsafe fn columns<const N: usize, const C: usize>(
+unsafe fn columns<const N: usize, const C: usize, T: Elem>(
     o: &mut [f32],
     alpha: &[f32],
     sc: &[[f32; super::BLOCK]],
-    v: Rows<'_>,
+    v: Rows<'_, T>,
     c: usize,
 ) {
     let dh = v.dh;
@@ -213,7 +219,7 @@ unsafe fn columns<const N: usize, const C: usize>(
             let vp = v.ptr(i).add(c);
             let mut vv = [_mm256_setzero_ps(); C];
             for (j, x) in vv.iter_mut().enumerate() {
-                *x = _mm256_loadu_ps(vp.add(8 * j));
+                *x = T::load8(vp.add(8 * j));
             }
             for (h, a) in acc.iter_mut().enumerate() {
                 let p = _mm256_set1_ps(*sc.get_unchecked(h).get_unchecked(i));

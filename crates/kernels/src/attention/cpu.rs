@@ -13,6 +13,7 @@
 
 use super::{Attention, Kv};
 use crate::Isa;
+use crate::isa::Elem;
 use crate::threads::for_each_row_mut;
 
 #[cfg(target_arch = "x86_64")]
@@ -46,12 +47,12 @@ pub fn attention(
 
 /// [`attention`] over keys and values in any [`Kv`] layout; same contract as
 /// [`reference::attention_kv`](super::reference::attention_kv).
-pub fn attention_kv(
+pub fn attention_kv<T: Elem>(
     isa: Isa,
     p: Attention,
     q: &[f32],
     positions: &[usize],
-    kv: Kv<'_>,
+    kv: Kv<'_, T>,
     out: &mut [f32],
 ) {
     let (dh, q_width) = (p.head_dim, p.n_heads * p.head_dim);
@@ -106,12 +107,12 @@ pub(crate) trait Lanes {
     ///
     /// # Safety
     /// The ISA's features must be available.
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32;
+    unsafe fn dot<T: Elem>(a: &[f32], b: &[T]) -> f32;
     /// `y = y · scale + alpha · x`.
     ///
     /// # Safety
     /// The ISA's features must be available.
-    unsafe fn scale_axpy(y: &mut [f32], scale: f32, alpha: f32, x: &[f32]);
+    unsafe fn scale_axpy<T: Elem>(y: &mut [f32], scale: f32, alpha: f32, x: &[T]);
     /// `s[i] = e^(s[i] - max)`; returns `Σ s[i]`.
     ///
     /// # Safety
@@ -123,12 +124,12 @@ pub(crate) trait Lanes {
     /// # Safety
     /// The ISA's features must be available.
     #[inline(always)]
-    unsafe fn scores(q: &[f32], k: Rows<'_>, scale: f32, sc: &mut Scores)
+    unsafe fn scores<T: Elem>(q: &[f32], k: Rows<'_, T>, scale: f32, sc: &mut Scores)
     where
         Self: Sized,
     {
         // SAFETY: features per this function's contract.
-        unsafe { scores_each::<Self>(q, k, scale, sc) }
+        unsafe { scores_each::<Self, T>(q, k, scale, sc) }
     }
     /// `o_h = o_h · alpha[h] + Σ_i sc[h][i] · v_i` for every head `h` of `o` (`[hn · Dh]`).
     /// Generic version: one axpy per pair.
@@ -136,12 +137,12 @@ pub(crate) trait Lanes {
     /// # Safety
     /// The ISA's features must be available.
     #[inline(always)]
-    unsafe fn accumulate(o: &mut [f32], alpha: &[f32; HEADS], sc: &Scores, v: Rows<'_>)
+    unsafe fn accumulate<T: Elem>(o: &mut [f32], alpha: &[f32; HEADS], sc: &Scores, v: Rows<'_, T>)
     where
         Self: Sized,
     {
         // SAFETY: features per this function's contract.
-        unsafe { accumulate_each::<Self>(o, alpha, sc, v) }
+        unsafe { accumulate_each::<Self, T>(o, alpha, sc, v) }
     }
     /// Starts loading `row` into the cache. KV rows are `G·Dh` floats apart, a new 4 KiB
     /// page per position at Mixtral's sizes, where hardware prefetchers stop: without this
@@ -149,7 +150,7 @@ pub(crate) trait Lanes {
     ///
     /// # Safety
     /// The ISA's features must be available.
-    unsafe fn prefetch(row: &[f32]);
+    unsafe fn prefetch<T: Elem>(row: &[T]);
 }
 
 /// [`Lanes::scores`] as one [`Lanes::dot`] per (head, row).
@@ -157,7 +158,12 @@ pub(crate) trait Lanes {
 /// # Safety
 /// `L`'s features must be available.
 #[inline(always)]
-pub(crate) unsafe fn scores_each<L: Lanes>(q: &[f32], k: Rows<'_>, scale: f32, sc: &mut Scores) {
+pub(crate) unsafe fn scores_each<L: Lanes, T: Elem>(
+    q: &[f32],
+    k: Rows<'_, T>,
+    scale: f32,
+    sc: &mut Scores,
+) {
     for (qh, row) in q.chunks_exact(k.dh).zip(sc.iter_mut()) {
         for (i, s) in row[..k.n].iter_mut().enumerate() {
             // SAFETY: features per this function's contract.
@@ -171,11 +177,11 @@ pub(crate) unsafe fn scores_each<L: Lanes>(q: &[f32], k: Rows<'_>, scale: f32, s
 /// # Safety
 /// `L`'s features must be available.
 #[inline(always)]
-pub(crate) unsafe fn accumulate_each<L: Lanes>(
+pub(crate) unsafe fn accumulate_each<L: Lanes, T: Elem>(
     o: &mut [f32],
     alpha: &[f32; HEADS],
     sc: &Scores,
-    v: Rows<'_>,
+    v: Rows<'_, T>,
 ) {
     for (h, oh) in o.chunks_exact_mut(v.dh).enumerate() {
         oh.iter_mut().for_each(|x| *x *= alpha[h]);
@@ -191,7 +197,7 @@ pub(crate) struct Scalar;
 
 impl Lanes for Scalar {
     #[inline(always)]
-    unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    unsafe fn dot<T: Elem>(a: &[f32], b: &[T]) -> f32 {
         // Eight partial sums, which the compiler keeps in vector lanes.
         let mut acc = [0f32; 8];
         let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -199,25 +205,25 @@ impl Lanes for Scalar {
             .remainder()
             .iter()
             .zip(bc.remainder())
-            .map(|(x, y)| x * y)
+            .map(|(x, y)| x * y.widen())
             .sum();
         for (x, y) in ac.zip(bc) {
             for l in 0..8 {
-                acc[l] += x[l] * y[l];
+                acc[l] += x[l] * y[l].widen();
             }
         }
         acc.iter().sum::<f32>() + tail
     }
 
     #[inline(always)]
-    unsafe fn scale_axpy(y: &mut [f32], scale: f32, alpha: f32, x: &[f32]) {
+    unsafe fn scale_axpy<T: Elem>(y: &mut [f32], scale: f32, alpha: f32, x: &[T]) {
         y.iter_mut()
             .zip(x)
-            .for_each(|(o, &v)| *o = *o * scale + alpha * v);
+            .for_each(|(o, &v)| *o = *o * scale + alpha * v.widen());
     }
 
     #[inline(always)]
-    unsafe fn prefetch(_row: &[f32]) {}
+    unsafe fn prefetch<T: Elem>(_row: &[T]) {}
 
     #[inline(always)]
     unsafe fn exp_sum(s: &mut [f32], max: f32) -> f32 {
@@ -233,8 +239,8 @@ pub(crate) type Scores = [[f32; BLOCK]; HEADS];
 
 /// One KV head's `Dh`-long slices of `n` consecutive cache rows (`k` or `v`) of a block.
 #[derive(Clone, Copy)]
-pub(crate) struct Rows<'a> {
-    m: &'a [f32],
+pub(crate) struct Rows<'a, T: Elem = f32> {
+    m: &'a [T],
     /// Offset of row 0's slice in `m`.
     first: usize,
     /// Floats from one row to the next (`G · Dh`).
@@ -243,8 +249,8 @@ pub(crate) struct Rows<'a> {
     pub(crate) dh: usize,
 }
 
-impl<'a> Rows<'a> {
-    fn new(m: &'a [f32], first: usize, stride: usize, n: usize, dh: usize) -> Rows<'a> {
+impl<'a, T: Elem> Rows<'a, T> {
+    fn new(m: &'a [T], first: usize, stride: usize, n: usize, dh: usize) -> Rows<'a, T> {
         assert!(
             n == 0 || first + (n - 1) * stride + dh <= m.len(),
             "attention: rows out of the cache"
@@ -260,34 +266,34 @@ impl<'a> Rows<'a> {
 
     /// Row `i`'s slice.
     #[inline(always)]
-    pub(crate) fn row(&self, i: usize) -> &'a [f32] {
+    pub(crate) fn row(&self, i: usize) -> &'a [T] {
         &self.m[self.first + i * self.stride..][..self.dh]
     }
 
     /// Row `i`'s first element; rows `0..n` are in bounds (checked in `new`).
     #[inline(always)]
-    pub(crate) fn ptr(&self, i: usize) -> *const f32 {
+    pub(crate) fn ptr(&self, i: usize) -> *const T {
         debug_assert!(i < self.n);
         self.m[self.first..].as_ptr().wrapping_add(i * self.stride)
     }
 }
 
 /// One (token, KV head) task.
-pub(crate) struct Group<'a> {
+pub(crate) struct Group<'a, T: Elem = f32> {
     p: Attention,
     /// The group's query heads, `[H/G · Dh]`.
     q: &'a [f32],
-    kv: Kv<'a>,
+    kv: Kv<'a, T>,
     /// KV head.
     g: usize,
     /// Positions this token sees.
     visible: std::ops::Range<usize>,
 }
 
-impl Group<'_> {
+impl<T: Elem> Group<'_, T> {
     /// This group's `Dh` slice of KV row `s` of `m` (`k` or `v`).
     #[inline(always)]
-    fn row<'m>(&self, m: &'m [f32], s: usize) -> &'m [f32] {
+    fn row<'m>(&self, m: &'m [T], s: usize) -> &'m [T] {
         &m[self.kv.offset(self.g, s)..][..self.p.head_dim]
     }
 

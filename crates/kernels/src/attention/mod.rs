@@ -3,6 +3,8 @@
 pub mod cpu;
 pub mod reference;
 
+use crate::isa::Elem;
+
 /// One attention call: `T` query rows against the first `S` cached positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attention {
@@ -26,14 +28,16 @@ impl Attention {
     }
 }
 
-/// A KV cache's keys and values as attention reads them: the `Dh` floats of position `s` and
-/// KV head `g` start at `g · group_stride + s · row_stride` in `k` (and in `v`).
+/// A KV cache's keys and values as attention reads them: the `Dh` elements of position `s`
+/// and KV head `g` start at `g · group_stride + s · row_stride` in `k` (and in `v`). Elements
+/// are f32, or f16 / bf16 for a half-precision cache (widened to f32 in registers as they
+/// are read; the arithmetic stays f32).
 #[derive(Clone, Copy, Debug)]
-pub struct Kv<'a> {
+pub struct Kv<'a, T: Elem = f32> {
     /// Keys.
-    pub k: &'a [f32],
+    pub k: &'a [T],
     /// Values, laid out as `k`.
-    pub v: &'a [f32],
+    pub v: &'a [T],
     /// `S`: positions held.
     pub len: usize,
     /// Floats from one position to the next.
@@ -42,10 +46,10 @@ pub struct Kv<'a> {
     pub group_stride: usize,
 }
 
-impl<'a> Kv<'a> {
+impl<'a, T: Elem> Kv<'a, T> {
     /// `[S, G·Dh]`: row `s` holds position `s`, its KV heads side by side (what the
     /// projections produce).
-    pub fn by_position(p: Attention, k: &'a [f32], v: &'a [f32]) -> Kv<'a> {
+    pub fn by_position(p: Attention, k: &'a [T], v: &'a [T]) -> Kv<'a, T> {
         let width = p.n_kv_heads * p.head_dim;
         Kv {
             k,
@@ -60,13 +64,7 @@ impl<'a> Kv<'a> {
     /// are one contiguous run, so a pass over the cache for one head is one sequential read
     /// (the model's cache; by position, each head reads `Dh` floats out of every `G·Dh`, a
     /// new 4 KiB page every position at Mixtral's sizes).
-    pub fn by_head(
-        p: Attention,
-        k: &'a [f32],
-        v: &'a [f32],
-        len: usize,
-        capacity: usize,
-    ) -> Kv<'a> {
+    pub fn by_head(p: Attention, k: &'a [T], v: &'a [T], len: usize, capacity: usize) -> Kv<'a, T> {
         assert!(
             len <= capacity,
             "kv: {len} positions held in a capacity of {capacity}"

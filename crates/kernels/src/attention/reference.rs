@@ -2,6 +2,7 @@
 //! an f32 softmax, and the weighted sum of values.
 
 use super::{Attention, Kv};
+use crate::isa::Elem;
 
 /// `out[t, h] = Σ_s softmax_s(q[t, h] · k[s, g] / sqrt(Dh)) · v[s, g]` over the positions
 /// `s` visible from `positions[t]` (causal, within the window), with `g = h / (H / G)`.
@@ -19,7 +20,13 @@ pub fn attention(
 }
 
 /// [`attention`] over keys and values in any [`Kv`] layout.
-pub fn attention_kv(p: Attention, q: &[f32], positions: &[usize], kv: Kv<'_>, out: &mut [f32]) {
+pub fn attention_kv<T: Elem>(
+    p: Attention,
+    q: &[f32],
+    positions: &[usize],
+    kv: Kv<'_, T>,
+    out: &mut [f32],
+) {
     let (dh, q_width) = (p.head_dim, p.n_heads * p.head_dim);
     let (k, v) = (kv.k, kv.v);
     assert_eq!(
@@ -45,7 +52,7 @@ pub fn attention_kv(p: Attention, q: &[f32], positions: &[usize], kv: Kv<'_>, ou
             scores.clear();
             for s in visible.clone() {
                 let kh = &k[kv.offset(g, s)..][..dh];
-                scores.push(qh.iter().zip(kh).map(|(a, b)| a * b).sum::<f32>() * scale);
+                scores.push(qh.iter().zip(kh).map(|(a, b)| a * b.widen()).sum::<f32>() * scale);
             }
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             scores.iter_mut().for_each(|s| *s = (*s - max).exp());
@@ -56,7 +63,7 @@ pub fn attention_kv(p: Attention, q: &[f32], positions: &[usize], kv: Kv<'_>, ou
                 let vh = &v[kv.offset(g, s)..][..dh];
                 oh.iter_mut()
                     .zip(vh)
-                    .for_each(|(o, &x)| *o += (w / sum) * x);
+                    .for_each(|(o, &x)| *o += (w / sum) * x.widen());
             }
         }
     }

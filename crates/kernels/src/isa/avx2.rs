@@ -60,12 +60,13 @@ pub(crate) unsafe fn exp(x: __m256) -> __m256 {
     }
 }
 
-/// `Σ a[i] · b[i]` with 8-wide FMAs (two accumulators) and a scalar tail.
+/// `Σ a[i] · b[i]` with 8-wide FMAs (two accumulators) and a scalar tail; `b` is f32, f16 or
+/// bf16, widened as it is loaded.
 ///
 /// # Safety
-/// Needs AVX2 and FMA.
+/// Needs AVX2, FMA and F16C.
 #[inline(always)]
-pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+pub(crate) unsafe fn dot<T: super::Elem>(a: &[f32], b: &[T]) -> f32 {
     let n = a.len().min(b.len());
     let (pa, pb) = (a.as_ptr(), b.as_ptr());
     let mut i = 0;
@@ -74,32 +75,29 @@ pub(crate) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
     unsafe {
         let (mut s0, mut s1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         while i + 16 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
-            s1 = _mm256_fmadd_ps(
-                _mm256_loadu_ps(pa.add(i + 8)),
-                _mm256_loadu_ps(pb.add(i + 8)),
-                s1,
-            );
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), T::load8(pb.add(i)), s0);
+            s1 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8)), T::load8(pb.add(i + 8)), s1);
             i += 16;
         }
         if i + 8 <= n {
-            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), s0);
+            s0 = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), T::load8(pb.add(i)), s0);
             i += 8;
         }
         let mut s = hsum(_mm256_add_ps(s0, s1));
         for j in i..n {
-            s += a[j] * b[j];
+            s += a[j] * b[j].widen();
         }
         s
     }
 }
 
-/// `y[i] = y[i] · scale + alpha · x[i]` (an axpy on a rescaled accumulator).
+/// `y[i] = y[i] · scale + alpha · x[i]` (an axpy on a rescaled accumulator); `x` is f32, f16
+/// or bf16, widened as it is loaded.
 ///
 /// # Safety
-/// Needs AVX2 and FMA.
+/// Needs AVX2, FMA and F16C.
 #[inline(always)]
-pub(crate) unsafe fn scale_axpy(y: &mut [f32], scale: f32, alpha: f32, x: &[f32]) {
+pub(crate) unsafe fn scale_axpy<T: super::Elem>(y: &mut [f32], scale: f32, alpha: f32, x: &[T]) {
     let n = y.len().min(x.len());
     let (py, px) = (y.as_mut_ptr(), x.as_ptr());
     let mut i = 0;
@@ -109,14 +107,11 @@ pub(crate) unsafe fn scale_axpy(y: &mut [f32], scale: f32, alpha: f32, x: &[f32]
         let (s, a) = (_mm256_set1_ps(scale), _mm256_set1_ps(alpha));
         while i + 8 <= n {
             let yv = _mm256_mul_ps(_mm256_loadu_ps(py.add(i)), s);
-            _mm256_storeu_ps(
-                py.add(i),
-                _mm256_fmadd_ps(a, _mm256_loadu_ps(px.add(i)), yv),
-            );
+            _mm256_storeu_ps(py.add(i), _mm256_fmadd_ps(a, T::load8(px.add(i)), yv));
             i += 8;
         }
     }
     for j in i..n {
-        y[j] = y[j] * scale + alpha * x[j];
+        y[j] = y[j] * scale + alpha * x[j].widen();
     }
 }

@@ -40,7 +40,54 @@ fn check(p: Attention, positions: &[usize], cached: usize, seed: u64) -> Result<
         });
         tol.check(&format!("{what} by head"), &got, &want)?;
     }
+    half_precision::<half::f16>(p, positions, cached, &q, (&kh, &vh), capacity)?;
+    half_precision::<half::bf16>(p, positions, cached, &q, (&kh, &vh), capacity)?;
     Ok(())
+}
+
+/// The same cache rounded to f16 or bf16 (the model's half-precision KV cache): every ISA
+/// against the reference reading the same rounded values.
+fn half_precision<T: mixtral_kernels::isa::Elem + HalfFrom>(
+    p: Attention,
+    positions: &[usize],
+    cached: usize,
+    q: &[f32],
+    (kh, vh): (&[f32], &[f32]),
+    capacity: usize,
+) -> Result<(), String> {
+    // NaN padding stays NaN after rounding: a read past the held positions still poisons.
+    let (k, v): (Vec<T>, Vec<T>) = (
+        kh.iter().map(|&x| T::round(x)).collect(),
+        vh.iter().map(|&x| T::round(x)).collect(),
+    );
+    let kv = Kv::by_head(p, &k, &v, cached, capacity);
+    let want = run(q.len(), |o| reference::attention_kv(p, q, positions, kv, o));
+    for isa in Isa::available() {
+        let what = format!(
+            "{p:?} {} cache, cached {cached} {isa}",
+            std::any::type_name::<T>()
+        );
+        let got = run(q.len(), |o| cpu::attention_kv(isa, p, q, positions, kv, o));
+        Tol::reduction_f32(cached.max(p.head_dim)).check(&what, &got, &want)?;
+    }
+    Ok(())
+}
+
+/// Rounding an f32 to a half-precision type (nearest even).
+trait HalfFrom {
+    fn round(x: f32) -> Self;
+}
+
+impl HalfFrom for half::f16 {
+    fn round(x: f32) -> Self {
+        half::f16::from_f32(x)
+    }
+}
+
+impl HalfFrom for half::bf16 {
+    fn round(x: f32) -> Self {
+        half::bf16::from_f32(x)
+    }
 }
 
 /// `[S, G·Dh]` rows re-laid out as `[G, capacity, Dh]`, the unused positions NaN (read by
