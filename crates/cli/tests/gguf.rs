@@ -117,7 +117,7 @@ fn inspect_summarises_a_gguf_file() {
         "Q8_0: ",
         "(8 tensors)",
         "bits/weight  ",
-        "kv cache     64.00 MiB for 32768 positions",
+        "kv cache     64.00 MiB f32 / 32.00 MiB f16 for 32768 positions",
     ] {
         assert!(out.contains(needle), "no `{needle}` in:\n{out}");
     }
