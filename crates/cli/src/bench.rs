@@ -163,6 +163,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "threads": engine.threads(),
             "repeat": args.repeat.max(1),
             "precision": format!("{:?}", engine.model().kernels().precision()).to_lowercase(),
+            "kv_dtype": format!("{:?}", engine.model().kv_dtype()).to_lowercase(),
             "contend": args.contend,
             "preemptions": preemptions,
             "prefill_tokens_per_s": prefill,
@@ -178,8 +179,9 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("model         {}", engine.dir().display());
         println!("threads       {}", engine.threads());
         println!(
-            "precision     {} (activations of the matmuls)",
-            format!("{:?}", engine.model().kernels().precision()).to_lowercase()
+            "precision     {} (activations of the matmuls), KV cache {}",
+            format!("{:?}", engine.model().kernels().precision()).to_lowercase(),
+            format!("{:?}", engine.model().kv_dtype()).to_lowercase()
         );
         if args.contend > 0 {
             println!(
