@@ -1,4 +1,6 @@
-//! The CUDA kernel sources, embedded with `include_str!` from the workspace's `kernels/` folder.
+//! The CUDA kernel sources, embedded with `include_str!` from the crate's `cuda/` folder (the
+//! repository's top-level `kernels/` links to it, where contributors look for them), so the
+//! crate's package carries them.
 
 /// One kernel file: its name under `kernels/` and its text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,17 +37,14 @@ macro_rules! cu {
     ($f:literal) => {
         Source {
             file: $f,
-            code: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../kernels/", $f)),
+            code: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/", $f)),
         }
     };
 }
 
 /// `kernels/common.cuh`: bf16 helpers, reductions, cp.async and the bf16 MMA, prepended to
 /// every source.
-pub const COMMON: &str = include_str!(concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../kernels/common.cuh"
-));
+pub const COMMON: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/common.cuh"));
 
 /// Every kernel file, one per op family.
 pub const ALL: &[Source] = &[
@@ -126,9 +125,9 @@ mod tests {
 
     #[test]
     fn every_cu_file_on_disk_is_listed() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("cuda");
         let on_disk: BTreeSet<String> = std::fs::read_dir(&dir)
-            .expect("kernels/ folder")
+            .expect("cuda/ folder")
             .map(|e| {
                 e.expect("dir entry")
                     .file_name()
