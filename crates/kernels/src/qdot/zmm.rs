@@ -223,93 +223,99 @@ pub(super) unsafe fn q6_k<const M: usize>(w: *const u8, nb: usize, a: &[Acts<'_>
     }
 }
 
-/// Q8_0 against Q8_0 activations, two blocks per 512-bit register: the weights' sign moves
-/// onto the activations (`vpdpbusd` takes one unsigned operand) with a mask, as AVX-512 has
-/// no `vpsignb`.
+/// Q8_0 against Q8_0 activations ([`signed_blocks`] of [`Q8`]).
 ///
 /// # Safety
 /// As [`q45_k`].
 #[inline(always)]
 pub(super) unsafe fn q8_0<const M: usize>(w: *const u8, nb: usize, a: &[Acts<'_>; M]) -> [f32; M] {
     // SAFETY: per this function's contract.
-    unsafe {
-        let mut acc = [_mm512_setzero_ps(); M];
-        let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        let mut b = 0;
-        while b + 2 <= nb {
-            let p = w.add(34 * b);
-            prefetch(p);
-            let wq = _mm512_inserti64x4(
-                _mm512_castsi256_si512(load32(p.add(2))),
-                load32(p.add(36)),
-                1,
-            );
-            let u = _mm512_abs_epi8(wq);
-            let negative = _mm512_movepi8_mask(wq);
-            let dw = _mm_cvtph_ps(_mm_insert_epi16(
-                _mm_cvtsi32_si128(i32::from(read_u16(p))),
-                i32::from(read_u16(p.add(34))),
-                1,
-            ));
-            for t in 0..M {
-                let x = load64(a[t].qs.as_ptr().add(32 * b));
-                let s = _mm512_mask_sub_epi8(x, negative, _mm512_setzero_si512(), x);
-                let sums = _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s);
-                let da = _mm_castpd_ps(_mm_load_sd(a[t].d.as_ptr().add(b).cast()));
-                let scale =
-                    _mm512_permutexvar_ps(halves, _mm512_castps128_ps512(_mm_mul_ps(dw, da)));
-                acc[t] = _mm512_fmadd_ps(scale, _mm512_cvtepi32_ps(sums), acc[t]);
-            }
-            b += 2;
-        }
-        let mut out = [0f32; M];
-        for t in 0..M {
-            out[t] = hsum512(acc[t]);
-        }
-        if b < nb {
-            // The odd last block, in a 256-bit register.
-            let p = w.add(34 * b);
-            let wq = load32(p.add(2));
-            let u = _mm256_abs_epi8(wq);
-            let dw = f16_at(p);
-            for t in 0..M {
-                let s = _mm256_sign_epi8(load32(a[t].qs.as_ptr().add(32 * b)), wq);
-                let sums = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s);
-                let v = _mm256_mul_ps(
-                    _mm256_set1_ps(dw * *a[t].d.get_unchecked(b)),
-                    _mm256_cvtepi32_ps(sums),
-                );
-                out[t] += hsum(v);
-            }
-        }
-        out
-    }
+    unsafe { signed_blocks::<Q8, M>(w, nb, a) }
 }
 
-/// Q4_0 against Q8_0 activations, two blocks per 512-bit register: each block's 16 bytes of
-/// nibbles become 32 values (low nibbles first) minus 8, then as [`q8_0`].
+/// Q4_0 against Q8_0 activations ([`signed_blocks`] of [`Q4`]).
 ///
 /// # Safety
 /// As [`q45_k`].
 #[inline(always)]
 pub(super) unsafe fn q4_0<const M: usize>(w: *const u8, nb: usize, a: &[Acts<'_>; M]) -> [f32; M] {
     // SAFETY: per this function's contract.
+    unsafe { signed_blocks::<Q4, M>(w, nb, a) }
+}
+
+/// A weight type of 32-value blocks with an f16 scale first and signed values: how to read a
+/// block's values.
+trait SignedBlock {
+    /// Bytes per block.
+    const BYTES: usize;
+
+    /// The 32 signed values of the block at `p`.
+    ///
+    /// # Safety
+    /// `p` holds a whole block; AVX2 per the caller's contract.
+    unsafe fn values(p: *const u8) -> __m256i;
+}
+
+/// Q8_0: `d` f16, 32 i8.
+struct Q8;
+
+impl SignedBlock for Q8 {
+    const BYTES: usize = 34;
+
+    #[inline(always)]
+    unsafe fn values(p: *const u8) -> __m256i {
+        // SAFETY: per this function's contract.
+        unsafe { load32(p.add(2)) }
+    }
+}
+
+/// Q4_0: `d` f16, 16 bytes of nibbles (low = values 0..16, high = 16..32), value − 8.
+struct Q4;
+
+impl SignedBlock for Q4 {
+    const BYTES: usize = 18;
+
+    #[inline(always)]
+    unsafe fn values(p: *const u8) -> __m256i {
+        // SAFETY: per this function's contract.
+        unsafe {
+            let q = _mm_loadu_si128(p.add(2).cast());
+            let nibbles = _mm256_and_si256(
+                _mm256_setr_m128i(q, _mm_srli_epi16(q, 4)),
+                _mm256_set1_epi8(0x0F),
+            );
+            _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8))
+        }
+    }
+}
+
+/// Signed 32-value blocks against Q8_0 activations, two blocks per 512-bit register: the
+/// weights' sign moves onto the activations (`vpdpbusd` takes one unsigned operand) with a
+/// mask, as AVX-512 has no `vpsignb`; an odd last block goes through a 256-bit register.
+///
+/// # Safety
+/// As [`q45_k`].
+#[inline(always)]
+unsafe fn signed_blocks<Q: SignedBlock, const M: usize>(
+    w: *const u8,
+    nb: usize,
+    a: &[Acts<'_>; M],
+) -> [f32; M] {
+    // SAFETY: per this function's contract.
     unsafe {
         let mut acc = [_mm512_setzero_ps(); M];
         let halves = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-        let (m4, eight) = (_mm256_set1_epi8(0x0F), _mm512_set1_epi8(8));
         let mut b = 0;
         while b + 2 <= nb {
-            let p = w.add(18 * b);
+            let p = w.add(Q::BYTES * b);
             prefetch(p);
-            let q0 = nibbles(_mm_loadu_si128(p.add(2).cast()), m4);
-            let q1 = nibbles(_mm_loadu_si128(p.add(20).cast()), m4);
-            let wq = _mm512_sub_epi8(_mm512_inserti64x4(_mm512_castsi256_si512(q0), q1, 1), eight);
+            let p1 = p.add(Q::BYTES);
+            let wq = _mm512_inserti64x4(_mm512_castsi256_si512(Q::values(p)), Q::values(p1), 1);
             let u = _mm512_abs_epi8(wq);
             let negative = _mm512_movepi8_mask(wq);
             let dw = _mm_cvtph_ps(_mm_insert_epi16(
                 _mm_cvtsi32_si128(i32::from(read_u16(p))),
-                i32::from(read_u16(p.add(18))),
+                i32::from(read_u16(p1)),
                 1,
             ));
             for t in 0..M {
@@ -328,10 +334,8 @@ pub(super) unsafe fn q4_0<const M: usize>(w: *const u8, nb: usize, a: &[Acts<'_>
             out[t] = hsum512(acc[t]);
         }
         if b < nb {
-            // The odd last block, in a 256-bit register.
-            let p = w.add(18 * b);
-            let q = _mm_loadu_si128(p.add(2).cast());
-            let wq = _mm256_sub_epi8(nibbles(q, m4), _mm256_set1_epi8(8));
+            let p = w.add(Q::BYTES * b);
+            let wq = Q::values(p);
             let u = _mm256_abs_epi8(wq);
             let dw = f16_at(p);
             for t in 0..M {
@@ -346,14 +350,6 @@ pub(super) unsafe fn q4_0<const M: usize>(w: *const u8, nb: usize, a: &[Acts<'_>
         }
         out
     }
-}
-
-/// A Q4_0 block's 16 nibble bytes as its 32 values 0..16 (low nibbles first). (A function,
-/// not a closure: closures do not inherit target features.)
-#[inline(always)]
-unsafe fn nibbles(q: __m128i, m4: __m256i) -> __m256i {
-    // SAFETY: AVX2 per the caller's contract.
-    unsafe { _mm256_and_si256(_mm256_setr_m128i(q, _mm_srli_epi16(q, 4)), m4) }
 }
 
 /// The little-endian u16 at `p`.
