@@ -133,15 +133,9 @@ fn vocab_keys(v: &SentencePieceVocab, config: &TokenizerConfig) -> Keys {
         .enumerate()
         .map(|(id, t)| {
             if config.special.contains(&(id as u32)) {
-                return 3;
-            }
-            match t {
-                PieceType::Normal => 1,
-                PieceType::Unknown => 2,
-                PieceType::Control => 3,
-                PieceType::UserDefined => 4,
-                PieceType::Unused => 5,
-                PieceType::Byte => 6,
+                PieceType::Control.number()
+            } else {
+                t.number()
             }
         })
         .collect();

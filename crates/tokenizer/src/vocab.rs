@@ -36,6 +36,19 @@ pub enum PieceType {
 }
 
 impl PieceType {
+    /// SentencePiece's (and GGUF's `token_type`) number for this type: the inverse of
+    /// [`PieceType::from_number`].
+    pub fn number(self) -> i32 {
+        match self {
+            PieceType::Normal => 1,
+            PieceType::Unknown => 2,
+            PieceType::Control => 3,
+            PieceType::UserDefined => 4,
+            PieceType::Unused => 5,
+            PieceType::Byte => 6,
+        }
+    }
+
     /// The type with SentencePiece's number `n`, or `None` for an unknown number.
     pub fn from_number(n: i64) -> Option<PieceType> {
         Some(match n {
@@ -265,4 +278,18 @@ fn build_tokenizers(
         })?;
     inner.set_encode_special_tokens(true);
     Ok(inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PieceType;
+
+    #[test]
+    fn piece_type_numbers_round_trip() {
+        for n in 1..=6 {
+            let t = PieceType::from_number(n).unwrap();
+            assert_eq!(i64::from(t.number()), n);
+        }
+        assert_eq!(PieceType::from_number(7), None);
+    }
 }
