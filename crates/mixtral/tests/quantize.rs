@@ -105,29 +105,14 @@ fn q8_0_file_holds_the_source_tensors_and_runs() {
         Model::open(tiny()).unwrap(),
         Model::open(&out).unwrap().with_kernels(Kernels::default()),
     );
-    let (mut kl, mut agree, mut total) = (0f64, 0, 0);
+    let (mut l0, mut l1) = (Vec::new(), Vec::new());
     for case in exp["cases"].as_array().unwrap() {
         let tokens = ids(&case["input_ids"]);
-        let run = |m: &Model| {
-            let positions: Vec<usize> = (0..tokens.len()).collect();
-            let opts = ForwardOptions {
-                logits: Logits::All,
-                trace_routing: false,
-                ..Default::default()
-            };
-            m.prefill(&tokens, &positions, &mut m.new_cache(), opts)
-                .unwrap()
-                .logits
-        };
-        let (l0, l1) = (run(&m0), run(&m1));
-        let v = m0.config().vocab_size;
-        for (r0, r1) in l0.chunks(v).zip(l1.chunks(v)) {
-            kl += kl_div(r0, r1);
-            agree += usize::from(mixtral_testkit::argmax(r0) == mixtral_testkit::argmax(r1));
-            total += 1;
-        }
+        l0.extend(all_logits(&m0, &tokens));
+        l1.extend(all_logits(&m1, &tokens));
     }
-    let kl = kl / total as f64;
+    let v = m0.config().vocab_size;
+    let ((kl, agree), total) = (agreement(&l0, &l1, v), l0.len() / v);
     println!("Q8_0 vs original: KL mean {kl:.2e}, argmax {agree}/{total}");
     assert!(kl < 0.02, "KL mean {kl}");
     assert!(agree * 10 >= total * 9, "argmax {agree}/{total}");
@@ -251,6 +236,17 @@ print("\n".join(lines))
     assert_eq!(theirs, ours);
 }
 
+/// Mean KL divergence of `b`'s rows from `a`'s (rows of `v` logits) and how many rows share
+/// their argmax.
+fn agreement(a: &[f32], b: &[f32], v: usize) -> (f64, usize) {
+    let (mut kl, mut agree) = (0f64, 0);
+    for (ra, rb) in a.chunks(v).zip(b.chunks(v)) {
+        kl += kl_div(ra, rb);
+        agree += usize::from(mixtral_testkit::argmax(ra) == mixtral_testkit::argmax(rb));
+    }
+    (kl / (a.len() / v) as f64, agree)
+}
+
 /// Logits at every position of `tokens`.
 fn all_logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
     let positions: Vec<usize> = (0..tokens.len()).collect();
@@ -296,12 +292,7 @@ fn quantize_at_load_runs_within_the_activation_quantizing_tolerance() {
             all_logits(exact.model(), &tokens),
             all_logits(fast.model(), &tokens),
         );
-        let (mut kl, mut agree) = (0f64, 0);
-        for (ra, rb) in a.chunks(v).zip(b.chunks(v)) {
-            kl += kl_div(ra, rb);
-            agree += usize::from(mixtral_testkit::argmax(ra) == mixtral_testkit::argmax(rb));
-        }
-        let kl = kl / tokens.len() as f64;
+        let (kl, agree) = agreement(&a, &b, v);
         println!("{name} --quantize q8_0: int8 vs exact KL mean {kl:.2e}, argmax {agree}/48");
         assert!(
             kl <= 0.025 && agree * 100 >= 86 * 48,
@@ -402,12 +393,7 @@ fn k_quants_at_load_stay_within_tolerance_of_their_exact_dequantization() {
             all_logits(exact.model(), &tokens),
             all_logits(fast.model(), &tokens),
         );
-        let (mut kl, mut agree) = (0f64, 0);
-        for (ra, rb) in a.chunks(v).zip(b.chunks(v)) {
-            kl += kl_div(ra, rb);
-            agree += usize::from(mixtral_testkit::argmax(ra) == mixtral_testkit::argmax(rb));
-        }
-        let kl = kl / tokens.len() as f64;
+        let (kl, agree) = agreement(&a, &b, v);
         println!("{scheme} at load: int8 vs exact KL mean {kl:.2e}, argmax {agree}/64");
         assert!(
             kl <= 0.0085 && agree * 100 >= 83 * 64,
