@@ -252,22 +252,13 @@ impl Engine {
     ) -> Result<()> {
         let pos = session.ids.len();
         match (&mut session.cache, &self.cuda) {
-            (Cache::Cpu(cache), _) if !steer.is_none() => self.run(|| {
-                let opts = ForwardOptions::default();
-                let out = self
-                    .model
-                    .prefill_steered(&[id], &[pos], cache, opts, steer)?;
-                logits.clear();
-                logits.extend_from_slice(out.last());
-                Ok(())
-            })?,
             (Cache::Cuda(Some(cache)), Some(cuda)) => {
                 let out = cuda.decode(id, pos, cache, ForwardOptions::default())?;
                 logits.clear();
                 logits.extend_from_slice(out.last());
             }
             (Cache::Cpu(cache), _) => self.run(|| {
-                let row = self.model.decode_logits(id, pos, cache)?;
+                let row = self.model.decode_logits_steered(id, pos, cache, steer)?;
                 logits.clear();
                 logits.extend_from_slice(row);
                 Ok(())

@@ -271,18 +271,23 @@ impl Model {
         position: usize,
         cache: &'c mut KvCache,
     ) -> Result<&'c [f32]> {
+        self.decode_logits_steered(token, position, cache, &Intervention::default())
+    }
+
+    /// [`Model::decode_logits`] under an [`Intervention`] (see [`Model::prefill_steered`]).
+    pub fn decode_logits_steered<'c>(
+        &self,
+        token: u32,
+        position: usize,
+        cache: &'c mut KvCache,
+        steer: &Intervention,
+    ) -> Result<&'c [f32]> {
         check_input(&self.config, &[token], &[position], cache.len())?;
-        cache.claim_steering(0)?;
+        steer.validate(&self.config)?;
+        cache.claim_steering(steer.fingerprint())?;
         let opts = ForwardOptions::default();
         let mut rec = Records::new(&self.config, 1, opts);
-        self.forward(
-            &[token],
-            &[position],
-            cache,
-            opts,
-            &Intervention::default(),
-            &mut rec,
-        );
+        self.forward(&[token], &[position], cache, opts, steer, &mut rec);
         Ok(&cache.scratch.logits)
     }
 
