@@ -241,7 +241,7 @@ impl Model {
         steer.validate(&self.config)?;
         cache.claim_steering(steer.fingerprint())?;
         let mut rec = Records::new(&self.config, tokens.len(), opts);
-        let routing = self.forward(tokens, positions, cache, opts, steer, &mut rec);
+        let routing = self.run_one(tokens, positions, cache, opts, steer, &mut rec);
         let rows = opts.logits.rows(tokens.len());
         Ok(Output {
             logits: cache.scratch.logits.clone(),
@@ -287,16 +287,17 @@ impl Model {
         cache.claim_steering(steer.fingerprint())?;
         let opts = ForwardOptions::default();
         let mut rec = Records::new(&self.config, 1, opts);
-        self.forward(&[token], &[position], cache, opts, steer, &mut rec);
+        self.run_one(&[token], &[position], cache, opts, steer, &mut rec);
         Ok(&cache.scratch.logits)
     }
 
-    /// The graph. Leaves the logits in `cache.scratch.logits`; returns the routing trace.
+    /// One sequence through [`Model::graph`], with the cache's own scratch buffers. Leaves the
+    /// logits in `cache.scratch.logits`; returns the routing trace.
     #[expect(
         clippy::too_many_arguments,
         reason = "the call's input, cache and options, plus its steering and its records"
     )]
-    fn forward(
+    fn run_one(
         &self,
         tokens: &[u32],
         positions: &[usize],
@@ -305,8 +306,100 @@ impl Model {
         steer: &Intervention,
         rec: &mut Records,
     ) -> Option<RoutingTrace> {
-        let (c, n) = (&self.config, tokens.len());
         let mut s = std::mem::take(&mut cache.scratch);
+        let n = tokens.len();
+        let mut seqs = [Seq { cache, rows: 0..n }];
+        let head = Head::Tail(opts.logits.rows(n));
+        let trace = self.graph(tokens, positions, &mut seqs, &mut s, head, opts, steer, rec);
+        seqs[0].cache.scratch = s;
+        trace
+    }
+
+    /// Runs one step of several sequences as ONE forward call: each item's tokens continue
+    /// its own cache (positions `cache.len()..`), every matmul and the experts run over the
+    /// union of the items' tokens (one read of each weight serves them all), and attention
+    /// runs per sequence over its own cache. Returns the logits of the last token of every
+    /// item that asks for them (`[rows, V]`, in item order), borrowed from `scratch`.
+    ///
+    /// Each item gets the logits it would get alone, up to the matmuls' summation order
+    /// (`docs/architecture.md`, "Batching"). The items are checked before anything runs: on
+    /// an error no cache has changed. Interventions are not batched (each item runs
+    /// unsteered), and nothing is recorded.
+    pub fn forward_batch<'s>(
+        &self,
+        items: &mut [BatchItem<'_>],
+        scratch: &'s mut BatchScratch,
+    ) -> Result<&'s [f32]> {
+        let BatchScratch {
+            s,
+            tokens,
+            positions,
+            head,
+        } = scratch;
+        tokens.clear();
+        positions.clear();
+        head.clear();
+        let none = Intervention::default();
+        for item in items.iter() {
+            let start = item.cache.len();
+            let pos = start..start.saturating_add(item.tokens.len());
+            let first = positions.len();
+            positions.extend(pos);
+            check_input(&self.config, item.tokens, &positions[first..], start)?;
+            item.cache.check_steering(none.fingerprint())?;
+            tokens.extend_from_slice(item.tokens);
+            if item.logits {
+                head.push(positions.len() - 1);
+            }
+        }
+        if tokens.is_empty() {
+            return Err(crate::Error::EmptyInput);
+        }
+        let mut seqs: Vec<Seq<'_>> = Vec::with_capacity(items.len());
+        let mut at = 0;
+        for item in items.iter_mut() {
+            item.cache.claim_steering(none.fingerprint())?;
+            let n = item.tokens.len();
+            seqs.push(Seq {
+                cache: &mut *item.cache,
+                rows: at..at + n,
+            });
+            at += n;
+        }
+        let opts = ForwardOptions::default();
+        let mut rec = Records::new(&self.config, 0, opts);
+        self.graph(
+            tokens,
+            positions,
+            &mut seqs,
+            s,
+            Head::Rows(head),
+            opts,
+            &none,
+            &mut rec,
+        );
+        Ok(&s.logits)
+    }
+
+    /// The graph, over the tokens of one or more sequences (`seqs` name each one's rows of
+    /// `tokens`). Leaves the logits of the `head` rows in `s.logits`; returns the routing
+    /// trace.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the call's input, caches and buffers, plus its options, steering and records"
+    )]
+    fn graph(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        seqs: &mut [Seq<'_>],
+        s: &mut Scratch,
+        head: Head<'_>,
+        opts: ForwardOptions,
+        steer: &Intervention,
+        rec: &mut Records,
+    ) -> Option<RoutingTrace> {
+        let (c, n) = (&self.config, tokens.len());
         self.embed(tokens, sized(&mut s.h, n * c.hidden_size)); // [T, D]
         if let Some(h) = &mut rec.hidden {
             h.push(&s.h);
@@ -316,8 +409,8 @@ impl Model {
             layers: vec![],
         });
         for (l, lw) in self.weights.layers.iter().enumerate() {
-            self.attention_block(l, lw, positions, cache, &mut s);
-            self.moe_block(l, lw, positions, &mut s, steer, rec);
+            self.attention_block(l, lw, positions, seqs, s);
+            self.moe_block(l, lw, positions, s, steer, rec);
             if let Some(trace) = &mut trace {
                 trace.layers.push(LayerRouting {
                     experts: s.ids.clone(),
@@ -328,15 +421,15 @@ impl Model {
                 h.push(&s.h);
             }
         }
-        cache.commit(n);
+        for seq in seqs.iter_mut() {
+            seq.cache.commit(seq.rows.len());
+        }
         if let Some(h) = &mut rec.hidden {
             // The final norm of every row (the head normalises only the rows it returns).
             self.norm(&s.h, &self.weights.norm, &mut s.x);
             h.push(&s.x);
         }
-        let rows = opts.logits.rows(n);
-        self.head(rows, &mut s);
-        cache.scratch = s;
+        self.head(head, s);
         trace
     }
 
@@ -371,7 +464,7 @@ impl Model {
         l: usize,
         lw: &LayerWeights,
         positions: &[usize],
-        cache: &mut KvCache,
+        seqs: &mut [Seq<'_>],
         s: &mut Scratch,
     ) {
         let c = &self.config;
@@ -411,12 +504,12 @@ impl Model {
             n_heads: c.num_key_value_heads,
             ..rope_q
         };
-        let end = positions.last().map_or(0, |p| p + 1);
+        // The sequences of a batched call are at different positions: cover the furthest.
+        let end = positions.iter().max().map_or(0, |p| p + 1);
         s.ensure_rope(rope_q, end);
         let table = s.rope.as_ref().expect("ensured above");
         self.kernels.rope(rope_q, table, positions, &mut s.q);
         self.kernels.rope(rope_k, table, positions, &mut s.k);
-        cache.append(l, &s.k, &s.v);
         let p = Attention {
             n_heads: c.num_attention_heads,
             n_kv_heads: c.num_key_value_heads,
@@ -424,8 +517,19 @@ impl Model {
             window: c.sliding_window,
         };
         let att = sized(&mut s.att, s.q.len()); // [T, H·Dh]
-        self.kernels
-            .attention(p, &s.q, positions, cache.layer(l), att);
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        // Each sequence's keys and values go to its own cache, and its queries attend to it.
+        for Seq { cache, rows } in seqs.iter_mut() {
+            let (a, b) = (rows.start, rows.end);
+            cache.append(l, &s.k[a * kvd..b * kvd], &s.v[a * kvd..b * kvd]);
+            self.kernels.attention(
+                p,
+                &s.q[a * qd..b * qd],
+                &positions[a..b],
+                cache.layer(l),
+                &mut att[a * qd..b * qd],
+            );
+        }
         self.linear(&s.att, &lw.wo, &mut s.out); // [T, D]
         s.h.iter_mut().zip(&s.out).for_each(|(a, b)| *a += b);
     }
@@ -490,13 +594,64 @@ impl Model {
         s.h.iter_mut().zip(&s.out).for_each(|(a, b)| *a += b);
     }
 
-    /// Final norm and lm_head over the last `rows` rows of `h`: `[rows, D] → [rows, V]`.
-    fn head(&self, rows: usize, s: &mut Scratch) {
+    /// Final norm and lm_head over the `head` rows of `h`: `[rows, D] → [rows, V]`.
+    fn head(&self, head: Head<'_>, s: &mut Scratch) {
         let d = self.config.hidden_size;
-        let last = &s.h[s.h.len() - rows * d..];
-        self.norm(last, &self.weights.norm, &mut s.x);
+        let rows = match head {
+            Head::Tail(rows) => &s.h[s.h.len() - rows * d..],
+            Head::Rows(rows) => {
+                // Gathered into `out`, free at this point of the graph.
+                s.out.clear();
+                for &r in rows {
+                    s.out.extend_from_slice(&s.h[r * d..(r + 1) * d]);
+                }
+                &s.out
+            }
+        };
+        if rows.is_empty() {
+            s.logits.clear();
+            return;
+        }
+        self.norm(rows, &self.weights.norm, &mut s.x);
         self.linear(&s.x, &self.weights.lm_head, &mut s.logits);
     }
+}
+
+/// One sequence's part of a [`Model::forward_batch`] call.
+#[derive(Debug)]
+pub struct BatchItem<'a> {
+    /// Tokens that continue `cache` (a decode step's one token, or a chunk of a prompt).
+    pub tokens: &'a [u32],
+    /// The sequence's cache; the tokens' keys and values are appended to it.
+    pub cache: &'a mut KvCache,
+    /// Whether to return the logits of the last of `tokens` (a prompt chunk that is not the
+    /// prompt's last needs none).
+    pub logits: bool,
+}
+
+/// The activation buffers of [`Model::forward_batch`] calls, sized by the largest step and
+/// reused (what a [`KvCache`] holds for its own sequence's calls).
+#[derive(Debug, Default)]
+pub struct BatchScratch {
+    s: Scratch,
+    tokens: Vec<u32>,
+    positions: Vec<usize>,
+    head: Vec<usize>,
+}
+
+/// A sequence of a forward call: its cache and its rows of the call's tokens.
+struct Seq<'a> {
+    cache: &'a mut KvCache,
+    rows: std::ops::Range<usize>,
+}
+
+/// The rows of `h` the head turns into logits.
+#[derive(Clone, Copy)]
+enum Head<'a> {
+    /// The last `n` rows.
+    Tail(usize),
+    /// These rows.
+    Rows(&'a [usize]),
 }
 
 /// What a forward call records, allocated only when asked for.

@@ -224,6 +224,32 @@ impl KvCache {
         }
     }
 
+    /// Makes room for `positions` positions in every layer now, in whole blocks, so that
+    /// filling them never reallocates (what a scheduler does when it admits a sequence under
+    /// a memory budget of [`KvCache::block_bytes`] blocks).
+    pub fn reserve(&mut self, positions: usize) {
+        let (g_n, dh) = (self.n_kv_heads, self.head_dim);
+        for kv in &mut self.layers {
+            if kv.capacity < positions {
+                kv.grow(g_n, dh, positions);
+            }
+        }
+    }
+
+    /// Positions per block: caches grow (and [`KvCache::reserve`] reserves) in whole blocks.
+    pub const BLOCK_POSITIONS: usize = BLOCK_POSITIONS;
+
+    /// Bytes one block of [`KvCache::BLOCK_POSITIONS`] positions takes across `n_layers`
+    /// layers, keys and values.
+    pub fn block_bytes(
+        n_layers: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+        dtype: KvDType,
+    ) -> usize {
+        2 * n_layers * n_kv_heads * head_dim * BLOCK_POSITIONS * dtype.bytes()
+    }
+
     /// Bytes currently reserved for keys and values.
     pub fn reserved_bytes(&self) -> usize {
         self.layers.iter().map(|l| l.k.bytes() + l.v.bytes()).sum()
@@ -288,9 +314,17 @@ impl KvCache {
     /// Takes the cache for a call under steering `fingerprint`: an empty cache adopts it; a
     /// filled one must have been filled under the same.
     pub(crate) fn claim_steering(&mut self, fingerprint: u64) -> crate::Result<()> {
+        self.check_steering(fingerprint)?;
         if self.len == 0 {
             self.steering = fingerprint;
-        } else if self.steering != fingerprint {
+        }
+        Ok(())
+    }
+
+    /// Whether a call under steering `fingerprint` may continue this cache (see
+    /// [`KvCache::claim_steering`]), without taking it.
+    pub(crate) fn check_steering(&self, fingerprint: u64) -> crate::Result<()> {
+        if self.len > 0 && self.steering != fingerprint {
             return Err(crate::Error::CacheSteering {
                 cached: self.steering != 0,
                 asked: fingerprint != 0,

@@ -48,7 +48,7 @@ pub use checkpoint::Checkpoint;
 pub use config::{Config, MAX_CONTEXT, MAX_DIM};
 pub use cuda_model::{CudaKvCache, CudaModel, CudaModelError};
 pub use error::{Error, Result};
-pub use forward::{ForwardOptions, Logits, Model, Output, Recorded};
+pub use forward::{BatchItem, BatchScratch, ForwardOptions, Logits, Model, Output, Recorded};
 pub use kv_cache::{KvCache, KvDType, LayerView};
 pub use ops::Kernels;
 pub use routing::{LayerRouting, RoutingTrace};
