@@ -43,6 +43,26 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The batch scheduler's queue is full: try again later.
+    #[error("the request queue is full ({queued} waiting): try again later")]
+    QueueFull {
+        /// Requests waiting.
+        queued: usize,
+    },
+    /// A request's prompt plus `max_new_tokens` needs more KV memory than the scheduler's
+    /// whole budget: it could never run.
+    #[error(
+        "the prompt plus max_new_tokens needs {needed} bytes of KV cache, more than the budget of {budget} bytes (lower max_new_tokens or raise the budget)"
+    )]
+    KvBudget {
+        /// Bytes needed.
+        needed: usize,
+        /// The budget.
+        budget: usize,
+    },
+    /// The batch scheduler stopped or failed a request.
+    #[error("batch scheduler: {0}")]
+    Batch(String),
     /// A load option is out of range.
     #[error("invalid option `{option}`: {reason}")]
     InvalidOption {

@@ -154,18 +154,94 @@ impl Session {
 pub struct Generation<'e> {
     engine: &'e Engine,
     session: Session,
-    sampler: Sampler,
-    stopper: Stopper,
-    decoder: Option<IncrementalDecoder<'e>>,
+    decoding: Decoding<'e>,
     logits: Vec<f32>,
-    /// Prompt and generated ids, for the sampler's penalties.
-    history: Vec<u32>,
-    /// The last sampled token, not yet run through the model.
-    pending: Option<u32>,
-    finish: Option<FinishReason>,
     stats: Stats,
     /// The request's router steering, for the decoded tokens.
     steer: Intervention,
+}
+
+/// What turns one sequence's logits into tokens: sampler, stop conditions, text decoder and
+/// history. Shared by [`Generation`] and the batch scheduler, so a sequence gets the same
+/// tokens from either.
+pub(crate) struct Decoding<'e> {
+    sampler: Sampler,
+    stopper: Stopper,
+    decoder: Option<IncrementalDecoder<'e>>,
+    /// Prompt and generated ids, for the sampler's penalties.
+    history: Vec<u32>,
+    prompt_tokens: usize,
+    /// The last sampled token, not yet run through the model.
+    pub(crate) pending: Option<u32>,
+    pub(crate) finish: Option<FinishReason>,
+}
+
+impl<'e> Decoding<'e> {
+    /// Checks `params` (the sampler's and the stop conditions') for a prompt of `prompt_ids`.
+    pub(crate) fn new(
+        engine: &'e Engine,
+        prompt_ids: &[u32],
+        params: &GenerateParams,
+    ) -> Result<Decoding<'e>> {
+        let sampler = Sampler::new(params.sampling.clone())?;
+        let stopper = Stopper::new(StopConfig {
+            eos_token_ids: if params.ignore_eos {
+                vec![]
+            } else {
+                engine.defaults.eos_token_ids.clone()
+            },
+            stop_token_ids: params.stop_token_ids.clone(),
+            stop_strings: params.stop_strings.clone(),
+            max_new_tokens: Some(params.max_new_tokens),
+        })?;
+        Ok(Decoding {
+            sampler,
+            stopper,
+            decoder: engine.tokenizer.as_ref().map(|t| t.stream()),
+            history: prompt_ids.to_vec(),
+            prompt_tokens: prompt_ids.len(),
+            pending: None,
+            finish: None,
+        })
+    }
+
+    /// Ids generated so far.
+    pub(crate) fn generated(&self) -> &[u32] {
+        &self.history[self.prompt_tokens..]
+    }
+
+    /// Chooses the next token from `logits`, the row after `cached` positions of a model
+    /// with a context of `context`. Sets `finish` when it ends the sequence, and `pending`
+    /// when it must be run through the model to choose another.
+    pub(crate) fn next(&mut self, logits: &[f32], cached: usize, context: usize) -> Result<Token> {
+        let Sampled {
+            token: id,
+            logprob,
+            top,
+        } = self.sampler.sample(logits, &self.history)?;
+        self.history.push(id);
+        let piece = match &mut self.decoder {
+            Some(d) => d.push(id)?.unwrap_or_default(),
+            None => String::new(),
+        };
+        let mut step = self.stopper.push(id, &piece);
+        match step.stop {
+            Some(reason) => self.finish = Some(FinishReason::Stop(reason)),
+            // This token would sit at position `cached`: past the context, it cannot be run
+            // to choose another. It is still returned, with any text held back for it.
+            None if cached >= context => {
+                step.text.push_str(&self.stopper.flush());
+                self.finish = Some(FinishReason::ContextFull);
+            }
+            None => self.pending = Some(id),
+        }
+        Ok(Token {
+            id,
+            text: step.text,
+            logprob,
+            top_logprobs: top,
+        })
+    }
 }
 
 impl Engine {
@@ -295,17 +371,7 @@ impl Engine {
         params: &GenerateParams,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Generation<'_>> {
-        let sampler = Sampler::new(params.sampling.clone())?;
-        let stopper = Stopper::new(StopConfig {
-            eos_token_ids: if params.ignore_eos {
-                vec![]
-            } else {
-                self.defaults.eos_token_ids.clone()
-            },
-            stop_token_ids: params.stop_token_ids.clone(),
-            stop_strings: params.stop_strings.clone(),
-            max_new_tokens: Some(params.max_new_tokens),
-        })?;
+        let decoding = Decoding::new(self, prompt_ids, params)?;
         // Keep the cached prefix, but always recompute at least the last prompt token: its
         // logits choose the first new token.
         let shared = session
@@ -353,14 +419,9 @@ impl Engine {
         Ok(Generation {
             engine: self,
             session,
-            sampler,
-            stopper,
-            decoder: self.tokenizer.as_ref().map(|t| t.stream()),
+            decoding,
             logits,
             steer: params.intervention.clone(),
-            history: prompt_ids.to_vec(),
-            pending: None,
-            finish: None,
             stats,
         })
     }
@@ -370,7 +431,7 @@ impl std::fmt::Debug for Generation<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Generation")
             .field("generated", &self.generated())
-            .field("finish", &self.finish)
+            .field("finish", &self.decoding.finish)
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -379,7 +440,7 @@ impl std::fmt::Debug for Generation<'_> {
 impl Generation<'_> {
     /// Why generation ended, once it has.
     pub fn finish_reason(&self) -> Option<&FinishReason> {
-        self.finish.as_ref()
+        self.decoding.finish.as_ref()
     }
 
     /// Timings so far.
@@ -389,13 +450,13 @@ impl Generation<'_> {
 
     /// Ids generated so far.
     pub fn generated(&self) -> &[u32] {
-        &self.history[self.stats.prompt_tokens..]
+        self.decoding.generated()
     }
 
     /// Stops generation: the iterator ends and the finish reason is `Interrupted`.
     pub fn interrupt(&mut self) {
-        if self.finish.is_none() {
-            self.finish = Some(FinishReason::Interrupted);
+        if self.decoding.finish.is_none() {
+            self.decoding.finish = Some(FinishReason::Interrupted);
         }
     }
 
@@ -417,39 +478,15 @@ impl Generation<'_> {
     }
 
     fn step(&mut self) -> Result<Token> {
-        if let Some(id) = self.pending.take() {
+        if let Some(id) = self.decoding.pending.take() {
             self.advance(id)?;
         }
-        // Prompt and generated ids so far, for the sampler's penalties.
-        let Sampled {
-            token: id,
-            logprob,
-            top,
-        } = self.sampler.sample(&self.logits, &self.history)?;
-        self.history.push(id);
-        let piece = match &mut self.decoder {
-            Some(d) => d.push(id)?.unwrap_or_default(),
-            None => String::new(),
-        };
-        let mut step = self.stopper.push(id, &piece);
-        self.stats.generated_tokens += 1;
         let context = self.engine.config().max_position_embeddings;
-        match step.stop {
-            Some(reason) => self.finish = Some(FinishReason::Stop(reason)),
-            // This token would sit at position `ids.len()`: past the context, it cannot be run
-            // to choose another. It is still returned, with any text held back for it.
-            None if self.session.ids.len() >= context => {
-                step.text.push_str(&self.stopper.flush());
-                self.finish = Some(FinishReason::ContextFull);
-            }
-            None => self.pending = Some(id),
-        }
-        Ok(Token {
-            id,
-            text: step.text,
-            logprob,
-            top_logprobs: top,
-        })
+        let token = self
+            .decoding
+            .next(&self.logits, self.session.ids.len(), context)?;
+        self.stats.generated_tokens += 1;
+        Ok(token)
     }
 }
 
@@ -457,12 +494,12 @@ impl Iterator for Generation<'_> {
     type Item = Result<Token>;
 
     fn next(&mut self) -> Option<Result<Token>> {
-        if self.finish.is_some() {
+        if self.decoding.finish.is_some() {
             return None;
         }
         let result = self.step();
         if result.is_err() {
-            self.finish = Some(FinishReason::Interrupted);
+            self.decoding.finish = Some(FinishReason::Interrupted);
         }
         Some(result)
     }

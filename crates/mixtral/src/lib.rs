@@ -27,6 +27,7 @@
 //! - **Defaults come from the model directory** (`generation_config.json`), as transformers
 //!   reads them: greedy unless `do_sample` is set; penalties off.
 
+mod batch;
 pub mod bench;
 mod defaults;
 mod engine;
@@ -35,6 +36,9 @@ mod generate;
 pub mod gguf_vocab;
 mod quantize;
 
+pub use batch::{
+    BatchOptions, CancelToken, Event, Finished, Metrics, RequestHandle, Scheduler, Sink,
+};
 pub use defaults::Defaults;
 pub use engine::{ComputeDType, Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS};
 pub use error::{Error, Result};

@@ -1,0 +1,786 @@
+//! `Scheduler`: continuous batching. Many requests, from any number of threads, generate
+//! together: every step runs the next token of each running sequence, and chunks of the
+//! prompts of sequences that have just joined, as ONE forward call
+//! ([`mixtral_model::Model::forward_batch`]), so one read of each weight (and of each
+//! expert the step's tokens chose) serves every sequence.
+//!
+//! - **Joining and leaving.** A request joins at the next step; its prompt is prefilled in
+//!   chunks of [`BatchOptions::prefill_chunk`] beside the others' decode steps (a long prompt
+//!   does not stall them), and it leaves the step it finishes. A cancelled request, or one
+//!   whose receiver is gone, frees its cache at once.
+//! - **Memory.** Keys and values are budgeted in blocks of [`KvCache::BLOCK_POSITIONS`]
+//!   positions out of [`BatchOptions::kv_memory`]. A request is admitted when the blocks for
+//!   its prompt plus its `max_new_tokens` (capped at the context) are free, and reserves them
+//!   then, so a running sequence never runs out and is never evicted; until they are free it
+//!   waits in the queue. A request that could never fit is refused when submitted.
+//! - **Same tokens as alone.** Each sequence samples from its own logits row with its own
+//!   sampler and seed, through the code [`Engine::generate`] uses; the rows match the ones it
+//!   gets alone (bit for bit on the scalar kernels; within about one ulp of the logits'
+//!   range on SIMD ones, whose one-token and many-token matmuls sum in different orders).
+
+use crate::generate::Decoding;
+use crate::{Engine, Error, FinishReason, GenerateParams, Prompt, Result, Token};
+use mixtral_model::{BatchItem, BatchScratch, KvCache};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How a [`Scheduler`] batches.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchOptions {
+    /// The most sequences running at once (1 to 1024).
+    pub max_batch: usize,
+    /// Bytes of keys and values all running sequences may hold together; `None`: room for
+    /// `max_batch` sequences of 4,096 positions (or of the context, if shorter).
+    pub kv_memory: Option<usize>,
+    /// The most requests waiting to start; more are refused ([`Error::QueueFull`]).
+    pub max_queue: usize,
+    /// Prompt tokens a joining sequence prefills per step.
+    pub prefill_chunk: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> BatchOptions {
+        BatchOptions {
+            max_batch: 16,
+            kv_memory: None,
+            max_queue: 256,
+            prefill_chunk: 128,
+        }
+    }
+}
+
+/// What a request's stream receives.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// The next generated token.
+    Token(Token),
+    /// The request ended (after its last token).
+    Done(Finished),
+    /// The request failed; nothing follows.
+    Error(Arc<Error>),
+}
+
+/// How a request ended.
+#[derive(Clone, Debug)]
+pub struct Finished {
+    /// Why.
+    pub reason: FinishReason,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated.
+    pub generated_tokens: usize,
+    /// From submission to the first token (`None` if there was none).
+    pub time_to_first_token: Option<Duration>,
+    /// From submission to the end.
+    pub total_time: Duration,
+}
+
+/// Stops a request from any thread: it leaves the batch at the next step (a prompt being
+/// prefilled stops between chunks) and its cache is freed.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// Asks the request to stop; it ends with [`FinishReason::Interrupted`].
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Where a request's events go: called on the scheduler's thread, so it must be quick (a
+/// channel send). Returning `false` (the receiver is gone) cancels the request.
+pub type Sink = Box<dyn FnMut(Event) -> bool + Send>;
+
+/// A submitted request's stream of events (an iterator that ends after `Done` or `Error`).
+#[derive(Debug)]
+pub struct RequestHandle {
+    events: mpsc::Receiver<Event>,
+    cancel: CancelToken,
+    ended: bool,
+}
+
+impl RequestHandle {
+    /// A token that cancels this request from another thread.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    /// Cancels the request.
+    pub fn cancel(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Waits for the end and returns the generated tokens and how it ended.
+    pub fn collect_all(self) -> Result<(Vec<Token>, Finished)> {
+        let mut tokens = vec![];
+        for event in self {
+            match event {
+                Event::Token(t) => tokens.push(t),
+                Event::Done(f) => return Ok((tokens, f)),
+                Event::Error(e) => return Err(Error::Batch(e.to_string())),
+            }
+        }
+        Err(Error::Batch("the scheduler stopped".into()))
+    }
+}
+
+impl Iterator for RequestHandle {
+    type Item = Event;
+
+    fn next(&mut self) -> Option<Event> {
+        if self.ended {
+            return None;
+        }
+        let event = self.events.recv().ok();
+        self.ended = !matches!(event, Some(Event::Token(_)));
+        event
+    }
+}
+
+/// A snapshot of a scheduler's state, for monitoring.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Metrics {
+    /// Requests waiting to start.
+    pub queued: usize,
+    /// Sequences running.
+    pub active: usize,
+    /// KV blocks reserved by running sequences.
+    pub kv_blocks_used: usize,
+    /// KV blocks in the budget.
+    pub kv_blocks_total: usize,
+    /// Bytes per KV block.
+    pub kv_block_bytes: usize,
+    /// Requests submitted since the start.
+    pub requests_total: u64,
+    /// Requests that ended (finished, cancelled or failed).
+    pub requests_finished: u64,
+    /// Prompt tokens computed since the start.
+    pub prompt_tokens_total: u64,
+    /// Tokens generated since the start.
+    pub generated_tokens_total: u64,
+    /// Forward steps run since the start.
+    pub steps_total: u64,
+    /// Tokens generated per second over the last few seconds.
+    pub generated_tokens_per_s: f64,
+}
+
+/// A request waiting to start.
+struct Queued {
+    ids: Vec<u32>,
+    params: GenerateParams,
+    sink: Sink,
+    cancel: CancelToken,
+    blocks: usize,
+    submitted: Instant,
+}
+
+/// The state the submitting threads and the scheduler's thread share.
+struct State {
+    queue: VecDeque<Queued>,
+    /// No new requests; the thread ends once the running ones are done.
+    closing: bool,
+    /// Cancel everything at the next step.
+    cancel_all: bool,
+    metrics: Metrics,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Signalled when the scheduler goes idle (nothing queued or running).
+    idle: Condvar,
+    opts: BatchOptions,
+    block_bytes: usize,
+    total_blocks: usize,
+    context: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic on the scheduler thread is reported to callers by their closed streams; the
+        // state itself stays consistent (every change is one assignment), so go on with it.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Continuous batching over one [`Engine`] (CPU): submit requests from any thread, read each
+/// one's tokens as they come. See the module docs.
+///
+/// ```
+/// use mixtral::{BatchOptions, Engine, Event, Prompt, Scheduler};
+/// use std::sync::Arc;
+/// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-bf16");
+/// let engine = Arc::new(Engine::load(dir)?);
+/// let scheduler = Scheduler::new(engine.clone(), BatchOptions::default())?;
+/// let mut params = engine.params();
+/// params.max_new_tokens = 8;
+/// let handles: Vec<_> = ["Hello", "Bonjour", "Hallo"]
+///     .into_iter()
+///     .map(|p| scheduler.submit(&Prompt::Text(p.into()), &params))
+///     .collect::<Result<_, _>>()?;
+/// for handle in handles {
+///     for event in handle {
+///         match event {
+///             Event::Token(t) => print!("{}", t.text),
+///             Event::Done(done) => println!(" [{}]", done.reason.as_str()),
+///             Event::Error(e) => eprintln!("error: {e}"),
+///         }
+///     }
+/// }
+/// # Ok::<(), mixtral::Error>(())
+/// ```
+pub struct Scheduler {
+    shared: Arc<Shared>,
+    engine: Arc<Engine>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Scheduler")
+            .field("opts", &self.shared.opts)
+            .field("metrics", &self.metrics())
+            .finish()
+    }
+}
+
+impl Scheduler {
+    /// Starts the scheduler's thread. Fails on a GPU engine (batching runs on the CPU path)
+    /// and on options out of range.
+    pub fn new(engine: Arc<Engine>, opts: BatchOptions) -> Result<Scheduler> {
+        if engine.on_gpu() {
+            return Err(Error::InvalidOption {
+                option: "device",
+                reason: "batched serving runs on the CPU path (--device cpu)",
+            });
+        }
+        if !(1..=1024).contains(&opts.max_batch) {
+            return Err(Error::InvalidOption {
+                option: "max_batch",
+                reason: "must be 1 to 1024",
+            });
+        }
+        if opts.prefill_chunk == 0 {
+            return Err(Error::InvalidOption {
+                option: "prefill_chunk",
+                reason: "must be at least 1",
+            });
+        }
+        let c = engine.config();
+        let model = engine.model();
+        let block_bytes = KvCache::block_bytes(
+            c.num_hidden_layers,
+            c.num_key_value_heads,
+            c.head_dim,
+            model.kv_dtype(),
+        )
+        .max(1);
+        let context = c.max_position_embeddings;
+        let kv_memory = opts.kv_memory.unwrap_or_else(|| {
+            let per_seq = context.min(4096).div_ceil(KvCache::BLOCK_POSITIONS);
+            opts.max_batch
+                .saturating_mul(per_seq)
+                .saturating_mul(block_bytes)
+        });
+        let total_blocks = kv_memory / block_bytes;
+        if total_blocks == 0 {
+            return Err(Error::InvalidOption {
+                option: "kv_memory",
+                reason: "smaller than one KV block (KvCache::block_bytes)",
+            });
+        }
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                closing: false,
+                cancel_all: false,
+                metrics: Metrics {
+                    kv_blocks_total: total_blocks,
+                    kv_block_bytes: block_bytes,
+                    ..Metrics::default()
+                },
+            }),
+            wake: Condvar::new(),
+            idle: Condvar::new(),
+            opts,
+            block_bytes,
+            total_blocks,
+            context,
+        });
+        let thread = {
+            let (shared, engine) = (shared.clone(), engine.clone());
+            std::thread::Builder::new()
+                .name("mixtral-scheduler".into())
+                .spawn(move || Worker::new(&engine, &shared).run())
+                .map_err(|source| Error::Threads { threads: 1, source })?
+        };
+        Ok(Scheduler {
+            shared,
+            engine,
+            thread: Some(thread),
+        })
+    }
+
+    /// The engine it runs.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Submits a request; its events arrive on the returned handle.
+    pub fn submit(&self, prompt: &Prompt, params: &GenerateParams) -> Result<RequestHandle> {
+        let ids = self.engine.encode(prompt)?;
+        let (tx, rx) = mpsc::channel();
+        let sink: Sink = Box::new(move |event| tx.send(event).is_ok());
+        let cancel = self.submit_with(ids, params, sink)?;
+        Ok(RequestHandle {
+            events: rx,
+            cancel,
+            ended: false,
+        })
+    }
+
+    /// Submits a request of token ids whose events go to `sink` (e.g. an async channel's
+    /// sender). Everything that can be checked before it runs is checked here: the prompt's
+    /// ids and length, the sampling and stop parameters, its memory, the queue's room.
+    pub fn submit_with(
+        &self,
+        ids: Vec<u32>,
+        params: &GenerateParams,
+        sink: Sink,
+    ) -> Result<CancelToken> {
+        let c = self.engine.config();
+        if ids.is_empty() {
+            return Err(mixtral_model::Error::EmptyInput.into());
+        }
+        if let Some((index, &id)) = ids
+            .iter()
+            .enumerate()
+            .find(|&(_, &id)| id as usize >= c.vocab_size)
+        {
+            return Err(mixtral_model::Error::TokenOutOfRange {
+                id,
+                index,
+                vocab: c.vocab_size,
+            }
+            .into());
+        }
+        if ids.len() > self.shared.context {
+            return Err(mixtral_model::Error::ContextOverflow {
+                len: ids.len(),
+                max: self.shared.context,
+            }
+            .into());
+        }
+        if !params.intervention.is_none() {
+            return Err(Error::InvalidOption {
+                option: "intervention",
+                reason: "router interventions are not batched (use Engine::generate)",
+            });
+        }
+        // The sampler and stop conditions, checked now rather than on the scheduler's thread.
+        Decoding::new(&self.engine, &ids, params)?;
+        let positions = ids
+            .len()
+            .saturating_add(params.max_new_tokens)
+            .min(self.shared.context);
+        let blocks = positions.div_ceil(KvCache::BLOCK_POSITIONS);
+        if blocks > self.shared.total_blocks {
+            return Err(Error::KvBudget {
+                needed: blocks.saturating_mul(self.shared.block_bytes),
+                budget: self.shared.total_blocks * self.shared.block_bytes,
+            });
+        }
+        let cancel = CancelToken::default();
+        let mut state = self.shared.lock();
+        if state.closing {
+            return Err(Error::Batch("the scheduler is shutting down".into()));
+        }
+        if state.queue.len() >= self.shared.opts.max_queue {
+            return Err(Error::QueueFull {
+                queued: state.queue.len(),
+            });
+        }
+        state.queue.push_back(Queued {
+            ids,
+            params: params.clone(),
+            sink,
+            cancel: cancel.clone(),
+            blocks,
+            submitted: Instant::now(),
+        });
+        state.metrics.requests_total += 1;
+        state.metrics.queued = state.queue.len();
+        drop(state);
+        self.shared.wake.notify_one();
+        Ok(cancel)
+    }
+
+    /// The current state.
+    pub fn metrics(&self) -> Metrics {
+        self.shared.lock().metrics
+    }
+
+    /// Cancels every queued and running request.
+    pub fn cancel_all(&self) {
+        self.shared.lock().cancel_all = true;
+        self.shared.wake.notify_one();
+    }
+
+    /// Refuses new requests from now on (the running and queued ones go on).
+    pub fn close(&self) {
+        self.shared.lock().closing = true;
+        self.shared.wake.notify_one();
+    }
+
+    /// Waits until nothing is queued or running, at most `timeout`; true if it got there.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        loop {
+            if state.metrics.queued == 0 && state.metrics.active == 0 {
+                return true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .shared
+                .idle
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+impl Drop for Scheduler {
+    /// Cancels what is left and joins the scheduler's thread.
+    fn drop(&mut self) {
+        {
+            let mut state = self.shared.lock();
+            state.closing = true;
+            state.cancel_all = true;
+        }
+        self.shared.wake.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A running sequence.
+struct Running<'e> {
+    prompt: Vec<u32>,
+    cache: KvCache,
+    /// Prompt tokens prefilled so far.
+    prefilled: usize,
+    decoding: Decoding<'e>,
+    sink: Sink,
+    cancel: CancelToken,
+    blocks: usize,
+    submitted: Instant,
+    first_token: Option<Duration>,
+    generated: usize,
+}
+
+impl Running<'_> {
+    /// Sends `event`; false if the receiver is gone.
+    fn send(&mut self, event: Event) -> bool {
+        (self.sink)(event)
+    }
+
+    fn finished(&self, reason: FinishReason) -> Finished {
+        Finished {
+            reason,
+            prompt_tokens: self.prompt.len(),
+            generated_tokens: self.generated,
+            time_to_first_token: self.first_token,
+            total_time: self.submitted.elapsed(),
+        }
+    }
+}
+
+/// The scheduler's thread.
+struct Worker<'e> {
+    engine: &'e Engine,
+    shared: &'e Shared,
+    running: Vec<Running<'e>>,
+    scratch: BatchScratch,
+    /// Tokens generated in the current rate window, and when it began.
+    window: (u64, Instant),
+}
+
+impl<'e> Worker<'e> {
+    fn new(engine: &'e Engine, shared: &'e Shared) -> Worker<'e> {
+        Worker {
+            engine,
+            shared,
+            running: vec![],
+            scratch: BatchScratch::default(),
+            window: (0, Instant::now()),
+        }
+    }
+
+    fn run(mut self) {
+        loop {
+            {
+                let mut state = self.shared.lock();
+                while state.queue.is_empty() && self.running.is_empty() && !state.closing {
+                    self.publish(&mut state);
+                    self.shared.idle.notify_all();
+                    state = self
+                        .shared
+                        .wake
+                        .wait(state)
+                        .unwrap_or_else(|p| p.into_inner());
+                }
+                if state.cancel_all {
+                    state.cancel_all = false;
+                    for q in &self.running {
+                        q.cancel.cancel();
+                    }
+                    for q in &state.queue {
+                        q.cancel.cancel();
+                    }
+                }
+                if state.closing && state.queue.is_empty() && self.running.is_empty() {
+                    self.publish(&mut state);
+                    self.shared.idle.notify_all();
+                    return;
+                }
+                self.admit(&mut state);
+            }
+            self.drop_cancelled();
+            if !self.running.is_empty() {
+                self.step();
+            }
+            let mut state = self.shared.lock();
+            self.publish(&mut state);
+        }
+    }
+
+    /// Moves queued requests into the batch, first come first served, while the batch has
+    /// room and their blocks are free; ends the requests cancelled while queued.
+    fn admit(&mut self, state: &mut State) {
+        let mut cancelled = vec![];
+        state.queue.retain_mut(|q| {
+            if q.cancel.is_cancelled() {
+                cancelled.push(Queued {
+                    ids: std::mem::take(&mut q.ids),
+                    params: q.params.clone(),
+                    sink: std::mem::replace(&mut q.sink, Box::new(|_| false)),
+                    cancel: q.cancel.clone(),
+                    blocks: 0,
+                    submitted: q.submitted,
+                });
+                false
+            } else {
+                true
+            }
+        });
+        for mut q in cancelled.drain(..) {
+            let done = Finished {
+                reason: FinishReason::Interrupted,
+                prompt_tokens: q.ids.len(),
+                generated_tokens: 0,
+                time_to_first_token: None,
+                total_time: q.submitted.elapsed(),
+            };
+            (q.sink)(Event::Done(done));
+            state.metrics.requests_finished += 1;
+        }
+        let mut used: usize = self.running.iter().map(|r| r.blocks).sum();
+        while self.running.len() < self.shared.opts.max_batch {
+            let Some(front) = state.queue.front() else {
+                break;
+            };
+            if used + front.blocks > self.shared.total_blocks {
+                break; // Waits for blocks to free up (first come, first served).
+            }
+            let mut q = state.queue.pop_front().expect("front exists");
+            match Decoding::new(self.engine, &q.ids, &q.params) {
+                Ok(decoding) => {
+                    let mut cache = self.engine.model().new_cache();
+                    cache.reserve(q.blocks * KvCache::BLOCK_POSITIONS);
+                    used += q.blocks;
+                    self.running.push(Running {
+                        prompt: q.ids,
+                        cache,
+                        prefilled: 0,
+                        decoding,
+                        sink: q.sink,
+                        cancel: q.cancel,
+                        blocks: q.blocks,
+                        submitted: q.submitted,
+                        first_token: None,
+                        generated: 0,
+                    });
+                }
+                Err(e) => {
+                    (q.sink)(Event::Error(Arc::new(e)));
+                    state.metrics.requests_finished += 1;
+                }
+            }
+        }
+    }
+
+    /// Ends every running sequence that was cancelled, freeing its cache now.
+    fn drop_cancelled(&mut self) {
+        let mut ended = 0;
+        self.running.retain_mut(|r| {
+            if r.cancel.is_cancelled() {
+                let done = r.finished(FinishReason::Interrupted);
+                r.send(Event::Done(done));
+                ended += 1;
+                false
+            } else {
+                true
+            }
+        });
+        if ended > 0 {
+            self.shared.lock().metrics.requests_finished += ended;
+        }
+    }
+
+    /// One forward call over every running sequence: its pending token, or its next prompt
+    /// chunk. Then each sequence that got logits samples its next token.
+    fn step(&mut self) {
+        let chunk = self.shared.opts.prefill_chunk;
+        let context = self.shared.context;
+        let mut prompt_tokens = 0u64;
+        // What each sequence runs: (start, end) of its prompt, or its pending token.
+        let plans: Vec<(usize, usize, Option<u32>)> = self
+            .running
+            .iter()
+            .map(|r| match r.decoding.pending {
+                Some(id) => (0, 0, Some(id)),
+                None => {
+                    let end = (r.prefilled + chunk).min(r.prompt.len());
+                    (r.prefilled, end, None)
+                }
+            })
+            .collect();
+        let pending: Vec<[u32; 1]> = plans.iter().map(|p| [p.2.unwrap_or(0)]).collect();
+        let result = {
+            let mut items: Vec<BatchItem<'_>> = self
+                .running
+                .iter_mut()
+                .zip(&plans)
+                .zip(&pending)
+                .map(|((r, &(a, b, id)), one)| match id {
+                    Some(_) => BatchItem {
+                        tokens: one,
+                        cache: &mut r.cache,
+                        logits: true,
+                    },
+                    None => {
+                        prompt_tokens += (b - a) as u64;
+                        BatchItem {
+                            tokens: &r.prompt[a..b],
+                            cache: &mut r.cache,
+                            logits: b == r.prompt.len(),
+                        }
+                    }
+                })
+                .collect();
+            let (model, scratch) = (self.engine.model(), &mut self.scratch);
+            self.engine.run(|| {
+                model
+                    .forward_batch(&mut items, scratch)
+                    .map(<[f32]>::to_vec)
+            })
+        };
+        let logits = match result {
+            Ok(logits) => logits,
+            Err(e) => {
+                // Inputs are checked at submission, so this is a bug or an exhausted machine:
+                // every sequence of the step fails, the scheduler goes on.
+                let e = Arc::new(e);
+                let n = self.running.len() as u64;
+                for mut r in self.running.drain(..) {
+                    r.send(Event::Error(e.clone()));
+                }
+                self.shared.lock().metrics.requests_finished += n;
+                return;
+            }
+        };
+        let v = self.engine.config().vocab_size;
+        let mut rows = logits.chunks_exact(v);
+        let mut generated = 0u64;
+        let mut ended = 0u64;
+        let mut i = 0;
+        for (_, b, id) in plans {
+            let r = &mut self.running[i];
+            let wants = match id {
+                Some(_) => {
+                    r.decoding.pending = None;
+                    true
+                }
+                None => {
+                    r.prefilled = b;
+                    b == r.prompt.len()
+                }
+            };
+            let mut keep = true;
+            if wants {
+                let row = rows.next().expect("a logits row per sequence that asked");
+                match r.decoding.next(row, r.cache.len(), context) {
+                    Ok(token) => {
+                        generated += 1;
+                        r.generated += 1;
+                        r.first_token.get_or_insert_with(|| r.submitted.elapsed());
+                        keep = r.send(Event::Token(token));
+                        if let Some(reason) = r.decoding.finish.clone() {
+                            let done = r.finished(reason);
+                            r.send(Event::Done(done));
+                            keep = false;
+                        } else if !keep {
+                            r.cancel.cancel();
+                            keep = true; // Dropped (and counted) by `drop_cancelled`.
+                        }
+                    }
+                    Err(e) => {
+                        r.send(Event::Error(Arc::new(e)));
+                        keep = false;
+                    }
+                }
+            }
+            if keep {
+                i += 1;
+            } else {
+                self.running.remove(i);
+                ended += 1;
+            }
+        }
+        let mut state = self.shared.lock();
+        let m = &mut state.metrics;
+        m.steps_total += 1;
+        m.prompt_tokens_total += prompt_tokens;
+        m.generated_tokens_total += generated;
+        m.requests_finished += ended;
+        self.window.0 += generated;
+    }
+
+    /// Publishes the queue, batch and memory gauges, and the generation rate.
+    fn publish(&mut self, state: &mut State) {
+        let m = &mut state.metrics;
+        m.queued = state.queue.len();
+        m.active = self.running.len();
+        m.kv_blocks_used = self.running.iter().map(|r| r.blocks).sum();
+        let elapsed = self.window.1.elapsed();
+        if elapsed >= Duration::from_secs(2) {
+            m.generated_tokens_per_s = self.window.0 as f64 / elapsed.as_secs_f64();
+            self.window = (0, Instant::now());
+        }
+    }
+}
