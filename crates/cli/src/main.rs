@@ -10,6 +10,7 @@ mod logits;
 mod progress;
 mod quantize;
 mod report;
+mod serve;
 mod tokenize;
 
 use clap::{Parser, Subcommand};
@@ -45,6 +46,8 @@ enum Command {
     /// Write a checkpoint as a quantized GGUF file (Q8_0, Q6_K, Q5_K_M, Q4_K_M …) that
     /// llama.cpp's tools load.
     Quantize(quantize::Args),
+    /// Serve the model over an OpenAI-compatible HTTP API, batching concurrent requests.
+    Serve(serve::Args),
     /// Keep N threads busy until killed (`bench --contend` runs this as its competitor).
     #[command(hide = true)]
     Spin {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Quantize(args) => quantize::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Spin { threads } => bench::spin(threads),
     };
     match result {

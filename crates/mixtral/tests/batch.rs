@@ -146,7 +146,10 @@ fn the_kv_budget_holds_and_requests_wait_for_it() {
         done.store(true, Ordering::Relaxed);
         watcher.join().unwrap()
     });
-    assert!(peak_active <= 2, "{peak_active} sequences in a budget of two blocks");
+    assert!(
+        peak_active <= 2,
+        "{peak_active} sequences in a budget of two blocks"
+    );
     assert_eq!(scheduler.metrics().kv_blocks_total, 2);
     // A request that could never fit is refused up front.
     params.max_new_tokens = 3 * 256;
@@ -222,7 +225,9 @@ fn a_full_queue_is_refused_and_bad_requests_fail_at_submission() {
     };
     scheduler.submit_with(vec![1, 2, 3], &params, sink).unwrap();
     held.wait();
-    let second = scheduler.submit(&Prompt::Tokens(vec![1, 4]), &params).unwrap();
+    let second = scheduler
+        .submit(&Prompt::Tokens(vec![1, 4]), &params)
+        .unwrap();
     let err = scheduler
         .submit(&Prompt::Tokens(vec![1, 5]), &params)
         .unwrap_err();
@@ -249,9 +254,7 @@ fn a_full_queue_is_refused_and_bad_requests_fail_at_submission() {
     for (ids, p) in bad {
         let len = ids.len();
         assert!(
-            scheduler
-                .submit_with(ids, &p, Box::new(|_| true))
-                .is_err(),
+            scheduler.submit_with(ids, &p, Box::new(|_| true)).is_err(),
             "{len} ids"
         );
     }

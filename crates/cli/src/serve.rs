@@ -1,0 +1,142 @@
+//! `mixtral serve`: the OpenAI-compatible server (`mixtral-server`) over a batch scheduler.
+
+use crate::args::ModelArgs;
+use mixtral::{BatchOptions, Scheduler};
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Arguments of `mixtral serve`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port to listen on (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// The most sequences generating at once.
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// KV cache memory for all sequences together: bytes, or with a K, M or G suffix
+    /// (powers of 1024). Default: room for `--max-batch` sequences of 4,096 positions.
+    #[arg(long, value_parser = parse_bytes)]
+    kv_memory: Option<usize>,
+    /// The most requests waiting to start; more get 429 Too Many Requests.
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Prompt tokens a joining sequence prefills per step (beside the others' decode steps).
+    #[arg(long, default_value_t = 128)]
+    prefill_chunk: usize,
+    /// The model's name in responses (default: the model path's last component).
+    #[arg(long)]
+    served_model_name: Option<String>,
+    /// Seconds running requests get to finish after SIGINT/SIGTERM before they are cancelled.
+    #[arg(long, default_value_t = 10.0)]
+    shutdown_timeout: f64,
+}
+
+/// `123`, `64K`, `512M`, `2G` (powers of 1024).
+fn parse_bytes(s: &str) -> Result<usize, String> {
+    let s = s.trim();
+    let (digits, scale) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let scale: usize = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => return Err(format!("unknown suffix `{c}` (expected K, M or G)")),
+            };
+            (&s[..i], scale)
+        }
+        _ => (s, 1),
+    };
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("`{s}` is not a byte count (e.g. 2G, 512M, 1048576)"))?;
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
+        return Err("--shutdown-timeout must be a non-negative number of seconds".into());
+    }
+    let engine = Arc::new(args.model.load()?);
+    let opts = BatchOptions {
+        max_batch: args.max_batch,
+        kv_memory: args.kv_memory,
+        max_queue: args.max_queue,
+        prefill_chunk: args.prefill_chunk,
+    };
+    let scheduler = Arc::new(Scheduler::new(engine, opts)?);
+    let name = args.served_model_name.unwrap_or_else(|| {
+        args.model
+            .model
+            .file_name()
+            .map_or_else(|| "mixtral".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let m = scheduler.metrics();
+    // The async threads only move bytes; the engine's own threads compute.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind((args.host.as_str(), args.port))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "serving {name} (max batch {}, KV budget {} blocks of {} bytes); Ctrl-C stops",
+            args.max_batch, m.kv_blocks_total, m.kv_block_bytes
+        );
+        println!("listening on http://{addr}");
+        std::io::stdout().flush()?;
+        let app = mixtral_server::App::new(scheduler, name);
+        let deadline = Duration::from_secs_f64(args.shutdown_timeout);
+        mixtral_server::serve(listener, app, shutdown_signal(), deadline).await?;
+        eprintln!("stopped");
+        Ok::<(), Box<dyn std::error::Error>>(())
+    })
+}
+
+/// Completes at SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn byte_counts_parse_with_suffixes_and_refuse_nonsense() {
+        assert_eq!(parse_bytes("1048576"), Ok(1 << 20));
+        assert_eq!(parse_bytes("512M"), Ok(512 << 20));
+        assert_eq!(parse_bytes("2g"), Ok(2 << 30));
+        assert_eq!(parse_bytes("64K"), Ok(64 << 10));
+        for bad in ["", "G", "1.5G", "-1", "12X", "99999999999999999999G"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+    }
+}

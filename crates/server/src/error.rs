@@ -1,0 +1,138 @@
+//! `ApiError`: an error as the OpenAI API reports it, `{"error": {"message", "type", "param",
+//! "code"}}` with its HTTP status.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// An API error with its status.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// What went wrong, for a person.
+    pub message: String,
+    /// `invalid_request_error`, `rate_limit_error`, `server_error` …
+    pub kind: &'static str,
+    /// The request field at fault, if one is.
+    pub param: Option<String>,
+    /// A machine-readable code (`context_length_exceeded`, `queue_full` …).
+    pub code: Option<&'static str>,
+    /// Seconds a client should wait before retrying (429 and 503).
+    pub retry_after: Option<u32>,
+}
+
+impl ApiError {
+    /// 400: the request is wrong; `param` names the field.
+    pub fn invalid(param: Option<&str>, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: param.map(str::to_string),
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// The same error with a machine-readable code.
+    pub fn with_code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
+    }
+
+    /// 429: the queue is full.
+    pub fn busy(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            message: message.into(),
+            kind: "rate_limit_error",
+            param: None,
+            code: Some("queue_full"),
+            retry_after: Some(1),
+        }
+    }
+
+    /// 503: the server is shutting down.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: Some("shutting_down"),
+            retry_after: Some(5),
+        }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some("not_found"),
+            retry_after: None,
+        }
+    }
+
+    /// 500: our fault, never the request's.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: message.into(),
+            kind: "server_error",
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    /// The JSON body.
+    pub fn body(&self) -> serde_json::Value {
+        serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind,
+                "param": self.param,
+                "code": self.code,
+            }
+        })
+    }
+
+    /// The error of an engine call on a request's input: what the request got wrong is a
+    /// 400, a full queue a 429, a stopping scheduler a 503, anything else a 500.
+    pub fn from_engine(e: &mixtral::Error) -> ApiError {
+        use mixtral::Error as E;
+        use mixtral::model::Error as M;
+        match e {
+            E::QueueFull { .. } => ApiError::busy(e.to_string()),
+            E::KvBudget { .. } => {
+                ApiError::invalid(Some("max_tokens"), e.to_string()).with_code("kv_budget_exceeded")
+            }
+            E::Batch(_) => ApiError::unavailable(e.to_string()),
+            E::Model(M::ContextOverflow { .. }) => {
+                ApiError::invalid(Some("messages"), e.to_string())
+                    .with_code("context_length_exceeded")
+            }
+            E::Model(M::EmptyInput | M::TokenOutOfRange { .. }) => {
+                ApiError::invalid(Some("prompt"), e.to_string())
+            }
+            E::Tokenizer(_) => ApiError::invalid(Some("messages"), e.to_string()),
+            E::Sampler(_) | E::InvalidOption { .. } => ApiError::invalid(None, e.to_string()),
+            _ => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}

@@ -1,0 +1,356 @@
+//! Running a parsed request on the scheduler and answering it: one JSON body, or
+//! server-sent events as tokens come.
+
+use crate::App;
+use crate::api::{self, Endpoint, Job};
+use crate::error::ApiError;
+use axum::body::Bytes;
+use axum::response::sse::{Event as Sse, KeepAlive};
+use axum::response::{IntoResponse, Response};
+use mixtral::{CancelToken, Event, Finished, Sink, Token};
+use serde_json::{Value, json};
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+/// Cancels the request when dropped: the response (stream) it belongs to is gone, because
+/// the client disconnected or the request ended.
+struct CancelOnDrop(CancelToken);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// What every response of one request names.
+struct Meta {
+    app: Arc<App>,
+    id: String,
+    endpoint: Endpoint,
+    prompt_tokens: usize,
+    logprobs: bool,
+    include_usage: bool,
+}
+
+pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, body: Bytes) -> Response {
+    if app.closing.load(Ordering::Relaxed) {
+        return app.error(ApiError::unavailable("the server is shutting down"));
+    }
+    let engine = app.scheduler.engine().clone();
+    let job = match api::parse(&engine, endpoint, &body) {
+        Ok(job) => job,
+        Err(e) => return app.error(e),
+    };
+    let Job {
+        ids,
+        params,
+        stream,
+        include_usage,
+        logprobs,
+    } = job;
+    let prompt_tokens = ids.len();
+    let (tx, rx) = unbounded_channel();
+    let sink: Sink = Box::new(move |event| tx.send(event).is_ok());
+    let cancel = match app.scheduler.submit_with(ids, &params, sink) {
+        Ok(cancel) => CancelOnDrop(cancel),
+        Err(e) => return app.error(ApiError::from_engine(&e)),
+    };
+    let prefix = match endpoint {
+        Endpoint::Chat => "chatcmpl",
+        Endpoint::Completions => "cmpl",
+    };
+    let meta = Meta {
+        id: format!("{prefix}-{}", app.next_id()),
+        app,
+        endpoint,
+        prompt_tokens,
+        logprobs,
+        include_usage,
+    };
+    if stream {
+        let events = Events {
+            rx,
+            meta,
+            out: VecDeque::new(),
+            started: false,
+            ended: false,
+            offset: 0,
+            _cancel: cancel,
+        };
+        axum::response::Sse::new(events)
+            .keep_alive(KeepAlive::default())
+            .into_response()
+    } else {
+        collect(meta, rx, cancel).await
+    }
+}
+
+/// Waits for the whole answer.
+async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>, _cancel: CancelOnDrop) -> Response {
+    let mut tokens: Vec<Token> = vec![];
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Token(t) => tokens.push(t),
+            Event::Done(done) => return axum::Json(meta.whole(&tokens, &done)).into_response(),
+            Event::Error(e) => return meta.app.error(ApiError::internal(e.to_string())),
+        }
+    }
+    meta.app.error(ApiError::internal("the scheduler stopped"))
+}
+
+impl Meta {
+    fn created(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    fn usage(&self, generated: usize) -> Value {
+        json!({
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": generated,
+            "total_tokens": self.prompt_tokens + generated,
+        })
+    }
+
+    /// The token's text as the tokenizer's piece (SentencePiece's `▁` as a space).
+    fn piece(&self, id: u32) -> String {
+        let engine = self.app.scheduler.engine();
+        engine
+            .tokenizer()
+            .and_then(|t| t.id_to_piece(id))
+            .map_or_else(|| format!("<{id}>"), |p| p.replace('\u{2581}', " "))
+    }
+
+    /// Chat's `logprobs` object for `tokens`.
+    fn chat_logprobs(&self, tokens: &[Token]) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let entry = |id: u32, logprob: f32| {
+            let token = self.piece(id);
+            json!({"token": token, "logprob": logprob, "bytes": token.as_bytes()})
+        };
+        let content: Vec<Value> = tokens
+            .iter()
+            .map(|t| {
+                let mut e = entry(t.id, t.logprob);
+                e["top_logprobs"] = t
+                    .top_logprobs
+                    .iter()
+                    .map(|&(id, lp)| entry(id, lp))
+                    .collect();
+                e
+            })
+            .collect();
+        json!({ "content": content })
+    }
+
+    /// Completions' (legacy) `logprobs` object for `tokens`, `offset` characters in.
+    fn completion_logprobs(&self, tokens: &[Token], mut offset: usize) -> Value {
+        if !self.logprobs {
+            return Value::Null;
+        }
+        let mut text_offset = vec![];
+        for t in tokens {
+            text_offset.push(offset);
+            offset += t.text.chars().count();
+        }
+        json!({
+            "tokens": tokens.iter().map(|t| self.piece(t.id)).collect::<Vec<_>>(),
+            "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+            "top_logprobs": tokens.iter().map(|t| {
+                t.top_logprobs.iter().map(|&(id, lp)| (self.piece(id), json!(lp))).collect::<serde_json::Map<_, _>>()
+            }).collect::<Vec<_>>(),
+            "text_offset": text_offset,
+        })
+    }
+
+    /// The non-streamed response.
+    fn whole(&self, tokens: &[Token], done: &Finished) -> Value {
+        let text: String = tokens.iter().map(|t| t.text.as_str()).collect();
+        let finish = done.reason.as_str();
+        let (object, choice) = match self.endpoint {
+            Endpoint::Chat => (
+                "chat.completion",
+                json!({
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "logprobs": self.chat_logprobs(tokens),
+                    "finish_reason": finish,
+                }),
+            ),
+            Endpoint::Completions => (
+                "text_completion",
+                json!({
+                    "index": 0,
+                    "text": text,
+                    "logprobs": self.completion_logprobs(tokens, 0),
+                    "finish_reason": finish,
+                }),
+            ),
+        };
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created(),
+            "model": self.app.model,
+            "choices": [choice],
+            "usage": self.usage(done.generated_tokens),
+        })
+    }
+
+    /// One streamed chunk: a token (`token`), the first chunk of a chat (`role`), or the
+    /// last (`finish`).
+    fn chunk(
+        &self,
+        token: Option<&Token>,
+        first: bool,
+        finish: Option<&str>,
+        offset: usize,
+    ) -> Value {
+        let tokens = token.map(std::slice::from_ref).unwrap_or_default();
+        let text = token.map_or("", |t| t.text.as_str());
+        let (object, choice) = match self.endpoint {
+            Endpoint::Chat => {
+                let delta = match (first, finish) {
+                    (true, _) => json!({"role": "assistant", "content": ""}),
+                    (false, Some(_)) => json!({}),
+                    (false, None) => json!({"content": text}),
+                };
+                let logprobs = if token.is_some() {
+                    self.chat_logprobs(tokens)
+                } else {
+                    Value::Null
+                };
+                (
+                    "chat.completion.chunk",
+                    json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}),
+                )
+            }
+            Endpoint::Completions => {
+                let logprobs = if token.is_some() {
+                    self.completion_logprobs(tokens, offset)
+                } else {
+                    Value::Null
+                };
+                (
+                    "text_completion",
+                    json!({"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}),
+                )
+            }
+        };
+        let mut chunk = json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created(),
+            "model": self.app.model,
+            "choices": [choice],
+        });
+        if self.include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk
+    }
+
+    /// The usage chunk after the last (`stream_options.include_usage`).
+    fn usage_chunk(&self, generated: usize) -> Value {
+        let object = match self.endpoint {
+            Endpoint::Chat => "chat.completion.chunk",
+            Endpoint::Completions => "text_completion",
+        };
+        json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created(),
+            "model": self.app.model,
+            "choices": [],
+            "usage": self.usage(generated),
+        })
+    }
+}
+
+/// The server-sent events of one request: chunks as tokens come, then `[DONE]`. Dropping it
+/// (the client went away) cancels the request.
+struct Events {
+    rx: UnboundedReceiver<Event>,
+    meta: Meta,
+    out: VecDeque<Sse>,
+    started: bool,
+    ended: bool,
+    /// Characters of text streamed so far, for completions' `text_offset`.
+    offset: usize,
+    _cancel: CancelOnDrop,
+}
+
+impl Events {
+    fn push(&mut self, value: &Value) {
+        self.out.push_back(Sse::default().data(value.to_string()));
+    }
+
+    fn on(&mut self, event: Event) {
+        if !self.started && self.meta.endpoint == Endpoint::Chat {
+            let first = self.meta.chunk(None, true, None, 0);
+            self.push(&first);
+        }
+        self.started = true;
+        match event {
+            Event::Token(t) => {
+                let chunk = self.meta.chunk(Some(&t), false, None, self.offset);
+                self.offset += t.text.chars().count();
+                self.push(&chunk);
+            }
+            Event::Done(done) => {
+                let last = self
+                    .meta
+                    .chunk(None, false, Some(done.reason.as_str()), self.offset);
+                self.push(&last);
+                if self.meta.include_usage {
+                    let usage = self.meta.usage_chunk(done.generated_tokens);
+                    self.push(&usage);
+                }
+                self.end();
+            }
+            Event::Error(e) => {
+                let error = ApiError::internal(e.to_string()).body();
+                self.push(&error);
+                self.end();
+            }
+        }
+    }
+
+    fn end(&mut self) {
+        self.out.push_back(Sse::default().data("[DONE]"));
+        self.ended = true;
+    }
+}
+
+impl tokio_stream::Stream for Events {
+    type Item = Result<Sse, Infallible>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            if let Some(e) = this.out.pop_front() {
+                return Poll::Ready(Some(Ok(e)));
+            }
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            match this.rx.poll_recv(cx) {
+                Poll::Ready(Some(event)) => this.on(event),
+                Poll::Ready(None) => {
+                    let error = ApiError::internal("the scheduler stopped").body();
+                    this.push(&error);
+                    this.end();
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
