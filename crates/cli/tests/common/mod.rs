@@ -72,3 +72,4 @@ pub fn csv(v: &Value) -> String {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+pub mod server;

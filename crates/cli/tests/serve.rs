@@ -1,0 +1,417 @@
+//! `mixtral serve` on loopback: the official `openai` Python client gets what `mixtral
+//! generate` gives, every bad request gets its status and OpenAI error body, a full queue is a
+//! 429, and SIGTERM lets running requests finish before a clean exit.
+
+mod common;
+
+use common::server::{Server, send};
+use common::{fixture, mixtral, stdout_json};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::time::{Duration, Instant};
+
+fn tiny() -> String {
+    fixture("tiny-bf16").display().to_string()
+}
+
+/// The Python with the `openai` package: `MIXTRAL_OPENAI_PYTHON` (CI sets it, and the test
+/// must then pass), else `python3` when it can import `openai`.
+fn openai_python() -> Option<String> {
+    if let Ok(p) = std::env::var("MIXTRAL_OPENAI_PYTHON") {
+        return Some(p);
+    }
+    let ok = std::process::Command::new("python3")
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| "python3".to_string())
+}
+
+/// `mixtral generate --json` on the same prompt, greedy.
+fn generate(prompt_args: &[&str], max: usize) -> Value {
+    let max = max.to_string();
+    let mut args = vec!["generate", "--model", &*Box::leak(tiny().into_boxed_str())];
+    args.extend_from_slice(prompt_args);
+    args.extend(["--max-new-tokens", &max, "--temperature", "0", "--json"]);
+    stdout_json(&mixtral(&args))
+}
+
+#[test]
+fn the_openai_client_gets_what_generate_gives() {
+    let Some(python) = openai_python() else {
+        eprintln!("note: no Python with the `openai` package (set MIXTRAL_OPENAI_PYTHON); skipped");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let messages = json!([
+        {"role": "system", "content": "You answer briefly."},
+        {"role": "user", "content": "What is the capital of France?"}
+    ]);
+    let chat_file = dir.path().join("chat.json");
+    std::fs::write(&chat_file, messages.to_string()).unwrap();
+    let chat = generate(&["--chat", chat_file.to_str().unwrap()], 12);
+    let completion = generate(&["--prompt", "Once upon a time"], 10);
+    let entry = |g: &Value, extra: (&str, Value), max: usize| {
+        json!({
+            extra.0: extra.1,
+            "max_tokens": max,
+            "text": g["text"],
+            "finish_reason": g["finish_reason"],
+            "prompt_tokens": g["prompt_tokens"],
+            "generated": g["ids"].as_array().unwrap().len(),
+        })
+    };
+    let expected = json!({
+        "model": "tiny-bf16",
+        "chat": entry(&chat, ("messages", messages), 12),
+        "completion": entry(&completion, ("prompt", json!("Once upon a time")), 10),
+    });
+    let exp_file = dir.path().join("expected.json");
+    std::fs::write(&exp_file, expected.to_string()).unwrap();
+    let server = Server::start(&["--model", &tiny()]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/serve/openai_client.py");
+    let out = std::process::Command::new(python)
+        .args([script, &server.url(), exp_file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+#[test]
+fn bad_requests_get_their_status_and_an_openai_error() {
+    let server = Server::start(&["--model", &tiny()]);
+    let chat = "/v1/chat/completions";
+    let comp = "/v1/completions";
+    let ok_msgs = r#""messages": [{"role": "user", "content": "hi"}]"#;
+    let long_prompt = "word ".repeat(40_000);
+    let long = format!(r#"{{"prompt": "{long_prompt}"}}"#);
+    // (path, body, status, param, code)
+    let cases: Vec<(&str, String, u16, Option<&str>, Option<&str>)> = vec![
+        (chat, "{not json".into(), 400, None, None),
+        (chat, "[1, 2]".into(), 400, None, None),
+        (chat, "{}".into(), 400, Some("messages"), None),
+        (
+            chat,
+            r#"{"messages": []}"#.into(),
+            400,
+            Some("messages"),
+            None,
+        ),
+        (
+            chat,
+            r#"{"messages": "hi"}"#.into(),
+            400,
+            Some("messages"),
+            None,
+        ),
+        (
+            chat,
+            r#"{"messages": [{"role": "robot", "content": "hi"}]}"#.into(),
+            400,
+            Some("messages[0].role"),
+            None,
+        ),
+        (
+            chat,
+            r#"{"messages": [{"role": "user"}]}"#.into(),
+            400,
+            Some("messages[0].content"),
+            None,
+        ),
+        (
+            chat,
+            r#"{"messages": [{"role": "user", "content": 5}]}"#.into(),
+            400,
+            Some("messages[0].content"),
+            None,
+        ),
+        (
+            chat,
+            r#"{"messages": [{"role": "assistant", "content": "hi"}]}"#.into(),
+            400,
+            Some("messages"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "max_tokens": 0}}"#),
+            400,
+            Some("max_tokens"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "max_tokens": -3}}"#),
+            400,
+            Some("max_tokens"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "max_tokens": 1000000}}"#),
+            400,
+            Some("max_tokens"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "max_tokens": "ten"}}"#),
+            400,
+            Some("max_tokens"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "temperature": "hot"}}"#),
+            400,
+            Some("temperature"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "temperature": 3}}"#),
+            400,
+            Some("temperature"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "top_p": 0}}"#),
+            400,
+            Some("top_p"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "n": 2}}"#),
+            400,
+            Some("n"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "stream": "yes"}}"#),
+            400,
+            Some("stream"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "stop": 5}}"#),
+            400,
+            Some("stop"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "stop": ["a","b","c","d","e"]}}"#),
+            400,
+            Some("stop"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "stop": [""]}}"#),
+            400,
+            Some("stop"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "seed": 1.5}}"#),
+            400,
+            Some("seed"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "top_logprobs": 3}}"#),
+            400,
+            Some("top_logprobs"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "logprobs": true, "top_logprobs": 21}}"#),
+            400,
+            Some("top_logprobs"),
+            None,
+        ),
+        (
+            chat,
+            format!(r#"{{{ok_msgs}, "model": 7}}"#),
+            400,
+            Some("model"),
+            None,
+        ),
+        (comp, "{}".into(), 400, Some("prompt"), None),
+        (
+            comp,
+            r#"{"prompt": ["a", "b"]}"#.into(),
+            400,
+            Some("prompt"),
+            None,
+        ),
+        (
+            comp,
+            r#"{"prompt": {"text": "a"}}"#.into(),
+            400,
+            Some("prompt"),
+            None,
+        ),
+        (
+            comp,
+            r#"{"prompt": [1, 999999]}"#.into(),
+            400,
+            Some("prompt"),
+            None,
+        ),
+        (
+            comp,
+            r#"{"prompt": "hi", "logprobs": 6}"#.into(),
+            400,
+            Some("logprobs"),
+            None,
+        ),
+        (
+            comp,
+            r#"{"prompt": "hi", "echo": true}"#.into(),
+            400,
+            Some("echo"),
+            None,
+        ),
+        (
+            comp,
+            long,
+            400,
+            Some("prompt"),
+            Some("context_length_exceeded"),
+        ),
+        ("/v1/nothing", "{}".into(), 404, None, Some("not_found")),
+    ];
+    for (path, body, status, param, code) in cases {
+        let r = server.post(path, &body);
+        let shown = &body[..body.len().min(80)];
+        assert_eq!(r.status, status, "{path} {shown}: {}", r.body);
+        let v = r.json();
+        let e = &v["error"];
+        assert!(
+            e["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{shown}: {v}"
+        );
+        assert_eq!(
+            e["type"],
+            if status == 404 {
+                "invalid_request_error"
+            } else {
+                "invalid_request_error"
+            }
+        );
+        assert_eq!(e["param"].as_str(), param, "{shown}: {v}");
+        assert_eq!(e["code"].as_str(), code, "{shown}: {v}");
+    }
+    // Still serving, and every refusal was counted.
+    let r = server.post(chat, &format!(r#"{{{ok_msgs}, "max_tokens": 2}}"#));
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        server.metric("mixtral_http_errors_total{status=\"400\"}"),
+        32.0
+    );
+    assert_eq!(
+        server.request("GET", "/health", None).json()["status"],
+        "ok"
+    );
+}
+
+#[test]
+fn a_full_queue_is_a_429_with_retry_after() {
+    let server = Server::start(&[
+        "--model",
+        &tiny(),
+        "--max-batch",
+        "1",
+        "--max-queue",
+        "1",
+        "--kv-memory",
+        "1G",
+    ]);
+    let long = r#"{"prompt": "a", "max_tokens": 30000, "ignore_eos": true, "stream": true}"#;
+    let running = send(server.port, "POST", "/v1/completions", Some(long));
+    server.wait_for("mixtral_active_sequences", |v| v == 1.0);
+    let queued = send(server.port, "POST", "/v1/completions", Some(long));
+    server.wait_for("mixtral_queue_length", |v| v == 1.0);
+    let r = server.post("/v1/completions", r#"{"prompt": "a", "max_tokens": 2}"#);
+    assert_eq!(r.status, 429, "{}", r.body);
+    assert_eq!(r.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(r.json()["error"]["code"], "queue_full");
+    // Hanging up cancels both long requests and frees their memory.
+    drop((running, queued));
+    server.wait_for("mixtral_queue_length", |v| v == 0.0);
+    server.wait_for("mixtral_kv_blocks_used", |v| v == 0.0);
+    let r = server.post("/v1/completions", r#"{"prompt": "a", "max_tokens": 2}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn sigterm_lets_running_requests_finish_then_exits_0() {
+    let mut server = Server::start(&["--model", &tiny(), "--shutdown-timeout", "60"]);
+    let body = r#"{"prompt": "a", "max_tokens": 400, "ignore_eos": true, "stream": true}"#;
+    let stream = send(server.port, "POST", "/v1/completions", Some(body));
+    let mut lines = BufReader::new(stream).lines();
+    // Wait for the first token, then ask the server to stop.
+    assert!(lines.by_ref().any(|l| l.unwrap().starts_with("data: {")));
+    let pid = server.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let data: Vec<&String> = rest.iter().filter(|l| l.starts_with("data: ")).collect();
+    assert_eq!(data.last().map(|s| s.as_str()), Some("data: [DONE]"));
+    let finish: Value = serde_json::from_str(&data[data.len() - 2][6..]).unwrap();
+    assert_eq!(
+        finish["choices"][0]["finish_reason"], "length",
+        "finished, not cut"
+    );
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "did not exit");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn sigterm_cancels_what_outlives_the_deadline() {
+    let mut server = Server::start(&["--model", &tiny(), "--shutdown-timeout", "0.2"]);
+    let body = r#"{"prompt": "a", "max_tokens": 30000, "ignore_eos": true, "stream": true}"#;
+    let stream = send(server.port, "POST", "/v1/completions", Some(body));
+    let mut lines = BufReader::new(stream).lines();
+    assert!(lines.by_ref().any(|l| l.unwrap().starts_with("data: {")));
+    let pid = server.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let finish = rest
+        .iter()
+        .rev()
+        .find(|l| l.contains("finish_reason\":\""))
+        .unwrap();
+    assert!(finish.contains("\"interrupted\""), "{finish}");
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+}
