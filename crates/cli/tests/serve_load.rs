@@ -26,8 +26,8 @@ fn body(c: usize, r: usize) -> (String, &'static str, usize, bool) {
     let words = [0, 3, 40, 150, 300][(c + r) % 5];
     let prompt = format!("client {c} request {r}{}", " lorem ipsum".repeat(words));
     let max = 4 + (c * 7 + r * 3) % 13;
-    let stream = (c + r) % 2 == 0;
-    if c % 3 == 0 {
+    let stream = (c + r).is_multiple_of(2);
+    if c.is_multiple_of(3) {
         let body = serde_json::json!({
             "messages": [{"role": "user", "content": prompt}],
             "max_tokens": max, "ignore_eos": true, "stream": stream,
@@ -128,7 +128,7 @@ fn clients_that_hang_up_mid_stream_free_their_blocks_and_the_rest_are_served() {
             let start = start.clone();
             std::thread::spawn(move || {
                 start.wait();
-                if c % 2 == 0 {
+                if c.is_multiple_of(2) {
                     // A long stream, abandoned after its first token.
                     let body = r#"{"prompt": "a long story", "max_tokens": 3000, "ignore_eos": true, "stream": true}"#;
                     let stream = send(port, "POST", "/v1/completions", Some(body));
