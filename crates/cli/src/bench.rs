@@ -23,6 +23,11 @@ pub(crate) struct Args {
     /// idle (its speed under competition is what a laptop or a shared server sees).
     #[arg(long, default_value_t = 0)]
     contend: usize,
+    /// Run N requests at once through the batch scheduler (what `mixtral serve` runs) at each
+    /// N of this list (e.g. `1,4,8,16`), and report aggregate prefill and decode tokens/s and
+    /// time to first token at each.
+    #[arg(long, value_delimiter = ',')]
+    concurrency: Option<Vec<usize>>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -79,6 +84,61 @@ pub(crate) fn spin(threads: usize) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// The median of `v` (the mean of the middle two for an even count).
+/// `bench --concurrency`: the scheduler at each level, as a table or JSON.
+fn concurrency(
+    engine: mixtral::Engine,
+    prompt: &dyn Fn(usize) -> Vec<u32>,
+    params: &mixtral::GenerateParams,
+    levels: &[usize],
+    args: &Args,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (model, threads) = (engine.dir().display().to_string(), engine.threads());
+    let precision = format!("{:?}", engine.model().kernels().precision()).to_lowercase();
+    let kv = format!("{:?}", engine.model().kv_dtype()).to_lowercase();
+    let repeat = args.repeat.max(1);
+    let results = crate::bench_batch::run(engine, prompt, params, levels, repeat)?;
+    let base = results[0].decode_tokens_per_s;
+    if args.json {
+        let rows: Vec<_> = results
+            .iter()
+            .map(|l| {
+                serde_json::json!({
+                    "concurrency": l.concurrency,
+                    "prefill_tokens_per_s": l.prefill_tokens_per_s,
+                    "decode_tokens_per_s": l.decode_tokens_per_s,
+                    "decode_vs_first": l.decode_tokens_per_s / base,
+                    "ttft_s": l.ttft.as_secs_f64(),
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "model": model, "threads": threads, "precision": precision, "kv_dtype": kv,
+            "prompt_len": args.prompt_len, "gen": args.gen_tokens, "repeat": repeat,
+            "levels": rows,
+        });
+        println!("{out}");
+    } else {
+        println!("model        {model}");
+        println!("threads      {threads}, precision {precision}, KV cache {kv}");
+        println!(
+            "requests     {} prompt tokens + {} generated each, median of {repeat}",
+            args.prompt_len, args.gen_tokens
+        );
+        println!("concurrency  prefill tok/s  decode tok/s  decode ×  TTFT");
+        for l in &results {
+            println!(
+                "{:>11}  {:>13.1}  {:>12.1}  {:>7.2}×  {:.3} s",
+                l.concurrency,
+                l.prefill_tokens_per_s,
+                l.decode_tokens_per_s,
+                l.decode_tokens_per_s / base,
+                l.ttft.as_secs_f64()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
@@ -108,19 +168,28 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         v if v > 3 => (3, v as u64 - 3),
         v => (0, v as u64),
     };
-    let mut state = 0x2545_F491_4F6C_DD1Du64;
-    let ids: Vec<u32> = (0..prompt_len)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            first + (state % span) as u32
-        })
-        .collect();
+    let prompt = |seed: usize| -> Vec<u32> {
+        let mut state = 0x2545_F491_4F6C_DD1Du64 ^ (seed as u64).wrapping_mul(0x9E37_79B9);
+        (0..prompt_len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                first + (state % span) as u32
+            })
+            .collect()
+    };
+    let ids = prompt(0);
     let mut params = engine.params();
     params.sampling = SamplerConfig::default();
     params.max_new_tokens = gen_len;
     params.ignore_eos = true;
+    if let Some(levels) = &args.concurrency {
+        if levels.is_empty() || levels.iter().any(|&n| n == 0 || n > 1024) {
+            return Err("--concurrency: a list of 1 to 1024 (e.g. 1,4,8,16)".into());
+        }
+        return concurrency(engine, &prompt, &params, levels, &args);
+    }
     if args.contend > MAX_CONTEND {
         return Err(format!("--contend {}: at most {MAX_CONTEND}", args.contend).into());
     }

@@ -2,6 +2,7 @@
 
 mod args;
 mod bench;
+mod bench_batch;
 mod chat;
 mod generate;
 mod inspect;

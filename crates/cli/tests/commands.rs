@@ -312,3 +312,37 @@ fn quantize_writes_a_gguf_and_refuses_what_it_cannot_do() {
     ]);
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown quantization `q3_k`"));
 }
+
+#[test]
+fn bench_concurrency_reports_each_level_and_refuses_bad_lists() {
+    let dir = fixture("tiny-bf16");
+    let model = dir.to_str().unwrap();
+    let base = [
+        "bench",
+        "--model",
+        model,
+        "--prompt-len",
+        "8",
+        "--gen",
+        "4",
+        "--repeat",
+        "1",
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--concurrency", "1,3", "--json"]);
+    let json = stdout_json(&mixtral(&args));
+    let levels = json["levels"].as_array().unwrap();
+    assert_eq!(levels.len(), 2, "{json}");
+    assert_eq!(levels[1]["concurrency"], 3);
+    for l in levels {
+        for field in ["prefill_tokens_per_s", "decode_tokens_per_s", "ttft_s"] {
+            assert!(l[field].as_f64().unwrap() > 0.0, "{field}: {json}");
+        }
+    }
+    assert_eq!(levels[0]["decode_vs_first"], 1.0);
+    for bad in ["0", "1,0", "2000"] {
+        let mut args = base.to_vec();
+        args.extend(["--concurrency", bad]);
+        assert_clean_error(&mixtral(&args), "--concurrency");
+    }
+}
