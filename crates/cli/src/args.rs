@@ -39,6 +39,11 @@ pub(crate) struct ModelArgs {
     /// f32`, f16 otherwise, half the memory).
     #[arg(long = "kv-dtype")]
     pub kv_dtype: Option<mixtral::KvDType>,
+    /// Sum every matmul row in one order whatever the number of rows in the call, so a
+    /// sequence gets the same bits (and seeded samples) alone or batched by `serve` (CPU;
+    /// decode pays for it, see docs/performance.md).
+    #[arg(long)]
+    pub batch_invariant: bool,
 }
 
 impl ModelArgs {
@@ -51,6 +56,7 @@ impl ModelArgs {
             prefault: true,
             quantize: self.quantize,
             kv_dtype: self.kv_dtype,
+            batch_invariant: self.batch_invariant,
         };
         let bar = crate::progress::bytes("loading weights");
         let engine = Engine::load_with(&self.model, opts, |done, total| {

@@ -411,3 +411,50 @@ fn sigterm_cancels_what_outlives_the_deadline() {
     let status = server.child.wait().unwrap();
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn with_batch_invariance_a_seeded_request_among_others_samples_what_generate_does() {
+    let max = "16";
+    let alone = stdout_json(&mixtral(&[
+        "generate",
+        "--model",
+        &tiny(),
+        "--batch-invariant",
+        "--prompt",
+        "Once upon a time",
+        "--temperature",
+        "0.9",
+        "--top-p",
+        "0.95",
+        "--seed",
+        "7",
+        "--max-new-tokens",
+        max,
+        "--ignore-eos",
+        "--json",
+    ]));
+    let server = Server::start(&["--model", &tiny(), "--batch-invariant"]);
+    // Other requests of other lengths keep the batch busy around it.
+    let others: Vec<_> = (0..6)
+        .map(|i| {
+            let body = json!({
+                "prompt": "word ".repeat(1 + 37 * i), "max_tokens": 40, "ignore_eos": true,
+                "stream": true,
+            });
+            send(
+                server.port,
+                "POST",
+                "/v1/completions",
+                Some(&body.to_string()),
+            )
+        })
+        .collect();
+    let body = json!({
+        "prompt": "Once upon a time", "max_tokens": 16, "ignore_eos": true,
+        "temperature": 0.9, "top_p": 0.95, "seed": 7,
+    });
+    let r = server.post("/v1/completions", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["choices"][0]["text"], alone["text"]);
+    drop(others);
+}

@@ -169,6 +169,12 @@ pub struct LoadOptions {
     /// attention reads at long context, for logits ~1e-3 of their range away
     /// (docs/performance.md).
     pub kv_dtype: Option<mixtral_model::KvDType>,
+    /// Compute every matmul row in one summation order whatever the number of rows in the
+    /// call ([`Model::with_batch_invariance`]): a sequence then gets exactly the same logits,
+    /// and the same seeded samples, alone or batched by a [`crate::Scheduler`], whatever the
+    /// prompt's chunking. Off by default: decode loses the GEMV's streaming loops
+    /// (docs/performance.md). CPU only.
+    pub batch_invariant: bool,
 }
 
 /// A model ready to generate: weights (memory-mapped), tokenizer, threads, defaults.
@@ -229,6 +235,12 @@ impl Engine {
         if let Some(scheme) = opts.quantize {
             ckpt = quantize_at_load(ckpt, scheme, &mut progress)?;
         }
+        if opts.batch_invariant && opts.device != Device::Cpu {
+            return Err(Error::InvalidOption {
+                option: "batch_invariant",
+                reason: "batch-invariant matmuls run on the CPU path only (--device cpu)",
+            });
+        }
         let cuda = match opts.device {
             Device::Cpu => {
                 if opts.prefault {
@@ -259,7 +271,8 @@ impl Engine {
         });
         let model = Model::new(ckpt)?
             .with_kernels(Kernels::cpu(Isa::detect(), precision))
-            .with_kv_dtype(kv_dtype);
+            .with_kv_dtype(kv_dtype)
+            .with_batch_invariance(opts.batch_invariant);
         Ok(Engine {
             model,
             cuda,

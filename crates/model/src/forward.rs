@@ -132,17 +132,20 @@ pub struct Model {
     weights: Weights,
     kernels: Kernels,
     kv_dtype: KvDType,
+    /// Every matmul in one summation order whatever its row count
+    /// ([`Model::with_batch_invariance`]).
+    invariant: bool,
 }
 
 /// `y = x Wᵀ` with `kernels`, for `x` of whole rows: `[rows, k] → [rows, n]`.
-fn linear_with(kernels: Kernels, x: &[f32], weight: &Tensor, y: &mut Vec<f32>) {
+fn linear_with(kernels: Kernels, invariant: bool, x: &[f32], weight: &Tensor, y: &mut Vec<f32>) {
     let (n, k) = (weight.dims()[0], weight.dims()[1]);
     let p = Matmul {
         rows: x.len() / k,
         k,
         n,
     };
-    kernels.matmul(p, x, w(weight), sized(y, p.rows * n));
+    kernels.matmul(p, x, w(weight), sized(y, p.rows * n), invariant);
 }
 
 /// A weight tensor as a kernel view; [`Model::new`] has checked that this succeeds.
@@ -162,6 +165,7 @@ impl Model {
             weights: ckpt.weights,
             kernels: Kernels::default(),
             kv_dtype: KvDType::default(),
+            invariant: false,
         })
     }
 
@@ -207,6 +211,22 @@ impl Model {
     pub fn with_kv_dtype(mut self, dtype: KvDType) -> Model {
         self.kv_dtype = dtype;
         self
+    }
+
+    /// The same model computing every row of every matmul in one summation order, whatever
+    /// the number of rows in the call: a token's logits are then the same bits whether it
+    /// runs alone, in a prompt chunk of any size, or batched with other sequences
+    /// ([`Model::forward_batch`]), so seeded sampling is reproducible across batch shapes.
+    /// Off by default: one-token calls (decode) lose the GEMV's streaming loops
+    /// (docs/performance.md measures the cost).
+    pub fn with_batch_invariance(mut self, on: bool) -> Model {
+        self.invariant = on;
+        self
+    }
+
+    /// Whether [`Model::with_batch_invariance`] is on.
+    pub fn batch_invariant(&self) -> bool {
+        self.invariant
     }
 
     /// The element type of the caches [`Model::new_cache`] makes.
@@ -455,7 +475,7 @@ impl Model {
 
     /// `y = x Wᵀ` for `x` of whole rows: `[rows, k] → [rows, n]`.
     fn linear(&self, x: &[f32], weight: &Tensor, y: &mut Vec<f32>) {
-        linear_with(self.kernels, x, weight, y)
+        linear_with(self.kernels, self.invariant, x, weight, y)
     }
 
     /// `h += o_proj(attention(rope(q), rope(k), v))` over the normed `h`.
@@ -469,7 +489,7 @@ impl Model {
     ) {
         let c = &self.config;
         self.norm(&s.h, &lw.attn_norm, &mut s.x); // [T, D]
-        if positions.len() == 1 {
+        if positions.len() == 1 && !self.invariant {
             // One token: the three projections as one parallel region.
             let (qd, kvd) = (c.q_dim(), c.kv_dim());
             self.kernels.gemv_many(&mut [
@@ -551,7 +571,13 @@ impl Model {
         let (c, n) = (&self.config, positions.len());
         self.norm(&s.h, &lw.moe_norm, &mut s.x); // [T, D]
         // The router in f32 at any precision: a rounding must not flip an expert choice.
-        linear_with(self.kernels.exact(), &s.x, &lw.router, &mut s.router); // [T, E]
+        linear_with(
+            self.kernels.exact(),
+            self.invariant,
+            &s.x,
+            &lw.router,
+            &mut s.router,
+        ); // [T, E]
         let (k, e) = (steer.top_k(c), c.num_local_experts);
         if !steer.is_none() {
             steer.edit_logits(l, positions, e, &mut s.router);
@@ -581,7 +607,7 @@ impl Model {
             top_k: k,
         };
         let y = sized(&mut s.out, s.x.len()); // [T, D]
-        let kernels = self.kernels;
+        let (kernels, invariant) = (self.kernels, self.invariant);
         with_experts(lw, |experts| {
             let input = MoeInput {
                 x: &s.x,
@@ -589,7 +615,7 @@ impl Model {
                 weights: &s.weights,
                 experts,
             };
-            kernels.moe(p, input, y, &mut s.moe)
+            kernels.moe(p, input, y, &mut s.moe, invariant)
         });
         s.h.iter_mut().zip(&s.out).for_each(|(a, b)| *a += b);
     }

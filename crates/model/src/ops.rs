@@ -61,9 +61,21 @@ impl Kernels {
         }
     }
 
-    pub(crate) fn matmul(self, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    /// `y = x Wᵀ`; `invariant`: every row in one summation order whatever the row count
+    /// ([`matmul::cpu::matmul_batch_invariant`]; the reference is always).
+    pub(crate) fn matmul(
+        self,
+        p: Matmul,
+        x: &[f32],
+        w: Weight<'_>,
+        y: &mut [f32],
+        invariant: bool,
+    ) {
         match self {
             Kernels::Reference => matmul::reference::matmul(p, x, w, y),
+            Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) if invariant => {
+                matmul::cpu::matmul_batch_invariant(isa, self.precision(), p, x, w, y)
+            }
             Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
                 matmul::cpu::matmul_at(isa, self.precision(), p, x, w, y)
             }
@@ -148,12 +160,14 @@ impl Kernels {
     }
 
     /// The MoE block: `y = moe(x)` with each token's experts and weights in `input`.
+    /// The sparse MoE block; `invariant` as for [`Kernels::matmul`].
     pub(crate) fn moe(
         self,
         p: Moe,
         input: MoeInput<'_>,
         y: &mut [f32],
         scratch: &mut moe::cpu::MoeScratch,
+        invariant: bool,
     ) {
         let MoeInput {
             x,
@@ -165,7 +179,11 @@ impl Kernels {
             Kernels::Reference => moe::reference::moe(p, x, ids, weights, experts, y),
             Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
                 let precision = self.precision();
-                moe::cpu::moe(isa, precision, p, x, ids, weights, experts, y, scratch)
+                let moe = match invariant {
+                    true => moe::cpu::moe_batch_invariant,
+                    false => moe::cpu::moe,
+                };
+                moe(isa, precision, p, x, ids, weights, experts, y, scratch)
             }
         }
     }

@@ -2,9 +2,10 @@
 //! the logits it gets alone: its prompt prefilled in chunks interleaved with the others'
 //! decode steps, and each decode step run beside the others'.
 //!
-//! Bit for bit on the scalar kernels. The SIMD matmuls sum a one-token product (GEMV) and a
-//! many-token one (GEMM) in different orders, so there the rows agree to about one ulp of
-//! the logits' range (measured: at most 1.2e-6), with the same greedy tokens.
+//! With [`Model::with_batch_invariance`], bit for bit on every kernel set. Without it, a
+//! one-token product (GEMV) and a many-token one (GEMM) sum in different orders, so the rows
+//! agree to about one ulp of the logits' range (measured: at most 1.2e-6), with the same
+//! greedy tokens.
 
 use mixtral_kernels::Isa;
 use mixtral_kernels::matmul::Precision;
@@ -127,19 +128,27 @@ fn batched(m: &Model, prompts: &[Vec<u32>]) -> Vec<Vec<Vec<f32>>> {
 fn batched_steps_give_each_sequence_its_logits_alone() {
     let mut cases = vec![];
     for isa in Isa::available() {
-        for precision in [Precision::F32, Precision::Bf16] {
-            cases.push(("tiny-f32", Kernels::cpu(isa, precision)));
-            cases.push(("tiny-bf16", Kernels::cpu(isa, precision)));
+        for invariant in [false, true] {
+            for precision in [Precision::F32, Precision::Bf16] {
+                cases.push(("tiny-f32", Kernels::cpu(isa, precision), invariant));
+                cases.push(("tiny-bf16", Kernels::cpu(isa, precision), invariant));
+            }
+            for precision in [Precision::F32, Precision::Int8] {
+                let kernels = Kernels::cpu(isa, precision);
+                cases.push(("tiny-q/Q4_K_M.gguf", kernels, invariant));
+            }
         }
-        cases.push(("tiny-q/Q4_K_M.gguf", Kernels::cpu(isa, Precision::Int8)));
     }
-    for (name, kernels) in cases {
+    for (name, kernels, invariant) in cases {
         let path = if name.ends_with(".gguf") {
             fixture("").join("../quant").join(name)
         } else {
             fixture(name)
         };
-        let m = Model::open(&path).unwrap().with_kernels(kernels);
+        let m = Model::open(&path)
+            .unwrap()
+            .with_kernels(kernels)
+            .with_batch_invariance(invariant);
         let v = m.config().vocab_size;
         let prompts: Vec<Vec<u32>> = PROMPTS
             .iter()
@@ -151,15 +160,11 @@ fn batched_steps_give_each_sequence_its_logits_alone() {
             let want = alone(&m, p);
             assert_eq!(got[i].len(), want.len());
             for (step, (g, w)) in got[i].iter().zip(&want).enumerate() {
-                let at = format!("{name} {kernels:?} sequence {i} step {step}");
-                if matches!(
-                    kernels,
-                    Kernels::Cpu(Isa::Scalar)
-                        | Kernels::CpuBf16(Isa::Scalar)
-                        | Kernels::CpuInt8(Isa::Scalar)
-                ) {
+                let at =
+                    format!("{name} {kernels:?} invariant {invariant} sequence {i} step {step}");
+                if invariant {
                     let same = g.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "{at}: not bit-identical on the scalar kernels");
+                    assert!(same, "{at}: not bit-identical");
                 } else {
                     let range = w.iter().fold(0f32, |m, x| m.max(x.abs()));
                     let max = g

@@ -138,7 +138,8 @@ pub(super) unsafe fn drive_avx2<T: Elem>(
     w: &[T],
     out: &SharedOut<'_>,
     cols: Range<usize>,
+    gemv: bool,
 ) {
     // SAFETY: this function's features are those `Avx2` needs; `out`/`cols` per our contract.
-    unsafe { drive::<T, Avx2>(p, x, w, out, cols) }
+    unsafe { drive::<T, Avx2>(p, x, w, out, cols, gemv) }
 }

@@ -224,11 +224,11 @@ fn f32_rows<T: crate::isa::Elem>(
 ) {
     match isa {
         // SAFETY: the scalar tiles use no target features; only this chunk writes `cols`.
-        Isa::Scalar => unsafe { drive::<T, Scalar>(p, x, w, out, cols) },
+        Isa::Scalar => unsafe { drive::<T, Scalar>(p, x, w, out, cols, true) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
         Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe {
-            super::avx2::drive_avx2(p, x, w, out, cols)
+            super::avx2::drive_avx2(p, x, w, out, cols, true)
         },
     }
 }

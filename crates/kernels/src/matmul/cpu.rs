@@ -79,14 +79,31 @@ const ROW_BY_ROW_MAX_K: usize = 2048;
 /// [`reference::matmul`](super::reference::matmul), accumulated in f32 (in a different order,
 /// so results agree to rounding, not bit for bit).
 pub fn matmul(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    matmul_f32(isa, p, x, w, y, Order::Fastest)
+}
+
+/// Which summation order a matmul may use for a call of one row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Order {
+    /// One row takes the GEMV (the fastest for decode); several rows the GEMM. The two sum
+    /// in different orders, so a row's result depends (by an ulp) on how many rows share the
+    /// call.
+    Fastest,
+    /// Every row in the GEMM's order, one row included: a row's result is the same bits
+    /// whatever the call's row count (see [`matmul_batch_invariant`]).
+    BatchInvariant,
+}
+
+fn matmul_f32(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order: Order) {
     p.check(x.len(), w.len(), y.len());
-    if p.rows == 1 {
+    if p.rows == 1 && order == Order::Fastest {
         return gemv_many(isa, Precision::F32, &mut [Gemv { x, w, y }]);
     }
+    let gemv = order == Order::Fastest;
     match w {
-        Weight::F32(w) => run(isa, p, x, w, y),
-        Weight::BF16(w) => run(isa, p, x, w, y),
-        Weight::F16(w) => run(isa, p, x, w, y),
+        Weight::F32(w) => run(isa, p, x, w, y, gemv),
+        Weight::BF16(w) => run(isa, p, x, w, y, gemv),
+        Weight::F16(w) => run(isa, p, x, w, y, gemv),
         Weight::Quant(w) => quant::gemm(isa, p, x, w, y),
     }
 }
@@ -96,12 +113,16 @@ pub fn matmul(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
 /// [`reference::matmul_bf16`](super::reference::matmul_bf16). On AVX512-BF16 CPUs this is
 /// the `vdpbf16ps` kernel; elsewhere the f32 kernel runs on the rounded activations.
 pub fn matmul_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    matmul_bf16_in(isa, p, x, w, y, Order::Fastest)
+}
+
+fn matmul_bf16_in(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order: Order) {
     p.check(x.len(), w.len(), y.len());
-    if p.rows == 1 {
+    if p.rows == 1 && order == Order::Fastest {
         return gemv_many(isa, Precision::Bf16, &mut [Gemv { x, w, y }]);
     }
     let Weight::BF16(wb) = w else {
-        return matmul(isa, p, x, w, y);
+        return matmul_f32(isa, p, x, w, y, order);
     };
     match isa {
         #[cfg(target_arch = "x86_64")]
@@ -113,7 +134,7 @@ pub fn matmul_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32])
             let mut rounded = ROUNDED.take();
             rounded.clear();
             rounded.extend(x.iter().map(|&v| super::reference::round_bf16(v)));
-            run(isa, p, &rounded, wb, y);
+            run(isa, p, &rounded, wb, y, order == Order::Fastest);
             ROUNDED.set(rounded);
         }
     }
@@ -123,15 +144,40 @@ pub fn matmul_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32])
 /// integer dot multiply 8-bit activation blocks ([`crate::qdot`]); bf16 weights are
 /// [`matmul_bf16`]. Same contract as [`reference::matmul_int8`](super::reference::matmul_int8).
 pub fn matmul_int8(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    matmul_int8_in(isa, p, x, w, y, Order::Fastest)
+}
+
+fn matmul_int8_in(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order: Order) {
     p.check(x.len(), w.len(), y.len());
-    if p.rows == 1 {
+    if p.rows == 1 && order == Order::Fastest {
         return gemv_many(isa, Precision::Int8, &mut [Gemv { x, w, y }]);
     }
     match w {
         Weight::Quant(q) if crate::qdot::acts_kind(q.dtype).is_some() => {
             quant::gemm_int8(isa, p, x, q, y)
         }
-        _ => matmul_bf16(isa, p, x, w, y),
+        _ => matmul_bf16_in(isa, p, x, w, y, order),
+    }
+}
+
+/// [`matmul_at`], with every row summed in the GEMM's order, a call of one row included:
+/// each row's result is the same bits whatever the number of rows in the call, so a
+/// sequence batched with others (or its prompt split into other chunks) gets exactly the
+/// values it gets alone. The price is one-row calls (decode) without the GEMV's streaming
+/// (docs/performance.md measures it).
+pub fn matmul_batch_invariant(
+    isa: Isa,
+    precision: Precision,
+    p: Matmul,
+    x: &[f32],
+    w: Weight<'_>,
+    y: &mut [f32],
+) {
+    let order = Order::BatchInvariant;
+    match precision {
+        Precision::F32 => matmul_f32(isa, p, x, w, y, order),
+        Precision::Bf16 => matmul_bf16_in(isa, p, x, w, y, order),
+        Precision::Int8 => matmul_int8_in(isa, p, x, w, y, order),
     }
 }
 
@@ -151,8 +197,9 @@ pub fn matmul_at(
     }
 }
 
-/// The GEMM (`rows > 1`; one row goes through [`gemv_many`]).
-fn run<T: Elem>(isa: Isa, p: Matmul, x: &[f32], w: &[T], y: &mut [f32]) {
+/// The GEMM (`rows > 1`; one row goes through [`gemv_many`] unless `gemv` is false, when it
+/// takes the GEMM's order too).
+fn run<T: Elem>(isa: Isa, p: Matmul, x: &[f32], w: &[T], y: &mut [f32], gemv: bool) {
     if p.k == 0 {
         y.fill(0.0);
         return;
@@ -160,10 +207,12 @@ fn run<T: Elem>(isa: Isa, p: Matmul, x: &[f32], w: &[T], y: &mut [f32]) {
     let out = SharedOut::new(y, p.rows, p.n);
     for_each_range(p.n, JB, p.rows * p.k, 4, |cols| match isa {
         // SAFETY: the scalar tiles use no target features.
-        Isa::Scalar => unsafe { drive::<T, Scalar>(p, x, w, &out, cols) },
+        Isa::Scalar => unsafe { drive::<T, Scalar>(p, x, w, &out, cols, gemv) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
-        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::drive_avx2(p, x, w, &out, cols) },
+        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe {
+            avx2::drive_avx2(p, x, w, &out, cols, gemv)
+        },
     });
 }
 
@@ -247,7 +296,8 @@ impl Tiles for Scalar {
     }
 }
 
-/// Computes the output columns `cols` of every row, with `K`'s micro-kernel.
+/// Computes the output columns `cols` of every row, with `K`'s micro-kernel. One row takes
+/// the GEMV's loops when `gemv` allows, the GEMM's otherwise.
 ///
 /// # Safety
 /// `K`'s target features must be available; `out` must wrap `[p.rows, p.n]` and no other
@@ -259,9 +309,10 @@ pub(crate) unsafe fn drive<T: Elem, K: Tiles>(
     w: &[T],
     out: &SharedOut<'_>,
     cols: Range<usize>,
+    gemv: bool,
 ) {
     let k = p.k;
-    if p.rows == 1 && k <= ROW_BY_ROW_MAX_K {
+    if gemv && p.rows == 1 && k <= ROW_BY_ROW_MAX_K {
         // SAFETY: these columns belong to `cols`, which only this call writes.
         let y = unsafe { out.cols(0, cols.clone()) };
         for (yj, j) in y.iter_mut().zip(cols) {
@@ -270,7 +321,7 @@ pub(crate) unsafe fn drive<T: Elem, K: Tiles>(
         }
         return;
     }
-    if p.rows == 1 {
+    if gemv && p.rows == 1 {
         let mut j = cols.start;
         while j < cols.end {
             let nr = NR_GEMV.min(cols.end - j);

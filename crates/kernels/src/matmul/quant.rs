@@ -168,8 +168,10 @@ unsafe fn panel_with<K: Tiles>(
         n: jn,
     };
     let part_out = SharedOut::new(part, p.rows, jn);
-    // SAFETY: features per this function's contract; `part_out` is this call's own.
-    unsafe { drive::<f32, K>(sub, x, panel, &part_out, 0..jn) };
+    // SAFETY: features per this function's contract; `part_out` is this call's own. The
+    // GEMM's order even for one row: this is the GEMM (a one-row call reaches it only from
+    // the batch-invariant matmul).
+    unsafe { drive::<f32, K>(sub, x, panel, &part_out, 0..jn, false) };
     for (t, row) in part.chunks_exact(jn).enumerate() {
         // SAFETY: these columns belong to `cols`, which only this call writes.
         unsafe { out.cols(t, cols.clone()) }.copy_from_slice(row);

@@ -17,7 +17,7 @@
 use super::{Expert, Moe, silu};
 use crate::Isa;
 use crate::Weight;
-use crate::matmul::cpu::{Gemv, MAX_GEMVS, gemv_many, matmul_at};
+use crate::matmul::cpu::{Gemv, MAX_GEMVS, gemv_many, matmul_at, matmul_batch_invariant};
 use crate::matmul::{Matmul, Precision};
 
 #[cfg(target_arch = "x86_64")]
@@ -101,13 +101,58 @@ pub fn moe(
     y: &mut [f32],
     scratch: &mut MoeScratch,
 ) {
+    let inputs = (x, ids, weights);
+    moe_in(isa, precision, p, inputs, experts, y, scratch, false)
+}
+
+/// [`moe`] with every expert's matmuls in the GEMM's order whatever the number of tokens
+/// that chose it ([`matmul_batch_invariant`]), and each token's expert outputs summed in
+/// expert order whatever the batch: a token's result is the same bits alone or batched.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the reference's six arguments plus the ISA, the precision and the scratch"
+)]
+pub fn moe_batch_invariant(
+    isa: Isa,
+    precision: Precision,
+    p: Moe,
+    x: &[f32],
+    ids: &[u32],
+    weights: &[f32],
+    experts: &[Expert<'_>],
+    y: &mut [f32],
+    scratch: &mut MoeScratch,
+) {
+    let inputs = (x, ids, weights);
+    moe_in(isa, precision, p, inputs, experts, y, scratch, true)
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "moe's arguments plus the summation order"
+)]
+fn moe_in(
+    isa: Isa,
+    precision: Precision,
+    p: Moe,
+    (x, ids, weights): (&[f32], &[u32], &[f32]),
+    experts: &[Expert<'_>],
+    y: &mut [f32],
+    scratch: &mut MoeScratch,
+    invariant: bool,
+) {
     p.check(x, ids, weights, y);
     let (d, f, n_exp) = (p.hidden, p.ffn, experts.len());
-    if p.n_tokens == 1 && 2 * p.top_k <= MAX_GEMVS {
+    if p.n_tokens == 1 && 2 * p.top_k <= MAX_GEMVS && !invariant {
         return decode(isa, precision, p, (x, ids, weights), experts, y, scratch);
     }
-    let matmul =
-        |p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]| matmul_at(isa, precision, p, x, w, y);
+    let matmul = |p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]| {
+        if invariant {
+            matmul_batch_invariant(isa, precision, p, x, w, y)
+        } else {
+            matmul_at(isa, precision, p, x, w, y)
+        }
+    };
     let s = scratch;
     s.reserve(p, n_exp, 0);
     // Counting sort of the (token, expert) pairs by expert.

@@ -227,3 +227,58 @@ fn zero_k_writes_zeros() {
         assert_eq!(y, [0.0; 6]);
     }
 }
+
+/// `matmul_batch_invariant`: every row of a call is the same bits as that row computed alone
+/// (a one-row call), at every precision, dtype and ISA, and matches the reference.
+fn check_invariant(p: Matmul, seed: u64) -> Result<(), String> {
+    let x = uniform(p.rows * p.k, seed);
+    let w = Weights::uniform(p.n * p.k, seed ^ 0x1a7, 1.0);
+    for dtype in 0..3 {
+        for precision in [Precision::F32, Precision::Bf16, Precision::Int8] {
+            for isa in Isa::available() {
+                let what = format!(
+                    "{p:?} {} {precision:?} {isa} seed {seed}",
+                    dtype_name(dtype)
+                );
+                let all = run(p.rows * p.n, |y| {
+                    cpu::matmul_batch_invariant(isa, precision, p, &x, w.view(dtype), y)
+                });
+                for t in 0..p.rows {
+                    let one = Matmul { rows: 1, ..p };
+                    let row = &x[t * p.k..(t + 1) * p.k];
+                    let alone = run(p.n, |y| {
+                        cpu::matmul_batch_invariant(isa, precision, one, row, w.view(dtype), y)
+                    });
+                    let batched = &all[t * p.n..(t + 1) * p.n];
+                    if alone
+                        .iter()
+                        .zip(batched)
+                        .any(|(a, b)| a.to_bits() != b.to_bits())
+                    {
+                        return Err(format!("{what}: row {t} differs from the row alone"));
+                    }
+                }
+                let want = run(p.rows * p.n, |y| {
+                    reference::matmul_at(precision, p, &x, w.view(dtype), y)
+                });
+                Tol::reduction_f32(p.k).check(&what, &all, &want)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Rows 1 to 20, `k` within one block of 256 or across several.
+    #[test]
+    fn batch_invariant_rows_equal_each_row_alone(
+        rows in 1usize..20,
+        k in prop_oneof![dim(), 250usize..600],
+        n in dim(),
+        seed: u64,
+    ) {
+        check_invariant(Matmul { rows, k, n }, seed).map_err(TestCaseError::fail)?;
+    }
+}
