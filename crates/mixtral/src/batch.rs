@@ -399,6 +399,10 @@ impl Scheduler {
                 budget: self.shared.total_blocks * self.shared.block_bytes,
             });
         }
+        if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+            // Only a bug ends the thread early (a panic in a kernel): say so, never queue.
+            return Err(Error::Batch("the scheduler's thread has stopped".into()));
+        }
         let cancel = CancelToken::default();
         let mut state = self.shared.lock();
         if state.closing {

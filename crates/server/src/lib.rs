@@ -24,7 +24,11 @@
 //! let scheduler = Arc::new(Scheduler::new(engine, BatchOptions::default())?);
 //! let app = mixtral_server::App::new(scheduler, "mixtral");
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! mixtral_server::serve(listener, app, tokio::signal::ctrl_c().await.ok(), std::time::Duration::from_secs(10)).await?;
+//! let stop = async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! };
+//! let deadline = std::time::Duration::from_secs(10);
+//! mixtral_server::serve(listener, app, stop, deadline).await?;
 //! # Ok(()) }
 //! ```
 
