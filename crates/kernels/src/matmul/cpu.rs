@@ -125,10 +125,14 @@ fn matmul_bf16_in(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], 
         return matmul_f32(isa, p, x, w, y, order);
     };
     match isa {
+        // The `vdpbf16ps` GEMM keeps each output in a lane of a packed panel: one row in its
+        // order would pay the panel's packing for a single use (a third of the GEMV's
+        // decode speed, measured), so the batch-invariant order takes the FMA path on the
+        // rounded activations below instead, whose one-row form streams `W` in place.
         #[cfg(target_arch = "x86_64")]
         // SAFETY: an `Isa::Avx512Bf16` exists only after AVX-512 F/BW/VL and AVX512-BF16
         // were detected.
-        Isa::Avx512Bf16(_) => unsafe { avx512::matmul(p, x, wb, y) },
+        Isa::Avx512Bf16(_) if order == Order::Fastest => unsafe { avx512::matmul(p, x, wb, y) },
         _ => {
             // Taken, not borrowed, so a job this thread runs while waiting cannot collide.
             let mut rounded = ROUNDED.take();
@@ -341,6 +345,10 @@ pub(crate) unsafe fn drive<T: Elem, K: Tiles>(
         }
         return;
     }
+    if p.rows == 1 {
+        // SAFETY: features per this function's contract; `cols` is ours to write.
+        return unsafe { gemv_in_gemm_order::<T, K>(p, x, w, out, cols) };
+    }
     // Taken out of the thread-local rather than borrowed through a closure: a closure does not
     // inherit this function's target features, and its micro-kernels would not inline.
     let (mut xb, mut wb) = PACKED.take();
@@ -412,6 +420,52 @@ unsafe fn tile_dyn<T: Elem, K: Tiles>(
             (3, 1) => pad(K::tile::<T, 3, 1>(x, ldx, w, ldw, kc)),
             (2, 1) => pad(K::tile::<T, 2, 1>(x, ldx, w, ldw, kc)),
             _ => pad(K::tile::<T, 1, 1>(x, ldx, w, ldw, kc)),
+        }
+    }
+}
+
+/// One row in exactly the GEMM's summation order, at the GEMV's speed: each output sums its
+/// block of [`KC`] columns in its own accumulator (the tile the GEMM runs on packed blocks
+/// computes every output the same way whatever its `M` and `N`, and widening a weight is
+/// exact, so reading `W` in place changes nothing), and the blocks are added in order, as
+/// the GEMM adds them into `y`. Tiles of 1 × [`NR_GEMV`] keep enough accumulators in flight;
+/// nothing is packed.
+///
+/// # Safety
+/// As [`drive`].
+#[inline(always)]
+unsafe fn gemv_in_gemm_order<T: Elem, K: Tiles>(
+    p: Matmul,
+    x: &[f32],
+    w: &[T],
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+) {
+    let k = p.k;
+    // SAFETY: these columns belong to `cols`, which only this call writes.
+    let y = unsafe { out.cols(0, cols.clone()) };
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let mut j = cols.start;
+        while j < cols.end {
+            let nr = NR_GEMV.min(cols.end - j);
+            let wj = &w[j * k + k0..];
+            // SAFETY: features per this function's contract.
+            let (r, nr) = unsafe {
+                if nr == NR_GEMV {
+                    (K::tile::<T, 1, NR_GEMV>(&x[k0..], k, wj, k, kc)[0], nr)
+                } else {
+                    (
+                        pad::<1, 1, 1, NR_GEMV>(K::tile::<T, 1, 1>(&x[k0..], k, wj, k, kc))[0],
+                        1,
+                    )
+                }
+            };
+            let yj = &mut y[j - cols.start..j - cols.start + nr];
+            for (a, &v) in yj.iter_mut().zip(&r[..nr]) {
+                *a = if k0 == 0 { v } else { *a + v };
+            }
+            j += nr;
         }
     }
 }
