@@ -109,8 +109,10 @@ pub fn probe_nvrtc() -> Result<()> {
 }
 
 /// Folders that may hold `libnvrtc.so.13`, most specific first: `$MIXTRAL_CUDA_ROOT/lib{,64}`,
-/// `$CUDA_PATH/lib64`, `$CUDA_HOME/lib64`, `/usr/local/cuda/lib64`, then the pip toolchain
-/// `xtask/install-cuda-tools.sh` puts in this repository's `.venv-cuda/`.
+/// `$CUDA_PATH/lib64`, `$CUDA_HOME/lib64`, `/usr/local/cuda/lib64` (then the loader's own
+/// search path). Nothing is compiled in: an installed binary looks where its user says. The
+/// pip toolchain `xtask/install-cuda-tools.sh` installs is found by pointing
+/// `MIXTRAL_CUDA_ROOT` at it (`cargo xtask` does so by itself).
 pub fn nvrtc_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
     for var in [ROOT_VAR, "CUDA_PATH", "CUDA_HOME"] {
@@ -121,16 +123,6 @@ pub fn nvrtc_dirs() -> Vec<PathBuf> {
         }
     }
     dirs.push(PathBuf::from("/usr/local/cuda/lib64"));
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-cuda/lib");
-    if let Ok(entries) = std::fs::read_dir(&venv) {
-        let mut found: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
-            .map(|e| e.path().join("site-packages/nvidia/cu13/lib"))
-            .collect();
-        found.sort();
-        dirs.extend(found.into_iter().rev());
-    }
     dirs
 }
 
