@@ -1,22 +1,33 @@
 //! Arguments shared by several commands: the model directory, threads, prompts, sampling.
 
 use mixtral::{ComputeDType, Device, Engine, LoadOptions, Message, Prompt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-/// The tiny test checkpoint shipped in the repository: the default `--model`.
-pub(crate) const DEFAULT_MODEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../tests/fixtures/models/tiny-bf16"
-);
+/// What to do without `--model`: nothing is compiled in (an installed binary must not point
+/// into the checkout that built it), so say where a model comes from.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "no model given: pass --model (or set MIXTRAL_MODEL) with a Hugging Face directory \
+     (config.json, *.safetensors, tokenizer.json), a Mistral directory (params.json, \
+     consolidated.safetensors, tokenizer.model) or a GGUF file. Get one with e.g. \
+     `huggingface-cli download mistralai/Mixtral-8x7B-Instruct-v0.1 --local-dir DIR`; a \
+     clone of the repository has a tiny test model: --model tests/fixtures/models/tiny-bf16"
+)]
+pub(crate) struct NoModel;
+
+/// The `--model` path, or [`NoModel`].
+pub(crate) fn model_path(model: &Option<PathBuf>) -> Result<&Path, NoModel> {
+    model.as_deref().ok_or(NoModel)
+}
 
 /// Which model to load, and on how many threads.
 #[derive(clap::Args)]
 pub(crate) struct ModelArgs {
     /// The model: a Hugging Face directory (config.json + safetensors + tokenizer.json), a
     /// Mistral directory (params.json + consolidated.safetensors + tokenizer.model) or a GGUF
-    /// file. Defaults to the tiny random-weight test model shipped in the repository.
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    pub model: PathBuf,
+    /// file.
+    #[arg(long, short = 'm', env = "MIXTRAL_MODEL")]
+    pub model: Option<PathBuf>,
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -48,7 +59,8 @@ pub(crate) struct ModelArgs {
 
 impl ModelArgs {
     /// Loads the engine, with a progress bar while weights are paged in.
-    pub(crate) fn load(&self) -> Result<Engine, mixtral::Error> {
+    pub(crate) fn load(&self) -> Result<Engine, Box<dyn std::error::Error>> {
+        let model = model_path(&self.model)?;
         let opts = LoadOptions {
             threads: self.threads,
             device: self.device,
@@ -59,12 +71,12 @@ impl ModelArgs {
             batch_invariant: self.batch_invariant,
         };
         let bar = crate::progress::bytes("loading weights");
-        let engine = Engine::load_with(&self.model, opts, |done, total| {
+        let engine = Engine::load_with(model, opts, |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         });
         bar.finish_and_clear();
-        engine
+        Ok(engine?)
     }
 }
 

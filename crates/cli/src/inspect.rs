@@ -1,6 +1,5 @@
 //! `mixtral inspect`: load and validate a checkpoint, then summarise it.
 
-use crate::args::DEFAULT_MODEL;
 use crate::report;
 use mixtral::model::Checkpoint;
 use std::collections::BTreeMap;
@@ -8,10 +7,9 @@ use std::collections::BTreeMap;
 /// Arguments of `mixtral inspect`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Model: a Hugging Face or Mistral directory, or a GGUF file. Defaults to the tiny test
-    /// model shipped in the repository.
-    #[arg(long, default_value = DEFAULT_MODEL)]
-    model: std::path::PathBuf,
+    /// Model: a Hugging Face or Mistral directory, or a GGUF file.
+    #[arg(long, short = 'm', env = "MIXTRAL_MODEL")]
+    model: Option<std::path::PathBuf>,
     /// Context length to size the KV cache for (defaults to max_position_embeddings).
     #[arg(long)]
     context: Option<usize>,
@@ -26,7 +24,7 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let start = std::time::Instant::now();
-    let ckpt = Checkpoint::open(&args.model)?;
+    let ckpt = Checkpoint::open(crate::args::model_path(&args.model)?)?;
     let opened = start.elapsed();
     let c = &ckpt.config;
     println!("model        {}", ckpt.dir.display());

@@ -75,7 +75,8 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let name = args.served_model_name.unwrap_or_else(|| {
         args.model
             .model
-            .file_name()
+            .as_deref()
+            .and_then(std::path::Path::file_name)
             .map_or_else(|| "mixtral".into(), |n| n.to_string_lossy().into_owned())
     });
     let m = scheduler.metrics();

@@ -1,13 +1,13 @@
 //! `mixtral tokenize` and `mixtral detokenize`: the tokenizer on its own, as JSON.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// Arguments of `mixtral tokenize`.
 #[derive(clap::Args)]
 pub(crate) struct TokenizeArgs {
     /// Model directory (only its tokenizer.json is read) or GGUF file (only its metadata).
-    #[arg(long, default_value = crate::args::DEFAULT_MODEL)]
-    model: PathBuf,
+    #[arg(long, short = 'm', env = "MIXTRAL_MODEL")]
+    model: Option<PathBuf>,
     /// Text to encode (SentencePiece dummy prefix, no BOS unless --bos).
     #[arg(long, required_unless_present = "chat", conflicts_with = "chat")]
     text: Option<String>,
@@ -23,15 +23,17 @@ pub(crate) struct TokenizeArgs {
 #[derive(clap::Args)]
 pub(crate) struct DetokenizeArgs {
     /// Model directory (only its tokenizer.json is read) or GGUF file (only its metadata).
-    #[arg(long, default_value = crate::args::DEFAULT_MODEL)]
-    model: PathBuf,
+    #[arg(long, short = 'm', env = "MIXTRAL_MODEL")]
+    model: Option<PathBuf>,
     /// Token ids, comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
     ids: Vec<u32>,
 }
 
-fn tokenizer(model: &Path) -> Result<mixtral::tokenizer::Tokenizer, mixtral::Error> {
-    mixtral::load_tokenizer(model)
+fn tokenizer(
+    model: &Option<PathBuf>,
+) -> Result<mixtral::tokenizer::Tokenizer, Box<dyn std::error::Error>> {
+    Ok(mixtral::load_tokenizer(crate::args::model_path(model)?)?)
 }
 
 pub(crate) fn tokenize(args: TokenizeArgs) -> Result<(), Box<dyn std::error::Error>> {

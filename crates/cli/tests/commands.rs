@@ -346,3 +346,30 @@ fn bench_concurrency_reports_each_level_and_refuses_bad_lists() {
         assert_clean_error(&mixtral(&args), "--concurrency");
     }
 }
+
+#[test]
+fn without_a_model_every_command_says_how_to_get_one() {
+    for args in [
+        &["generate", "--prompt", "hi"][..],
+        &["inspect"],
+        &["tokenize", "--text", "hi"],
+        &["bench"],
+        &["serve"],
+    ] {
+        let out = common::mixtral_bare(args);
+        assert_clean_error(&out, "no model given");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("MIXTRAL_MODEL") && stderr.contains("huggingface-cli"),
+            "{stderr}"
+        );
+    }
+    // `-m` and MIXTRAL_MODEL both name it.
+    let tiny = fixture("tiny-bf16");
+    let out = common::mixtral_bare(&["tokenize", "-m", tiny.to_str().unwrap(), "--text", "hi"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

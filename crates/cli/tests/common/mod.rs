@@ -24,10 +24,21 @@ pub fn copy_of(model: &str) -> tempfile::TempDir {
     dir
 }
 
-/// Runs `mixtral ARGS…` to completion.
+/// Runs `mixtral ARGS…` to completion, with `MIXTRAL_MODEL` naming the tiny test model (what
+/// `--model` falls back to), so a test names its model only when it is another.
 pub fn mixtral(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mixtral"))
         .args(args)
+        .env("MIXTRAL_MODEL", fixture("tiny-bf16"))
+        .output()
+        .unwrap()
+}
+
+/// Runs `mixtral ARGS…` with no `MIXTRAL_MODEL` in its environment.
+pub fn mixtral_bare(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mixtral"))
+        .args(args)
+        .env_remove("MIXTRAL_MODEL")
         .output()
         .unwrap()
 }
