@@ -19,10 +19,9 @@
 //!   range on SIMD ones, whose one-token and many-token matmuls sum in different orders).
 
 use crate::generate::Decoding;
-use crate::{Engine, Error, FinishReason, GenerateParams, Prompt, Result, Token};
+use crate::{CancelToken, Engine, Error, FinishReason, GenerateParams, Prompt, Result, Token};
 use mixtral_model::{BatchItem, BatchScratch, KvCache};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
@@ -77,23 +76,6 @@ pub struct Finished {
     pub time_to_first_token: Option<Duration>,
     /// From submission to the end.
     pub total_time: Duration,
-}
-
-/// Stops a request from any thread: it leaves the batch at the next step (a prompt being
-/// prefilled stops between chunks) and its cache is freed.
-#[derive(Clone, Debug, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    /// Asks the request to stop; it ends with [`FinishReason::Interrupted`].
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether [`CancelToken::cancel`] was called.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
 }
 
 /// Where a request's events go: called on the scheduler's thread, so it must be quick (a

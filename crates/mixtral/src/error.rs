@@ -43,6 +43,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A [`crate::CancelToken`] stopped the generation while its prompt was being prefilled.
+    #[error("cancelled")]
+    Cancelled,
     /// The batch scheduler's queue is full: try again later.
     #[error("the request queue is full ({queued} waiting): try again later")]
     QueueFull {

@@ -6,6 +6,8 @@ use mixtral_model::{CudaKvCache, ForwardOptions, Intervention, KvCache};
 use mixtral_sampler::{Sampled, Sampler, SamplerConfig, StopConfig, StopReason, Stopper};
 use mixtral_tokenizer::IncrementalDecoder;
 use mixtral_tokenizer::chat::Message;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 /// Prompt tokens prefilled per forward call, so long prompts can report progress.
@@ -20,6 +22,42 @@ pub enum Prompt {
     Tokens(Vec<u32>),
     /// A conversation in the Mixtral instruct format (BOS, `[INST] … [/INST]` turns).
     Chat(Vec<Message>),
+}
+
+/// Stops a generation from any thread: [`Engine::generate`] checks it before every layer of
+/// the prompt's prefill (so even a long prompt stops within one layer's time, with
+/// [`crate::Error::Cancelled`]) and before each new token (the iterator then ends with
+/// [`FinishReason::Interrupted`]); a [`crate::Scheduler`] request leaves the batch at the next
+/// step and frees its cache. Clones share the flag; equal when they do.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A fresh token, not cancelled.
+    pub fn new() -> CancelToken {
+        CancelToken::default()
+    }
+
+    /// Asks the generation to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`CancelToken::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// The flag the model checks between layers.
+    pub(crate) fn flag(&self) -> &AtomicBool {
+        &self.0
+    }
+}
+
+impl PartialEq for CancelToken {
+    fn eq(&self, other: &CancelToken) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 /// How to sample and when to stop.
@@ -38,6 +76,8 @@ pub struct GenerateParams {
     /// Steering of the router, applied to the prompt and to every decoded token (CPU only).
     /// A session filled under another intervention is recomputed, never continued.
     pub intervention: Intervention,
+    /// Stops the generation from another thread, the prompt's prefill included.
+    pub cancel: Option<CancelToken>,
 }
 
 /// One generated token.
@@ -159,6 +199,7 @@ pub struct Generation<'e> {
     stats: Stats,
     /// The request's router steering, for the decoded tokens.
     steer: Intervention,
+    cancel: Option<CancelToken>,
 }
 
 /// What turns one sequence's logits into tokens: sampler, stop conditions, text decoder and
@@ -254,6 +295,7 @@ impl Engine {
             stop_token_ids: vec![],
             ignore_eos: false,
             intervention: Intervention::default(),
+            cancel: None,
         }
     }
 
@@ -290,7 +332,11 @@ impl Engine {
         session: &mut Session,
         chunk: &[u32],
         steer: &Intervention,
+        cancel: Option<&CancelToken>,
     ) -> Result<Vec<f32>> {
+        if cancel.is_some_and(CancelToken::is_cancelled) {
+            return Err(crate::Error::Cancelled);
+        }
         let start = session.ids.len();
         let positions: Vec<usize> = (start..start + chunk.len()).collect();
         let opts = ForwardOptions::default();
@@ -308,10 +354,26 @@ impl Engine {
                 };
                 cuda.prefill(chunk, &positions, cache, opts)?
             }
-            (Cache::Cpu(cache), _) => self.run(|| {
-                self.model
-                    .prefill_steered(chunk, &positions, cache, opts, steer)
-            })?,
+            (Cache::Cpu(cache), _) => self
+                .run(|| match cancel {
+                    Some(c) => self.model.prefill_stoppable(
+                        chunk,
+                        &positions,
+                        cache,
+                        opts,
+                        steer,
+                        c.flag(),
+                    ),
+                    None => self
+                        .model
+                        .prefill_steered(chunk, &positions, cache, opts, steer),
+                })
+                .map_err(|e| match e {
+                    crate::Error::Model(mixtral_model::Error::Stopped { .. }) => {
+                        crate::Error::Cancelled
+                    }
+                    e => e,
+                })?,
             (Cache::Cuda(_), None) => unreachable!("a CUDA session comes from a CUDA engine"),
         };
         session.ids.extend_from_slice(chunk);
@@ -407,7 +469,12 @@ impl Engine {
         }
         session.steering = steering;
         for chunk in todo.chunks(PREFILL_CHUNK) {
-            logits = self.prefill_chunk(&mut session, chunk, &params.intervention)?;
+            logits = self.prefill_chunk(
+                &mut session,
+                chunk,
+                &params.intervention,
+                params.cancel.as_ref(),
+            )?;
             progress(session.ids.len() - keep, todo.len());
         }
         let stats = Stats {
@@ -422,6 +489,7 @@ impl Engine {
             decoding,
             logits,
             steer: params.intervention.clone(),
+            cancel: params.cancel.clone(),
             stats,
         })
     }
@@ -494,6 +562,9 @@ impl Iterator for Generation<'_> {
     type Item = Result<Token>;
 
     fn next(&mut self) -> Option<Result<Token>> {
+        if self.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+            self.interrupt();
+        }
         if self.decoding.finish.is_some() {
             return None;
         }

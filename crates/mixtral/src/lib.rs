@@ -36,13 +36,13 @@ mod generate;
 pub mod gguf_vocab;
 mod quantize;
 
-pub use batch::{
-    BatchOptions, CancelToken, Event, Finished, Metrics, RequestHandle, Scheduler, Sink,
-};
+pub use batch::{BatchOptions, Event, Finished, Metrics, RequestHandle, Scheduler, Sink};
 pub use defaults::Defaults;
 pub use engine::{ComputeDType, Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS};
 pub use error::{Error, Result};
-pub use generate::{FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token};
+pub use generate::{
+    CancelToken, FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token,
+};
 pub use gguf_vocab::{find_tokenizer, load_tokenizer};
 pub use mixtral_model::{
     ForceRouting, Intervention, KvDType, Output, Recorded, RouterHook, RouterLogits, RoutingTrace,

@@ -201,3 +201,57 @@ fn a_session_filled_under_another_intervention_is_recomputed() {
         .collect();
     assert_eq!(reused, fresh);
 }
+
+#[test]
+fn a_cancel_token_stops_a_prefill_within_one_layer_and_a_generation_between_tokens() {
+    use mixtral::{CancelToken, Error, Intervention, RouterHook};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let engine = Engine::load(TINY_BF16).unwrap();
+    let layers = engine.config().num_hidden_layers;
+    assert!(layers >= 2, "the test needs a layer to stop before");
+    // The router hook runs once per layer: the token is cancelled from inside layer 0 of the
+    // first chunk (as another thread would), and no further layer may run.
+    let cancel = CancelToken::new();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let hook: RouterHook = {
+        let (cancel, calls) = (cancel.clone(), calls.clone());
+        Arc::new(move |_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+            cancel.cancel();
+        })
+    };
+    let mut params = engine.params();
+    params.intervention = Intervention {
+        hook: Some(hook),
+        ..Intervention::default()
+    };
+    params.cancel = Some(cancel.clone());
+    let prompt = Prompt::Tokens((0..3000).map(|i| 1 + i % 500).collect());
+    let err = engine.generate(&prompt, &params).unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(
+        calls.load(Ordering::Relaxed),
+        1,
+        "layers run after the cancel"
+    );
+    // Between tokens: the iterator ends, interrupted, after the token that saw the cancel.
+    let cancel = CancelToken::new();
+    let mut params = engine.params();
+    params.max_new_tokens = 50;
+    params.ignore_eos = true;
+    params.cancel = Some(cancel.clone());
+    let mut generation = engine
+        .generate(&Prompt::Tokens(vec![1, 5, 6]), &params)
+        .unwrap();
+    let mut got = 0;
+    for token in generation.by_ref() {
+        token.unwrap();
+        got += 1;
+        if got == 3 {
+            cancel.cancel();
+        }
+    }
+    assert_eq!(got, 3);
+    assert_eq!(generation.finish_reason(), Some(&FinishReason::Interrupted));
+}

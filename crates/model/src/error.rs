@@ -114,6 +114,13 @@ pub enum Error {
     /// A forward call was given no tokens.
     #[error("empty input: at least one token is needed")]
     EmptyInput,
+    /// A stoppable forward call ([`crate::Model::prefill_stoppable`]) was stopped on request,
+    /// before `layer`; the cache is as it was before the call.
+    #[error("stopped on request before layer {layer}")]
+    Stopped {
+        /// The layer it stopped before.
+        layer: usize,
+    },
     /// Positions given to a forward call do not continue the cache.
     #[error("position {found} given where the cache expects {expected}")]
     PositionMismatch {

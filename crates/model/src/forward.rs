@@ -20,6 +20,7 @@ use mixtral_kernels::rmsnorm::RmsNorm;
 use mixtral_kernels::rope::Rope;
 use mixtral_kernels::router::Router;
 use mixtral_tensor::Tensor;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Which rows of logits a forward call returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -257,11 +258,39 @@ impl Model {
         opts: ForwardOptions,
         steer: &Intervention,
     ) -> Result<Output> {
+        self.prefill_in(tokens, positions, cache, opts, steer, None)
+    }
+
+    /// [`Model::prefill_steered`] that `stop` can end from another thread: it is checked before
+    /// each layer, so a long prompt stops within one layer's time of the request, with
+    /// [`Error::Stopped`] and the cache as it was before the call.
+    pub fn prefill_stoppable(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        cache: &mut KvCache,
+        opts: ForwardOptions,
+        steer: &Intervention,
+        stop: &AtomicBool,
+    ) -> Result<Output> {
+        self.prefill_in(tokens, positions, cache, opts, steer, Some(stop))
+    }
+
+    fn prefill_in(
+        &self,
+        tokens: &[u32],
+        positions: &[usize],
+        cache: &mut KvCache,
+        opts: ForwardOptions,
+        steer: &Intervention,
+        stop: Option<&AtomicBool>,
+    ) -> Result<Output> {
         check_input(&self.config, tokens, positions, cache.len())?;
         steer.validate(&self.config)?;
         cache.claim_steering(steer.fingerprint())?;
         let mut rec = Records::new(&self.config, tokens.len(), opts);
-        let routing = self.run_one(tokens, positions, cache, opts, steer, &mut rec);
+        rec.stop = stop;
+        let routing = self.run_one(tokens, positions, cache, opts, steer, &mut rec)?;
         let rows = opts.logits.rows(tokens.len());
         Ok(Output {
             logits: cache.scratch.logits.clone(),
@@ -307,7 +336,7 @@ impl Model {
         cache.claim_steering(steer.fingerprint())?;
         let opts = ForwardOptions::default();
         let mut rec = Records::new(&self.config, 1, opts);
-        self.run_one(&[token], &[position], cache, opts, steer, &mut rec);
+        self.run_one(&[token], &[position], cache, opts, steer, &mut rec)?;
         Ok(&cache.scratch.logits)
     }
 
@@ -324,8 +353,8 @@ impl Model {
         cache: &mut KvCache,
         opts: ForwardOptions,
         steer: &Intervention,
-        rec: &mut Records,
-    ) -> Option<RoutingTrace> {
+        rec: &mut Records<'_>,
+    ) -> Result<Option<RoutingTrace>> {
         let mut s = std::mem::take(&mut cache.scratch);
         let n = tokens.len();
         let mut seqs = [Seq { cache, rows: 0..n }];
@@ -397,7 +426,7 @@ impl Model {
             opts,
             &none,
             &mut rec,
-        );
+        )?;
         Ok(&s.logits)
     }
 
@@ -417,8 +446,8 @@ impl Model {
         head: Head<'_>,
         opts: ForwardOptions,
         steer: &Intervention,
-        rec: &mut Records,
-    ) -> Option<RoutingTrace> {
+        rec: &mut Records<'_>,
+    ) -> Result<Option<RoutingTrace>> {
         let (c, n) = (&self.config, tokens.len());
         self.embed(tokens, sized(&mut s.h, n * c.hidden_size)); // [T, D]
         if let Some(h) = &mut rec.hidden {
@@ -429,6 +458,14 @@ impl Model {
             layers: vec![],
         });
         for (l, lw) in self.weights.layers.iter().enumerate() {
+            if rec.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
+                // Undo the layers' appends: the caches stay as they were before the call.
+                for seq in seqs.iter_mut() {
+                    let len = seq.cache.len();
+                    seq.cache.truncate(len);
+                }
+                return Err(crate::Error::Stopped { layer: l });
+            }
             self.attention_block(l, lw, positions, seqs, s);
             self.moe_block(l, lw, positions, s, steer, rec);
             if let Some(trace) = &mut trace {
@@ -450,7 +487,7 @@ impl Model {
             h.push(&s.x);
         }
         self.head(head, s);
-        trace
+        Ok(trace)
     }
 
     /// Embedding rows widened to f32 into `h` (`[T, D]`).
@@ -566,7 +603,7 @@ impl Model {
         positions: &[usize],
         s: &mut Scratch,
         steer: &Intervention,
-        rec: &mut Records,
+        rec: &mut Records<'_>,
     ) {
         let (c, n) = (&self.config, positions.len());
         self.norm(&s.h, &lw.moe_norm, &mut s.x); // [T, D]
@@ -680,19 +717,22 @@ enum Head<'a> {
     Rows(&'a [usize]),
 }
 
-/// What a forward call records, allocated only when asked for.
-struct Records {
+/// What a forward call records, allocated only when asked for, and the flag that stops it.
+struct Records<'a> {
     router_logits: Option<Recorded>,
     hidden: Option<Recorded>,
+    /// Checked before each layer ([`Model::prefill_stoppable`]).
+    stop: Option<&'a AtomicBool>,
 }
 
-impl Records {
-    fn new(c: &Config, n: usize, opts: ForwardOptions) -> Records {
+impl Records<'_> {
+    fn new(c: &Config, n: usize, opts: ForwardOptions) -> Records<'static> {
         Records {
             router_logits: opts
                 .router_logits
                 .then(|| Recorded::new(n, c.num_local_experts)),
             hidden: opts.hidden_states.then(|| Recorded::new(n, c.hidden_size)),
+            stop: None,
         }
     }
 }
