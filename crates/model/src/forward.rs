@@ -264,6 +264,10 @@ impl Model {
     /// [`Model::prefill_steered`] that `stop` can end from another thread: it is checked before
     /// each layer, so a long prompt stops within one layer's time of the request, with
     /// [`Error::Stopped`] and the cache as it was before the call.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "prefill_steered's arguments plus the stop flag"
+    )]
     pub fn prefill_stoppable(
         &self,
         tokens: &[u32],
@@ -276,6 +280,10 @@ impl Model {
         self.prefill_in(tokens, positions, cache, opts, steer, Some(stop))
     }
 
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "prefill_steered's arguments plus the stop flag"
+    )]
     fn prefill_in(
         &self,
         tokens: &[u32],
