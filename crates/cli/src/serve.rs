@@ -61,9 +61,8 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if !(args.shutdown_timeout.is_finite() && args.shutdown_timeout >= 0.0) {
-        return Err("--shutdown-timeout must be a non-negative number of seconds".into());
-    }
+    let deadline = Duration::try_from_secs_f64(args.shutdown_timeout)
+        .map_err(|_| "--shutdown-timeout must be a non-negative number of seconds")?;
     let engine = Arc::new(args.model.load()?);
     let opts = BatchOptions {
         max_batch: args.max_batch,
@@ -97,7 +96,6 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("listening on http://{addr}");
         std::io::stdout().flush()?;
         let app = mixtral_server::App::new(scheduler, name);
-        let deadline = Duration::from_secs_f64(args.shutdown_timeout);
         mixtral_server::serve(listener, app, shutdown_signal(), deadline).await?;
         eprintln!("stopped");
         Ok::<(), Box<dyn std::error::Error>>(())

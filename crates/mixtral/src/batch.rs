@@ -115,6 +115,16 @@ impl RequestHandle {
     }
 }
 
+impl Drop for RequestHandle {
+    /// A handle dropped before its request ended cancels it (its cache is freed at the next
+    /// step, even mid-prompt).
+    fn drop(&mut self) {
+        if !self.ended {
+            self.cancel.cancel();
+        }
+    }
+}
+
 impl Iterator for RequestHandle {
     type Item = Event;
 
@@ -251,6 +261,12 @@ impl Scheduler {
                 reason: "must be 1 to 1024",
             });
         }
+        if opts.max_queue == 0 {
+            return Err(Error::InvalidOption {
+                option: "max_queue",
+                reason: "must be at least 1 (every request waits in the queue for its step)",
+            });
+        }
         if opts.prefill_chunk == 0 {
             return Err(Error::InvalidOption {
                 option: "prefill_chunk",
@@ -302,7 +318,10 @@ impl Scheduler {
             let (shared, engine) = (shared.clone(), engine.clone());
             std::thread::Builder::new()
                 .name("mixtral-scheduler".into())
-                .spawn(move || Worker::new(&engine, &shared).run())
+                .spawn(move || {
+                    let _fail_queued = FailQueuedOnPanic(&shared);
+                    Worker::new(&engine, &shared).run()
+                })
                 .map_err(|source| Error::Threads { threads: 1, source })?
         };
         Ok(Scheduler {
@@ -412,7 +431,17 @@ impl Scheduler {
 
     /// The current state.
     pub fn metrics(&self) -> Metrics {
-        self.shared.lock().metrics
+        let mut m = self.shared.lock().metrics;
+        if m.active == 0 {
+            m.generated_tokens_per_s = 0.0;
+        }
+        m
+    }
+
+    /// False once the scheduler's thread has ended: after [`Scheduler::close`] once idle, or
+    /// after a bug (a panic), when every queued request was failed.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// Cancels every queued and running request.
@@ -429,20 +458,23 @@ impl Scheduler {
 
     /// Waits until nothing is queued or running, at most `timeout`; true if it got there.
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // A timeout past what an `Instant` can hold waits without a deadline.
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.shared.lock();
         loop {
             if state.metrics.queued == 0 && state.metrics.active == 0 {
                 return true;
             }
             let now = Instant::now();
-            if now >= deadline {
-                return false;
-            }
+            let left = match deadline {
+                Some(d) if now >= d => return false,
+                Some(d) => d - now,
+                None => Duration::from_secs(3600),
+            };
             state = self
                 .shared
                 .idle
-                .wait_timeout(state, deadline - now)
+                .wait_timeout(state, left)
                 .unwrap_or_else(|p| p.into_inner())
                 .0;
         }
@@ -461,6 +493,30 @@ impl Drop for Scheduler {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+/// Fails every queued request if the scheduler's thread unwinds (a bug), so no caller waits
+/// forever on a request no thread will run; running ones end as the worker's sinks drop.
+struct FailQueuedOnPanic<'a>(&'a Shared);
+
+impl Drop for FailQueuedOnPanic<'_> {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut state = self.0.lock();
+        state.closing = true;
+        let error = Arc::new(Error::Batch("the scheduler's thread panicked".into()));
+        let queued: Vec<Queued> = state.queue.drain(..).collect();
+        for mut q in queued {
+            (q.sink)(Event::Error(error.clone()));
+            state.metrics.requests_finished += 1;
+        }
+        state.metrics.queued = 0;
+        state.metrics.active = 0;
+        drop(state);
+        self.0.idle.notify_all();
     }
 }
 
@@ -519,9 +575,11 @@ impl<'e> Worker<'e> {
 
     fn run(mut self) {
         loop {
-            {
+            let (admitted, cancelled) = {
                 let mut state = self.shared.lock();
                 while state.queue.is_empty() && self.running.is_empty() && !state.closing {
+                    // Nothing to cancel: a `cancel_all` now must not reach later requests.
+                    state.cancel_all = false;
                     self.publish(&mut state);
                     self.shared.idle.notify_all();
                     state = self
@@ -544,7 +602,11 @@ impl<'e> Worker<'e> {
                     self.shared.idle.notify_all();
                     return;
                 }
-                self.admit(&mut state);
+                self.take_admitted(&mut state)
+            };
+            let ended = self.start(admitted, cancelled);
+            if ended > 0 {
+                self.shared.lock().metrics.requests_finished += ended;
             }
             self.drop_cancelled();
             if !self.running.is_empty() {
@@ -555,26 +617,39 @@ impl<'e> Worker<'e> {
         }
     }
 
-    /// Moves queued requests into the batch, first come first served, while the batch has
-    /// room and their blocks are free; ends the requests cancelled while queued.
-    fn admit(&mut self, state: &mut State) {
-        let mut cancelled = vec![];
-        state.queue.retain_mut(|q| {
+    /// Under the lock: the queued requests that start now (first come first served, while
+    /// the batch has room and their blocks are free), and those cancelled while queued.
+    fn take_admitted(&self, state: &mut State) -> (Vec<Queued>, Vec<Queued>) {
+        let (mut keep, mut cancelled) = (VecDeque::new(), vec![]);
+        for q in state.queue.drain(..) {
             if q.cancel.is_cancelled() {
-                cancelled.push(Queued {
-                    ids: std::mem::take(&mut q.ids),
-                    params: q.params.clone(),
-                    sink: std::mem::replace(&mut q.sink, Box::new(|_| false)),
-                    cancel: q.cancel.clone(),
-                    blocks: 0,
-                    submitted: q.submitted,
-                });
-                false
+                cancelled.push(q);
             } else {
-                true
+                keep.push_back(q);
             }
-        });
-        for mut q in cancelled.drain(..) {
+        }
+        state.queue = keep;
+        let mut used: usize = self.running.iter().map(|r| r.blocks).sum();
+        let mut admitted = vec![];
+        while self.running.len() + admitted.len() < self.shared.opts.max_batch {
+            let Some(front) = state.queue.front() else {
+                break;
+            };
+            if used + front.blocks > self.shared.total_blocks {
+                break; // Waits for blocks to free up (first come, first served).
+            }
+            used += front.blocks;
+            admitted.extend(state.queue.pop_front());
+        }
+        (admitted, cancelled)
+    }
+
+    /// Outside the lock (reserving a cache zero-fills it, which takes a while for a long
+    /// context): ends the cancelled requests and starts the admitted ones. Returns how many
+    /// ended.
+    fn start(&mut self, admitted: Vec<Queued>, cancelled: Vec<Queued>) -> u64 {
+        let mut ended = 0;
+        for mut q in cancelled {
             let done = Finished {
                 reason: FinishReason::Interrupted,
                 prompt_tokens: q.ids.len(),
@@ -583,22 +658,13 @@ impl<'e> Worker<'e> {
                 total_time: q.submitted.elapsed(),
             };
             (q.sink)(Event::Done(done));
-            state.metrics.requests_finished += 1;
+            ended += 1;
         }
-        let mut used: usize = self.running.iter().map(|r| r.blocks).sum();
-        while self.running.len() < self.shared.opts.max_batch {
-            let Some(front) = state.queue.front() else {
-                break;
-            };
-            if used + front.blocks > self.shared.total_blocks {
-                break; // Waits for blocks to free up (first come, first served).
-            }
-            let mut q = state.queue.pop_front().expect("front exists");
+        for mut q in admitted {
             match Decoding::new(self.engine, &q.ids, &q.params) {
                 Ok(decoding) => {
                     let mut cache = self.engine.model().new_cache();
                     cache.reserve(q.blocks * KvCache::BLOCK_POSITIONS);
-                    used += q.blocks;
                     self.running.push(Running {
                         prompt: q.ids,
                         cache,
@@ -614,10 +680,11 @@ impl<'e> Worker<'e> {
                 }
                 Err(e) => {
                     (q.sink)(Event::Error(Arc::new(e)));
-                    state.metrics.requests_finished += 1;
+                    ended += 1;
                 }
             }
         }
+        ended
     }
 
     /// Ends every running sequence that was cancelled, freeing its cache now.

@@ -265,3 +265,45 @@ fn a_full_queue_is_refused_and_bad_requests_fail_at_submission() {
         );
     }
 }
+
+#[test]
+fn cancel_all_when_idle_spares_later_requests_and_bad_options_are_refused() {
+    let engine = Arc::new(Engine::load(fixture("models/tiny-bf16")).unwrap());
+    let scheduler = Scheduler::new(engine.clone(), BatchOptions::default()).unwrap();
+    assert!(scheduler.wait_idle(Duration::from_secs(10)));
+    scheduler.cancel_all();
+    std::thread::sleep(Duration::from_millis(20));
+    let mut params = engine.params();
+    params.max_new_tokens = 3;
+    let (tokens, done) = scheduler
+        .submit(&Prompt::Tokens(vec![1, 2]), &params)
+        .unwrap()
+        .collect_all()
+        .unwrap();
+    assert_eq!((tokens.len(), done.reason.as_str()), (3, "length"));
+    assert_eq!(
+        scheduler.metrics().generated_tokens_per_s,
+        0.0,
+        "idle: no rate"
+    );
+    for opts in [
+        BatchOptions {
+            max_batch: 0,
+            ..BatchOptions::default()
+        },
+        BatchOptions {
+            max_queue: 0,
+            ..BatchOptions::default()
+        },
+        BatchOptions {
+            prefill_chunk: 0,
+            ..BatchOptions::default()
+        },
+        BatchOptions {
+            kv_memory: Some(1),
+            ..BatchOptions::default()
+        },
+    ] {
+        assert!(Scheduler::new(engine.clone(), opts).is_err(), "{opts:?}");
+    }
+}

@@ -151,7 +151,7 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
     }
     let ids = engine
         .encode(&prompt)
-        .map_err(|e| ApiError::from_engine(&e))?;
+        .map_err(|e| ApiError::from_engine(&e).for_endpoint(endpoint))?;
     if ids.len() as u64 >= context {
         return Err(ApiError::invalid(
             Some(match endpoint {

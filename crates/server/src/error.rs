@@ -88,6 +88,16 @@ impl ApiError {
         }
     }
 
+    /// The same error as `/v1/completions` names its fields (`prompt`, not `messages`).
+    pub fn for_endpoint(mut self, endpoint: crate::api::Endpoint) -> ApiError {
+        if endpoint == crate::api::Endpoint::Completions
+            && self.param.as_deref() == Some("messages")
+        {
+            self.param = Some("prompt".into());
+        }
+        self
+    }
+
     /// The JSON body.
     pub fn body(&self) -> serde_json::Value {
         serde_json::json!({

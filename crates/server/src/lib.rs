@@ -171,6 +171,9 @@ async fn health(State(app): State<Arc<App>>) -> Response {
     if app.closing.load(Ordering::Relaxed) {
         return app.error(ApiError::unavailable("the server is shutting down"));
     }
+    if !app.scheduler.is_running() {
+        return app.error(ApiError::internal("the scheduler has stopped"));
+    }
     axum::Json(serde_json::json!({"status": "ok"})).into_response()
 }
 

@@ -27,10 +27,21 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// OpenAI's `finish_reason`: `stop`, `length`, or vLLM's `abort` for a request cancelled by
+/// the server (at shutdown) rather than ended by the model.
+fn finish_reason(reason: &mixtral::FinishReason) -> &'static str {
+    match reason {
+        mixtral::FinishReason::Interrupted => "abort",
+        other => other.as_str(),
+    }
+}
+
 /// What every response of one request names.
 struct Meta {
     app: Arc<App>,
     id: String,
+    /// One timestamp for every chunk of the response.
+    created: u64,
     endpoint: Endpoint,
     prompt_tokens: usize,
     logprobs: bool,
@@ -41,10 +52,16 @@ pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, body: Bytes) -> 
     if app.closing.load(Ordering::Relaxed) {
         return app.error(ApiError::unavailable("the server is shutting down"));
     }
+    if !app.scheduler.is_running() {
+        return app.error(ApiError::internal("the scheduler has stopped"));
+    }
     let engine = app.scheduler.engine().clone();
-    let job = match api::parse(&engine, endpoint, &body) {
-        Ok(job) => job,
-        Err(e) => return app.error(e),
+    // Tokenizing a long prompt takes a while: off the async threads, which serve every stream.
+    let parsed = tokio::task::spawn_blocking(move || api::parse(&engine, endpoint, &body)).await;
+    let job = match parsed {
+        Ok(Ok(job)) => job,
+        Ok(Err(e)) => return app.error(e),
+        Err(e) => return app.error(ApiError::internal(format!("request parser failed: {e}"))),
     };
     let Job {
         ids,
@@ -58,7 +75,7 @@ pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, body: Bytes) -> 
     let sink: Sink = Box::new(move |event| tx.send(event).is_ok());
     let cancel = match app.scheduler.submit_with(ids, &params, sink) {
         Ok(cancel) => CancelOnDrop(cancel),
-        Err(e) => return app.error(ApiError::from_engine(&e)),
+        Err(e) => return app.error(ApiError::from_engine(&e).for_endpoint(endpoint)),
     };
     let prefix = match endpoint {
         Endpoint::Chat => "chatcmpl",
@@ -66,6 +83,9 @@ pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, body: Bytes) -> 
     };
     let meta = Meta {
         id: format!("{prefix}-{}", app.next_id()),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
         app,
         endpoint,
         prompt_tokens,
@@ -105,9 +125,7 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>, _cancel: CancelOn
 
 impl Meta {
     fn created(&self) -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs())
+        self.created
     }
 
     fn usage(&self, generated: usize) -> Value {
@@ -174,7 +192,7 @@ impl Meta {
     /// The non-streamed response.
     fn whole(&self, tokens: &[Token], done: &Finished) -> Value {
         let text: String = tokens.iter().map(|t| t.text.as_str()).collect();
-        let finish = done.reason.as_str();
+        let finish = finish_reason(&done.reason);
         let (object, choice) = match self.endpoint {
             Endpoint::Chat => (
                 "chat.completion",
@@ -306,9 +324,9 @@ impl Events {
                 self.push(&chunk);
             }
             Event::Done(done) => {
-                let last = self
-                    .meta
-                    .chunk(None, false, Some(done.reason.as_str()), self.offset);
+                let last =
+                    self.meta
+                        .chunk(None, false, Some(finish_reason(&done.reason)), self.offset);
                 self.push(&last);
                 if self.meta.include_usage {
                     let usage = self.meta.usage_chunk(done.generated_tokens);
