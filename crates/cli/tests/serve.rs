@@ -14,17 +14,9 @@ fn tiny() -> String {
     fixture("tiny-bf16").display().to_string()
 }
 
-/// The Python with the `openai` package: `MIXTRAL_OPENAI_PYTHON` (CI sets it, and the test
-/// must then pass), else `python3` when it can import `openai`.
+/// The Python with the `openai` package (`MIXTRAL_OPENAI_PYTHON` in CI).
 fn openai_python() -> Option<String> {
-    if let Ok(p) = std::env::var("MIXTRAL_OPENAI_PYTHON") {
-        return Some(p);
-    }
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then(|| "python3".to_string())
+    mixtral_testkit::python_with("MIXTRAL_OPENAI_PYTHON", "openai")
 }
 
 /// `mixtral generate --json` on the same prompt, greedy.
@@ -354,30 +346,31 @@ fn a_full_queue_is_a_429_with_retry_after() {
     assert_eq!(r.status, 200, "{}", r.body);
 }
 
-#[test]
-fn sigterm_lets_running_requests_finish_then_exits_0() {
-    let mut server = Server::start(&["--model", &tiny(), "--shutdown-timeout", "60"]);
-    let body = r#"{"prompt": "a", "max_tokens": 400, "ignore_eos": true, "stream": true}"#;
-    let stream = send(server.port, "POST", "/v1/completions", Some(body));
+/// Streams a completion of `max_tokens` from a server with `--shutdown-timeout timeout`,
+/// sends SIGTERM after the first token, and returns the stream's `finish_reason` (the last
+/// chunk before `[DONE]`, which must come) and whether the server then exited with 0 (within
+/// 30 s).
+fn sigterm_during_a_stream(timeout: &str, max_tokens: usize) -> (Value, bool) {
+    let mut server = Server::start(&["--model", &tiny(), "--shutdown-timeout", timeout]);
+    let body = json!({"prompt": "a", "max_tokens": max_tokens, "ignore_eos": true, "stream": true});
+    let stream = send(
+        server.port,
+        "POST",
+        "/v1/completions",
+        Some(&body.to_string()),
+    );
     let mut lines = BufReader::new(stream).lines();
     // Wait for the first token, then ask the server to stop.
     assert!(lines.by_ref().any(|l| l.unwrap().starts_with("data: {")));
     let pid = server.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(kill.unwrap().success());
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let data: Vec<&String> = rest.iter().filter(|l| l.starts_with("data: ")).collect();
     assert_eq!(data.last().map(|s| s.as_str()), Some("data: [DONE]"));
-    let finish: Value = serde_json::from_str(&data[data.len() - 2][6..]).unwrap();
-    assert_eq!(
-        finish["choices"][0]["finish_reason"], "length",
-        "finished, not cut"
-    );
+    let last: Value = serde_json::from_str(&data[data.len() - 2][6..]).unwrap();
     let start = Instant::now();
     let status = loop {
         if let Some(s) = server.child.try_wait().unwrap() {
@@ -386,30 +379,24 @@ fn sigterm_lets_running_requests_finish_then_exits_0() {
         assert!(start.elapsed() < Duration::from_secs(30), "did not exit");
         std::thread::sleep(Duration::from_millis(20));
     };
-    assert!(status.success(), "{status:?}");
+    (
+        last["choices"][0]["finish_reason"].clone(),
+        status.success(),
+    )
+}
+
+#[test]
+fn sigterm_lets_running_requests_finish_then_exits_0() {
+    let (finish, exited_0) = sigterm_during_a_stream("60", 400);
+    assert_eq!(finish, "length", "finished, not cut");
+    assert!(exited_0);
 }
 
 #[test]
 fn sigterm_cancels_what_outlives_the_deadline() {
-    let mut server = Server::start(&["--model", &tiny(), "--shutdown-timeout", "0.2"]);
-    let body = r#"{"prompt": "a", "max_tokens": 30000, "ignore_eos": true, "stream": true}"#;
-    let stream = send(server.port, "POST", "/v1/completions", Some(body));
-    let mut lines = BufReader::new(stream).lines();
-    assert!(lines.by_ref().any(|l| l.unwrap().starts_with("data: {")));
-    let pid = server.child.id().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
-    let finish = rest
-        .iter()
-        .rev()
-        .find(|l| l.contains("finish_reason\":\""))
-        .unwrap();
-    assert!(finish.contains("\"abort\""), "{finish}");
-    let status = server.child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    let (finish, exited_0) = sigterm_during_a_stream("0.2", 30000);
+    assert_eq!(finish, "abort");
+    assert!(exited_0);
 }
 
 #[test]

@@ -44,6 +44,18 @@ fn body(c: usize, r: usize) -> (String, &'static str, usize, bool) {
     }
 }
 
+/// Sends request `r` of client `c` and checks it completes with exactly its `max_tokens`.
+fn complete(port: u16, c: usize, r: usize) {
+    let (body, path, max, stream) = body(c, r);
+    let resp = request(port, "POST", path, Some(&body));
+    assert_eq!(resp.status, 200, "client {c} request {r}: {}", resp.body);
+    assert_eq!(
+        completion_tokens(&resp, stream),
+        max as u64,
+        "client {c} request {r}"
+    );
+}
+
 /// Generated tokens a response reports in `usage`.
 fn completion_tokens(resp: &common::server::Response, stream: bool) -> u64 {
     let usage = if stream {
@@ -81,14 +93,7 @@ fn sixty_four_clients_complete_every_request_within_the_memory_budget() {
             std::thread::spawn(move || {
                 start.wait();
                 for r in 0..REQUESTS {
-                    let (body, path, max, stream) = body(c, r);
-                    let resp = request(port, "POST", path, Some(&body));
-                    assert_eq!(resp.status, 200, "client {c} request {r}: {}", resp.body);
-                    assert_eq!(
-                        completion_tokens(&resp, stream),
-                        max as u64,
-                        "client {c} request {r}"
-                    );
+                    complete(port, c, r);
                 }
             })
         })
@@ -136,10 +141,7 @@ fn clients_that_hang_up_mid_stream_free_their_blocks_and_the_rest_are_served() {
                     assert!(lines.any(|l| l.unwrap().starts_with("data: {")), "client {c}");
                 } else {
                     for r in 0..2 {
-                        let (body, path, max, stream) = body(c, r);
-                        let resp = request(port, "POST", path, Some(&body));
-                        assert_eq!(resp.status, 200, "client {c}: {}", resp.body);
-                        assert_eq!(completion_tokens(&resp, stream), max as u64);
+                        complete(port, c, r);
                     }
                 }
             })

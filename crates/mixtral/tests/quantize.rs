@@ -170,17 +170,9 @@ fn a_mistral_directory_keeps_its_pair_order_and_warns_of_no_vocabulary() {
     );
 }
 
-/// The Python that has llama.cpp's `gguf` package: `MIXTRAL_GGUF_PYTHON` (CI sets it, and the
-/// check must then pass), else `python3` when it can import `gguf`.
+/// The Python that has llama.cpp's `gguf` package (`MIXTRAL_GGUF_PYTHON` in CI).
 fn gguf_python() -> Option<String> {
-    if let Ok(p) = std::env::var("MIXTRAL_GGUF_PYTHON") {
-        return Some(p);
-    }
-    let ok = std::process::Command::new("python3")
-        .args(["-c", "import gguf"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    ok.then(|| "python3".to_string())
+    mixtral_testkit::python_with("MIXTRAL_GGUF_PYTHON", "gguf")
 }
 
 #[test]

@@ -204,6 +204,20 @@ pub fn run(n: usize, f: impl FnOnce(&mut [f32])) -> Vec<f32> {
     y
 }
 
+/// A Python that can import `module`: the one `env_var` names (CI sets it, and a test that
+/// needs it must then pass), else `python3` when it can import the module, else `None` (the
+/// test says so and skips).
+pub fn python_with(env_var: &str, module: &str) -> Option<String> {
+    if let Ok(p) = std::env::var(env_var) {
+        return Some(p);
+    }
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then(|| "python3".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
