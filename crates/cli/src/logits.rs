@@ -61,7 +61,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         hidden_states: args.hidden_states,
         intervention: args.steer.intervention(),
     };
-    let out = engine.logits_with(&ids, &opts)?;
+    let out = engine.logits(&ids, &opts)?;
     let (t, v) = (ids.len(), engine.config().vocab_size);
     let mut tensors = vec![("logits".to_string(), Tensor::from_vec(out.logits, [t, v])?)];
     if let Some(trace) = out.routing {

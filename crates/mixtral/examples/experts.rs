@@ -28,7 +28,7 @@ pub fn run(model: &str, text: &str, layer: usize) -> mixtral::Result<Study> {
     let tokens = engine.encode(&Prompt::Text(text.into()))?;
     let c = engine.config();
     // 1. Usage: the router's choices for every token, per layer.
-    let plain = engine.logits_with(
+    let plain = engine.logits(
         &tokens,
         &LogitsOptions {
             routing: true,
@@ -57,7 +57,7 @@ pub fn run(model: &str, text: &str, layer: usize) -> mixtral::Result<Study> {
             },
             ..Default::default()
         };
-        let out = engine.logits_with(&tokens, &opts)?;
+        let out = engine.logits(&tokens, &opts)?;
         let effect = mean_abs_diff(&plain.logits, &out.logits);
         println!("layer {layer}, expert {e} ablated: mean |Δ logit| {effect:.4}");
         ablation_effect.push(effect);
@@ -72,7 +72,7 @@ pub fn run(model: &str, text: &str, layer: usize) -> mixtral::Result<Study> {
             },
             ..Default::default()
         };
-        let out = engine.logits_with(&tokens, &opts)?;
+        let out = engine.logits(&tokens, &opts)?;
         let effect = mean_abs_diff(&plain.logits, &out.logits);
         println!(
             "top-{k}: mean |Δ logit| against top-{} {effect:.4}",

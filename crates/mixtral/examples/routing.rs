@@ -8,7 +8,13 @@ use mixtral::Engine;
 /// (`[layer][expert]`).
 pub fn run(model_dir: &str, tokens: &[u32]) -> mixtral::Result<Vec<Vec<usize>>> {
     let engine = Engine::load(model_dir)?;
-    let out = engine.logits(tokens, true)?;
+    let out = engine.logits(
+        tokens,
+        &mixtral::LogitsOptions {
+            routing: true,
+            ..Default::default()
+        },
+    )?;
     let trace = out.routing.expect("asked for routing");
     let n_experts = engine.config().num_local_experts;
     let mut histogram = vec![vec![0; n_experts]; trace.layers.len()];

@@ -129,7 +129,7 @@ pub(crate) fn has_quantized_weights(ckpt: &Checkpoint) -> bool {
     })
 }
 
-/// What [`Engine::logits_with`] records, and under which intervention.
+/// What [`Engine::logits`] records, and under which intervention.
 #[derive(Clone, Debug, Default)]
 pub struct LogitsOptions {
     /// The router's choices per layer and token ([`Output::routing`]).
@@ -146,7 +146,7 @@ pub struct LogitsOptions {
 pub const MAX_THREADS: usize = 1024;
 
 /// How to load a model.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
     /// Where to run.
     pub device: Device,
@@ -155,7 +155,11 @@ pub struct LoadOptions {
     /// Activation precision.
     pub dtype: ComputeDType,
     /// Read every weight page once at load (with progress), so the first token is not slowed
-    /// by page faults. Off: pages load lazily on first use.
+    /// by page faults. On by default, in the library as in the CLI: the first request would
+    /// otherwise pay for reading the weights from disk (minutes for the 93 GB of 8x7B in
+    /// bf16, spread over the first prompt's prefill), and a benchmark's first run would
+    /// measure the disk. Off: pages load lazily on first use (a quick start for a short
+    /// experiment on a model that is already in the page cache).
     pub prefault: bool,
     /// Quantize a bf16/f16/f32 checkpoint while loading it (`progress` then counts the bytes
     /// quantized): every matrix is quantized on all threads by ggml's algorithm, one tensor
@@ -175,6 +179,22 @@ pub struct LoadOptions {
     /// prompt's chunking. Off by default: decode loses the GEMV's streaming loops
     /// (docs/performance.md). CPU only.
     pub batch_invariant: bool,
+}
+
+impl Default for LoadOptions {
+    /// CPU, a thread per core, `Auto` precision, weights prefaulted, no quantizing, the KV
+    /// dtype the precision picks, no batch invariance.
+    fn default() -> LoadOptions {
+        LoadOptions {
+            device: Device::Cpu,
+            threads: None,
+            dtype: ComputeDType::Auto,
+            prefault: true,
+            quantize: None,
+            kv_dtype: None,
+            batch_invariant: false,
+        }
+    }
 }
 
 /// A model ready to generate: weights (memory-mapped), tokenizer, threads, defaults.
@@ -326,28 +346,23 @@ impl Engine {
         self.team.preemptions()
     }
 
-    /// Logits at every position of `tokens` (a fresh sequence), and with `routing` the router's
-    /// choices per layer and token.
+    /// Logits at every position of `tokens` (a fresh sequence), with what `opts` asks to record
+    /// (`LogitsOptions::default()`: nothing) and under its router intervention: the research
+    /// entry point.
     ///
     /// ```
+    /// use mixtral::LogitsOptions;
     /// let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-f32");
     /// let engine = mixtral::Engine::load(dir)?;
-    /// let out = engine.logits(&[1, 140, 585], true)?;
+    /// let opts = LogitsOptions { routing: true, ..LogitsOptions::default() };
+    /// let out = engine.logits(&[1, 140, 585], &opts)?;
     /// assert_eq!(out.rows, 3);
     /// let routing = out.routing.unwrap();
     /// println!("token 2, layer 0 → experts {:?}", routing.experts(0, 2));
     /// # Ok::<(), mixtral::Error>(())
     /// ```
-    pub fn logits(&self, tokens: &[u32], routing: bool) -> Result<Output> {
-        let opts = LogitsOptions {
-            routing,
-            ..LogitsOptions::default()
-        };
-        self.logits_with(tokens, &opts)
-    }
-
-    /// Logits at every position of `tokens` (a fresh sequence), with what `opts` asks to record
-    /// and under its router intervention: the research entry point.
+    ///
+    /// Steering and recording:
     ///
     /// ```
     /// use mixtral::{Intervention, LogitsOptions};
@@ -359,14 +374,14 @@ impl Engine {
     ///     intervention: Intervention { ablate_everywhere: vec![5], ..Default::default() },
     ///     ..Default::default()
     /// };
-    /// let out = engine.logits_with(&[1, 140, 585], &opts)?;
+    /// let out = engine.logits(&[1, 140, 585], &opts)?;
     /// let router = out.router_logits.unwrap(); // [L][T][E]
     /// assert_eq!(router.at(0, 2)[5], f32::NEG_INFINITY); // expert 5 removed
     /// let hidden = out.hidden_states.unwrap(); // [L+2][T][D]
     /// assert_eq!(hidden.dims[0], engine.config().num_hidden_layers + 2);
     /// # Ok::<(), mixtral::Error>(())
     /// ```
-    pub fn logits_with(&self, tokens: &[u32], opts: &LogitsOptions) -> Result<Output> {
+    pub fn logits(&self, tokens: &[u32], opts: &LogitsOptions) -> Result<Output> {
         let positions: Vec<usize> = (0..tokens.len()).collect();
         let fwd = ForwardOptions {
             logits: Logits::All,

@@ -76,5 +76,60 @@ pub enum Error {
     },
 }
 
+impl From<mixtral_tensor::Error> for Error {
+    /// A file or tensor error, as loading reports it.
+    fn from(e: mixtral_tensor::Error) -> Error {
+        Error::Model(e.into())
+    }
+}
+
+/// What kind of failure an [`Error`] is, to match on without unpacking the lower crates'
+/// errors: `match err.kind() { ErrorKind::InvalidInput => …, ErrorKind::Busy => retry, … }`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The model files: missing, unreadable, malformed, or not a Mixtral checkpoint.
+    ModelFiles,
+    /// A request's input or parameters: tokens, prompt, chat, sampling, options, context.
+    InvalidInput,
+    /// No room now (the batch queue is full): retry later.
+    Busy,
+    /// Stopped on request ([`crate::CancelToken`]).
+    Cancelled,
+    /// The GPU or its driver.
+    Device,
+    /// The engine itself: threads, a stopped scheduler.
+    Internal,
+}
+
+impl Error {
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        use mixtral_model::Error as M;
+        match self {
+            Error::Model(m) => match m {
+                M::TokenOutOfRange { .. }
+                | M::ContextOverflow { .. }
+                | M::PositionsLength { .. }
+                | M::EmptyInput
+                | M::PositionMismatch { .. }
+                | M::Intervention { .. }
+                | M::CacheSteering { .. } => ErrorKind::InvalidInput,
+                M::Stopped { .. } => ErrorKind::Cancelled,
+                _ => ErrorKind::ModelFiles,
+            },
+            Error::Cuda(_) => ErrorKind::Device,
+            Error::Tokenizer(_) | Error::Sampler(_) | Error::InvalidOption { .. } => {
+                ErrorKind::InvalidInput
+            }
+            Error::KvBudget { .. } => ErrorKind::InvalidInput,
+            Error::NoTokenizer { .. } | Error::GenerationConfig { .. } => ErrorKind::ModelFiles,
+            Error::QueueFull { .. } => ErrorKind::Busy,
+            Error::Cancelled => ErrorKind::Cancelled,
+            Error::Threads { .. } | Error::Batch(_) => ErrorKind::Internal,
+        }
+    }
+}
+
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

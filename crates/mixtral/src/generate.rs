@@ -80,6 +80,80 @@ pub struct GenerateParams {
     pub cancel: Option<CancelToken>,
 }
 
+impl Default for GenerateParams {
+    /// Greedy, 256 new tokens at most, no stop strings, no steering. [`Engine::params`] gives
+    /// the model's own defaults (`generation_config.json`) instead.
+    fn default() -> GenerateParams {
+        GenerateParams {
+            sampling: SamplerConfig::default(),
+            max_new_tokens: 256,
+            stop_strings: vec![],
+            stop_token_ids: vec![],
+            ignore_eos: false,
+            intervention: Intervention::default(),
+            cancel: None,
+        }
+    }
+}
+
+/// Builder methods: `GenerateParams::default().max_new_tokens(64).temperature(0.7).seed(1)`,
+/// or the same on [`Engine::params`]. Ranges are checked when generation starts.
+impl GenerateParams {
+    /// Most tokens to generate.
+    pub fn max_new_tokens(mut self, n: usize) -> GenerateParams {
+        self.max_new_tokens = n;
+        self
+    }
+
+    /// Sampling temperature (0: greedy).
+    pub fn temperature(mut self, t: f32) -> GenerateParams {
+        self.sampling.temperature = t;
+        self
+    }
+
+    /// Nucleus sampling's mass, in (0, 1].
+    pub fn top_p(mut self, p: f32) -> GenerateParams {
+        self.sampling.top_p = p;
+        self
+    }
+
+    /// Keep only the `k` most likely tokens.
+    pub fn top_k(mut self, k: usize) -> GenerateParams {
+        self.sampling.top_k = Some(k);
+        self
+    }
+
+    /// The sampler's seed.
+    pub fn seed(mut self, seed: u64) -> GenerateParams {
+        self.sampling.seed = seed;
+        self
+    }
+
+    /// Adds a string that ends generation (not returned).
+    pub fn stop(mut self, s: impl Into<String>) -> GenerateParams {
+        self.stop_strings.push(s.into());
+        self
+    }
+
+    /// Keep generating past EOS.
+    pub fn ignore_eos(mut self, on: bool) -> GenerateParams {
+        self.ignore_eos = on;
+        self
+    }
+
+    /// Steers the router ([`Intervention`]).
+    pub fn intervention(mut self, i: Intervention) -> GenerateParams {
+        self.intervention = i;
+        self
+    }
+
+    /// Lets `token` stop the generation from another thread.
+    pub fn cancel(mut self, token: CancelToken) -> GenerateParams {
+        self.cancel = Some(token);
+        self
+    }
+}
+
 /// One generated token.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Token {
@@ -291,11 +365,7 @@ impl Engine {
         GenerateParams {
             sampling: self.defaults.sampling.clone(),
             max_new_tokens: self.defaults.max_new_tokens.unwrap_or(256),
-            stop_strings: vec![],
-            stop_token_ids: vec![],
-            ignore_eos: false,
-            intervention: Intervention::default(),
-            cancel: None,
+            ..GenerateParams::default()
         }
     }
 

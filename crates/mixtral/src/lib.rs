@@ -39,7 +39,7 @@ mod quantize;
 pub use batch::{BatchOptions, Event, Finished, Metrics, RequestHandle, Scheduler, Sink};
 pub use defaults::Defaults;
 pub use engine::{ComputeDType, Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS};
-pub use error::{Error, Result};
+pub use error::{Error, ErrorKind, Result};
 pub use generate::{
     CancelToken, FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token,
 };

@@ -44,7 +44,7 @@ fn logits_and_seeded_samples_do_not_depend_on_the_thread_count() {
                 router_logits: true,
                 ..LogitsOptions::default()
             };
-            let out = engine.logits_with(&tokens, &opts).unwrap();
+            let out = engine.logits(&tokens, &opts).unwrap();
             let bits: Vec<u32> = out.logits.iter().map(|x| x.to_bits()).collect();
             let router: Vec<u32> = out
                 .router_logits

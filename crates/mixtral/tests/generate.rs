@@ -255,3 +255,67 @@ fn a_cancel_token_stops_a_prefill_within_one_layer_and_a_generation_between_toke
     assert_eq!(got, 3);
     assert_eq!(generation.finish_reason(), Some(&FinishReason::Interrupted));
 }
+
+#[test]
+fn params_build_fluently_and_errors_have_kinds_to_match() {
+    use mixtral::{CancelToken, ErrorKind, GenerateParams};
+    let token = CancelToken::new();
+    let params = GenerateParams::default()
+        .max_new_tokens(8)
+        .temperature(0.7)
+        .top_p(0.9)
+        .top_k(40)
+        .seed(3)
+        .stop("\n\n")
+        .ignore_eos(true)
+        .cancel(token.clone());
+    assert_eq!(params.max_new_tokens, 8);
+    assert_eq!(
+        (
+            params.sampling.temperature,
+            params.sampling.top_p,
+            params.sampling.top_k
+        ),
+        (0.7, 0.9, Some(40))
+    );
+    assert_eq!(params.sampling.seed, 3);
+    assert_eq!(params.stop_strings, ["\n\n"]);
+    assert!(params.ignore_eos);
+    assert_eq!(params.cancel, Some(token));
+    let engine = Engine::load(TINY_BF16).unwrap();
+    let got: Vec<u32> = engine
+        .generate(&Prompt::Tokens(vec![1, 2, 3]), &params)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
+    assert_eq!(got.len(), 8);
+    // Kinds: bad parameters and input, missing files, a cancel.
+    let bad = GenerateParams::default().temperature(-1.0);
+    let err = engine.generate(&Prompt::Tokens(vec![1]), &bad).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let v = engine.config().vocab_size as u32;
+    let err = engine
+        .generate(&Prompt::Tokens(vec![1, v]), &GenerateParams::default())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+    let err = Engine::load("/nonexistent/model").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ModelFiles, "{err}");
+    let cancelled = CancelToken::new();
+    cancelled.cancel();
+    let err = engine
+        .generate(
+            &Prompt::Tokens(vec![1, 2]),
+            &GenerateParams::default().cancel(cancelled),
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Cancelled, "{err}");
+    // A lower crate's error converts with `?`.
+    fn open(p: &str) -> mixtral::Result<()> {
+        mixtral::tensor::SafetensorsFile::open(p)?;
+        Ok(())
+    }
+    assert_eq!(
+        open("/nonexistent.safetensors").unwrap_err().kind(),
+        ErrorKind::ModelFiles
+    );
+}
