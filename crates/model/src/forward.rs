@@ -249,7 +249,7 @@ impl Model {
 
     /// [`Model::prefill`] under an [`Intervention`] on the router. The cache remembers the
     /// intervention it was filled under: continuing it under another is an error
-    /// ([`Error::CacheSteering`]), never a silent mix.
+    /// ([`crate::Error::CacheSteering`]), never a silent mix.
     pub fn prefill_steered(
         &self,
         tokens: &[u32],
@@ -263,7 +263,7 @@ impl Model {
 
     /// [`Model::prefill_steered`] that `stop` can end from another thread: it is checked before
     /// each layer, so a long prompt stops within one layer's time of the request, with
-    /// [`Error::Stopped`] and the cache as it was before the call.
+    /// [`crate::Error::Stopped`] and the cache as it was before the call.
     #[expect(
         clippy::too_many_arguments,
         reason = "prefill_steered's arguments plus the stop flag"

@@ -1,5 +1,5 @@
 //! An OpenAI-compatible HTTP server over the engine's continuous-batching
-//! [`Scheduler`](mixtral::Scheduler): what `mixtral serve` runs.
+//! [`mixtral::Scheduler`]: what `mixtral serve` runs.
 //!
 //! - `POST /v1/chat/completions`: `messages` rendered in the Mixtral instruct format (exactly
 //!   as `mixtral chat` and [`mixtral::Prompt::Chat`]);

@@ -175,7 +175,7 @@ pub enum Error {
     Gguf {
         /// The file involved.
         path: PathBuf,
-        /// The field (`version`, `metadata[3] \`general.alignment\``, `tensor_info[5] \`…\`.ne`).
+        /// The field (`version`, ``metadata[3] `general.alignment` ``, ``tensor_info[5] `…`.ne``).
         field: String,
         /// What is wrong with it.
         kind: crate::gguf::GgufError,

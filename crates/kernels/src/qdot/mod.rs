@@ -13,7 +13,7 @@
 //! Q4_K_M/Q5_K_M/Q6_K files hold). Q4_1, Q5_0, Q5_1, Q2_K and Q3_K keep the exact path
 //! (dequantized weights, f32 activations) at every precision: [`acts_kind`] is `None` for them.
 //!
-//! [`reference`] is the specification (ggml's generic C, transcribed); the x86 kernels
+//! [`reference`](mod@reference) is the specification (ggml's generic C, transcribed); the x86 kernels
 //! compute the same integer sums with `vpmaddubsw` (AVX2) or `vpdpbusd` (AVX512-VNNI) and
 //! agree with it to f32 round-off of the per-block scaling.
 

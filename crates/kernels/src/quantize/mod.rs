@@ -1,5 +1,5 @@
 //! Quantization of f32 weights into ggml's block types, for `--quantize` at load and
-//! `mixtral quantize`. [`reference`] is ggml's own algorithm (`quantize_row_*_ref`, what
+//! `mixtral quantize`. [`reference`](mod@reference) is ggml's own algorithm (`quantize_row_*_ref`, what
 //! `llama-quantize` runs without an importance matrix); [`quantize_rows`] runs it over a
 //! matrix's rows on every thread.
 
