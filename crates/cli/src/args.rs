@@ -29,7 +29,7 @@ pub(crate) struct ModelArgs {
     #[arg(long, short = 'm', env = "MIXTRAL_MODEL")]
     pub model: Option<PathBuf>,
     /// Worker threads (default: one per core).
-    #[arg(long)]
+    #[arg(long, short = 't')]
     pub threads: Option<usize>,
     /// Where to run: `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
@@ -85,7 +85,7 @@ impl ModelArgs {
 #[group(required = true, multiple = false)]
 pub(crate) struct PromptArgs {
     /// Prompt text (BOS is prepended).
-    #[arg(long)]
+    #[arg(long, short = 'p')]
     pub prompt: Option<String>,
     /// Prompt token ids, comma-separated.
     #[arg(long, value_delimiter = ',')]
@@ -96,7 +96,24 @@ pub(crate) struct PromptArgs {
 }
 
 impl PromptArgs {
-    pub(crate) fn prompt(&self) -> Result<Prompt, Box<dyn std::error::Error>> {
+    /// The prompt; with `system`, `--prompt TEXT` becomes a chat of that system message and
+    /// the text as the user's turn (a chat file or token ids cannot take one).
+    pub(crate) fn prompt(
+        &self,
+        system: Option<&str>,
+    ) -> Result<Prompt, Box<dyn std::error::Error>> {
+        if let Some(system) = system {
+            let Some(text) = &self.prompt else {
+                return Err(
+                    "--system goes with --prompt (a chat file carries its own system message)"
+                        .into(),
+                );
+            };
+            return Ok(Prompt::Chat(vec![
+                Message::system(system),
+                Message::user(text.clone()),
+            ]));
+        }
         Ok(match (&self.prompt, &self.tokens, &self.chat) {
             (Some(text), _, _) => Prompt::Text(text.clone()),
             (_, Some(ids), _) => Prompt::Tokens(ids.clone()),
@@ -152,7 +169,7 @@ pub(crate) fn read_chat(path: &std::path::Path) -> Result<Vec<Message>, ChatFile
 #[derive(clap::Args)]
 pub(crate) struct SamplingArgs {
     /// Most new tokens to generate.
-    #[arg(long)]
+    #[arg(long, short = 'n')]
     pub max_new_tokens: Option<usize>,
     /// Keep generating past EOS.
     #[arg(long)]

@@ -6,6 +6,7 @@ use mixtral::{Prompt, SamplerConfig};
 
 /// Arguments of `mixtral bench`.
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub(crate) struct Args {
     #[command(flatten)]
     model: ModelArgs,
@@ -112,7 +113,7 @@ fn concurrency(
             })
             .collect();
         let out = serde_json::json!({
-            "model": model, "threads": threads, "precision": precision, "kv_dtype": kv,
+            "model": model, "device": "cpu", "threads": threads, "precision": precision, "kv_dtype": kv,
             "prompt_len": args.prompt_len, "gen": args.gen_tokens, "repeat": repeat,
             "levels": rows,
         });
@@ -227,6 +228,8 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let floor = bandwidth / bytes_per_token as f64;
     if args.json {
         let out = serde_json::json!({
+            "model": engine.dir().display().to_string(),
+            "device": if engine.on_gpu() { "cuda" } else { "cpu" },
             "prompt_len": stats.prompt_tokens,
             "gen": stats.generated_tokens,
             "threads": engine.threads(),

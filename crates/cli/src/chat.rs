@@ -8,6 +8,7 @@ use std::io::{BufRead, Write};
 
 /// Arguments of `mixtral chat`.
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub(crate) struct Args {
     #[command(flatten)]
     model: ModelArgs,

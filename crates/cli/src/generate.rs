@@ -7,6 +7,7 @@ use std::io::Write;
 
 /// Arguments of `mixtral generate`.
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub(crate) struct Args {
     #[command(flatten)]
     model: ModelArgs,
@@ -16,8 +17,12 @@ pub(crate) struct Args {
     sampling: SamplingArgs,
     #[command(flatten)]
     steer: SteerArgs,
-    /// Print one JSON object (ids, text, prompt_tokens, prefill/decode tokens per second,
-    /// finish_reason) instead of streaming text.
+    /// A system message: the prompt (`--prompt`) becomes its user turn, in the instruct
+    /// format.
+    #[arg(long)]
+    system: Option<String>,
+    /// Print one JSON object (ids, text, prompt_tokens, generated_tokens, prefill/decode
+    /// tokens per second, finish_reason) instead of streaming text.
     #[arg(long)]
     json: bool,
 }
@@ -26,7 +31,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let engine = args.model.load()?;
     let mut params = args.sampling.params(&engine);
     params.intervention = args.steer.intervention();
-    let ids = engine.encode(&args.prompt.prompt()?)?;
+    let ids = engine.encode(&args.prompt.prompt(args.system.as_deref())?)?;
     interrupt::install();
     let mut generation = start(&engine, engine.session(), &ids, &params)?;
     let text = stream(&mut generation, !args.json)?;
@@ -37,6 +42,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             "ids": generation.generated(),
             "text": text,
             "prompt_tokens": stats.prompt_tokens,
+            "generated_tokens": stats.generated_tokens,
             "prefill_tokens_per_s": stats.prefill_tokens_per_s(),
             "decode_tokens_per_s": stats.decode_tokens_per_s(),
             "finish_reason": finish,

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// Arguments of `mixtral logits`.
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub(crate) struct Args {
     #[command(flatten)]
     model: ModelArgs,

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 /// Arguments of `mixtral serve`.
 #[derive(clap::Args)]
+#[command(allow_negative_numbers = true)]
 pub(crate) struct Args {
     #[command(flatten)]
     model: ModelArgs,

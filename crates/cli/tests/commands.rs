@@ -373,3 +373,48 @@ fn without_a_model_every_command_says_how_to_get_one() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn short_flags_negative_numbers_system_and_json_counts() {
+    // A negative number is a value (then a range error), not an unknown flag.
+    let out = mixtral(&["generate", "-p", "hi", "--temperature", "-1"]);
+    assert_clean_error(&out, "temperature");
+    // -p, -n, -t; --system makes the prompt a chat turn; --json counts what it generated.
+    let json = stdout_json(&mixtral(&[
+        "generate", "-p", "hi", "-n", "3", "-t", "1", "--system", "Be brief", "--json",
+    ]));
+    assert_eq!(json["generated_tokens"], 3);
+    assert_eq!(json["ids"].as_array().unwrap().len(), 3);
+    let dir = tempfile::tempdir().unwrap();
+    let chat = dir.path().join("chat.json");
+    std::fs::write(
+        &chat,
+        r#"[{"role": "system", "content": "Be brief"}, {"role": "user", "content": "hi"}]"#,
+    )
+    .unwrap();
+    let ids = stdout_json(&mixtral(&["tokenize", "--chat", chat.to_str().unwrap()]));
+    assert_eq!(json["prompt_tokens"], ids["ids"].as_array().unwrap().len());
+    let out = mixtral(&["generate", "--tokens", "1,2", "--system", "x"]);
+    assert_clean_error(&out, "--system goes with --prompt");
+    // bench --json names what it measured.
+    let json = stdout_json(&mixtral(&[
+        "bench",
+        "--prompt-len",
+        "4",
+        "--gen",
+        "2",
+        "--repeat",
+        "1",
+        "-t",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(
+        (json["device"].as_str(), json["threads"].as_u64()),
+        (Some("cpu"), Some(1))
+    );
+    assert!(
+        json["model"].as_str().unwrap().ends_with("tiny-bf16"),
+        "{json}"
+    );
+}
