@@ -55,6 +55,11 @@ pub(crate) struct ModelArgs {
     /// decode pays for it, see docs/performance.md).
     #[arg(long)]
     pub batch_invariant: bool,
+    /// How conversations are rendered: `auto` (the model's own chat template when it is not
+    /// Mixtral-Instruct's, else the mistral-common-exact `[INST]` format), `mistral` or
+    /// `template`.
+    #[arg(long, default_value = "auto")]
+    pub chat_format: mixtral::ChatFormat,
 }
 
 impl ModelArgs {
@@ -69,6 +74,7 @@ impl ModelArgs {
             quantize: self.quantize,
             kv_dtype: self.kv_dtype,
             batch_invariant: self.batch_invariant,
+            chat_format: self.chat_format,
         };
         let bar = crate::progress::bytes("loading weights");
         let engine = Engine::load_with(model, opts, |done, total| {

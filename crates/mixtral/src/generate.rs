@@ -379,7 +379,13 @@ impl Engine {
                 ids.extend(tok.encode(text)?);
                 ids
             }
-            Prompt::Chat(messages) => self.require_tokenizer()?.encode_chat(messages)?,
+            Prompt::Chat(messages) => {
+                let tok = self.require_tokenizer()?;
+                match &self.chat_template {
+                    Some(t) => tok.encode_with_special_tokens(&t.render(messages, true)?)?,
+                    None => tok.encode_chat(messages)?,
+                }
+            }
         })
     }
 

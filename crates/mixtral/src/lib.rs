@@ -38,7 +38,9 @@ mod quantize;
 
 pub use batch::{BatchOptions, Event, Finished, Metrics, RequestHandle, Scheduler, Sink};
 pub use defaults::Defaults;
-pub use engine::{ComputeDType, Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS};
+pub use engine::{
+    ChatFormat, ComputeDType, Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS,
+};
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{
     CancelToken, FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token,

@@ -319,3 +319,59 @@ fn params_build_fluently_and_errors_have_kinds_to_match() {
         ErrorKind::ModelFiles
     );
 }
+
+#[test]
+fn chat_prompts_follow_the_models_own_template_unless_it_is_mixtral_instructs() {
+    use mixtral::{ChatFormat, LoadOptions, Message};
+    let fixtures = format!("{}/../../tests/fixtures", env!("CARGO_MANIFEST_DIR"));
+    let chatml = std::path::Path::new(&fixtures).join("tokenizer/chatml");
+    // tiny-bf16 as a ChatML fine-tune: its files, plus the fine-tune's two added tokens and
+    // its template.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(TINY_BF16).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    let mut tokenizer: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("tokenizer.json")).unwrap()).unwrap();
+    let extra: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(chatml.join("added_tokens.json")).unwrap()).unwrap();
+    tokenizer["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .extend(extra);
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    for name in ["tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(chatml.join(name), dir.path().join(name)).unwrap();
+    }
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(chatml.join("expected.json")).unwrap()).unwrap();
+    let case = &expected["cases"][1];
+    let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+    let load = |dir: &std::path::Path, chat_format| {
+        let opts = LoadOptions {
+            chat_format,
+            ..LoadOptions::default()
+        };
+        Engine::load_with(dir, opts, |_, _| {}).unwrap()
+    };
+    let prompt = Prompt::Chat(messages.clone());
+    let chatml_ids = load(dir.path(), ChatFormat::Auto).encode(&prompt).unwrap();
+    assert_eq!(
+        chatml_ids,
+        ids(&case["ids"]),
+        "transformers' apply_chat_template"
+    );
+    let forced = load(dir.path(), ChatFormat::Mistral)
+        .encode(&prompt)
+        .unwrap();
+    assert_eq!(forced[..2], [1, 733], "[INST] format: <s> ▁[");
+    // Mixtral-Instruct's own template is detected: the mistral-common-exact renderer stays,
+    // which keeps the system message the template would refuse.
+    let tiny = load(std::path::Path::new(TINY_BF16), ChatFormat::Auto);
+    assert_eq!(tiny.encode(&prompt).unwrap(), forced);
+    let err = load(std::path::Path::new(TINY_BF16), ChatFormat::Template)
+        .encode(&prompt)
+        .unwrap_err();
+    assert!(err.to_string().contains("chat template"), "{err}");
+}

@@ -9,6 +9,13 @@ use crate::chat::Role;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// A model's chat template does not compile, or failed while rendering (it raised).
+    #[error("chat template: {message}")]
+    ChatTemplate {
+        /// The template engine's message.
+        message: String,
+    },
+
     /// A tokenizer file could not be read (missing, unreadable).
     #[error("cannot read tokenizer file {path}: {source}")]
     Io {

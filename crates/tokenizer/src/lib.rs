@@ -25,12 +25,14 @@ pub mod chat;
 mod decode;
 mod error;
 mod sentencepiece_model;
+mod template;
 mod tokenizer;
 mod vocab;
 
 pub use decode::IncrementalDecoder;
 pub use error::{Error, Result};
 pub use sentencepiece_model::{MAX_MODEL_BYTES, ModelSpec, parse_model, read_sentencepiece_vocab};
+pub use template::{ChatTemplate, MAX_TEMPLATE_BYTES};
 pub use tokenizer::{
     FALLBACK_BOS_ID, FALLBACK_EOS_ID, MAX_CONFIG_BYTES, MAX_TOKENIZER_JSON_BYTES, Tokenizer,
 };

@@ -108,7 +108,7 @@ pub const MAX_TOKENIZER_JSON_BYTES: u64 = 256 << 20;
 pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 
 /// Reads a file, or `None` if it does not exist (for optional files).
-fn read_optional(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+pub(crate) fn read_optional(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
     match read_bounded(path, max) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -150,7 +150,7 @@ pub(crate) fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|source| Error::Json {
         path: path.to_owned(),
         source,
@@ -298,6 +298,48 @@ impl Tokenizer {
             .encode_fast(text, false)
             .map_err(|source| Error::Encode { source })?;
         Ok(encoding.get_ids().to_vec())
+    }
+
+    /// Encodes text in which the tokenizer's special added tokens (`<s>`, `<|im_start|>` …)
+    /// are matched as their ids, as Hugging Face's tokenizers do when they encode a rendered
+    /// chat template: each stretch of text between them is encoded by [`Tokenizer::encode`]
+    /// (its own dummy-prefix space included). Only for text the model's own template made,
+    /// never for user input alone (which must not be able to forge a control token).
+    ///
+    /// # Errors
+    /// As [`Tokenizer::encode`].
+    pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>> {
+        let mut specials: Vec<(String, u32)> = self
+            .inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special && !t.content.is_empty())
+            .map(|(id, t)| (t.content, id))
+            .collect();
+        // Longest first, so a token that begins with another wins.
+        specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        let mut ids = Vec::new();
+        let (mut start, mut i) = (0, 0);
+        while i < text.len() {
+            let hit = specials
+                .iter()
+                .find(|(content, _)| text[i..].starts_with(content.as_str()));
+            match hit {
+                Some((content, id)) => {
+                    if start < i {
+                        ids.extend(self.encode(&text[start..i])?);
+                    }
+                    ids.push(*id);
+                    i += content.len();
+                    start = i;
+                }
+                None => i += text[i..].chars().next().map_or(1, char::len_utf8),
+            }
+        }
+        if start < text.len() {
+            ids.extend(self.encode(&text[start..])?);
+        }
+        Ok(ids)
     }
 
     /// SentencePiece decode: control tokens print nothing, `<unk>` prints `" ⁇ "`, the leading

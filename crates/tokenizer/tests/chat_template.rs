@@ -1,0 +1,97 @@
+//! Models' own chat templates, rendered with minijinja, against transformers'
+//! `apply_chat_template`: Mixtral-Instruct's template on every case of `chat_cases.jsonl`
+//! (text and ids, and the conversations it refuses), and a ChatML fine-tune's
+//! (`tokenizer/chatml`, made by `tests/fixtures/gen/make_chatml.py`).
+
+mod common;
+
+use mixtral_tokenizer::chat::Message;
+use mixtral_tokenizer::{ChatTemplate, Tokenizer};
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::Path;
+
+#[derive(Deserialize)]
+struct Case {
+    name: String,
+    messages: Vec<Message>,
+    ids: Option<Vec<u32>>,
+    hf_template_text: Option<String>,
+    hf_template_ids: Option<Vec<u32>>,
+    hf_template_agrees: Option<bool>,
+    hf_template_error: Option<String>,
+}
+
+#[test]
+fn mixtral_instructs_template_renders_as_transformers_and_agrees_with_mistral_common() {
+    let dir = Path::new(common::MODEL_DIR);
+    let template = ChatTemplate::from_dir(dir)
+        .unwrap()
+        .expect("the fixture has one");
+    assert!(template.is_mistral_instruct());
+    let tok = common::tokenizer();
+    let cases: Vec<Case> = common::read_cases("chat_cases.jsonl");
+    let mut agreed = 0;
+    for case in cases {
+        let rendered = template.render(&case.messages, false);
+        match (&case.hf_template_text, &case.hf_template_error) {
+            (Some(text), _) => {
+                let rendered = rendered.unwrap_or_else(|e| panic!("{}: {e}", case.name));
+                assert_eq!(&rendered, text, "{}", case.name);
+                let ids = tok.encode_with_special_tokens(&rendered).unwrap();
+                assert_eq!(Some(&ids), case.hf_template_ids.as_ref(), "{}", case.name);
+                // Where transformers' template and mistral-common agree, so do we.
+                if case.hf_template_agrees == Some(true) {
+                    assert_eq!(Some(&ids), case.ids.as_ref(), "{}", case.name);
+                    agreed += 1;
+                }
+            }
+            (None, Some(_)) => assert!(rendered.is_err(), "{}: should raise", case.name),
+            (None, None) => {}
+        }
+    }
+    assert!(
+        agreed >= 5,
+        "only {agreed} cases compared with mistral-common"
+    );
+}
+
+#[test]
+fn a_chatml_template_renders_and_encodes_as_transformers_does() {
+    let fixture = Path::new(common::CASES_DIR).join("chatml");
+    // tiny-bf16's tokenizer.json with the fine-tune's two added tokens (the fixture stores
+    // only those, not a second copy of the vocabulary).
+    let dir = tempfile::tempdir().unwrap();
+    let mut tokenizer: Value = serde_json::from_slice(
+        &std::fs::read(Path::new(common::MODEL_DIR).join("tokenizer.json")).unwrap(),
+    )
+    .unwrap();
+    let extra: Vec<Value> =
+        serde_json::from_slice(&std::fs::read(fixture.join("added_tokens.json")).unwrap()).unwrap();
+    tokenizer["added_tokens"]
+        .as_array_mut()
+        .unwrap()
+        .extend(extra);
+    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    for name in ["tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(fixture.join(name), dir.path().join(name)).unwrap();
+    }
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let template = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
+    assert!(!template.is_mistral_instruct());
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(fixture.join("expected.json")).unwrap()).unwrap();
+    for case in expected["cases"].as_array().unwrap() {
+        let messages: Vec<Message> = serde_json::from_value(case["messages"].clone()).unwrap();
+        let text = template.render(&messages, true).unwrap();
+        assert_eq!(text, case["text"].as_str().unwrap());
+        let ids: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+        assert_eq!(
+            tok.encode_with_special_tokens(&text).unwrap(),
+            ids,
+            "{text:?}"
+        );
+    }
+    // User text alone never forges a control token.
+    assert!(!tok.encode("<|im_start|>").unwrap().contains(&32000));
+}
