@@ -64,6 +64,42 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         report::count(c.n_params()),
         report::count(c.n_active_params())
     );
+    // The tokenizer files are validated too: a broken tokenizer.json fails here, not at the
+    // first prompt.
+    let model = crate::args::model_path(&args.model)?;
+    match mixtral::find_tokenizer(model)? {
+        Some(tok) => {
+            println!(
+                "tokenizer    {} ids, BOS {}, EOS {}",
+                tok.vocab_size(),
+                tok.bos_id(),
+                tok.eos_id()
+            );
+            if tok.vocab_size() != c.vocab_size {
+                println!(
+                    "warning      the tokenizer has {} ids, the model's vocabulary {}",
+                    tok.vocab_size(),
+                    c.vocab_size
+                );
+            }
+        }
+        None => println!("tokenizer    none (token ids only)"),
+    }
+    if model.is_dir() {
+        let template = mixtral::tokenizer::ChatTemplate::from_dir(model)?;
+        let line = match &template {
+            None => "none: conversations use the [INST] format".to_string(),
+            Some(t) if t.is_mistral_instruct() => {
+                "Mixtral-Instruct's (conversations use the mistral-common-exact [INST] renderer)"
+                    .to_string()
+            }
+            Some(t) => format!(
+                "the model's own ({} bytes), used for conversations",
+                t.source().len()
+            ),
+        };
+        println!("chat         {line}");
+    }
     // By the files' own tensors (a merged 3-D expert tensor counts once).
     let mut by_dtype: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     let (mut bits, mut values) = (0u64, 0u64);

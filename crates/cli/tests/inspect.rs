@@ -100,3 +100,23 @@ fn config_contradicting_tensors_fails_cleanly() {
     std::fs::write(&path, config).unwrap();
     assert_clean_failure(dir.path(), "expected [1024, 32], found [1024, 64]");
 }
+
+#[test]
+fn inspect_validates_the_tokenizer_files_too() {
+    let (code, stdout, _) = inspect(&fixture("tiny-bf16"));
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("tokenizer    32000 ids, BOS 1, EOS 2"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("chat         Mixtral-Instruct's"),
+        "{stdout}"
+    );
+    let dir = copy_of("tiny-bf16");
+    std::fs::write(dir.path().join("tokenizer.json"), "{ not json").unwrap();
+    assert_clean_failure(dir.path(), "tokenizer.json");
+    let dir = copy_of("tiny-bf16");
+    std::fs::write(dir.path().join("chat_template.jinja"), "{% for %}").unwrap();
+    assert_clean_failure(dir.path(), "chat template");
+}
