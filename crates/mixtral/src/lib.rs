@@ -3,11 +3,11 @@
 //! The top of the crate graph: it composes [`tensor`], [`kernels`], [`model`], [`sampler`]
 //! and [`tokenizer`], and is the only crate that re-exports the others.
 //!
-//! Stream a chat answer:
+//! Stream a chat answer (a Hugging Face or Mistral directory, or a GGUF file):
 //!
-//! ```
+//! ```no_run
 //! use mixtral::{Engine, Message, Prompt};
-//! let engine = Engine::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-bf16"))?;
+//! let engine = Engine::load("path/to/Mixtral-8x7B-Instruct-v0.1")?;
 //! let chat = Prompt::Chat(vec![Message::user("What is the capital of France?")]);
 //! let mut params = engine.params();
 //! params.max_new_tokens = 16;
@@ -17,7 +17,8 @@
 //! # Ok::<(), mixtral::Error>(())
 //! ```
 //!
-//! (The repository's tiny test model has random weights: its answers are not text.)
+//! (In a clone of the repository, `tests/fixtures/models/tiny-bf16` is a tiny random-weight
+//! model to try it with: its answers are not text.)
 //!
 //! # Design decisions
 //! - **Iterator, not callback.** [`Generation`] yields tokens as they are computed; the caller
