@@ -323,27 +323,13 @@ fn params_build_fluently_and_errors_have_kinds_to_match() {
 #[test]
 fn chat_prompts_follow_the_models_own_template_unless_it_is_mixtral_instructs() {
     use mixtral::{ChatFormat, LoadOptions, Message};
-    let fixtures = format!("{}/../../tests/fixtures", env!("CARGO_MANIFEST_DIR"));
-    let chatml = std::path::Path::new(&fixtures).join("tokenizer/chatml");
-    // tiny-bf16 as a ChatML fine-tune: its files, plus the fine-tune's two added tokens and
-    // its template.
+    // tiny-bf16 as a ChatML fine-tune.
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(TINY_BF16).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
     }
-    let mut tokenizer: Value =
-        serde_json::from_slice(&std::fs::read(dir.path().join("tokenizer.json")).unwrap()).unwrap();
-    let extra: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(chatml.join("added_tokens.json")).unwrap()).unwrap();
-    tokenizer["added_tokens"]
-        .as_array_mut()
-        .unwrap()
-        .extend(extra);
-    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
-    for name in ["tokenizer_config.json", "chat_template.jinja"] {
-        std::fs::copy(chatml.join(name), dir.path().join(name)).unwrap();
-    }
+    let chatml = mixtral_testkit::make_chatml(dir.path());
     let expected: Value =
         serde_json::from_slice(&std::fs::read(chatml.join("expected.json")).unwrap()).unwrap();
     let case = &expected["cases"][1];

@@ -204,6 +204,30 @@ pub fn run(n: usize, f: impl FnOnce(&mut [f32])) -> Vec<f32> {
     y
 }
 
+/// Turns `dir`, which holds tiny-bf16's `tokenizer.json`, into the ChatML fine-tune of
+/// `tests/fixtures/tokenizer/chatml`: the fine-tune's two added tokens appended to the
+/// tokenizer's (the fixture stores only those, not a second vocabulary), its
+/// `tokenizer_config.json` and `chat_template.jinja` copied in. Returns the fixture's folder
+/// (for its `expected.json`).
+pub fn make_chatml(dir: &std::path::Path) -> PathBuf {
+    let fixture = fixtures_dir().join("tokenizer/chatml");
+    let read = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(&p).unwrap_or_else(|e| panic!("{p:?}: {e}")))
+            .unwrap_or_else(|e| panic!("{p:?}: {e}"))
+    };
+    let mut tokenizer = read(dir.join("tokenizer.json"));
+    let extra = read(fixture.join("added_tokens.json"));
+    let added = tokenizer["added_tokens"]
+        .as_array_mut()
+        .expect("added_tokens");
+    added.extend(extra.as_array().expect("a list").iter().cloned());
+    std::fs::write(dir.join("tokenizer.json"), tokenizer.to_string()).unwrap();
+    for name in ["tokenizer_config.json", "chat_template.jinja"] {
+        std::fs::copy(fixture.join(name), dir.join(name)).unwrap();
+    }
+    fixture
+}
+
 /// A Python that can import `module`: the one `env_var` names (CI sets it, and a test that
 /// needs it must then pass), else `python3` when it can import the module, else `None` (the
 /// test says so and skips).

@@ -58,24 +58,10 @@ fn mixtral_instructs_template_renders_as_transformers_and_agrees_with_mistral_co
 
 #[test]
 fn a_chatml_template_renders_and_encodes_as_transformers_does() {
-    let fixture = Path::new(common::CASES_DIR).join("chatml");
-    // tiny-bf16's tokenizer.json with the fine-tune's two added tokens (the fixture stores
-    // only those, not a second copy of the vocabulary).
     let dir = tempfile::tempdir().unwrap();
-    let mut tokenizer: Value = serde_json::from_slice(
-        &std::fs::read(Path::new(common::MODEL_DIR).join("tokenizer.json")).unwrap(),
-    )
-    .unwrap();
-    let extra: Vec<Value> =
-        serde_json::from_slice(&std::fs::read(fixture.join("added_tokens.json")).unwrap()).unwrap();
-    tokenizer["added_tokens"]
-        .as_array_mut()
-        .unwrap()
-        .extend(extra);
-    std::fs::write(dir.path().join("tokenizer.json"), tokenizer.to_string()).unwrap();
-    for name in ["tokenizer_config.json", "chat_template.jinja"] {
-        std::fs::copy(fixture.join(name), dir.path().join(name)).unwrap();
-    }
+    let model_tokenizer = Path::new(common::MODEL_DIR).join("tokenizer.json");
+    std::fs::copy(model_tokenizer, dir.path().join("tokenizer.json")).unwrap();
+    let fixture = mixtral_testkit::make_chatml(dir.path());
     let tok = Tokenizer::from_dir(dir.path()).unwrap();
     let template = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
     assert!(!template.is_mistral_instruct());
