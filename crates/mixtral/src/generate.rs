@@ -410,6 +410,7 @@ impl Engine {
         steer: &Intervention,
         cancel: Option<&CancelToken>,
     ) -> Result<Vec<f32>> {
+        // Between chunks (the CPU path checks again before every layer; CUDA only here).
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(crate::Error::Cancelled);
         }
@@ -431,18 +432,12 @@ impl Engine {
                 cuda.prefill(chunk, &positions, cache, opts)?
             }
             (Cache::Cpu(cache), _) => self
-                .run(|| match cancel {
-                    Some(c) => self.model.prefill_stoppable(
-                        chunk,
-                        &positions,
-                        cache,
-                        opts,
-                        steer,
-                        c.flag(),
-                    ),
-                    None => self
-                        .model
-                        .prefill_steered(chunk, &positions, cache, opts, steer),
+                .run(|| {
+                    // No token: a flag nobody sets (one load per layer).
+                    static NEVER: AtomicBool = AtomicBool::new(false);
+                    let stop = cancel.map_or(&NEVER, CancelToken::flag);
+                    self.model
+                        .prefill_stoppable(chunk, &positions, cache, opts, steer, stop)
                 })
                 .map_err(|e| match e {
                     crate::Error::Model(mixtral_model::Error::Stopped { .. }) => {
@@ -518,15 +513,9 @@ impl Engine {
             .zip(prompt_ids)
             .take_while(|(a, b)| a == b)
             .count();
-        // A prompt the context cannot hold is refused before any of it is computed.
-        let max = self.config().max_position_embeddings;
-        if prompt_ids.len() > max {
-            return Err(mixtral_model::Error::ContextOverflow {
-                len: prompt_ids.len(),
-                max,
-            }
-            .into());
-        }
+        // A prompt the context cannot hold (or with an id outside the vocabulary) is refused
+        // before any of it is computed.
+        self.model.check_prompt(prompt_ids)?;
         // A session computed under another intervention is recomputed from the start.
         let steering = params.intervention.fingerprint();
         let shared = if session.steering == steering {
@@ -538,11 +527,9 @@ impl Engine {
         session.cache.truncate(keep);
         session.ids.truncate(keep);
         let start = Instant::now();
+        // Non-empty: the prompt is (checked above), and `keep` leaves its last token.
         let todo = &prompt_ids[keep..];
         let mut logits = Vec::new();
-        if todo.is_empty() {
-            return Err(mixtral_model::Error::EmptyInput.into());
-        }
         session.steering = steering;
         for chunk in todo.chunks(PREFILL_CHUNK) {
             logits = self.prefill_chunk(

@@ -207,6 +207,12 @@ impl Model {
         )
     }
 
+    /// Checks a whole prompt for an empty cache before any of it runs: non-empty, every id
+    /// in the vocabulary, fitting the context (the errors a forward call would give).
+    pub fn check_prompt(&self, tokens: &[u32]) -> Result<()> {
+        crate::input::check_prompt(&self.config, tokens)
+    }
+
     /// The same model making caches that store keys and values as `dtype`
     /// ([`Model::new_cache`]).
     pub fn with_kv_dtype(mut self, dtype: KvDType) -> Model {
@@ -708,6 +714,13 @@ pub struct BatchScratch {
     tokens: Vec<u32>,
     positions: Vec<usize>,
     head: Vec<usize>,
+}
+
+impl BatchScratch {
+    /// The logits the last [`Model::forward_batch`] call returned (`[rows, V]`).
+    pub fn logits(&self) -> &[f32] {
+        &self.s.logits
+    }
 }
 
 /// A sequence of a forward call: its cache and its rows of the call's tokens.

@@ -20,24 +20,46 @@ pub(crate) fn check_input(
             positions: positions.len(),
         });
     }
-    if let Some((index, &id)) = tokens
-        .iter()
-        .enumerate()
-        .find(|&(_, &id)| id as usize >= c.vocab_size)
-    {
-        return Err(Error::TokenOutOfRange {
-            id,
-            index,
-            vocab: c.vocab_size,
-        });
-    }
+    check_vocab(c, tokens)?;
     for (i, &p) in positions.iter().enumerate() {
         let expected = cached.saturating_add(i);
         if p != expected {
             return Err(Error::PositionMismatch { expected, found: p });
         }
     }
-    let len = cached.saturating_add(tokens.len());
+    check_fits(c, cached, tokens.len())
+}
+
+/// A whole prompt for an empty cache, checked before any of it is computed (a batch
+/// scheduler checks it when the request is submitted): non-empty, every id in the
+/// vocabulary, and fitting the context. The same errors as [`check_input`].
+pub(crate) fn check_prompt(c: &Config, tokens: &[u32]) -> Result<()> {
+    if tokens.is_empty() {
+        return Err(Error::EmptyInput);
+    }
+    check_vocab(c, tokens)?;
+    check_fits(c, 0, tokens.len())
+}
+
+/// Every id below the vocabulary size.
+fn check_vocab(c: &Config, tokens: &[u32]) -> Result<()> {
+    match tokens
+        .iter()
+        .enumerate()
+        .find(|&(_, &id)| id as usize >= c.vocab_size)
+    {
+        Some((index, &id)) => Err(Error::TokenOutOfRange {
+            id,
+            index,
+            vocab: c.vocab_size,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// `n` more tokens after `cached` fit `max_position_embeddings`.
+fn check_fits(c: &Config, cached: usize, n: usize) -> Result<()> {
+    let len = cached.saturating_add(n);
     if len > c.max_position_embeddings {
         return Err(Error::ContextOverflow {
             len,
@@ -80,5 +102,20 @@ mod tests {
             Err(Error::ContextOverflow { .. })
         ));
         assert!(check_input(&c, &[1, 2], &[3, 4], 3).is_ok());
+        assert!(matches!(check_prompt(&c, &[]), Err(Error::EmptyInput)));
+        assert!(matches!(
+            check_prompt(&c, &[1, 10]),
+            Err(Error::TokenOutOfRange {
+                id: 10,
+                index: 1,
+                ..
+            })
+        ));
+        let long = vec![1; c.max_position_embeddings + 1];
+        assert!(matches!(
+            check_prompt(&c, &long),
+            Err(Error::ContextOverflow { .. })
+        ));
+        assert!(check_prompt(&c, &[1, 2]).is_ok());
     }
 }
