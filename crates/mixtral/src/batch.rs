@@ -14,9 +14,9 @@
 //!   then, so a running sequence never runs out and is never evicted; until they are free it
 //!   waits in the queue. A request that could never fit is refused when submitted.
 //! - **Same tokens as alone.** Each sequence samples from its own logits row with its own
-//!   sampler and seed, through the code [`Engine::generate`] uses; the rows match the ones it
-//!   gets alone (bit for bit on the scalar kernels; within about one ulp of the logits'
-//!   range on SIMD ones, whose one-token and many-token matmuls sum in different orders).
+//!   sampler and seed, through the code [`Engine::generate`] uses. The rows match the ones it
+//!   gets alone to about one ulp of the logits' range (one-token and many-token matmuls sum
+//!   in different orders), and bit for bit with [`crate::LoadOptions::batch_invariant`].
 
 use crate::generate::Decoding;
 use crate::{CancelToken, Engine, Error, FinishReason, GenerateParams, Prompt, Result, Token};
@@ -358,29 +358,7 @@ impl Scheduler {
         params: &GenerateParams,
         sink: Sink,
     ) -> Result<CancelToken> {
-        let c = self.engine.config();
-        if ids.is_empty() {
-            return Err(mixtral_model::Error::EmptyInput.into());
-        }
-        if let Some((index, &id)) = ids
-            .iter()
-            .enumerate()
-            .find(|&(_, &id)| id as usize >= c.vocab_size)
-        {
-            return Err(mixtral_model::Error::TokenOutOfRange {
-                id,
-                index,
-                vocab: c.vocab_size,
-            }
-            .into());
-        }
-        if ids.len() > self.shared.context {
-            return Err(mixtral_model::Error::ContextOverflow {
-                len: ids.len(),
-                max: self.shared.context,
-            }
-            .into());
-        }
+        self.engine.model().check_prompt(&ids)?;
         if !params.intervention.is_none() {
             return Err(Error::InvalidOption {
                 option: "intervention",
@@ -400,7 +378,7 @@ impl Scheduler {
                 budget: self.shared.total_blocks * self.shared.block_bytes,
             });
         }
-        if self.thread.as_ref().is_none_or(JoinHandle::is_finished) {
+        if !self.is_running() {
             // Only a bug ends the thread early (a panic in a kernel): say so, never queue.
             return Err(Error::Batch("the scheduler's thread has stopped".into()));
         }
@@ -747,28 +725,23 @@ impl<'e> Worker<'e> {
                 })
                 .collect();
             let (model, scratch) = (self.engine.model(), &mut self.scratch);
-            self.engine.run(|| {
-                model
-                    .forward_batch(&mut items, scratch)
-                    .map(<[f32]>::to_vec)
-            })
+            // The logits stay in the scratch (read below), not copied out per step.
+            self.engine
+                .run(|| model.forward_batch(&mut items, scratch).map(|_| ()))
         };
-        let logits = match result {
-            Ok(logits) => logits,
-            Err(e) => {
-                // Inputs are checked at submission, so this is a bug or an exhausted machine:
-                // every sequence of the step fails, the scheduler goes on.
-                let e = Arc::new(e);
-                let n = self.running.len() as u64;
-                for mut r in self.running.drain(..) {
-                    r.send(Event::Error(e.clone()));
-                }
-                self.shared.lock().metrics.requests_finished += n;
-                return;
+        if let Err(e) = result {
+            // Inputs are checked at submission, so this is a bug or an exhausted machine:
+            // every sequence of the step fails, the scheduler goes on.
+            let e = Arc::new(e);
+            let n = self.running.len() as u64;
+            for mut r in self.running.drain(..) {
+                r.send(Event::Error(e.clone()));
             }
-        };
+            self.shared.lock().metrics.requests_finished += n;
+            return;
+        }
         let v = self.engine.config().vocab_size;
-        let mut rows = logits.chunks_exact(v);
+        let mut rows = self.scratch.logits().chunks_exact(v);
         let mut generated = 0u64;
         let mut ended = 0u64;
         let mut i = 0;
