@@ -79,7 +79,50 @@ const ROW_BY_ROW_MAX_K: usize = 2048;
 /// [`reference::matmul`](super::reference::matmul), accumulated in f32 (in a different order,
 /// so results agree to rounding, not bit for bit).
 pub fn matmul(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
-    matmul_f32(isa, p, x, w, y, Order::Fastest)
+    matmul_in(isa, Precision::F32, p, x, w, y, Order::Fastest)
+}
+
+/// [`matmul`] at [`Precision::Bf16`](super::Precision::Bf16): for bf16 weights the
+/// activations are rounded to bf16 first. Same contract as
+/// [`reference::matmul_bf16`](super::reference::matmul_bf16). On AVX512-BF16 CPUs this is
+/// the `vdpbf16ps` kernel; elsewhere the f32 kernel runs on the rounded activations.
+pub fn matmul_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    matmul_in(isa, Precision::Bf16, p, x, w, y, Order::Fastest)
+}
+
+/// [`matmul`] at [`Precision::Int8`](super::Precision::Int8): quantized weights with an
+/// integer dot multiply 8-bit activation blocks ([`crate::qdot`]); bf16 weights are
+/// [`matmul_bf16`]. Same contract as [`reference::matmul_int8`](super::reference::matmul_int8).
+pub fn matmul_int8(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
+    matmul_in(isa, Precision::Int8, p, x, w, y, Order::Fastest)
+}
+
+/// [`matmul`], [`matmul_bf16`] or [`matmul_int8`], as `precision` says.
+pub fn matmul_at(
+    isa: Isa,
+    precision: Precision,
+    p: Matmul,
+    x: &[f32],
+    w: Weight<'_>,
+    y: &mut [f32],
+) {
+    matmul_in(isa, precision, p, x, w, y, Order::Fastest)
+}
+
+/// [`matmul_at`], with every row summed in the GEMM's order, a call of one row included:
+/// each row's result is the same bits whatever the number of rows in the call, so a
+/// sequence batched with others (or its prompt split into other chunks) gets exactly the
+/// values it gets alone. The price is one-row calls (decode) without the GEMV's streaming
+/// (docs/performance.md measures it).
+pub fn matmul_batch_invariant(
+    isa: Isa,
+    precision: Precision,
+    p: Matmul,
+    x: &[f32],
+    w: Weight<'_>,
+    y: &mut [f32],
+) {
+    matmul_in(isa, precision, p, x, w, y, Order::BatchInvariant)
 }
 
 /// Which summation order a matmul may use for a call of one row.
@@ -94,11 +137,34 @@ enum Order {
     BatchInvariant,
 }
 
-fn matmul_f32(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order: Order) {
+/// Every public matmul: the shapes checked once, one row to the GEMV when `order` allows,
+/// the GEMM of `precision` otherwise.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "matmul_at's arguments plus the summation order"
+)]
+fn matmul_in(
+    isa: Isa,
+    precision: Precision,
+    p: Matmul,
+    x: &[f32],
+    w: Weight<'_>,
+    y: &mut [f32],
+    order: Order,
+) {
     p.check(x.len(), w.len(), y.len());
     if p.rows == 1 && order == Order::Fastest {
-        return gemv_many(isa, Precision::F32, &mut [Gemv { x, w, y }]);
+        return gemv_many(isa, precision, &mut [Gemv { x, w, y }]);
     }
+    match precision {
+        Precision::F32 => gemm_f32(isa, p, x, w, y, order),
+        Precision::Bf16 => gemm_bf16(isa, p, x, w, y, order),
+        Precision::Int8 => gemm_int8(isa, p, x, w, y, order),
+    }
+}
+
+/// The f32 GEMM (weights widened as they are read, quantized ones decoded exactly).
+fn gemm_f32(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order: Order) {
     let gemv = order == Order::Fastest;
     match w {
         Weight::F32(w) => run(isa, p, x, w, y, gemv),
@@ -108,21 +174,11 @@ fn matmul_f32(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], orde
     }
 }
 
-/// [`matmul`] at [`Precision::Bf16`](super::Precision::Bf16): for bf16 weights the
-/// activations are rounded to bf16 first. Same contract as
-/// [`reference::matmul_bf16`](super::reference::matmul_bf16). On AVX512-BF16 CPUs this is
-/// the `vdpbf16ps` kernel; elsewhere the f32 kernel runs on the rounded activations.
-pub fn matmul_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
-    matmul_bf16_in(isa, p, x, w, y, Order::Fastest)
-}
-
-fn matmul_bf16_in(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order: Order) {
-    p.check(x.len(), w.len(), y.len());
-    if p.rows == 1 && order == Order::Fastest {
-        return gemv_many(isa, Precision::Bf16, &mut [Gemv { x, w, y }]);
-    }
+/// The GEMM at bf16 precision: activations rounded to bf16 for bf16 weights, the f32 GEMM
+/// for the others.
+fn gemm_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order: Order) {
     let Weight::BF16(wb) = w else {
-        return matmul_f32(isa, p, x, w, y, order);
+        return gemm_f32(isa, p, x, w, y, order);
     };
     match isa {
         // The `vdpbf16ps` GEMM keeps each output in a lane of a packed panel: one row in its
@@ -144,60 +200,14 @@ fn matmul_bf16_in(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], 
     }
 }
 
-/// [`matmul`] at [`Precision::Int8`](super::Precision::Int8): quantized weights with an
-/// integer dot multiply 8-bit activation blocks ([`crate::qdot`]); bf16 weights are
-/// [`matmul_bf16`]. Same contract as [`reference::matmul_int8`](super::reference::matmul_int8).
-pub fn matmul_int8(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
-    matmul_int8_in(isa, p, x, w, y, Order::Fastest)
-}
-
-fn matmul_int8_in(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order: Order) {
-    p.check(x.len(), w.len(), y.len());
-    if p.rows == 1 && order == Order::Fastest {
-        return gemv_many(isa, Precision::Int8, &mut [Gemv { x, w, y }]);
-    }
+/// The GEMM at int8 precision: integer dots for quantized weights that have them, the
+/// bf16-precision GEMM for the others.
+fn gemm_int8(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order: Order) {
     match w {
         Weight::Quant(q) if crate::qdot::acts_kind(q.dtype).is_some() => {
             quant::gemm_int8(isa, p, x, q, y)
         }
-        _ => matmul_bf16_in(isa, p, x, w, y, order),
-    }
-}
-
-/// [`matmul_at`], with every row summed in the GEMM's order, a call of one row included:
-/// each row's result is the same bits whatever the number of rows in the call, so a
-/// sequence batched with others (or its prompt split into other chunks) gets exactly the
-/// values it gets alone. The price is one-row calls (decode) without the GEMV's streaming
-/// (docs/performance.md measures it).
-pub fn matmul_batch_invariant(
-    isa: Isa,
-    precision: Precision,
-    p: Matmul,
-    x: &[f32],
-    w: Weight<'_>,
-    y: &mut [f32],
-) {
-    let order = Order::BatchInvariant;
-    match precision {
-        Precision::F32 => matmul_f32(isa, p, x, w, y, order),
-        Precision::Bf16 => matmul_bf16_in(isa, p, x, w, y, order),
-        Precision::Int8 => matmul_int8_in(isa, p, x, w, y, order),
-    }
-}
-
-/// [`matmul`], [`matmul_bf16`] or [`matmul_int8`], as `precision` says.
-pub fn matmul_at(
-    isa: Isa,
-    precision: Precision,
-    p: Matmul,
-    x: &[f32],
-    w: Weight<'_>,
-    y: &mut [f32],
-) {
-    match precision {
-        Precision::F32 => matmul(isa, p, x, w, y),
-        Precision::Bf16 => matmul_bf16(isa, p, x, w, y),
-        Precision::Int8 => matmul_int8(isa, p, x, w, y),
+        _ => gemm_bf16(isa, p, x, w, y, order),
     }
 }
 
