@@ -84,7 +84,6 @@ pub(crate) fn spin(threads: usize) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// The median of `v` (the mean of the middle two for an even count).
 /// `bench --concurrency`: the scheduler at each level, as a table or JSON.
 fn concurrency(
     engine: mixtral::Engine,
@@ -140,7 +139,8 @@ fn concurrency(
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v` (the mean of the middle two for an even count).
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,

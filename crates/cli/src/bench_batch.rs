@@ -2,6 +2,7 @@
 //! (what `mixtral serve` runs), reporting aggregate prefill and decode tokens/s and time to
 //! first token at each N, as llama.cpp's `llama-batched-bench` reports S_PP and S_TG.
 
+use crate::bench::median;
 use mixtral::{BatchOptions, Engine, GenerateParams, Prompt, Scheduler};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,11 +18,6 @@ pub(crate) struct Level {
     pub decode_tokens_per_s: f64,
     /// Mean time to first token.
     pub ttft: Duration,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// Runs each level `repeat` times after one untimed warm-up run.

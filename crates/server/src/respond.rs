@@ -124,10 +124,6 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>, _cancel: CancelOn
 }
 
 impl Meta {
-    fn created(&self) -> u64 {
-        self.created
-    }
-
     fn usage(&self, generated: usize) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
@@ -216,7 +212,7 @@ impl Meta {
         json!({
             "id": self.id,
             "object": object,
-            "created": self.created(),
+            "created": self.created,
             "model": self.app.model,
             "choices": [choice],
             "usage": self.usage(done.generated_tokens),
@@ -266,7 +262,7 @@ impl Meta {
         let mut chunk = json!({
             "id": self.id,
             "object": object,
-            "created": self.created(),
+            "created": self.created,
             "model": self.app.model,
             "choices": [choice],
         });
@@ -285,7 +281,7 @@ impl Meta {
         json!({
             "id": self.id,
             "object": object,
-            "created": self.created(),
+            "created": self.created,
             "model": self.app.model,
             "choices": [],
             "usage": self.usage(generated),
