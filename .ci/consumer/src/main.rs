@@ -8,18 +8,32 @@ fn main() -> Result<(), mixtral::Error> {
         .nth(1)
         .expect("usage: mixtral-consumer MODEL_DIR");
     let engine = Engine::load(&model)?;
-    let chat = vec![Message::user("What is the capital of France?")];
+    let mut chat = vec![Message::user("What is the capital of France?")];
     let params = engine.params().max_new_tokens(12).temperature(0.0);
-    let mut generated = 0;
-    for token in engine.generate(&Prompt::Chat(chat), &params)? {
-        print!("{}", token?.text);
-        generated += 1;
+    let mut session = engine.session();
+    for question in ["And of Italy?", "Thanks."] {
+        let mut answer = String::new();
+        let mut generation = engine.generate_in(&mut session, &Prompt::Chat(chat.clone()), &params)?;
+        for token in generation.by_ref() {
+            let token = token?;
+            print!("{}", token.text);
+            answer.push_str(&token.text);
+        }
+        println!();
+        let stats = generation.stats();
+        assert_eq!(
+            stats.generated_tokens, 12,
+            "the tiny random model never says EOS this early"
+        );
+        if chat.len() > 1 {
+            assert!(
+                stats.prefill_tokens < stats.prompt_tokens,
+                "the second turn reuses the session's cache"
+            );
+        }
+        chat.push(Message::assistant(answer.trim()));
+        chat.push(Message::user(question));
     }
-    println!();
-    assert_eq!(
-        generated, 12,
-        "the tiny random model never says EOS this early"
-    );
     // Cancelled from another thread before it starts: it stops at once.
     let cancel = CancelToken::new();
     let other = cancel.clone();

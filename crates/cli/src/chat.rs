@@ -39,11 +39,15 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
         messages.push(Message::user(line.trim_end_matches(['\n', '\r'])));
-        let ids = engine.encode(&Prompt::Chat(messages.clone()))?;
-        let mut generation = start(&engine, session, &ids, &params)?;
+        let mut generation = start(
+            &engine,
+            &mut session,
+            &Prompt::Chat(messages.clone()),
+            &params,
+        )?;
         let answer = stream(&mut generation, true)?;
+        drop(generation);
         println!();
-        session = generation.into_session();
         messages.push(Message::assistant(answer.trim()));
     }
     Ok(())

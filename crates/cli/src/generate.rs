@@ -2,7 +2,7 @@
 
 use crate::args::{ModelArgs, PromptArgs, SamplingArgs, SteerArgs};
 use crate::{interrupt, progress};
-use mixtral::{Engine, GenerateParams, Generation};
+use mixtral::{Engine, GenerateParams, Generation, Prompt};
 use std::io::Write;
 
 /// Arguments of `mixtral generate`.
@@ -31,9 +31,10 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let engine = args.model.load()?;
     let mut params = args.sampling.params(&engine);
     params.intervention = args.steer.intervention();
-    let ids = engine.encode(&args.prompt.prompt(args.system.as_deref())?)?;
+    let prompt = args.prompt.prompt(args.system.as_deref())?;
     interrupt::install();
-    let mut generation = start(&engine, engine.session(), &ids, &params)?;
+    let mut session = engine.session();
+    let mut generation = start(&engine, &mut session, &prompt, &params)?;
     let text = stream(&mut generation, !args.json)?;
     let stats = generation.stats();
     let finish = generation.finish_reason().map_or("stop", |f| f.as_str());
@@ -61,15 +62,15 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Prefills `ids` in `session` with a progress bar.
+/// Prefills `prompt` in `session` with a progress bar.
 pub(crate) fn start<'e>(
     engine: &'e Engine,
-    session: mixtral::Session,
-    ids: &[u32],
+    session: &'e mut mixtral::Session,
+    prompt: &Prompt,
     params: &GenerateParams,
 ) -> Result<Generation<'e>, mixtral::Error> {
     let bar = progress::tokens("prefill");
-    let generation = engine.generate_in(session, ids, params, |done, total| {
+    let generation = engine.generate_in_with(session, prompt, params, |done, total| {
         bar.set_length(total as u64);
         bar.set_position(done as u64);
     });

@@ -16,14 +16,13 @@ pub fn run(model_dir: &str) -> mixtral::Result<Vec<String>> {
     let mut session = engine.session();
     let mut answers = Vec::new();
     for next_question in ["And of Italy?", ""] {
-        let ids = engine.encode(&Prompt::Chat(messages.clone()))?;
-        let mut generation = engine.generate_in(session, &ids, &params, |_, _| {})?;
-        let answer: String = generation
-            .by_ref()
+        // The whole conversation each turn: the session's cache already holds all but the
+        // new question, so only that is computed.
+        let answer: String = engine
+            .generate_in(&mut session, &Prompt::Chat(messages.clone()), &params)?
             .map(|t| t.map(|t| t.text))
             .collect::<mixtral::Result<_>>()?;
         println!("assistant: {answer}");
-        session = generation.into_session();
         messages.push(Message::assistant(answer.trim()));
         answers.push(answer);
         if !next_question.is_empty() {

@@ -264,10 +264,36 @@ impl Session {
     }
 }
 
+/// The session a [`Generation`] runs in: its own (from [`Engine::generate`]) or the caller's
+/// (from [`Engine::generate_in`]), which keeps what was computed once the generation ends.
+enum SessionSlot<'a> {
+    Owned(Session),
+    Borrowed(&'a mut Session),
+}
+
+impl std::ops::Deref for SessionSlot<'_> {
+    type Target = Session;
+    fn deref(&self) -> &Session {
+        match self {
+            SessionSlot::Owned(s) => s,
+            SessionSlot::Borrowed(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for SessionSlot<'_> {
+    fn deref_mut(&mut self) -> &mut Session {
+        match self {
+            SessionSlot::Owned(s) => s,
+            SessionSlot::Borrowed(s) => s,
+        }
+    }
+}
+
 /// A running generation: iterate it to get tokens as they are produced.
 pub struct Generation<'e> {
     engine: &'e Engine,
-    session: Session,
+    session: SessionSlot<'e>,
     decoding: Decoding<'e>,
     logits: Vec<f32>,
     stats: Stats,
@@ -481,10 +507,10 @@ impl Engine {
     /// Starts generating from `prompt` in a fresh session.
     ///
     /// ```
-    /// use mixtral::{Engine, Prompt};
-    /// let engine = Engine::load(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-bf16"))?;
-    /// let mut params = engine.params();
-    /// params.max_new_tokens = 8;
+    /// use mixtral::{Engine, GenerateParams, Prompt};
+    /// # let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-bf16");
+    /// let engine = Engine::load(model)?;
+    /// let params = engine.params().max_new_tokens(8);
     /// for token in engine.generate(&Prompt::Text("Hello".into()), &params)? {
     ///     print!("{}", token?.text);
     /// }
@@ -492,18 +518,61 @@ impl Engine {
     /// ```
     pub fn generate(&self, prompt: &Prompt, params: &GenerateParams) -> Result<Generation<'_>> {
         let ids = self.encode(prompt)?;
-        self.generate_in(self.session(), &ids, params, |_, _| {})
+        self.start(SessionSlot::Owned(self.session()), &ids, params, |_, _| {})
     }
 
-    /// Starts generating from `prompt_ids` in `session`, reusing its cache for the longest
-    /// common prefix; `progress(done, total)` is called as prompt chunks are prefilled.
-    pub fn generate_in(
-        &self,
-        mut session: Session,
+    /// Starts generating from `prompt` in `session`, reusing its cache for the longest common
+    /// prefix of its ids and the prompt's: a chat that sends the whole conversation each turn
+    /// computes only the new turn. The session keeps every token the generation ran through
+    /// the model, for the next call.
+    ///
+    /// ```
+    /// use mixtral::{Engine, Message, Prompt};
+    /// # let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-bf16");
+    /// let engine = Engine::load(model)?;
+    /// let params = engine.params().max_new_tokens(8);
+    /// let mut session = engine.session();
+    /// let mut chat = vec![Message::user("Hello")];
+    /// for question in ["How are you?", "Bye"] {
+    ///     let answer = engine
+    ///         .generate_in(&mut session, &Prompt::Chat(chat.clone()), &params)?
+    ///         .map(|t| t.map(|t| t.text))
+    ///         .collect::<mixtral::Result<String>>()?;
+    ///     chat.push(Message::assistant(answer.trim()));
+    ///     chat.push(Message::user(question));
+    /// }
+    /// # Ok::<(), mixtral::Error>(())
+    /// ```
+    pub fn generate_in<'a>(
+        &'a self,
+        session: &'a mut Session,
+        prompt: &Prompt,
+        params: &GenerateParams,
+    ) -> Result<Generation<'a>> {
+        self.generate_in_with(session, prompt, params, |_, _| {})
+    }
+
+    /// [`Engine::generate_in`] with `progress(done, total)` called after each prompt chunk is
+    /// prefilled (chunks of 128 tokens; `total` counts only the tokens not already cached).
+    pub fn generate_in_with<'a>(
+        &'a self,
+        session: &'a mut Session,
+        prompt: &Prompt,
+        params: &GenerateParams,
+        progress: impl FnMut(usize, usize),
+    ) -> Result<Generation<'a>> {
+        let ids = self.encode(prompt)?;
+        self.start(SessionSlot::Borrowed(session), &ids, params, progress)
+    }
+
+    /// Prefills `prompt_ids` in `session` and returns the generation that samples after them.
+    fn start<'a>(
+        &'a self,
+        mut session: SessionSlot<'a>,
         prompt_ids: &[u32],
         params: &GenerateParams,
         mut progress: impl FnMut(usize, usize),
-    ) -> Result<Generation<'_>> {
+    ) -> Result<Generation<'a>> {
         let decoding = Decoding::new(self, prompt_ids, params)?;
         // Keep the cached prefix, but always recompute at least the last prompt token: its
         // logits choose the first new token.
@@ -589,12 +658,6 @@ impl Generation<'_> {
         if self.decoding.finish.is_none() {
             self.decoding.finish = Some(FinishReason::Interrupted);
         }
-    }
-
-    /// Ends the generation and returns its session (the cache holds the prompt and every
-    /// generated token that was run through the model).
-    pub fn into_session(self) -> Session {
-        self.session
     }
 
     /// Runs the pending token through the model, leaving its logits in `self.logits`

@@ -46,16 +46,17 @@ fn a_session_reuses_its_cached_prefix() {
     let mut params = engine.params();
     params.max_new_tokens = 4;
     let first: Vec<u32> = (1..30).collect();
-    let mut g = engine
-        .generate_in(engine.session(), &first, &params, |_, _| {})
-        .unwrap();
-    let a: Vec<u32> = g.by_ref().map(|t| t.unwrap().id).collect();
-    let session = g.into_session();
+    let mut session = engine.session();
+    let a: Vec<u32> = engine
+        .generate_in(&mut session, &Prompt::Tokens(first.clone()), &params)
+        .unwrap()
+        .map(|t| t.unwrap().id)
+        .collect();
     assert_eq!(session.ids().len(), first.len() + 3); // the last sampled token was never run
     let mut longer = first.clone();
     longer.extend([500, 600]);
     let g = engine
-        .generate_in(session, &longer, &params, |_, _| {})
+        .generate_in(&mut session, &Prompt::Tokens(longer.clone()), &params)
         .unwrap();
     assert_eq!(
         g.stats().prefill_tokens,
@@ -63,7 +64,7 @@ fn a_session_reuses_its_cached_prefix() {
         "only the new tokens are computed"
     );
     let fresh = engine
-        .generate_in(engine.session(), &longer, &params, |_, _| {})
+        .generate(&Prompt::Tokens(longer.clone()), &params)
         .unwrap();
     let (reused, recomputed): (Vec<u32>, Vec<u32>) = (
         g.map(|t| t.unwrap().id).collect(),
@@ -180,22 +181,23 @@ fn a_session_filled_under_another_intervention_is_recomputed() {
     params.max_new_tokens = 6;
     params.ignore_eos = true;
     let prompt: Vec<u32> = (1..30).collect();
+    let mut session = engine.session();
     let g = engine
-        .generate_in(engine.session(), &prompt, &params, |_, _| {})
+        .generate_in(&mut session, &Prompt::Tokens(prompt.clone()), &params)
         .unwrap();
-    let session = g.into_session();
+    drop(g);
     let mut steered = params.clone();
     steered.intervention = mixtral::Intervention {
         experts_per_token: Some(1),
         ..Default::default()
     };
     let g = engine
-        .generate_in(session, &prompt, &steered, |_, _| {})
+        .generate_in(&mut session, &Prompt::Tokens(prompt.clone()), &steered)
         .unwrap();
     assert_eq!(g.stats().prefill_tokens, prompt.len(), "nothing reused");
     let reused: Vec<u32> = g.map(|t| t.unwrap().id).collect();
     let fresh: Vec<u32> = engine
-        .generate_in(engine.session(), &prompt, &steered, |_, _| {})
+        .generate(&Prompt::Tokens(prompt.clone()), &steered)
         .unwrap()
         .map(|t| t.unwrap().id)
         .collect();
