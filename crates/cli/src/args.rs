@@ -1,6 +1,6 @@
 //! Arguments shared by several commands: the model directory, threads, prompts, sampling.
 
-use mixtral::{ComputeDType, Device, Engine, LoadOptions, Message, Prompt};
+use mixtral::{Device, Engine, LoadOptions, Message, Precision, Prompt};
 use std::path::{Path, PathBuf};
 
 /// What to do without `--model`: nothing is compiled in (an installed binary must not point
@@ -41,7 +41,7 @@ pub(crate) struct ModelArgs {
     /// native bf16 compute; twice the prefill speed on AVX512-BF16 CPUs) or `int8` (as bf16,
     /// and 8-bit activation blocks with integer dots for quantized weights, as llama.cpp).
     #[arg(long, default_value = "auto")]
-    pub precision: ComputeDType,
+    pub precision: Precision,
     /// Quantize a bf16/f16/f32 checkpoint while loading it: `q8_0`, `q6_k`, `q5_k_m`,
     /// `q4_k_m`, `q5_k` or `q4_k` (what `mixtral quantize` writes, without keeping a file).
     #[arg(long)]
@@ -69,7 +69,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             threads: self.threads,
             device: self.device,
-            dtype: self.precision,
+            precision: self.precision,
             prefault: true,
             quantize: self.quantize,
             kv_dtype: self.kv_dtype,

@@ -245,7 +245,7 @@ fn unknown_precision_is_one_clear_error() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("unknown compute dtype `fp8` (expected auto, f32, bf16 or int8)"),
+        err.contains("unknown precision `fp8` (expected auto, f32, bf16 or int8)"),
         "{err}"
     );
 }

@@ -3,7 +3,7 @@
 use crate::{Defaults, Error, Result};
 use mixtral_kernels::Isa;
 use mixtral_kernels::cuda::CudaBackend;
-use mixtral_kernels::matmul::Precision;
+use mixtral_kernels::matmul::Precision as KernelPrecision;
 use mixtral_kernels::threads::Team;
 use mixtral_model::{
     Checkpoint, Config, CudaModel, ForwardOptions, Kernels, Logits, Model, Output,
@@ -40,10 +40,11 @@ impl std::str::FromStr for Device {
     }
 }
 
-/// The precision activations are computed in. Weights stay in their stored dtype.
+/// The precision activations are computed in ([`LoadOptions::precision`], the CLI's
+/// `--precision`). Weights stay in their stored dtype.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ComputeDType {
+pub enum Precision {
     /// `Int8` when the checkpoint's matmul weights include block-quantized ones (a quantized
     /// GGUF file), `F32` otherwise: the exact path where it costs little, llama.cpp's
     /// numerics where the exact one is slow. Measured on bench-1b (2 threads, AVX-512): the
@@ -71,18 +72,18 @@ pub enum ComputeDType {
     Int8,
 }
 
-impl std::str::FromStr for ComputeDType {
+impl std::str::FromStr for Precision {
     type Err = String;
 
     /// `auto`, `f32`, `bf16` or `int8`.
-    fn from_str(s: &str) -> std::result::Result<ComputeDType, String> {
+    fn from_str(s: &str) -> std::result::Result<Precision, String> {
         match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(ComputeDType::Auto),
-            "f32" => Ok(ComputeDType::F32),
-            "bf16" => Ok(ComputeDType::Bf16),
-            "int8" => Ok(ComputeDType::Int8),
+            "auto" => Ok(Precision::Auto),
+            "f32" => Ok(Precision::F32),
+            "bf16" => Ok(Precision::Bf16),
+            "int8" => Ok(Precision::Int8),
             _ => Err(format!(
-                "unknown compute dtype `{s}` (expected auto, f32, bf16 or int8)"
+                "unknown precision `{s}` (expected auto, f32, bf16 or int8)"
             )),
         }
     }
@@ -120,7 +121,7 @@ fn quantize_at_load(
     Ok(quantized)
 }
 
-/// Whether any tensor of the checkpoint is block-quantized (what [`ComputeDType::Auto`] asks).
+/// Whether any tensor of the checkpoint is block-quantized (what [`Precision::Auto`] asks).
 pub(crate) fn has_quantized_weights(ckpt: &Checkpoint) -> bool {
     ckpt.store().files().iter().any(|f| {
         f.infos()
@@ -184,7 +185,7 @@ pub struct LoadOptions {
     /// Worker threads (1 to [`MAX_THREADS`]); `None` uses one per core.
     pub threads: Option<usize>,
     /// Activation precision.
-    pub dtype: ComputeDType,
+    pub precision: Precision,
     /// Read every weight page once at load (with progress), so the first token is not slowed
     /// by page faults. On by default, in the library as in the CLI: the first request would
     /// otherwise pay for reading the weights from disk (minutes for the 93 GB of 8x7B in
@@ -221,7 +222,7 @@ impl Default for LoadOptions {
         LoadOptions {
             device: Device::Cpu,
             threads: None,
-            dtype: ComputeDType::Auto,
+            precision: Precision::Auto,
             prefault: true,
             quantize: None,
             kv_dtype: None,
@@ -316,14 +317,14 @@ impl Engine {
         };
         let defaults = Defaults::read(dir, &ckpt.config, tokenizer.as_ref())?;
         let chat_template = chat_template_for(dir, opts.chat_format)?;
-        let precision = match opts.dtype {
-            ComputeDType::Auto if has_quantized_weights(&ckpt) => Precision::Int8,
-            ComputeDType::Auto | ComputeDType::F32 => Precision::F32,
-            ComputeDType::Bf16 => Precision::Bf16,
-            ComputeDType::Int8 => Precision::Int8,
+        let precision = match opts.precision {
+            Precision::Auto if has_quantized_weights(&ckpt) => KernelPrecision::Int8,
+            Precision::Auto | Precision::F32 => KernelPrecision::F32,
+            Precision::Bf16 => KernelPrecision::Bf16,
+            Precision::Int8 => KernelPrecision::Int8,
         };
         let kv_dtype = opts.kv_dtype.unwrap_or(match precision {
-            Precision::F32 => mixtral_model::KvDType::F32,
+            KernelPrecision::F32 => mixtral_model::KvDType::F32,
             _ => mixtral_model::KvDType::F16,
         });
         let model = Model::new(ckpt)?

@@ -39,9 +39,7 @@ mod quantize;
 
 pub use batch::{BatchOptions, Event, Finished, Metrics, RequestHandle, Scheduler, Sink};
 pub use defaults::Defaults;
-pub use engine::{
-    ChatFormat, ComputeDType, Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS,
-};
+pub use engine::{ChatFormat, Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS, Precision};
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{
     CancelToken, FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token,

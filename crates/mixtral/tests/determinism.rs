@@ -3,17 +3,17 @@
 //! its work by output element, never by a reduction, so no sum's order depends on the thread
 //! count; docs/architecture.md.)
 
-use mixtral::{ComputeDType, Engine, LoadOptions, LogitsOptions, Prompt, SamplerConfig};
+use mixtral::{Engine, LoadOptions, LogitsOptions, Precision, Prompt, SamplerConfig};
 use std::path::PathBuf;
 
 fn fixtures() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures"))
 }
 
-fn load(path: &PathBuf, threads: usize, dtype: ComputeDType) -> Engine {
+fn load(path: &PathBuf, threads: usize, dtype: Precision) -> Engine {
     let opts = LoadOptions {
         threads: Some(threads),
-        dtype,
+        precision: dtype,
         ..LoadOptions::default()
     };
     Engine::load_with(path, opts, |_, _| {}).unwrap()
@@ -22,16 +22,10 @@ fn load(path: &PathBuf, threads: usize, dtype: ComputeDType) -> Engine {
 #[test]
 fn logits_and_seeded_samples_do_not_depend_on_the_thread_count() {
     let cases = [
-        (fixtures().join("models/tiny-bf16"), ComputeDType::F32),
-        (fixtures().join("models/tiny-bf16"), ComputeDType::Bf16),
-        (
-            fixtures().join("quant/tiny-q/Q4_K_M.gguf"),
-            ComputeDType::Int8,
-        ),
-        (
-            fixtures().join("quant/tiny-q/Q4_K_M.gguf"),
-            ComputeDType::F32,
-        ),
+        (fixtures().join("models/tiny-bf16"), Precision::F32),
+        (fixtures().join("models/tiny-bf16"), Precision::Bf16),
+        (fixtures().join("quant/tiny-q/Q4_K_M.gguf"), Precision::Int8),
+        (fixtures().join("quant/tiny-q/Q4_K_M.gguf"), Precision::F32),
     ];
     let all = std::thread::available_parallelism().map_or(1, |n| n.get());
     for (path, dtype) in cases {

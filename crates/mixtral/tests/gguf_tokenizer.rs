@@ -165,21 +165,21 @@ fn sentencepiece_model_file_gives_the_same_tokenizer() {
 
 #[test]
 fn auto_precision_is_int8_for_quantized_files_and_f32_otherwise() {
-    use mixtral::kernels::matmul::Precision;
-    use mixtral::{ComputeDType, LoadOptions};
+    use mixtral::kernels::matmul::Precision as Kernel;
+    use mixtral::{LoadOptions, Precision};
     let quantized = fixtures_dir().join("quant/tiny-q/Q4_K_M.gguf");
     let float = fixtures_dir().join("models/tiny-bf16");
-    let precision = |path: &std::path::Path, dtype| {
+    let resolved = |path: &std::path::Path, precision| {
         let opts = LoadOptions {
-            dtype,
+            precision,
             threads: Some(1),
             ..LoadOptions::default()
         };
         let engine = mixtral::Engine::load_with(path, opts, |_, _| {}).unwrap();
         engine.model().kernels().precision()
     };
-    assert_eq!(precision(&quantized, ComputeDType::Auto), Precision::Int8);
-    assert_eq!(precision(&float, ComputeDType::Auto), Precision::F32);
-    assert_eq!(precision(&quantized, ComputeDType::F32), Precision::F32);
-    assert_eq!(precision(&float, ComputeDType::Int8), Precision::Int8);
+    assert_eq!(resolved(&quantized, Precision::Auto), Kernel::Int8);
+    assert_eq!(resolved(&float, Precision::Auto), Kernel::F32);
+    assert_eq!(resolved(&quantized, Precision::F32), Kernel::F32);
+    assert_eq!(resolved(&float, Precision::Int8), Kernel::Int8);
 }

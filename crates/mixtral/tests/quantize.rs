@@ -254,7 +254,7 @@ fn all_logits(m: &Model, tokens: &[u32]) -> Vec<f32> {
 
 #[test]
 fn quantize_at_load_runs_within_the_activation_quantizing_tolerance() {
-    use mixtral::{ComputeDType, Engine, LoadOptions};
+    use mixtral::{Engine, LoadOptions, Precision};
     // Int8 numerics on the weights quantized at load, against the exact dequantization of
     // the same weights: the fixtures README's tolerance (ii) for Q8_0 (KL mean ≤ 0.025,
     // argmax agreement ≥ 0.86), on the Hugging Face and the Mistral fixture.
@@ -262,7 +262,7 @@ fn quantize_at_load_runs_within_the_activation_quantizing_tolerance() {
     for name in ["tiny-bf16", "tiny-f32-mistral"] {
         let load = |dtype| {
             let opts = LoadOptions {
-                dtype,
+                precision: dtype,
                 threads: Some(2),
                 quantize: Some(QuantScheme::Q8_0),
                 ..LoadOptions::default()
@@ -272,7 +272,7 @@ fn quantize_at_load_runs_within_the_activation_quantizing_tolerance() {
             assert!(calls > 0, "{name}: quantization reports progress");
             e
         };
-        let (fast, exact) = (load(ComputeDType::Auto), load(ComputeDType::F32));
+        let (fast, exact) = (load(Precision::Auto), load(Precision::F32));
         assert_eq!(
             fast.model().kernels().precision(),
             mixtral::kernels::matmul::Precision::Int8,
@@ -363,7 +363,7 @@ fn write_256_wide_model(dir: &Path) {
 
 #[test]
 fn k_quants_at_load_stay_within_tolerance_of_their_exact_dequantization() {
-    use mixtral::{ComputeDType, Engine, LoadOptions};
+    use mixtral::{Engine, LoadOptions, Precision};
     // The fixtures README's tolerance (ii) for Q4_K_M (KL mean ≤ 0.0085, argmax ≥ 0.83):
     // int8 numerics against the exact dequantization of the same Q4_K/Q5_K/Q6_K/Q8_0 weights.
     let dir = tempfile::tempdir().unwrap();
@@ -371,14 +371,14 @@ fn k_quants_at_load_stay_within_tolerance_of_their_exact_dequantization() {
     for scheme in [QuantScheme::Q4KM, QuantScheme::Q6K] {
         let load = |dtype| {
             let opts = LoadOptions {
-                dtype,
+                precision: dtype,
                 threads: Some(2),
                 quantize: Some(scheme),
                 ..LoadOptions::default()
             };
             Engine::load_with(dir.path(), opts, |_, _| {}).unwrap()
         };
-        let (fast, exact) = (load(ComputeDType::Int8), load(ComputeDType::F32));
+        let (fast, exact) = (load(Precision::Int8), load(Precision::F32));
         let v = fast.config().vocab_size;
         let tokens: Vec<u32> = (0..64).map(|i| (i * 97 + 3) % v as u32).collect();
         let (a, b) = (
