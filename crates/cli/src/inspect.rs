@@ -67,7 +67,8 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // The tokenizer files are validated too: a broken tokenizer.json fails here, not at the
     // first prompt.
     let model = crate::args::model_path(&args.model)?;
-    match mixtral::find_tokenizer(model)? {
+    let tokenizer = mixtral::find_tokenizer(model)?;
+    match &tokenizer {
         Some(tok) => {
             println!(
                 "tokenizer    {} ids, BOS {}, EOS {}",
@@ -85,8 +86,8 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         None => println!("tokenizer    none (token ids only)"),
     }
-    if model.is_dir() {
-        let template = mixtral::tokenizer::ChatTemplate::from_dir(model)?;
+    {
+        let template = mixtral::model_chat_template(model, tokenizer.as_ref())?;
         let line = match &template {
             None => "none: conversations use the [INST] format".to_string(),
             Some(t) if t.is_mistral_instruct() => {

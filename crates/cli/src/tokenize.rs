@@ -11,9 +11,15 @@ pub(crate) struct TokenizeArgs {
     /// Text to encode (SentencePiece dummy prefix, no BOS unless --bos).
     #[arg(long, required_unless_present = "chat", conflicts_with = "chat")]
     text: Option<String>,
-    /// A conversation file to render in the instruct format (always starts with BOS).
+    /// A conversation file to render as `generate --chat` does: the model's own chat template
+    /// or the `[INST]` format, as --chat-format picks.
     #[arg(long)]
     chat: Option<PathBuf>,
+    /// How --chat is rendered: `auto` (the model's chat template unless it is
+    /// Mixtral-Instruct's, else the mistral-common-exact `[INST]` format), `mistral` or
+    /// `template`.
+    #[arg(long, default_value = "auto", requires = "chat")]
+    chat_format: mixtral::ChatFormat,
     /// Prepend BOS to --text.
     #[arg(long)]
     bos: bool,
@@ -46,7 +52,10 @@ pub(crate) fn tokenize(args: TokenizeArgs) -> Result<(), Box<dyn std::error::Err
         }
         (None, Some(path)) => {
             let messages = crate::args::read_chat(path)?;
-            tokenizer(&args.model)?.encode_chat(&messages)?
+            let model = crate::args::model_path(&args.model)?;
+            let tok = mixtral::load_tokenizer(model)?;
+            let template = mixtral::chat_template(model, args.chat_format, Some(&tok))?;
+            mixtral::encode_chat(&tok, template.as_ref(), &messages)?
         }
         (None, None) => unreachable!("clap requires --text or --chat"),
     };

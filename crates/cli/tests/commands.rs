@@ -81,6 +81,58 @@ fn tokenize_chat_matches_mistral_common() {
 }
 
 #[test]
+fn tokenize_chat_uses_the_models_chat_template() {
+    // tiny-bf16 as a ChatML fine-tune: `tokenize --chat` renders as transformers does.
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    std::fs::create_dir(&model).unwrap();
+    for entry in std::fs::read_dir(fixture("tiny-bf16")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
+    }
+    let chatml = mixtral_testkit::make_chatml(&model);
+    let expected: Value =
+        serde_json::from_slice(&std::fs::read(chatml.join("expected.json")).unwrap()).unwrap();
+    let case = &expected["cases"][1];
+    let file = dir.path().join("chat.json");
+    std::fs::write(&file, case["messages"].to_string()).unwrap();
+    let (m, f) = (model.to_str().unwrap(), file.to_str().unwrap());
+    let json = stdout_json(&mixtral(&["tokenize", "-m", m, "--chat", f]));
+    assert_eq!(
+        json["ids"], case["ids"],
+        "transformers' apply_chat_template"
+    );
+    let json = stdout_json(&mixtral(&[
+        "tokenize",
+        "-m",
+        m,
+        "--chat",
+        f,
+        "--chat-format",
+        "mistral",
+    ]));
+    assert_eq!(json["ids"][1], 733, "[INST] format: <s> ▁[");
+    // A GGUF file's template comes from its metadata (Mixtral-Instruct's here, so forcing
+    // it gives what the [INST] renderer gives).
+    let gguf = fixture("../quant/tiny-q/Q4_K_M.gguf");
+    let g = gguf.to_str().unwrap();
+    let chat = dir.path().join("user.json");
+    std::fs::write(&chat, r#"[{"role": "user", "content": "Hello!"}]"#).unwrap();
+    let c = chat.to_str().unwrap();
+    let auto = stdout_json(&mixtral(&["tokenize", "-m", g, "--chat", c]));
+    let template = stdout_json(&mixtral(&[
+        "tokenize",
+        "-m",
+        g,
+        "--chat",
+        c,
+        "--chat-format",
+        "template",
+    ]));
+    assert_eq!(auto["ids"], template["ids"]);
+}
+
+#[test]
 fn tokenize_and_detokenize_round_trip() {
     let json = stdout_json(&mixtral(&["tokenize", "--text", "Hello world", "--bos"]));
     let ids = csv(&json["ids"]);

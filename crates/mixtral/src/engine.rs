@@ -130,37 +130,6 @@ pub(crate) fn has_quantized_weights(ckpt: &Checkpoint) -> bool {
     })
 }
 
-/// How conversations ([`crate::Prompt::Chat`]) become token ids.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ChatFormat {
-    /// The model's own `chat_template` when it has one that is not Mixtral-Instruct's;
-    /// otherwise the mistral-common-exact `[INST]` renderer.
-    #[default]
-    Auto,
-    /// The mistral-common-exact `[INST] … [/INST]` renderer, whatever the model carries.
-    Mistral,
-    /// The model's `chat_template` (`chat_template.jinja` or `tokenizer_config.json`),
-    /// rendered as transformers' `apply_chat_template` does; loading fails without one.
-    Template,
-}
-
-impl std::str::FromStr for ChatFormat {
-    type Err = String;
-
-    /// `auto`, `mistral` or `template`.
-    fn from_str(s: &str) -> std::result::Result<ChatFormat, String> {
-        match s {
-            "auto" => Ok(ChatFormat::Auto),
-            "mistral" => Ok(ChatFormat::Mistral),
-            "template" => Ok(ChatFormat::Template),
-            _ => Err(format!(
-                "unknown chat format `{s}` (expected auto, mistral or template)"
-            )),
-        }
-    }
-}
-
 /// What [`Engine::logits`] records, and under which intervention.
 #[derive(Clone, Debug, Default)]
 pub struct LogitsOptions {
@@ -211,8 +180,8 @@ pub struct LoadOptions {
     /// prompt's chunking. Off by default: decode loses the GEMV's streaming loops
     /// (docs/performance.md). CPU only.
     pub batch_invariant: bool,
-    /// How conversations are rendered ([`ChatFormat`]).
-    pub chat_format: ChatFormat,
+    /// How conversations are rendered ([`crate::ChatFormat`]).
+    pub chat_format: crate::ChatFormat,
 }
 
 impl Default for LoadOptions {
@@ -227,7 +196,7 @@ impl Default for LoadOptions {
             quantize: None,
             kv_dtype: None,
             batch_invariant: false,
-            chat_format: ChatFormat::Auto,
+            chat_format: crate::ChatFormat::Auto,
         }
     }
 }
@@ -316,7 +285,14 @@ impl Engine {
             _ => crate::gguf_vocab::find_tokenizer(dir)?,
         };
         let defaults = Defaults::read(dir, &ckpt.config, tokenizer.as_ref())?;
-        let chat_template = chat_template_for(dir, opts.chat_format)?;
+        let found = match (opts.chat_format, ckpt.gguf()) {
+            (crate::ChatFormat::Mistral, _) => None,
+            (_, Some(file)) if opts.quantize.is_none() => {
+                crate::chat_format::gguf_template(file, tokenizer.as_ref())?
+            }
+            _ => crate::chat_format::dir_template(dir)?,
+        };
+        let chat_template = crate::chat_format::choose(opts.chat_format, found)?;
         let precision = match opts.precision {
             Precision::Auto if has_quantized_weights(&ckpt) => KernelPrecision::Int8,
             Precision::Auto | Precision::F32 => KernelPrecision::F32,
@@ -462,35 +438,6 @@ impl Engine {
         f: impl FnOnce() -> mixtral_model::Result<T> + Send,
     ) -> Result<T> {
         Ok(self.team.run(f)?)
-    }
-}
-
-/// The template conversations are rendered with: the model directory's, unless the format
-/// says Mistral or (in `Auto`) the template is Mixtral-Instruct's own.
-fn chat_template_for(
-    dir: &Path,
-    format: ChatFormat,
-) -> Result<Option<mixtral_tokenizer::ChatTemplate>> {
-    if format == ChatFormat::Mistral || !dir.is_dir() {
-        return match format {
-            ChatFormat::Template => Err(Error::InvalidOption {
-                option: "chat_format",
-                reason: "`template` needs a model directory with a chat template \
-                         (chat_template.jinja or tokenizer_config.json's chat_template)",
-            }),
-            _ => Ok(None),
-        };
-    }
-    let template = mixtral_tokenizer::ChatTemplate::from_dir(dir)?;
-    match (format, template) {
-        (ChatFormat::Template, None) => Err(Error::InvalidOption {
-            option: "chat_format",
-            reason: "`template` needs a model directory with a chat template \
-                     (chat_template.jinja or tokenizer_config.json's chat_template)",
-        }),
-        (ChatFormat::Template, t) => Ok(t),
-        (_, Some(t)) if !t.is_mistral_instruct() => Ok(Some(t)),
-        _ => Ok(None),
     }
 }
 

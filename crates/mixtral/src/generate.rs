@@ -405,13 +405,11 @@ impl Engine {
                 ids.extend(tok.encode(text)?);
                 ids
             }
-            Prompt::Chat(messages) => {
-                let tok = self.require_tokenizer()?;
-                match &self.chat_template {
-                    Some(t) => tok.encode_with_special_tokens(&t.render(messages, true)?)?,
-                    None => tok.encode_chat(messages)?,
-                }
-            }
+            Prompt::Chat(messages) => crate::encode_chat(
+                self.require_tokenizer()?,
+                self.chat_template.as_ref(),
+                messages,
+            )?,
         })
     }
 

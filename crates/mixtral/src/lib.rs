@@ -30,6 +30,7 @@
 
 mod batch;
 pub mod bench;
+mod chat_format;
 mod defaults;
 mod engine;
 mod error;
@@ -38,8 +39,11 @@ pub mod gguf_vocab;
 mod quantize;
 
 pub use batch::{BatchOptions, Event, Finished, Metrics, RequestHandle, Scheduler, Sink};
+pub use chat_format::{
+    ChatFormat, GGUF_TEMPLATE_KEY, chat_template, encode_chat, model_chat_template,
+};
 pub use defaults::Defaults;
-pub use engine::{ChatFormat, Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS, Precision};
+pub use engine::{Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS, Precision};
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{
     CancelToken, FinishReason, GenerateParams, Generation, Prompt, Session, Stats, Token,

@@ -97,8 +97,17 @@ struct TokenizerConfig {
 }
 
 fn read_tokenizer_config(path: &Path) -> Result<TokenizerConfig> {
+    // The template as the engine reads it: `chat_template.jinja` first (where transformers 5
+    // saves it, and llama.cpp's converter looks too), then tokenizer_config.json's, a named
+    // list's `default` included.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let chat_template =
+        mixtral_tokenizer::ChatTemplate::from_dir(dir)?.map(|t| t.source().to_string());
     if !path.is_file() {
-        return Ok(TokenizerConfig::default());
+        return Ok(TokenizerConfig {
+            chat_template,
+            ..TokenizerConfig::default()
+        });
     }
     let bytes = mixtral_tensor::read_small_file(path, MAX_TOKENIZER_CONFIG_BYTES)
         .map_err(mixtral_model::Error::from)?;
@@ -119,7 +128,7 @@ fn read_tokenizer_config(path: &Path) -> Result<TokenizerConfig> {
         .unwrap_or_default();
     Ok(TokenizerConfig {
         special,
-        chat_template: json["chat_template"].as_str().map(str::to_string),
+        chat_template,
         add_bos: json["add_bos_token"].as_bool(),
         add_eos: json["add_eos_token"].as_bool(),
     })
