@@ -1,33 +1,58 @@
 //! Arguments shared by several commands: the model directory, threads, prompts, sampling.
 
 use mixtral::{Device, Engine, LoadOptions, Message, Precision, Prompt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 /// What to do without `--model`: nothing is compiled in (an installed binary must not point
 /// into the checkout that built it), so say where a model comes from.
 #[derive(Debug, thiserror::Error)]
 #[error(
-    "no model given: pass --model (or set MIXTRAL_MODEL) with a Hugging Face directory \
-     (config.json, *.safetensors, tokenizer.json), a Mistral directory (params.json, \
-     consolidated.safetensors, tokenizer.model) or a GGUF file. Get one with e.g. \
-     `huggingface-cli download mistralai/Mixtral-8x7B-Instruct-v0.1 --local-dir DIR`; a \
-     clone of the repository has a tiny test model: --model tests/fixtures/models/tiny-bf16"
+    "no model given: pass --model (or set MIXTRAL_MODEL) with a Hugging Face repo id \
+     (e.g. mistralai/Mixtral-8x7B-Instruct-v0.1: taken from the Hugging Face cache, \
+     downloaded into it when missing), a Hugging Face directory (config.json, *.safetensors, \
+     tokenizer.json), a Mistral directory (params.json, consolidated.safetensors, \
+     tokenizer.model), a GGUF file or a .safetensors file with its config.json beside it; \
+     a clone of the repository has a tiny test model: --model tests/fixtures/models/tiny-bf16"
 )]
 pub(crate) struct NoModel;
 
-/// The `--model` path, or [`NoModel`].
-pub(crate) fn model_path(model: &Option<PathBuf>) -> Result<&Path, NoModel> {
-    model.as_deref().ok_or(NoModel)
+/// The local path of the `--model` argument (a repo id resolved through the Hugging Face
+/// cache at `revision`, downloading with progress bars unless `HF_HUB_OFFLINE` is set), or
+/// [`NoModel`].
+pub(crate) fn resolve_model(
+    model: &Option<PathBuf>,
+    revision: Option<&str>,
+) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let model = model.as_deref().ok_or(NoModel)?;
+    let Some(spec) = model.to_str() else {
+        return Ok(model.to_path_buf());
+    };
+    let mut hub = mixtral::hub::HubOptions::from_env();
+    hub.progress = true;
+    if let Some(r) = revision {
+        hub.revision = r.to_string();
+    }
+    Ok(mixtral::hub::resolve(spec, &hub)?)
+}
+
+/// [`resolve_model`] at the default revision.
+pub(crate) fn model_path(model: &Option<PathBuf>) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    resolve_model(model, None)
 }
 
 /// Which model to load, and on how many threads.
 #[derive(clap::Args)]
 pub(crate) struct ModelArgs {
-    /// The model: a Hugging Face directory (config.json + safetensors + tokenizer.json), a
-    /// Mistral directory (params.json + consolidated.safetensors + tokenizer.model) or a GGUF
-    /// file.
+    /// The model: a Hugging Face repo id (`OWNER/NAME`, or `OWNER/NAME/FILE.gguf`; from the
+    /// Hugging Face cache, downloaded into it when missing unless HF_HUB_OFFLINE is set), a
+    /// Hugging Face directory (config.json + safetensors + tokenizer.json), a Mistral
+    /// directory (params.json + consolidated.safetensors + tokenizer.model), a GGUF file, or a
+    /// .safetensors file with its config.json beside it.
     #[arg(long, short = 'm', env = "MIXTRAL_MODEL")]
     pub model: Option<PathBuf>,
+    /// The repo id's branch, tag or commit hash.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
     /// Worker threads (default: one per core).
     #[arg(long, short = 't')]
     pub threads: Option<usize>,
@@ -65,7 +90,7 @@ pub(crate) struct ModelArgs {
 impl ModelArgs {
     /// Loads the engine, with a progress bar while weights are paged in.
     pub(crate) fn load(&self) -> Result<Engine, Box<dyn std::error::Error>> {
-        let model = model_path(&self.model)?;
+        let model = resolve_model(&self.model, Some(&self.revision))?;
         let opts = LoadOptions {
             threads: self.threads,
             device: self.device,
@@ -77,7 +102,7 @@ impl ModelArgs {
             chat_format: self.chat_format,
         };
         let bar = crate::progress::bytes("loading weights");
-        let engine = Engine::load_with(model, opts, |done, total| {
+        let engine = Engine::load_with(&model, opts, |done, total| {
             bar.set_length(total);
             bar.set_position(done);
         });

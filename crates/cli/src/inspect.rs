@@ -67,6 +67,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     // The tokenizer files are validated too: a broken tokenizer.json fails here, not at the
     // first prompt.
     let model = crate::args::model_path(&args.model)?;
+    let model = model.as_path();
     let tokenizer = mixtral::find_tokenizer(model)?;
     match &tokenizer {
         Some(tok) => {

@@ -39,7 +39,7 @@ pub(crate) struct DetokenizeArgs {
 fn tokenizer(
     model: &Option<PathBuf>,
 ) -> Result<mixtral::tokenizer::Tokenizer, Box<dyn std::error::Error>> {
-    Ok(mixtral::load_tokenizer(crate::args::model_path(model)?)?)
+    Ok(mixtral::load_tokenizer(&crate::args::model_path(model)?)?)
 }
 
 pub(crate) fn tokenize(args: TokenizeArgs) -> Result<(), Box<dyn std::error::Error>> {
@@ -53,8 +53,8 @@ pub(crate) fn tokenize(args: TokenizeArgs) -> Result<(), Box<dyn std::error::Err
         (None, Some(path)) => {
             let messages = crate::args::read_chat(path)?;
             let model = crate::args::model_path(&args.model)?;
-            let tok = mixtral::load_tokenizer(model)?;
-            let template = mixtral::chat_template(model, args.chat_format, Some(&tok))?;
+            let tok = mixtral::load_tokenizer(&model)?;
+            let template = mixtral::chat_template(&model, args.chat_format, Some(&tok))?;
             mixtral::encode_chat(&tok, template.as_ref(), &messages)?
         }
         (None, None) => unreachable!("clap requires --text or --chat"),

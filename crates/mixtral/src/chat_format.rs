@@ -68,6 +68,7 @@ pub(crate) fn choose(
 /// The template a model directory carries (Mistral's own directories, and anything that is
 /// not a directory, carry none).
 pub(crate) fn dir_template(dir: &Path) -> Result<Option<ChatTemplate>> {
+    let dir = crate::gguf_vocab::files_dir(dir);
     Ok(match dir.is_dir() {
         true => ChatTemplate::from_dir(dir)?,
         false => None,

@@ -224,19 +224,31 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// Loads a Hugging Face model directory with default options.
+    /// Loads a model with default options: a Hugging Face or Mistral directory, a GGUF file,
+    /// a single `.safetensors` file with its `config.json` beside it, or a Hugging Face repo
+    /// id (`mistralai/Mixtral-8x7B-Instruct-v0.1`) resolved through the local Hugging Face
+    /// cache, downloaded when missing ([`crate::hub`]; revision `main`, `HF_HUB_OFFLINE`
+    /// honoured).
     pub fn load(dir: impl AsRef<Path>) -> Result<Engine> {
         Engine::load_with(dir, LoadOptions::default(), |_, _| {})
     }
 
-    /// Loads a model directory; `progress(done_bytes, total_bytes)` is called while weights are
-    /// paged in (only with [`LoadOptions::prefault`]).
+    /// Loads a model (anything [`Engine::load`] takes); `progress(done_bytes, total_bytes)`
+    /// is called while weights are paged in (only with [`LoadOptions::prefault`]). For another
+    /// revision of a repo, or another cache, resolve it first with [`crate::hub::resolve`].
     pub fn load_with(
         dir: impl AsRef<Path>,
         opts: LoadOptions,
         mut progress: impl FnMut(u64, u64),
     ) -> Result<Engine> {
-        let dir = dir.as_ref();
+        let resolved = match dir.as_ref() {
+            p if std::fs::symlink_metadata(p).is_ok() => p.to_path_buf(),
+            p => match p.to_str() {
+                Some(spec) => crate::hub::resolve(spec, &crate::hub::HubOptions::from_env())?,
+                None => p.to_path_buf(),
+            },
+        };
+        let dir = resolved.as_path();
         match opts.threads {
             Some(0) => {
                 return Err(Error::InvalidOption {
@@ -284,7 +296,11 @@ impl Engine {
             Some(file) if opts.quantize.is_none() => crate::gguf_vocab::tokenizer_from_gguf(file)?,
             _ => crate::gguf_vocab::find_tokenizer(dir)?,
         };
-        let defaults = Defaults::read(dir, &ckpt.config, tokenizer.as_ref())?;
+        let defaults = Defaults::read(
+            crate::gguf_vocab::files_dir(dir),
+            &ckpt.config,
+            tokenizer.as_ref(),
+        )?;
         let found = match (opts.chat_format, ckpt.gguf()) {
             (crate::ChatFormat::Mistral, _) => None,
             (_, Some(file)) if opts.quantize.is_none() => {

@@ -66,6 +66,15 @@ pub enum Error {
     /// The batch scheduler stopped or failed a request.
     #[error("batch scheduler: {0}")]
     Batch(String),
+    /// The model argument is neither an existing path nor a repo id the Hugging Face cache
+    /// (or the hub) could provide.
+    #[error("model `{model}`: {reason}")]
+    ModelNotFound {
+        /// The path or repo id given.
+        model: String,
+        /// Why it could not be found.
+        reason: String,
+    },
     /// A load option is out of range.
     #[error("invalid option `{option}`: {reason}")]
     InvalidOption {
@@ -123,7 +132,9 @@ impl Error {
                 ErrorKind::InvalidInput
             }
             Error::KvBudget { .. } => ErrorKind::InvalidInput,
-            Error::NoTokenizer { .. } | Error::GenerationConfig { .. } => ErrorKind::ModelFiles,
+            Error::NoTokenizer { .. }
+            | Error::GenerationConfig { .. }
+            | Error::ModelNotFound { .. } => ErrorKind::ModelFiles,
             Error::QueueFull { .. } => ErrorKind::Busy,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Threads { .. } | Error::Batch(_) => ErrorKind::Internal,

@@ -106,6 +106,7 @@ pub fn find_tokenizer(model: &Path) -> crate::Result<Option<Tokenizer>> {
         let file = GgufFile::open(model).map_err(mixtral_model::Error::from)?;
         return Ok(tokenizer_from_gguf(&file)?);
     }
+    let model = files_dir(model);
     if model.join("tokenizer.json").is_file() {
         return Ok(Some(Tokenizer::from_dir(model)?));
     }
@@ -115,6 +116,19 @@ pub fn find_tokenizer(model: &Path) -> crate::Result<Option<Tokenizer>> {
         return Ok(Some(Tokenizer::from_sentencepiece_model(&spm)?));
     }
     Ok(None)
+}
+
+/// Where the files beside the weights (tokenizer, generation and chat config) are: the
+/// directory of a single `.safetensors` file, else the model path itself.
+pub(crate) fn files_dir(model: &Path) -> &Path {
+    if model.is_file() && model.extension().is_some_and(|e| e == "safetensors") {
+        match model.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        }
+    } else {
+        model
+    }
 }
 
 /// [`find_tokenizer`], failing with [`crate::Error::NoTokenizer`] when there is none.

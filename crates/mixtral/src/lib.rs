@@ -3,11 +3,13 @@
 //! The top of the crate graph: it composes [`tensor`], [`kernels`], [`model`], [`sampler`]
 //! and [`tokenizer`], and is the only crate that re-exports the others.
 //!
-//! Stream a chat answer (a Hugging Face or Mistral directory, or a GGUF file):
+//! Stream a chat answer (a Hugging Face repo id, taken from the local Hugging Face cache or
+//! downloaded into it; or a Hugging Face or Mistral directory, a GGUF file, a `.safetensors`
+//! file with its config beside it):
 //!
 //! ```no_run
 //! use mixtral::{Engine, Message, Prompt};
-//! let engine = Engine::load("path/to/Mixtral-8x7B-Instruct-v0.1")?;
+//! let engine = Engine::load("mistralai/Mixtral-8x7B-Instruct-v0.1")?;
 //! let chat = Prompt::Chat(vec![Message::user("What is the capital of France?")]);
 //! let mut params = engine.params();
 //! params.max_new_tokens = 16;
@@ -23,6 +25,9 @@
 //! # Design decisions
 //! - **Iterator, not callback.** [`Generation`] yields tokens as they are computed; the caller
 //!   decides how to print, collect or stop (Ctrl-C: [`Generation::interrupt`]).
+//! - **Repo ids resolve offline first** ([`hub`]): the Hugging Face cache's snapshot is a
+//!   model directory as it stands; the network is used only for what it lacks, and never
+//!   with `HF_HUB_OFFLINE=1` (or without the default `download` feature).
 //! - **Sessions keep the cache.** [`Engine::generate_in`] reuses the cached prefix of a
 //!   [`Session`], so a multi-turn chat only computes the new turn.
 //! - **Defaults come from the model directory** (`generation_config.json`), as transformers
@@ -36,6 +41,7 @@ mod engine;
 mod error;
 mod generate;
 pub mod gguf_vocab;
+pub mod hub;
 mod quantize;
 
 pub use batch::{BatchOptions, Event, Finished, Metrics, RequestHandle, Scheduler, Sink};

@@ -30,7 +30,9 @@ impl Checkpoint {
     ///   `model.safetensors.index.json` lists;
     /// - a directory with `params.json`: Mistral's format, `consolidated.safetensors` or
     ///   `consolidated.NN.safetensors`;
-    /// - a file starting with the GGUF magic: llama.cpp's format, any tensor types.
+    /// - a file starting with the GGUF magic: llama.cpp's format, any tensor types;
+    /// - a single `.safetensors` file holding every tensor, with the `config.json` (Hugging
+    ///   Face names) or `params.json` (Mistral's) of its directory.
     ///
     /// Only headers are read, so this takes milliseconds even for a 93 GB checkpoint.
     pub fn open(path: impl AsRef<Path>) -> Result<Checkpoint> {
@@ -41,6 +43,23 @@ impl Checkpoint {
         let not_a_model = || Error::NotAModelDir {
             dir: path.to_path_buf(),
         };
+        if path.is_file() && path.extension().is_some_and(|e| e == "safetensors") {
+            let dir = match path.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let store = || TensorStore::open_files([path.to_path_buf()]);
+            let (config, params) = (dir.join("config.json"), dir.join("params.json"));
+            if config.is_file() {
+                let config = Config::from_file(&config)?;
+                return Checkpoint::assemble(path, config, store()?, Layout::HuggingFace);
+            }
+            if params.is_file() {
+                let config = Config::from_params_file(&params)?;
+                return Checkpoint::assemble(path, config, store()?, Layout::Mistral);
+            }
+            return Err(not_a_model());
+        }
         if !path.is_dir() {
             return Err(not_a_model());
         }

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// The path is neither a model directory (no `config.json` or `params.json`) nor a GGUF file.
+    /// The path is neither a model directory (no `config.json` or `params.json`), nor a GGUF
+    /// file, nor a `.safetensors` file with a config beside it.
     #[error(
-        "{}: not a model (expected a directory with config.json or params.json, or a .gguf file)",
+        "{}: not a model (expected a directory with config.json or params.json, a .gguf file, or a .safetensors file with config.json or params.json beside it)",
         dir.display()
     )]
     NotAModelDir {

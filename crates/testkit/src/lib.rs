@@ -242,6 +242,52 @@ pub fn python_with(env_var: &str, module: &str) -> Option<String> {
     ok.then(|| "python3".to_string())
 }
 
+/// Puts the files of `model_dir` into a Hugging Face hub cache at `cache` as the Python
+/// `huggingface_hub` library lays them out: each file's bytes once under
+/// `models--OWNER--NAME/blobs/`, the revision's `snapshots/COMMIT/FILE` as relative symlinks to
+/// them, and `refs/REVISION` holding the commit hash (no newline). Returns the commit hash,
+/// made from `revision` so that two revisions get two snapshots.
+#[cfg(unix)]
+pub fn make_hub_cache(
+    cache: &std::path::Path,
+    repo_id: &str,
+    revision: &str,
+    model_dir: &std::path::Path,
+) -> String {
+    let folder = cache.join(format!("models--{}", repo_id.replace('/', "--")));
+    let fnv = |bytes: &[u8], seed: u64| {
+        bytes.iter().fold(0xcbf2_9ce4_8422_2325 ^ seed, |h, &b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+    };
+    let commit = format!(
+        "{:016x}{:016x}{:08x}",
+        fnv(revision.as_bytes(), 1),
+        fnv(revision.as_bytes(), 2),
+        0
+    );
+    let snapshot = folder.join("snapshots").join(&commit);
+    for dir in [folder.join("blobs"), folder.join("refs"), snapshot.clone()] {
+        std::fs::create_dir_all(&dir).unwrap();
+    }
+    for entry in std::fs::read_dir(model_dir).unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let blob = format!("{:016x}{:016x}", fnv(&bytes, 3), fnv(&bytes, 4));
+        let blob_path = folder.join("blobs").join(&blob);
+        if !blob_path.exists() {
+            std::fs::write(&blob_path, &bytes).unwrap();
+        }
+        std::os::unix::fs::symlink(
+            format!("../../blobs/{blob}"),
+            snapshot.join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
+    std::fs::write(folder.join("refs").join(revision), &commit).unwrap();
+    commit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
