@@ -196,7 +196,7 @@ fn bad_input_fails_with_one_clear_line() {
     let f32 = f32.to_str().unwrap();
     assert_fails_cleanly(
         &mixtral(&["generate", "--model", "/nonexistent", "--prompt", "x"]),
-        "not a model (expected a directory",
+        "model `/nonexistent`: no such file or directory (nor a Hugging Face repo id",
     );
     assert_fails_cleanly(
         &mixtral(&[
@@ -412,7 +412,7 @@ fn without_a_model_every_command_says_how_to_get_one() {
         assert_clean_error(&out, "no model given");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            stderr.contains("MIXTRAL_MODEL") && stderr.contains("huggingface-cli"),
+            stderr.contains("MIXTRAL_MODEL") && stderr.contains("repo id"),
             "{stderr}"
         );
     }

@@ -51,10 +51,7 @@ fn summarises_each_fixture() {
 
 #[test]
 fn missing_directory_fails_cleanly() {
-    assert_clean_failure(
-        Path::new("/nonexistent/model"),
-        "not a model (expected a directory",
-    );
+    assert_clean_failure(Path::new("/nonexistent/model"), "no such file or directory");
 }
 
 #[test]

@@ -207,7 +207,7 @@ fn a_directory_that_is_not_a_model_is_reported() {
     let err = Checkpoint::open("/nonexistent/model").unwrap_err();
     assert_eq!(
         err.to_string(),
-        "/nonexistent/model: not a model (expected a directory with config.json or params.json, or a .gguf file)"
+        "/nonexistent/model: not a model (expected a directory with config.json or params.json, a .gguf file, or a .safetensors file with config.json or params.json beside it)"
     );
 }
 
