@@ -8,8 +8,7 @@
 mod common;
 
 use common::fixture;
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 /// A tmux server of this test's own (its own socket), killed on drop.
@@ -194,28 +193,9 @@ fn chat_in_a_terminal_edits_lines_and_survives_ctrl_c() {
 }
 
 fn piped(input: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mixtral"))
-        .args([
-            "chat",
-            "-m",
-            fixture("tiny-bf16").to_str().unwrap(),
-            "-n",
-            "4",
-            "-t",
-            "1",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(input.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let tiny = fixture("tiny-bf16");
+    let args = ["chat", "-m", tiny.to_str().unwrap(), "-n", "4", "-t", "1"];
+    common::mixtral_with_stdin(&args, input)
 }
 
 /// The `[N prompt tokens, M computed; K generated]` lines, as (N, M).

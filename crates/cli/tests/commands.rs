@@ -85,11 +85,7 @@ fn tokenize_chat_uses_the_models_chat_template() {
     // tiny-bf16 as a ChatML fine-tune: `tokenize --chat` renders as transformers does.
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    for entry in std::fs::read_dir(fixture("tiny-bf16")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
-    }
+    mixtral_testkit::copy_dir(&fixture("tiny-bf16"), &model);
     let chatml = mixtral_testkit::make_chatml(&model);
     let expected: Value =
         serde_json::from_slice(&std::fs::read(chatml.join("expected.json")).unwrap()).unwrap();

@@ -6,9 +6,7 @@ mod common;
 
 use common::{csv, mixtral, ok_stdout, stdout_json};
 use serde_json::Value;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 fn quant() -> PathBuf {
     PathBuf::from(concat!(
@@ -82,23 +80,13 @@ fn text_prompts_use_the_tokenizer_in_the_file() {
 
 #[test]
 fn chat_runs_on_a_gguf_file_alone() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mixtral"))
-        .args(["chat", "--model", &gguf(), "--max-new-tokens", "8"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"Bonjour\n\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let gguf = gguf();
+    let args = ["chat", "--model", &gguf, "--max-new-tokens", "8"];
+    let out = common::mixtral_with_stdin(&args, "Bonjour\n\n");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(stderr.contains("8 generated]"), "{stderr}");
 }
 
 #[test]

@@ -327,10 +327,7 @@ fn chat_prompts_follow_the_models_own_template_unless_it_is_mixtral_instructs() 
     use mixtral::{ChatFormat, LoadOptions, Message};
     // tiny-bf16 as a ChatML fine-tune.
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(TINY_BF16).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
+    mixtral_testkit::copy_dir(std::path::Path::new(TINY_BF16), dir.path());
     let chatml = mixtral_testkit::make_chatml(dir.path());
     let expected: Value =
         serde_json::from_slice(&std::fs::read(chatml.join("expected.json")).unwrap()).unwrap();

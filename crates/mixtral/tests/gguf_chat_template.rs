@@ -48,11 +48,7 @@ fn a_gguf_files_mixtral_template_is_detected_and_renders_as_mistral_common() {
 fn a_chatml_fine_tune_quantized_to_gguf_keeps_its_template() {
     let dir = tempfile::tempdir().unwrap();
     let model = dir.path().join("model");
-    std::fs::create_dir(&model).unwrap();
-    for entry in std::fs::read_dir(fixture_model("tiny-bf16")).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, model.join(path.file_name().unwrap())).unwrap();
-    }
+    mixtral_testkit::copy_dir(&fixture_model("tiny-bf16"), &model);
     let chatml = mixtral_testkit::make_chatml(&model);
     let gguf = dir.path().join("chatml.Q8_0.gguf");
     mixtral::quantize_to_gguf(&model, QuantScheme::Q8_0, &gguf, |_, _| {}).unwrap();

@@ -242,6 +242,16 @@ pub fn python_with(env_var: &str, module: &str) -> Option<String> {
     ok.then(|| "python3".to_string())
 }
 
+/// Copies the files of directory `from` into `to` (created if missing): a writable copy of
+/// a fixture model for a test to change.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("{from:?}: {e}")) {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
 /// Puts the files of `model_dir` into a Hugging Face hub cache at `cache` as the Python
 /// `huggingface_hub` library lays them out: each file's bytes once under
 /// `models--OWNER--NAME/blobs/`, the revision's `snapshots/COMMIT/FILE` as relative symlinks to

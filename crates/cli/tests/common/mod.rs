@@ -17,11 +17,28 @@ pub fn fixture(model: &str) -> PathBuf {
 /// A writable copy of a fixture model directory.
 pub fn copy_of(model: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    for entry in std::fs::read_dir(fixture(model)).unwrap() {
-        let path = entry.unwrap().path();
-        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
-    }
+    mixtral_testkit::copy_dir(&fixture(model), dir.path());
     dir
+}
+
+/// Runs `mixtral ARGS…` with `input` on its standard input (then closed).
+pub fn mixtral_with_stdin(args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mixtral"))
+        .args(args)
+        .env_remove("MIXTRAL_MODEL")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
 }
 
 /// Runs `mixtral ARGS…` to completion, with `MIXTRAL_MODEL` naming the tiny test model (what
