@@ -31,7 +31,7 @@ pub(crate) struct Args {
     /// Prompt tokens a joining sequence prefills per step (beside the others' decode steps).
     #[arg(long, default_value_t = 128)]
     prefill_chunk: usize,
-    /// The model's name in responses (default: the model path's last component).
+    /// The model's name in responses (default: the repo id, or the model path's last component).
     #[arg(long)]
     served_model_name: Option<String>,
     /// Seconds running requests get to finish after SIGINT/SIGTERM before they are cancelled.
@@ -72,13 +72,17 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         prefill_chunk: args.prefill_chunk,
     };
     let scheduler = Arc::new(Scheduler::new(engine, opts)?);
-    let name = args.served_model_name.unwrap_or_else(|| {
-        args.model
-            .model
-            .as_deref()
-            .and_then(std::path::Path::file_name)
-            .map_or_else(|| "mixtral".into(), |n| n.to_string_lossy().into_owned())
-    });
+    // A repo id names the model as vLLM names it (`mistralai/Mixtral-8x7B-Instruct-v0.1`); a
+    // path by its last component.
+    let name = args
+        .served_model_name
+        .unwrap_or_else(|| match args.model.model.as_deref() {
+            Some(p) if !p.exists() => p.to_string_lossy().into_owned(),
+            Some(p) => p
+                .file_name()
+                .map_or_else(|| "mixtral".into(), |n| n.to_string_lossy().into_owned()),
+            None => "mixtral".into(),
+        });
     let m = scheduler.metrics();
     // The async threads only move bytes; the engine's own threads compute.
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -26,8 +26,11 @@ fn generate_example_streams_text() {
 
 #[test]
 fn chat_example_answers_two_turns() {
-    let answers = chat::run(TINY_BF16).unwrap();
-    assert_eq!(answers.len(), 2);
+    let turns = chat::run(TINY_BF16, mixtral::Device::Cpu).unwrap();
+    assert_eq!(turns.len(), 2);
+    assert_eq!(turns[0].computed, turns[0].prompt_tokens);
+    // The second turn computes only what the first did not leave in the session's cache.
+    assert!(turns[1].computed < turns[1].prompt_tokens / 2, "{turns:?}");
 }
 
 #[test]
