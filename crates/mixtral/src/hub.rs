@@ -78,6 +78,10 @@ impl Default for HubOptions {
     }
 }
 
+/// The start of every message about a repo id that could not be resolved: the spelling may
+/// have been meant as a path.
+const NEITHER: &str = "no such file or directory, and as a Hugging Face repo id it is";
+
 /// Why a model could not be found.
 fn not_found(spec: &str, reason: impl Into<String>) -> Error {
     Error::ModelNotFound {
@@ -144,7 +148,7 @@ pub fn resolve(spec: &str, opts: &HubOptions) -> Result<PathBuf> {
         return Err(not_found(
             spec,
             format!(
-                "not in the Hugging Face cache {} at revision `{}` ({missing}), and HF_HUB_OFFLINE \
+                "{NEITHER} not in the Hugging Face cache {} at revision `{}` ({missing}), and HF_HUB_OFFLINE \
                  forbids downloading it",
                 opts.cache_dir.display(),
                 opts.revision
@@ -284,7 +288,7 @@ fn download(spec: &str, repo: &RepoRef<'_>, opts: &HubOptions, missing: &str) ->
     let fail = |what: &str, e: &dyn std::fmt::Display| {
         not_found(
             spec,
-            format!("not in the Hugging Face cache ({missing}); {what}: {e}"),
+            format!("{NEITHER} not in the Hugging Face cache ({missing}); {what}: {e}"),
         )
     };
     let cache = hf_hub::Cache::new(opts.cache_dir.clone());
@@ -337,8 +341,8 @@ fn download(spec: &str, _: &RepoRef<'_>, opts: &HubOptions, missing: &str) -> Re
     Err(not_found(
         spec,
         format!(
-            "not in the Hugging Face cache {} ({missing}), and this build has no `download` \
-             feature",
+            "{NEITHER} not in the Hugging Face cache {} ({missing}), and this build has no \
+             `download` feature",
             opts.cache_dir.display()
         ),
     ))
