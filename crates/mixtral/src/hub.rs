@@ -32,10 +32,12 @@ const MODEL_FILES: &[&str] = &[
 /// The most bytes of a safetensors index read while checking a snapshot.
 const MAX_INDEX_BYTES: u64 = 64 << 20;
 
-/// Where and how repo ids are resolved.
+/// Where and how repo ids are resolved. Start from [`HubOptions::from_env`] and change the
+/// fields you need.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HubOptions {
-    /// Branch, tag or commit hash (`main` by default).
+    /// Branch, tag, `refs/pr/N` or commit hash (`main` by default).
     pub revision: String,
     /// The hub cache directory (the one holding `models--…` folders).
     pub cache_dir: PathBuf,
@@ -43,19 +45,46 @@ pub struct HubOptions {
     pub offline: bool,
     /// Show download progress bars on stderr.
     pub progress: bool,
+    /// The access token sent with downloads (gated repos such as mistralai's need one).
+    pub token: Option<String>,
 }
 
 impl HubOptions {
-    /// Options from the environment, as `huggingface_hub` reads it: `HF_HUB_CACHE`, else
-    /// `HF_HOME/hub`, else `~/.cache/huggingface/hub`; `HF_HUB_OFFLINE` (`1`, `true`, `yes`,
-    /// `on`); revision `main`; no progress bars.
+    /// Options from the environment, read as Python's `huggingface_hub` reads it:
+    /// - cache: `HF_HUB_CACHE`, else the older `HUGGINGFACE_HUB_CACHE`, else `HF_HOME/hub`,
+    ///   where `HF_HOME` defaults to `$XDG_CACHE_HOME/huggingface`, else
+    ///   `~/.cache/huggingface`;
+    /// - token: `HF_TOKEN`, else the file `HF_TOKEN_PATH` names, else `HF_HOME/token` (what
+    ///   `huggingface-cli login` writes); empty values count as unset;
+    /// - offline: `HF_HUB_OFFLINE` set to `1`, `true`, `yes` or `on`;
+    /// - revision `main`; progress bars when stderr is a terminal.
     pub fn from_env() -> HubOptions {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+        let var = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let hf_home = var("HF_HOME").unwrap_or_else(|| {
+            var("XDG_CACHE_HOME")
+                .or_else(|| var("HOME").map(|h| h.join(".cache")))
+                .unwrap_or_else(|| PathBuf::from(".cache"))
+                .join("huggingface")
+        });
         let cache_dir = var("HF_HUB_CACHE")
-            .map(PathBuf::from)
-            .or_else(|| var("HF_HOME").map(|h| PathBuf::from(h).join("hub")))
-            .or_else(|| var("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub")))
-            .unwrap_or_else(|| PathBuf::from(".cache/huggingface/hub"));
+            .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
+            .unwrap_or_else(|| hf_home.join("hub"));
+        let token = std::env::var("HF_TOKEN")
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+            .or_else(|| {
+                let path = var("HF_TOKEN_PATH").unwrap_or_else(|| hf_home.join("token"));
+                // A token is a line of text: anything larger is not one.
+                mixtral_tensor::read_small_file(&path, 4096)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+            })
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
         let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| {
             matches!(
                 v.trim().to_ascii_lowercase().as_str(),
@@ -66,9 +95,25 @@ impl HubOptions {
             revision: "main".into(),
             cache_dir,
             offline,
-            progress: false,
+            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            token,
         }
     }
+}
+
+/// Whether `revision` may name a ref file inside the cache: a branch, tag, `refs/pr/N` or
+/// commit hash, never an absolute path or a `..` step out of `refs/`.
+fn valid_revision(revision: &str) -> bool {
+    !revision.is_empty()
+        && revision.len() <= 256
+        && revision.split('/').all(|part| {
+            !part.is_empty()
+                && part != "."
+                && part != ".."
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        })
 }
 
 impl Default for HubOptions {
@@ -133,6 +178,15 @@ pub fn resolve(spec: &str, opts: &HubOptions) -> Result<PathBuf> {
     let path = Path::new(spec);
     if std::fs::symlink_metadata(path).is_ok() {
         return Ok(path.to_path_buf());
+    }
+    if !valid_revision(&opts.revision) {
+        return Err(not_found(
+            spec,
+            format!(
+                "revision `{}` is not a branch, tag or commit name",
+                opts.revision.escape_debug()
+            ),
+        ));
     }
     let Some(repo) = parse_repo(spec) else {
         return Err(not_found(
@@ -286,16 +340,23 @@ fn files_to_fetch<'a>(listing: &[&'a str]) -> Vec<&'a str> {
 fn download(spec: &str, repo: &RepoRef<'_>, opts: &HubOptions, missing: &str) -> Result<PathBuf> {
     use hf_hub::api::sync::ApiBuilder;
     let fail = |what: &str, e: &dyn std::fmt::Display| {
+        let e = e.to_string();
+        // Gated repos (mistralai's among them) answer 401/403 without a token or licence.
+        let hint = if e.contains("401") || e.contains("403") {
+            " (a gated repo: accept its licence on huggingface.co, then log in with \
+             `huggingface-cli login` or set HF_TOKEN)"
+        } else {
+            ""
+        };
         not_found(
             spec,
-            format!("{NEITHER} not in the Hugging Face cache ({missing}); {what}: {e}"),
+            format!("{NEITHER} not in the Hugging Face cache ({missing}); {what}: {e}{hint}"),
         )
     };
     let cache = hf_hub::Cache::new(opts.cache_dir.clone());
-    let token = std::env::var("HF_TOKEN").ok().or_else(|| cache.token());
     let mut builder = ApiBuilder::from_cache(cache)
         .with_progress(opts.progress)
-        .with_token(token);
+        .with_token(opts.token.clone());
     if let Ok(endpoint) = std::env::var("HF_ENDPOINT") {
         builder = builder.with_endpoint(endpoint);
     }
@@ -316,6 +377,22 @@ fn download(spec: &str, repo: &RepoRef<'_>, opts: &HubOptions, missing: &str) ->
         .info()
         .map_err(|e| fail("listing the repo on the hub", &e))?;
     let listing: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
+    let has_weights = listing.iter().any(|f| f.ends_with(".safetensors"));
+    let ggufs: Vec<&str> = listing
+        .iter()
+        .copied()
+        .filter(|f| f.ends_with(".gguf"))
+        .collect();
+    if !has_weights && !ggufs.is_empty() {
+        return Err(not_found(
+            spec,
+            format!(
+                "the repo holds GGUF files: name one as {}/FILE ({})",
+                repo.id,
+                ggufs.join(", ")
+            ),
+        ));
+    }
     let mut dir = None;
     for file in files_to_fetch(&listing) {
         let path = api_repo
@@ -373,6 +450,24 @@ mod tests {
             "a/b/",
         ] {
             assert_eq!(parse_repo(not_a_repo), None, "{not_a_repo}");
+        }
+    }
+
+    #[test]
+    fn revisions_stay_inside_refs() {
+        for ok in ["main", "v0.1", "refs/pr/12", &"ab".repeat(20)] {
+            assert!(valid_revision(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "/etc/hostname",
+            "../../x",
+            "a/../../b",
+            "a//b",
+            "main\n",
+            "a b",
+        ] {
+            assert!(!valid_revision(bad), "{bad:?}");
         }
     }
 

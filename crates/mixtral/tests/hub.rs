@@ -10,12 +10,12 @@ use mixtral_testkit::{fixture_model, make_hub_cache};
 use std::path::{Path, PathBuf};
 
 fn offline(cache: &Path, revision: &str) -> HubOptions {
-    HubOptions {
-        revision: revision.into(),
-        cache_dir: cache.to_path_buf(),
-        offline: true,
-        progress: false,
-    }
+    let mut opts = HubOptions::from_env();
+    opts.revision = revision.into();
+    opts.cache_dir = cache.to_path_buf();
+    opts.offline = true;
+    opts.progress = false;
+    opts
 }
 
 fn greedy(model: &Path) -> Vec<u32> {
@@ -100,6 +100,14 @@ fn an_incomplete_or_hostile_cache_is_reported_not_followed() {
     std::fs::write(folder.join("refs/main"), "../../../../etc").unwrap();
     let err = resolve("a/tiny", &offline(cache.path(), "main")).unwrap_err();
     assert!(err.to_string().contains("not a commit hash"), "{err}");
+    // A revision is a ref name, never a path out of the cache.
+    for revision in ["/etc/hostname", "../../../x", ""] {
+        let err = resolve("a/tiny", &offline(cache.path(), revision)).unwrap_err();
+        assert!(
+            err.to_string().contains("not a branch, tag or commit"),
+            "{err}"
+        );
+    }
     // Neither a path nor a repo id.
     for spec in ["no-such-dir", "../../x/y", "a/b c"] {
         let err = resolve(spec, &offline(cache.path(), "main")).unwrap_err();
