@@ -212,6 +212,8 @@ pub struct Engine {
     pub(crate) defaults: Defaults,
     team: Team,
     dir: PathBuf,
+    /// Tells this engine's sessions from other engines'.
+    pub(crate) id: u64,
 }
 
 impl std::fmt::Debug for Engine {
@@ -306,7 +308,8 @@ impl Engine {
             (_, Some(file)) if opts.quantize.is_none() => {
                 crate::chat_format::gguf_template(file, tokenizer.as_ref())?
             }
-            _ => crate::chat_format::dir_template(dir)?,
+            // A quantized-at-load GGUF file still carries its template.
+            _ => crate::chat_format::model_chat_template(dir, tokenizer.as_ref())?,
         };
         let chat_template = crate::chat_format::choose(opts.chat_format, found)?;
         let precision = match opts.precision {
@@ -331,6 +334,10 @@ impl Engine {
             defaults,
             team,
             dir: dir.to_path_buf(),
+            id: {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            },
         })
     }
 

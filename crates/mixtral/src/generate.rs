@@ -233,6 +233,8 @@ fn rate(n: usize, t: Duration) -> f64 {
 /// session lets a chat continue without recomputing the conversation so far.
 #[derive(Debug)]
 pub struct Session {
+    /// The [`Engine`] that made it (its cache has that model's shapes and device).
+    engine: u64,
     cache: Cache,
     ids: Vec<u32>,
     /// [`Intervention::fingerprint`] of the steering `ids` were computed under.
@@ -420,6 +422,7 @@ impl Engine {
             None => Cache::Cpu(Box::new(self.model.new_cache())),
         };
         Session {
+            engine: self.id,
             cache,
             ids: vec![],
             steering: 0,
@@ -571,6 +574,13 @@ impl Engine {
         params: &GenerateParams,
         mut progress: impl FnMut(usize, usize),
     ) -> Result<Generation<'a>> {
+        if session.engine != self.id {
+            return Err(crate::Error::InvalidOption {
+                option: "session",
+                reason: "the session was made by another engine (use this engine's \
+                         Engine::session)",
+            });
+        }
         let decoding = Decoding::new(self, prompt_ids, params)?;
         // Keep the cached prefix, but always recompute at least the last prompt token: its
         // logits choose the first new token.

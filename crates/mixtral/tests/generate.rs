@@ -360,3 +360,17 @@ fn chat_prompts_follow_the_models_own_template_unless_it_is_mixtral_instructs() 
         .unwrap_err();
     assert!(err.to_string().contains("chat template"), "{err}");
 }
+
+#[test]
+fn a_session_only_runs_on_the_engine_that_made_it() {
+    let a = Engine::load(TINY_BF16).unwrap();
+    let b = Engine::load(TINY_BF16).unwrap();
+    let mut session = a.session();
+    let prompt = Prompt::Tokens(vec![1, 2, 3]);
+    let err = b
+        .generate_in(&mut session, &prompt, &a.params())
+        .unwrap_err();
+    assert_eq!(err.kind(), mixtral::ErrorKind::InvalidInput, "{err}");
+    assert!(err.to_string().contains("another engine"), "{err}");
+    assert!(a.generate_in(&mut session, &prompt, &a.params()).is_ok());
+}
