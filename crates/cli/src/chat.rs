@@ -8,7 +8,7 @@
 use crate::args::{ModelArgs, SamplingArgs};
 use crate::generate::{start, stream};
 use crate::interrupt;
-use mixtral::{Message, Prompt};
+use mixtral::{ErrorKind, Message, Prompt};
 use std::io::{BufRead, IsTerminal, Write};
 
 /// Arguments of `mixtral chat`.
@@ -26,7 +26,8 @@ pub(crate) struct Args {
 }
 
 const HELP: &str = "commands: /system TEXT (set the system prompt; /system alone removes it), \
-                    /reset (forget the conversation), /exit (or Ctrl-D) to quit, /help";
+                    /reset (forget the conversation), /exit (or Ctrl-D) to quit, /help; \
+                    //TEXT sends /TEXT";
 
 /// What the user typed at the prompt.
 #[derive(Debug, PartialEq)]
@@ -50,6 +51,10 @@ fn parse(line: &str) -> Input {
     let Some(command) = line.trim_start().strip_prefix('/') else {
         return Input::Message(line.to_string());
     };
+    // `//text` sends `/text`.
+    if command.starts_with('/') {
+        return Input::Message(command.to_string());
+    }
     let (name, rest) = command
         .split_once(char::is_whitespace)
         .unwrap_or((command, ""));
@@ -187,18 +192,41 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .map(|s| Message::system(s.clone()))
             .chain(turns.iter().cloned())
             .collect();
-        let mut generation = start(&engine, &mut session, &Prompt::Chat(messages), &params)?;
-        let answer = stream(&mut generation, true)?;
-        let stats = generation.stats();
-        drop(generation);
-        println!();
-        eprintln!(
-            "[{} prompt tokens, {} computed; {} generated]",
-            stats.prompt_tokens, stats.prefill_tokens, stats.generated_tokens
-        );
-        turns.push(Message::assistant(answer.trim()));
+        match answer(&engine, &mut session, &messages, &params) {
+            Ok(answer) if answer.trim().is_empty() => {
+                // An empty assistant turn cannot be rendered: forget the exchange.
+                turns.pop();
+                eprintln!("(no answer; that message was not kept)");
+            }
+            Ok(answer) => turns.push(Message::assistant(answer.trim())),
+            // This message's fault (too long for the context, refused by the template):
+            // say so and let the conversation go on without it.
+            Err(e) if matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::Cancelled) => {
+                turns.pop();
+                eprintln!("error: {e} (that message was not kept; /reset starts over)");
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
     Ok(())
+}
+
+/// Generates the answer to `messages`, streaming it to stdout with a stats line on stderr.
+fn answer(
+    engine: &mixtral::Engine,
+    session: &mut mixtral::Session,
+    messages: &[Message],
+    params: &mixtral::GenerateParams,
+) -> Result<String, mixtral::Error> {
+    let mut generation = start(engine, session, &Prompt::Chat(messages.to_vec()), params)?;
+    let answer = stream(&mut generation, true)?;
+    let stats = generation.stats();
+    println!();
+    eprintln!(
+        "[{} prompt tokens, {} computed; {} generated]",
+        stats.prompt_tokens, stats.prefill_tokens, stats.generated_tokens
+    );
+    Ok(answer)
 }
 
 #[cfg(test)]
@@ -220,5 +248,6 @@ mod tests {
         assert_eq!(parse("/system"), Input::System(None));
         assert_eq!(parse("/help"), Input::Help);
         assert_eq!(parse("/frobnicate x"), Input::Unknown("frobnicate".into()));
+        assert_eq!(parse("//usr/bin is"), Input::Message("/usr/bin is".into()));
     }
 }

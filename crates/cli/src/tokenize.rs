@@ -15,11 +15,11 @@ pub(crate) struct TokenizeArgs {
     /// or the `[INST]` format, as --chat-format picks.
     #[arg(long)]
     chat: Option<PathBuf>,
-    /// How --chat is rendered: `auto` (the model's chat template unless it is
+    /// How --chat is rendered: `auto` (the default: the model's chat template unless it is
     /// Mixtral-Instruct's, else the mistral-common-exact `[INST]` format), `mistral` or
     /// `template`.
-    #[arg(long, default_value = "auto", requires = "chat")]
-    chat_format: mixtral::ChatFormat,
+    #[arg(long, requires = "chat", conflicts_with = "text")]
+    chat_format: Option<mixtral::ChatFormat>,
     /// Prepend BOS to --text.
     #[arg(long)]
     bos: bool,
@@ -54,7 +54,8 @@ pub(crate) fn tokenize(args: TokenizeArgs) -> Result<(), Box<dyn std::error::Err
             let messages = crate::args::read_chat(path)?;
             let model = crate::args::model_path(&args.model)?;
             let tok = mixtral::load_tokenizer(&model)?;
-            let template = mixtral::chat_template(&model, args.chat_format, Some(&tok))?;
+            let template =
+                mixtral::chat_template(&model, args.chat_format.unwrap_or_default(), Some(&tok))?;
             mixtral::encode_chat(&tok, template.as_ref(), &messages)?
         }
         (None, None) => unreachable!("clap requires --text or --chat"),

@@ -193,8 +193,12 @@ fn chat_in_a_terminal_edits_lines_and_survives_ctrl_c() {
 }
 
 fn piped(input: &str) -> Output {
-    let tiny = fixture("tiny-bf16");
-    let args = ["chat", "-m", tiny.to_str().unwrap(), "-n", "4", "-t", "1"];
+    piped_with(&fixture("tiny-bf16"), &[], input)
+}
+
+fn piped_with(model: &std::path::Path, extra: &[&str], input: &str) -> Output {
+    let mut args = vec!["chat", "-m", model.to_str().unwrap(), "-n", "4", "-t", "1"];
+    args.extend_from_slice(extra);
     common::mixtral_with_stdin(&args, input)
 }
 
@@ -238,4 +242,38 @@ fn piped_chat_ignores_empty_lines_and_obeys_commands() {
     let out = piped("Hello\n");
     assert!(out.status.success());
     assert_eq!(turns(&String::from_utf8_lossy(&out.stderr)).len(), 1);
+}
+
+#[test]
+fn a_failed_or_empty_turn_does_not_end_the_chat() {
+    // The tiny model's answer to "hi" starts with "б": stopping there leaves it empty, which
+    // no chat format can render as an assistant turn.
+    let out = piped_with(&fixture("tiny-bf16"), &["--stop", "б"], "hi\nagain\n");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("(no answer; that message was not kept)"),
+        "{stderr}"
+    );
+    assert_eq!(turns(&stderr).len(), 2, "{stderr}");
+    // A message the context cannot hold is refused; the chat goes on.
+    let model = common::copy_of("tiny-bf16");
+    let config = model.path().join("config.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    json["max_position_embeddings"] = 40.into();
+    std::fs::write(&config, json.to_string()).unwrap();
+    let long = "a long message that the forty positions of this context cannot hold ".repeat(3);
+    let out = piped_with(model.path(), &[], &format!("{long}\nhi\n"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("exceeds max_position_embeddings") && stderr.contains("not kept"),
+        "{stderr}"
+    );
+    assert_eq!(
+        turns(&stderr).len(),
+        1,
+        "the short message is answered: {stderr}"
+    );
 }

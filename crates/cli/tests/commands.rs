@@ -108,6 +108,9 @@ fn tokenize_chat_uses_the_models_chat_template() {
         "mistral",
     ]));
     assert_eq!(json["ids"][1], 733, "[INST] format: <s> ▁[");
+    // A chat format only applies to --chat.
+    let out = mixtral(&["tokenize", "--text", "hi", "--chat-format", "mistral"]);
+    assert_eq!(out.status.code(), Some(2), "a usage error");
     // A GGUF file's template comes from its metadata (Mixtral-Instruct's here, so forcing
     // it gives what the [INST] renderer gives).
     let gguf = fixture("../quant/tiny-q/Q4_K_M.gguf");
