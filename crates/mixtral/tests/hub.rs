@@ -166,3 +166,14 @@ fn a_single_safetensors_file_loads_with_the_config_beside_it() {
     let err = Engine::load(&file).unwrap_err();
     assert!(err.to_string().contains("beside it"), "{err}");
 }
+
+#[test]
+fn one_shard_of_several_names_its_directory() {
+    let shard = fixture_model("tiny-bf16").join("model-00001-of-00002.safetensors");
+    let err = Engine::load(&shard).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ModelFiles);
+    assert!(
+        err.to_string().contains("one shard") && err.to_string().contains("pass its directory"),
+        "{err}"
+    );
+}

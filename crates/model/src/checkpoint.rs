@@ -48,6 +48,7 @@ impl Checkpoint {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => Path::new("."),
             };
+            check_not_one_shard(path, dir)?;
             let store = || TensorStore::open_files([path.to_path_buf()]);
             let (config, params) = (dir.join("config.json"), dir.join("params.json"));
             if config.is_file() {
@@ -128,6 +129,30 @@ impl Checkpoint {
 
 /// Mistral's weight files in a directory: `consolidated.safetensors`, or the numbered shards
 /// `consolidated.00.safetensors`, … in name order.
+/// Refuses a single file that the directory's index lists among other shards: loading it alone
+/// would only end in "tensor … is missing".
+fn check_not_one_shard(file: &Path, dir: &Path) -> Result<()> {
+    let index = dir.join(mixtral_tensor::INDEX_FILE);
+    let Ok(text) = mixtral_tensor::read_small_file(&index, 64 << 20) else {
+        return Ok(()); // no index (or an unreadable one, which the single file does not need)
+    };
+    let json: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+    let mut shards: Vec<&str> = json["weight_map"]
+        .as_object()
+        .map(|m| m.values().filter_map(serde_json::Value::as_str).collect())
+        .unwrap_or_default();
+    shards.sort_unstable();
+    shards.dedup();
+    let name = file.file_name().and_then(|n| n.to_str());
+    match name {
+        Some(name) if shards.len() > 1 && shards.contains(&name) => Err(Error::OneShard {
+            file: file.to_path_buf(),
+            index,
+        }),
+        _ => Ok(()),
+    }
+}
+
 fn consolidated_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let single = dir.join("consolidated.safetensors");
     if single.is_file() {

@@ -17,6 +17,19 @@ pub enum Error {
         /// The directory given.
         dir: PathBuf,
     },
+    /// A single `.safetensors` file was given that is one shard of several (the directory's
+    /// index lists others): the checkpoint is the directory.
+    #[error(
+        "{}: one shard of the checkpoint that {} describes: pass its directory",
+        file.display(),
+        index.display()
+    )]
+    OneShard {
+        /// The file given.
+        file: PathBuf,
+        /// The index that lists it among other shards.
+        index: PathBuf,
+    },
     /// `config.json` is not JSON of the expected form.
     #[error("{}: invalid config", path.display())]
     ConfigParse {
