@@ -103,8 +103,11 @@ fn sixty_four_clients_complete_every_request_within_the_memory_budget() {
     }
     let total = (CLIENTS * REQUESTS + 1) as f64;
     assert_eq!(server.metric("mixtral_requests_total"), total);
-    assert_eq!(server.metric("mixtral_requests_finished_total"), total);
-    assert_eq!(server.metric("mixtral_kv_blocks_used"), 0.0);
+    // The scheduler counts a step's finished requests and frees their blocks at the end of
+    // the step, after sending their last events: a client can have its answer a moment
+    // before the counters show it (seen once in CI: 255 of 257).
+    server.wait_for("mixtral_requests_finished_total", |v| v == total);
+    server.wait_for("mixtral_kv_blocks_used", |v| v == 0.0);
     for status in [400, 404, 429, 500, 503] {
         let name = format!("mixtral_http_errors_total{{status=\"{status}\"}}");
         assert_eq!(server.metric(&name), 0.0, "{name}");

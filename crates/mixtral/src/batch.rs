@@ -153,7 +153,8 @@ pub struct Metrics {
     pub kv_block_bytes: usize,
     /// Requests submitted since the start.
     pub requests_total: u64,
-    /// Requests that ended (finished, cancelled or failed).
+    /// Requests that ended (finished, cancelled or failed); counted at the end of the
+    /// scheduler step that ended them, just after their last event was sent.
     pub requests_finished: u64,
     /// Prompt tokens computed since the start.
     pub prompt_tokens_total: u64,
