@@ -33,6 +33,10 @@ pub struct SamplerConfig {
     pub seed: u64,
     /// How many top alternatives (with log-probabilities) to report per token; `0` = none.
     pub top_logprobs: usize,
+    /// OpenAI's `logit_bias`: `(token, bias)` pairs, each bias added to that token's logit
+    /// after the penalties (so `-100` all but bans a token and `+100` all but forces it).
+    /// Biases must be finite; a token listed twice gets both. Empty = off.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplerConfig {
@@ -47,6 +51,7 @@ impl Default for SamplerConfig {
             frequency_penalty: 0.0,
             seed: 0,
             top_logprobs: 0,
+            logit_bias: Vec::new(),
         }
     }
 }
@@ -91,6 +96,13 @@ impl SamplerConfig {
                 "frequency_penalty",
                 "finite",
                 self.frequency_penalty,
+            ));
+        }
+        if let Some(&(token, bias)) = self.logit_bias.iter().find(|(_, b)| !b.is_finite()) {
+            return Err(Error::param(
+                "logit_bias",
+                "finite",
+                format!("{bias} for token {token}"),
             ));
         }
         Ok(())

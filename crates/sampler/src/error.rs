@@ -45,6 +45,14 @@ pub enum Error {
         /// The vocabulary size (length of the logits row).
         vocab: usize,
     },
+    /// A `logit_bias` token id is not a valid index into the logits.
+    #[error("logit_bias tokens must be below the vocabulary size {vocab}, got {token}")]
+    BiasTokenOutOfRange {
+        /// The offending token id.
+        token: u32,
+        /// The vocabulary size (length of the logits row).
+        vocab: usize,
+    },
 }
 
 /// The crate's result type.

@@ -10,7 +10,8 @@
 //! **Order of operations** (as HF transformers' logits processors):
 //! 1. penalties on the raw logits, over the tokens in the history: repetition (HF: divide a
 //!    positive logit by `r`, multiply a negative one by `r`), then presence and frequency
-//!    (OpenAI: subtract `presence + frequency * count`). All off by default.
+//!    (OpenAI: subtract `presence + frequency * count`). All off by default. Then
+//!    `logit_bias` (OpenAI: add each listed token's bias).
 //! 2. temperature: `0` means greedy, the argmax of the penalised logits with ties to the
 //!    lowest id (the filters and the random generator are then not used); otherwise divide.
 //! 3. top-k (ties to the lowest id), 4. top-p (the smallest set of most likely tokens whose
@@ -25,7 +26,7 @@
 //! against the published test vectors). Each sampler owns one and draws exactly one number per
 //! non-greedy token, so a seed reproduces a run exactly, across runs and thread counts.
 //!
-//! **Log-probabilities** report the log-softmax of the penalised logits: the model's
+//! **Log-probabilities** report the log-softmax of the penalised (and biased) logits: the model's
 //! distribution as adjusted by the penalties, before temperature and the filters. So the
 //! number does not depend on temperature or top-k/top-p/min-p, and is finite for every token
 //! above `-inf`. (vLLM's default and llama.cpp report the model's distribution before any

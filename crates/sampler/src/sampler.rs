@@ -140,16 +140,34 @@ fn penalised<'a>(
         return Err(Error::InvalidLogit { index, value });
     }
     check_history(history, logits.len())?;
-    if !cfg.has_penalties() || history.is_empty() {
+    if let Some(&(token, _)) = cfg
+        .logit_bias
+        .iter()
+        .find(|&&(t, _)| t as usize >= logits.len())
+    {
+        return Err(Error::BiasTokenOutOfRange {
+            token,
+            vocab: logits.len(),
+        });
+    }
+    let penalties = cfg.has_penalties() && !history.is_empty();
+    if !penalties && cfg.logit_bias.is_empty() {
         return Ok(logits);
     }
     work.clear();
     work.extend_from_slice(logits);
-    if counts.len() != logits.len() {
-        counts.clear();
-        counts.resize(logits.len(), 0);
+    if penalties {
+        if counts.len() != logits.len() {
+            counts.clear();
+            counts.resize(logits.len(), 0);
+        }
+        apply_penalties(work, history, cfg, counts);
     }
-    apply_penalties(work, history, cfg, counts);
+    for &(token, bias) in &cfg.logit_bias {
+        // In f64, as the penalties: a sum past f32's range masks (-inf) or saturates.
+        let y = (f64::from(work[token as usize]) + f64::from(bias)) as f32;
+        work[token as usize] = if y == f32::INFINITY { f32::MAX } else { y };
+    }
     Ok(work)
 }
 

@@ -218,3 +218,48 @@ fn tiny_temperature_does_not_overflow() {
         assert_eq!(s.sample(&logits, &[]).unwrap().token, 0);
     }
 }
+
+#[test]
+fn logit_bias_is_added_after_the_penalties() {
+    // Greedy would pick token 1; a bias of +3 on token 2 makes it the argmax, and -100 on
+    // token 1 all but bans it under sampling.
+    let mut s = sampler(SamplerConfig {
+        logit_bias: vec![(2, 3.0)],
+        ..Default::default()
+    });
+    assert_eq!(s.sample(&[0.0, 2.0, 0.5], &[]).unwrap().token, 2);
+    // After the presence penalty: token 1 (seen) drops to 2 - 1 = 1, then the bias of +0.25
+    // on token 0 lifts it to 1.25, above it.
+    let mut s = sampler(SamplerConfig {
+        presence_penalty: 1.0,
+        logit_bias: vec![(0, 0.25)],
+        ..Default::default()
+    });
+    assert_eq!(s.sample(&[1.0, 2.0], &[1]).unwrap().token, 0);
+    let mut s = sampler(SamplerConfig {
+        temperature: 1.0,
+        logit_bias: vec![(1, -100.0)],
+        ..Default::default()
+    });
+    let d = s.distribution(&[0.0, 0.0], &[]).unwrap();
+    assert_eq!(d[0].0, 0);
+    assert!(d[0].1 > 0.999_999, "{d:?}");
+}
+
+#[test]
+fn logit_bias_refuses_unknown_tokens_and_non_finite_biases() {
+    let mut s = sampler(SamplerConfig {
+        logit_bias: vec![(5, 1.0)],
+        ..Default::default()
+    });
+    assert!(matches!(
+        s.sample(&[0.0, 1.0], &[]),
+        Err(Error::BiasTokenOutOfRange { token: 5, vocab: 2 })
+    ));
+    let bad = SamplerConfig {
+        logit_bias: vec![(0, f32::NAN)],
+        ..Default::default()
+    };
+    let e = Sampler::new(bad).unwrap_err().to_string();
+    assert!(e.contains("logit_bias") && e.contains("token 0"), "{e}");
+}
