@@ -209,6 +209,9 @@ pub struct Engine {
     pub(crate) tokenizer: Option<Tokenizer>,
     /// The model's chat template, when conversations are rendered with it.
     pub(crate) chat_template: Option<mixtral_tokenizer::ChatTemplate>,
+    /// The most bytes of text one token can stand for (the longest vocabulary piece), which
+    /// bounds a text's token count from below before it is tokenized.
+    pub(crate) max_token_bytes: usize,
     pub(crate) defaults: Defaults,
     team: Team,
     dir: PathBuf,
@@ -223,6 +226,17 @@ impl std::fmt::Debug for Engine {
             .field("threads", &self.team.threads())
             .finish()
     }
+}
+
+/// The longest vocabulary piece in bytes. A piece is the normalized text it covers (`▁` for a
+/// space, which is longer than the space), and a byte-fallback piece (`<0x0A>`) is longer
+/// than its one byte, so no token stands for more input bytes than this.
+fn longest_piece(tokenizer: &Tokenizer) -> usize {
+    (0..tokenizer.vocab_size() as u32)
+        .filter_map(|id| tokenizer.id_to_piece(id))
+        .map(str::len)
+        .max()
+        .unwrap_or(usize::MAX)
 }
 
 impl Engine {
@@ -326,11 +340,13 @@ impl Engine {
             .with_kernels(Kernels::cpu(Isa::detect(), precision))
             .with_kv_dtype(kv_dtype)
             .with_batch_invariance(opts.batch_invariant);
+        let max_token_bytes = tokenizer.as_ref().map_or(usize::MAX, longest_piece);
         Ok(Engine {
             model,
             cuda,
             tokenizer,
             chat_template,
+            max_token_bytes,
             defaults,
             team,
             dir: dir.to_path_buf(),

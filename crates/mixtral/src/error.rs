@@ -75,6 +75,20 @@ pub enum Error {
         /// Why it could not be found.
         reason: String,
     },
+    /// A prompt whose text alone is too long for the model's context: refused before it is
+    /// tokenized, since no tokenization of that many bytes could fit (a token covers at most
+    /// the bytes of the tokenizer's longest piece).
+    #[error(
+        "the prompt is {bytes} bytes of text, at least {min_tokens} tokens; the model's context is {context} tokens"
+    )]
+    PromptTooLong {
+        /// Bytes of text in the prompt (message contents, for a conversation).
+        bytes: usize,
+        /// The fewest tokens that many bytes can encode to.
+        min_tokens: usize,
+        /// The model's context length.
+        context: usize,
+    },
     /// A load option is out of range.
     #[error("invalid option `{option}`: {reason}")]
     InvalidOption {
@@ -131,7 +145,7 @@ impl Error {
             Error::Tokenizer(_) | Error::Sampler(_) | Error::InvalidOption { .. } => {
                 ErrorKind::InvalidInput
             }
-            Error::KvBudget { .. } => ErrorKind::InvalidInput,
+            Error::KvBudget { .. } | Error::PromptTooLong { .. } => ErrorKind::InvalidInput,
             Error::NoTokenizer { .. }
             | Error::GenerationConfig { .. }
             | Error::ModelNotFound { .. } => ErrorKind::ModelFiles,

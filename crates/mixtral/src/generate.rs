@@ -398,7 +398,13 @@ impl Engine {
     }
 
     /// The prompt's token ids.
+    ///
+    /// # Errors
+    /// [`Error::PromptTooLong`] at once, before any tokenization, for text that could not fit
+    /// the context however it tokenized (a stranger's 16 MB prompt must not cost gigabytes of
+    /// tokenizer memory just to be refused); the tokenizer's and the chat template's errors.
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        self.check_text_fits(prompt)?;
         Ok(match prompt {
             Prompt::Tokens(ids) => ids.clone(),
             Prompt::Text(text) => {
@@ -413,6 +419,29 @@ impl Engine {
                 messages,
             )?,
         })
+    }
+
+    /// Refuses a prompt whose text is longer than any tokenization of it that fits the
+    /// context: no token covers more bytes than the longest vocabulary piece.
+    fn check_text_fits(&self, prompt: &Prompt) -> Result<()> {
+        let bytes = match prompt {
+            Prompt::Tokens(_) => return Ok(()),
+            Prompt::Text(text) => text.len(),
+            Prompt::Chat(messages) => messages
+                .iter()
+                .fold(0usize, |n, m| n.saturating_add(m.content.len())),
+        };
+        let context = self.config().max_position_embeddings;
+        let per_token = self.max_token_bytes.max(1);
+        let min_tokens = bytes.div_ceil(per_token);
+        if min_tokens > context {
+            return Err(crate::Error::PromptTooLong {
+                bytes,
+                min_tokens,
+                context,
+            });
+        }
+        Ok(())
     }
 
     /// An empty session.
