@@ -37,6 +37,72 @@ pub(crate) struct Args {
     /// Seconds running requests get to finish after SIGINT/SIGTERM before they are cancelled.
     #[arg(long, default_value_t = 10.0)]
     shutdown_timeout: f64,
+    /// An API key clients must send as `Authorization: Bearer KEY` on /v1 routes; repeat
+    /// (or separate with commas in MIXTRAL_API_KEY) for several. Default: none needed.
+    #[arg(
+        long = "api-key",
+        env = "MIXTRAL_API_KEY",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// Host names the `Host` header may name besides the bound address's own (`*`: any);
+    /// comma-separated or repeated. Needed behind a proxy or a DNS name on loopback.
+    #[arg(long, value_delimiter = ',')]
+    allowed_hosts: Vec<String>,
+    /// An origin (`https://app.example`) whose web pages may call the server (CORS); `*`
+    /// for any; comma-separated or repeated. Default: requests from web pages are refused.
+    #[arg(long = "cors-origin", value_delimiter = ',')]
+    cors_origins: Vec<String>,
+    /// Seconds a client may take to send a request's headers.
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds a client may take to send a request's body.
+    #[arg(long, default_value_t = 30.0)]
+    body_timeout: f64,
+    /// The most connections open at once (more wait to be accepted).
+    #[arg(long, default_value_t = 512)]
+    max_connections: usize,
+    /// The largest request body: bytes, or with a K, M or G suffix.
+    #[arg(long, value_parser = parse_bytes, default_value = "4M")]
+    max_body: usize,
+    /// Memory all requests being read, parsed and tokenized may take together (each counts
+    /// 32 times its body); a request that does not fit gets 429. Bytes, or K, M, G.
+    #[arg(long, value_parser = parse_bytes, default_value = "1G")]
+    request_memory: usize,
+}
+
+impl Args {
+    /// The server's access rules and limits.
+    fn options(&self) -> Result<mixtral_server::Options, String> {
+        let secs = |name: &str, s: f64| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| format!("--{name} must be a positive number of seconds"))
+        };
+        if self.max_connections == 0 {
+            return Err("--max-connections must be at least 1".into());
+        }
+        if let Some(empty) = self.api_keys.iter().position(|k| k.trim().is_empty()) {
+            return Err(format!("API key {} is empty", empty + 1));
+        }
+        let mut o = mixtral_server::Options::default();
+        o.api_keys = self.api_keys.clone();
+        if !self.allowed_hosts.is_empty() {
+            // The bound address's own names stay allowed.
+            let mut names = self.allowed_hosts.clone();
+            names.extend(["localhost", "127.0.0.1", "::1", &self.host].map(String::from));
+            o.allowed_hosts = Some(names);
+        }
+        o.cors_origins = self.cors_origins.clone();
+        o.header_timeout = secs("header-timeout", self.header_timeout)?;
+        o.body_timeout = secs("body-timeout", self.body_timeout)?;
+        o.max_connections = self.max_connections;
+        o.max_body = self.max_body;
+        o.request_memory = self.request_memory;
+        Ok(o)
+    }
 }
 
 /// `123`, `64K`, `512M`, `2G` (powers of 1024).
@@ -64,6 +130,7 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let deadline = Duration::try_from_secs_f64(args.shutdown_timeout)
         .map_err(|_| "--shutdown-timeout must be a non-negative number of seconds")?;
+    let options = args.options()?;
     let engine = Arc::new(args.model.load()?);
     let opts = BatchOptions {
         max_batch: args.max_batch,
@@ -94,17 +161,26 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
         let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() && options.api_keys.is_empty() {
+            eprintln!(
+                "warning: listening on {addr}, beyond this machine, without an API key: anyone \
+                 who can reach it can use it (set --api-key or MIXTRAL_API_KEY)"
+            );
+        }
         eprintln!(
             "serving {name} (max batch {}, KV budget {} blocks of {} bytes); Ctrl-C stops",
             args.max_batch, m.kv_blocks_total, m.kv_block_bytes
         );
         println!("listening on http://{addr}");
         std::io::stdout().flush()?;
-        let app = mixtral_server::App::new(scheduler, name);
+        let app = mixtral_server::App::with_options(scheduler, name, options);
         mixtral_server::serve(listener, app, shutdown_signal(), deadline).await?;
-        eprintln!("stopped");
         Ok::<(), Box<dyn std::error::Error>>(())
-    })
+    })?;
+    // A request stuck past the deadline (its parser, say) must not keep the process alive.
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    eprintln!("stopped");
+    Ok(())
 }
 
 /// Completes at SIGINT (Ctrl-C) or SIGTERM.

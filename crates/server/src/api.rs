@@ -10,6 +10,111 @@ use serde_json::{Map, Value};
 const MAX_STOP: usize = 4;
 /// The most alternatives `top_logprobs` may ask for (OpenAI's limit).
 const MAX_TOP_LOGPROBS: u64 = 20;
+/// The most tokens `logit_bias` may name (OpenAI's limit).
+const MAX_LOGIT_BIAS: usize = 300;
+
+/// The fields both endpoints honour.
+const COMMON_FIELDS: &[&str] = &[
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "n",
+    "stop",
+    "stream",
+    "stream_options",
+    "logprobs",
+    "logit_bias",
+    "ignore_eos",
+    // An end-user id for the operator's logs; nothing to do with the answer.
+    "user",
+];
+
+/// The fields only `/v1/chat/completions` honours.
+const CHAT_FIELDS: &[&str] = &["messages", "max_completion_tokens", "top_logprobs"];
+
+/// The fields only `/v1/completions` honours (`echo` is read to refuse `true`).
+const COMPLETION_FIELDS: &[&str] = &["prompt", "echo"];
+
+/// Refuses any field the server does not honour, so that a client never gets a silently
+/// different answer from what it asked for (OpenAI refuses unknown fields too). A null
+/// field is as good as absent, and a few fields are accepted at the value that asks for
+/// nothing: `response_format` `{"type": "text"}`, `tools: []`, `tool_choice: "none"`.
+fn refuse_unknown(obj: &Map<String, Value>, endpoint: Endpoint) -> Result<(), ApiError> {
+    let own = match endpoint {
+        Endpoint::Chat => CHAT_FIELDS,
+        Endpoint::Completions => COMPLETION_FIELDS,
+    };
+    for (name, value) in obj {
+        let honoured = value.is_null()
+            || COMMON_FIELDS.contains(&name.as_str())
+            || own.contains(&name.as_str())
+            || match (endpoint, name.as_str()) {
+                (Endpoint::Chat, "response_format") => value["type"] == "text",
+                (Endpoint::Chat, "tools") => value.as_array().is_some_and(Vec::is_empty),
+                (Endpoint::Chat, "tool_choice") => value == "none",
+                _ => false,
+            };
+        if !honoured {
+            let name = crate::error::clip(name);
+            return Err(ApiError::invalid(
+                Some(&name),
+                format!("`{name}` is not supported by this server"),
+            )
+            .with_code("unsupported_parameter"));
+        }
+    }
+    Ok(())
+}
+
+/// `logit_bias`: `{"token id": bias}`, at most [`MAX_LOGIT_BIAS`] entries, each id in the
+/// vocabulary and each bias in [-100, 100].
+fn logit_bias(obj: &Map<String, Value>, vocab: usize) -> Result<Vec<(u32, f32)>, ApiError> {
+    let map = match obj.get("logit_bias") {
+        None | Some(Value::Null) => return Ok(vec![]),
+        Some(Value::Object(map)) => map,
+        Some(v) => return Err(Fields::wrong("logit_bias", "an object", v)),
+    };
+    if map.len() > MAX_LOGIT_BIAS {
+        return Err(ApiError::invalid(
+            Some("logit_bias"),
+            format!("`logit_bias` names at most {MAX_LOGIT_BIAS} tokens"),
+        ));
+    }
+    map.iter()
+        .map(|(key, bias)| {
+            let token = key
+                .parse::<u32>()
+                .ok()
+                .filter(|&t| (t as usize) < vocab)
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        Some("logit_bias"),
+                        format!(
+                            "`logit_bias` key `{}` is not a token id below {vocab}",
+                            crate::error::clip(key)
+                        ),
+                    )
+                })?;
+            let bias = bias
+                .as_f64()
+                .filter(|b| (-100.0..=100.0).contains(b))
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        Some("logit_bias"),
+                        format!(
+                            "`logit_bias` values must be numbers from -100 to 100 (token {token})"
+                        ),
+                    )
+                })?;
+            Ok((token, bias as f32))
+        })
+        .collect()
+}
 
 /// A request ready for the scheduler.
 #[derive(Debug)]
@@ -42,6 +147,7 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
     let Value::Object(obj) = value else {
         return Err(ApiError::invalid(None, "the body must be a JSON object"));
     };
+    refuse_unknown(&obj, endpoint)?;
     let f = Fields(&obj);
     if let Some(model) = obj.get("model")
         && !model.is_string()
@@ -101,6 +207,7 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
             format!("only `n` = 1 is supported, got {n}"),
         ));
     }
+    params.sampling.logit_bias = logit_bias(&obj, engine.config().vocab_size)?;
     params.stop_strings = stop(&obj)?;
     params.ignore_eos = f.boolean("ignore_eos")?.unwrap_or(false);
     let stream = f.boolean("stream")?.unwrap_or(false);

@@ -76,6 +76,40 @@ impl ApiError {
         }
     }
 
+    /// 403: this client or page may not use the server (`Host`, `Origin`).
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::status(StatusCode::FORBIDDEN, message)
+    }
+
+    /// 401: no API key, or a wrong one (OpenAI's `invalid_api_key`).
+    pub fn unauthorized(message: String) -> ApiError {
+        ApiError::status(StatusCode::UNAUTHORIZED, message)
+    }
+
+    /// An error of any status, with the type and code OpenAI gives it.
+    pub fn status(status: StatusCode, message: impl Into<String>) -> ApiError {
+        let (kind, code) = match status.as_u16() {
+            401 => ("invalid_request_error", Some("invalid_api_key")),
+            403 => ("invalid_request_error", Some("forbidden")),
+            404 => ("invalid_request_error", Some("not_found")),
+            405 => ("invalid_request_error", Some("method_not_allowed")),
+            408 => ("invalid_request_error", Some("request_timeout")),
+            413 => ("invalid_request_error", Some("request_too_large")),
+            415 => ("invalid_request_error", Some("unsupported_media_type")),
+            429 => ("rate_limit_error", None),
+            500.. => ("server_error", None),
+            _ => ("invalid_request_error", None),
+        };
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code,
+            retry_after: None,
+        }
+    }
+
     /// 500: our fault, never the request's.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError {
@@ -121,7 +155,7 @@ impl ApiError {
                 ApiError::invalid(Some("max_tokens"), e.to_string()).with_code("kv_budget_exceeded")
             }
             E::Batch(_) => ApiError::unavailable(e.to_string()),
-            E::Model(M::ContextOverflow { .. }) => {
+            E::Model(M::ContextOverflow { .. }) | E::PromptTooLong { .. } => {
                 ApiError::invalid(Some("messages"), e.to_string())
                     .with_code("context_length_exceeded")
             }
@@ -132,6 +166,18 @@ impl ApiError {
             E::Sampler(_) | E::InvalidOption { .. } => ApiError::invalid(None, e.to_string()),
             _ => ApiError::internal(e.to_string()),
         }
+    }
+}
+
+/// The most characters of a client's own text quoted back in a message.
+const MAX_QUOTED: usize = 200;
+
+/// `text` cut to [`MAX_QUOTED`] characters (saying how long it was), for quoting a
+/// stranger's input in a message without echoing megabytes.
+pub fn clip(text: &str) -> String {
+    match text.char_indices().nth(MAX_QUOTED) {
+        None => text.to_string(),
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
     }
 }
 

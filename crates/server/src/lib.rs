@@ -16,6 +16,12 @@
 //! got wrong is a 400, a full queue a 429 with `Retry-After`, a server shutting down a 503. A
 //! client that disconnects cancels its generation.
 //!
+//! Clients are strangers ([`Options`], and `docs/security.md`): only `Host` names of the
+//! bound address are answered (DNS rebinding), a request with an `Origin` header is refused
+//! unless that origin is allowed (CORS), POST bodies must be `application/json`, `/v1/…`
+//! routes may require an API key; headers, bodies, connections and the memory spent reading
+//! requests are bounded.
+//!
 //! ```no_run
 //! use mixtral::{BatchOptions, Engine, Scheduler};
 //! use std::sync::Arc;
@@ -32,24 +38,31 @@
 //! # Ok(()) }
 //! ```
 
+mod access;
 pub mod api;
+mod body;
 pub mod error;
+mod listen;
 mod metrics;
+mod options;
 mod respond;
 
+pub use options::{Options, REQUEST_MEMORY_FACTOR};
+
+use access::HostRule;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use error::ApiError;
 use mixtral::Scheduler;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// The largest request body accepted (a prompt of a full 32k context is well under this).
-const MAX_BODY: usize = 16 << 20;
+/// The statuses `/metrics` counts error responses of; any other counts as 500.
+const ERROR_STATUSES: [u16; 11] = [400, 401, 403, 404, 405, 408, 413, 415, 429, 500, 503];
 
 /// The server's state: the scheduler and what the responses name.
 #[derive(Debug)]
@@ -59,13 +72,32 @@ pub struct App {
     created: u64,
     next_id: AtomicU64,
     closing: AtomicBool,
-    /// Error responses by status: 400, 404, 429, 500, 503.
-    errors: [AtomicU64; 5],
+    /// Error responses by status, as [`ERROR_STATUSES`] lists them.
+    errors: [AtomicU64; ERROR_STATUSES.len()],
+    options: Options,
+    /// The `Host` names answered: from `options`, else from the bound address.
+    hosts: OnceLock<HostRule>,
+    /// The request-memory budget, in KiB permits.
+    request_memory: Arc<tokio::sync::Semaphore>,
 }
 
 impl App {
-    /// State for a server of `scheduler`'s model, named `model` in responses.
+    /// State for a server of `scheduler`'s model, named `model` in responses, with the
+    /// default [`Options`].
     pub fn new(scheduler: Arc<Scheduler>, model: impl Into<String>) -> Arc<App> {
+        App::with_options(scheduler, model, Options::default())
+    }
+
+    /// State for a server with these access rules and limits.
+    pub fn with_options(
+        scheduler: Arc<Scheduler>,
+        model: impl Into<String>,
+        options: Options,
+    ) -> Arc<App> {
+        let hosts = OnceLock::new();
+        if let Some(names) = &options.allowed_hosts {
+            let _ = hosts.set(HostRule::from_names(names));
+        }
         Arc::new(App {
             scheduler,
             model: model.into(),
@@ -75,7 +107,17 @@ impl App {
             next_id: AtomicU64::new(0),
             closing: AtomicBool::new(false),
             errors: Default::default(),
+            request_memory: Arc::new(tokio::sync::Semaphore::new(body::budget_permits(
+                options.request_memory,
+            ))),
+            options,
+            hosts,
         })
+    }
+
+    /// The access rules and limits.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     /// The scheduler.
@@ -90,15 +132,39 @@ impl App {
     }
 
     fn error(&self, e: ApiError) -> Response {
-        let slot = match e.status.as_u16() {
-            400 => 0,
-            404 => 1,
-            429 => 2,
-            503 => 4,
-            _ => 3,
-        };
-        self.errors[slot].fetch_add(1, Ordering::Relaxed);
         e.into_response()
+    }
+
+    /// Counts an error response (every response passes [`access::guard`], which calls this).
+    fn count(&self, status: StatusCode) {
+        if status.as_u16() < 400 {
+            return;
+        }
+        let slot = ERROR_STATUSES
+            .iter()
+            .position(|&s| s == status.as_u16())
+            .or_else(|| ERROR_STATUSES.iter().position(|&s| s == 500));
+        if let Some(slot) = slot {
+            self.errors[slot].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The server listens on `addr`: without `allowed_hosts`, its names are the ones answered.
+    fn bind(&self, addr: std::net::SocketAddr) {
+        let _ = self.hosts.set(HostRule::for_bound(addr));
+    }
+
+    /// The `Host` names answered (any, for a router embedded without [`serve`] or names).
+    fn hosts(&self) -> &HostRule {
+        self.hosts.get().unwrap_or(&HostRule::Any)
+    }
+
+    /// Whether a page from `origin` may call the server.
+    fn cors_allows(&self, origin: &str) -> bool {
+        self.options
+            .cors_origins
+            .iter()
+            .any(|o| o == "*" || o == origin)
     }
 
     fn next_id(&self) -> u64 {
@@ -106,7 +172,8 @@ impl App {
     }
 }
 
-/// The routes, for embedding in an application's own server.
+/// The routes with the access checks ([`Options`]), for embedding in an application's own
+/// server. (Header timeouts and the connection cap are [`serve`]'s.)
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat))
@@ -115,42 +182,31 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics::handler))
         .fallback(not_found)
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            access::guard,
+        ))
         .with_state(app)
 }
 
 /// Serves `app` on `listener` until `shutdown` completes; then stops accepting, lets the
 /// running requests finish for up to `deadline`, cancels what is left, and returns once
-/// every connection has closed.
+/// every connection has closed (or a short grace after the deadline, whatever clients do).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     app: Arc<App>,
     shutdown: impl Future<Output = impl Sized> + Send + 'static,
     deadline: Duration,
 ) -> std::io::Result<()> {
-    let closing = app.clone();
-    let signal = async move {
-        shutdown.await;
-        closing.close();
-        let scheduler = closing.scheduler.clone();
-        // Off the async threads: waiting blocks.
-        tokio::task::spawn_blocking(move || {
-            if !scheduler.wait_idle(deadline) {
-                scheduler.cancel_all();
-            }
-        });
-    };
-    axum::serve(listener, router(app))
-        .with_graceful_shutdown(signal)
-        .await
+    listen::serve(listener, app, shutdown, deadline).await
 }
 
-async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    respond::complete(app, api::Endpoint::Chat, body).await
+async fn chat(State(app): State<Arc<App>>, req: Request) -> Response {
+    respond::complete(app, api::Endpoint::Chat, req).await
 }
 
-async fn completions(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    respond::complete(app, api::Endpoint::Completions, body).await
+async fn completions(State(app): State<Arc<App>>, req: Request) -> Response {
+    respond::complete(app, api::Endpoint::Completions, req).await
 }
 
 async fn models(State(app): State<Arc<App>>) -> Response {

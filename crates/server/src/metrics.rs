@@ -87,7 +87,7 @@ pub(crate) async fn handler(State(app): State<Arc<App>>) -> Response {
         "# HELP mixtral_http_errors_total Error responses by status."
     );
     let _ = writeln!(out, "# TYPE mixtral_http_errors_total counter");
-    for (status, n) in [400, 404, 429, 500, 503].iter().zip(&app.errors) {
+    for (status, n) in crate::ERROR_STATUSES.iter().zip(&app.errors) {
         let _ = writeln!(
             out,
             "mixtral_http_errors_total{{status=\"{status}\"}} {}",

@@ -4,7 +4,7 @@
 use crate::App;
 use crate::api::{self, Endpoint, Job};
 use crate::error::ApiError;
-use axum::body::Bytes;
+use axum::extract::Request;
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
 use mixtral::{CancelToken, Event, Finished, Sink, Token};
@@ -48,16 +48,22 @@ struct Meta {
     include_usage: bool,
 }
 
-pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, body: Bytes) -> Response {
+pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, req: Request) -> Response {
     if app.closing.load(Ordering::Relaxed) {
         return app.error(ApiError::unavailable("the server is shutting down"));
     }
     if !app.scheduler.is_running() {
         return app.error(ApiError::internal("the scheduler has stopped"));
     }
+    let body = match crate::body::read(&app, req).await {
+        Ok(body) => body,
+        Err(e) => return app.error(e),
+    };
     let engine = app.scheduler.engine().clone();
     // Tokenizing a long prompt takes a while: off the async threads, which serve every stream.
-    let parsed = tokio::task::spawn_blocking(move || api::parse(&engine, endpoint, &body)).await;
+    // The body's share of the request-memory budget is held until parsing is done.
+    let parsed =
+        tokio::task::spawn_blocking(move || api::parse(&engine, endpoint, &body.bytes)).await;
     let job = match parsed {
         Ok(Ok(job)) => job,
         Ok(Err(e)) => return app.error(e),

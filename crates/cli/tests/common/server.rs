@@ -15,7 +15,21 @@ pub struct Server {
 impl Server {
     /// Starts `mixtral serve --port 0 ARGS…` and waits for its "listening on" line.
     pub fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_mixtral"))
+        Server::start_under(&[], args)
+    }
+
+    /// As [`Server::start`], run by `wrapper` (e.g. `["prlimit", "--as=…", "--"]`).
+    pub fn start_under(wrapper: &[&str], args: &[&str]) -> Server {
+        let bin = env!("CARGO_BIN_EXE_mixtral");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest).arg(bin);
+                c
+            }
+            None => Command::new(bin),
+        };
+        let mut child = command
             .arg("serve")
             .args(["--port", "0"])
             .args(args)
@@ -154,7 +168,7 @@ pub fn request(port: u16, method: &str, path: &str, body: Option<&str>) -> Respo
     parse(&raw)
 }
 
-fn parse(raw: &[u8]) -> Response {
+pub fn parse(raw: &[u8]) -> Response {
     let text = String::from_utf8_lossy(raw);
     let (head, rest) = text.split_once("\r\n\r\n").expect("a header block");
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();

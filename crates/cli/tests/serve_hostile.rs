@@ -1,0 +1,402 @@
+//! `mixtral serve` against hostile clients and web pages: `Host` and `Origin` checks, JSON-only
+//! bodies, API keys, slow or partial requests, the connection cap, huge requests under a
+//! memory limit, and fields the server does not honour. Every refusal is OpenAI's JSON.
+
+mod common;
+
+use common::fixture;
+use common::server::{Response, Server, parse};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn tiny() -> String {
+    fixture("tiny-bf16").display().to_string()
+}
+
+const CHAT: &str = r#"{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}"#;
+
+/// Sends `head` (request line and headers, without the blank line) and `body`, and reads the
+/// whole answer.
+fn raw(port: u16, head: &str, body: &str) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = vec![];
+    s.read_to_end(&mut out).unwrap();
+    parse(&out)
+}
+
+fn post(port: u16, path: &str, headers: &str, body: &str) -> Response {
+    raw(port, &format!("POST {path} HTTP/1.1\r\n{headers}"), body)
+}
+
+/// An OpenAI error body with this status and code.
+fn assert_error(r: &Response, status: u16, code: Option<&str>) {
+    assert_eq!(r.status, status, "{}", r.body);
+    let v = r.json();
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
+    assert!(v["error"]["type"].is_string(), "{v}");
+    assert_eq!(v["error"]["code"].as_str(), code, "{v}");
+}
+
+#[test]
+fn web_pages_and_rebound_host_names_are_refused() {
+    let server = Server::start(&["--model", &tiny()]);
+    let port = server.port;
+    let json = "Content-Type: application/json";
+    // DNS rebinding: a page on evil.example whose name now resolves to 127.0.0.1.
+    let r = post(
+        port,
+        "/v1/chat/completions",
+        &format!("Host: evil.example:{port}\r\n{json}"),
+        CHAT,
+    );
+    assert_error(&r, 403, Some("forbidden"));
+    let r = raw(port, "GET /v1/models HTTP/1.1\r\nHost: evil.example", "");
+    assert_error(&r, 403, Some("forbidden"));
+    // The loopback names are served, with or without a port.
+    for host in [
+        format!("localhost:{port}"),
+        format!("127.0.0.1:{port}"),
+        format!("[::1]:{port}"),
+        "LOCALHOST".into(),
+    ] {
+        let r = post(
+            port,
+            "/v1/chat/completions",
+            &format!("Host: {host}\r\n{json}"),
+            CHAT,
+        );
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+    }
+    // A cross-origin page: refused whatever it sends, with no CORS header to read it by.
+    let host = format!("Host: localhost:{port}");
+    let r = post(
+        port,
+        "/v1/chat/completions",
+        &format!("{host}\r\nOrigin: http://evil.example\r\n{json}"),
+        CHAT,
+    );
+    assert_error(&r, 403, Some("forbidden"));
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = raw(
+        port,
+        &format!(
+            "OPTIONS /v1/chat/completions HTTP/1.1\r\n{host}\r\nOrigin: http://evil.example\r\n\
+             Access-Control-Request-Method: POST"
+        ),
+        "",
+    );
+    assert_error(&r, 403, Some("forbidden"));
+    // A body a form or `fetch` with no preflight can send: not JSON, refused.
+    for ct in [
+        "Content-Type: text/plain",
+        "Content-Type: application/x-www-form-urlencoded",
+        "Content-Type: multipart/form-data; boundary=x",
+        "X-No-Type: 1",
+    ] {
+        let r = post(
+            port,
+            "/v1/chat/completions",
+            &format!("{host}\r\n{ct}"),
+            CHAT,
+        );
+        assert_error(&r, 415, Some("unsupported_media_type"));
+    }
+    let r = post(
+        port,
+        "/v1/chat/completions",
+        &format!("{host}\r\nContent-Type: application/json; charset=utf-8"),
+        CHAT,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        server.metric("mixtral_http_errors_total{status=\"403\"}"),
+        4.0
+    );
+    assert_eq!(
+        server.metric("mixtral_http_errors_total{status=\"415\"}"),
+        4.0
+    );
+}
+
+#[test]
+fn an_allowed_origin_gets_cors_headers_and_an_allowed_host_is_served() {
+    let server = Server::start(&[
+        "--model",
+        &tiny(),
+        "--cors-origin",
+        "https://app.example",
+        "--allowed-hosts",
+        "model.internal",
+    ]);
+    let port = server.port;
+    let origin = "Origin: https://app.example";
+    let r = raw(
+        port,
+        &format!(
+            "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n{origin}\r\n\
+             Access-Control-Request-Method: POST\r\n\
+             Access-Control-Request-Headers: content-type, authorization"
+        ),
+        "",
+    );
+    assert_eq!(r.status, 204, "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+    let methods = r.header("access-control-allow-methods").unwrap();
+    assert!(methods.contains("POST"), "{methods}");
+    let r = post(
+        port,
+        "/v1/chat/completions",
+        &format!("Host: model.internal:{port}\r\n{origin}\r\nContent-Type: application/json"),
+        CHAT,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some("https://app.example")
+    );
+    // Another origin still is not.
+    let r = post(
+        port,
+        "/v1/chat/completions",
+        "Host: localhost\r\nOrigin: https://other.example\r\nContent-Type: application/json",
+        CHAT,
+    );
+    assert_error(&r, 403, Some("forbidden"));
+}
+
+#[test]
+fn api_keys_guard_the_v1_routes() {
+    let server = Server::start(&["--model", &tiny(), "--api-key", "sk-one,sk-two"]);
+    let port = server.port;
+    let json = "Host: localhost\r\nContent-Type: application/json";
+    let r = post(port, "/v1/chat/completions", json, CHAT);
+    assert_error(&r, 401, Some("invalid_api_key"));
+    assert_eq!(r.json()["error"]["type"], "invalid_request_error");
+    let r = post(
+        port,
+        "/v1/chat/completions",
+        &format!("{json}\r\nAuthorization: Bearer sk-on"),
+        CHAT,
+    );
+    assert_error(&r, 401, Some("invalid_api_key"));
+    let r = raw(port, "GET /v1/models HTTP/1.1\r\nHost: localhost", "");
+    assert_error(&r, 401, Some("invalid_api_key"));
+    for key in ["sk-one", "sk-two"] {
+        let r = post(
+            port,
+            "/v1/chat/completions",
+            &format!("{json}\r\nAuthorization: Bearer {key}"),
+            CHAT,
+        );
+        assert_eq!(r.status, 200, "{key}: {}", r.body);
+    }
+    // Health checks need no key.
+    let r = server.request("GET", "/health", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn axum_s_own_refusals_are_openai_json_too() {
+    let server = Server::start(&["--model", &tiny(), "--max-body", "64K"]);
+    let r = server.request("GET", "/v1/chat/completions", None);
+    assert_error(&r, 405, Some("method_not_allowed"));
+    let big = format!(r#"{{"prompt": "{}"}}"#, "a".repeat(70_000));
+    let r = server.post("/v1/completions", &big);
+    assert_error(&r, 413, Some("request_too_large"));
+}
+
+#[test]
+fn slow_clients_time_out_and_the_connection_cap_holds() {
+    let server = Server::start(&[
+        "--model",
+        &tiny(),
+        "--header-timeout",
+        "1",
+        "--body-timeout",
+        "1",
+        "--max-connections",
+        "2",
+    ]);
+    let port = server.port;
+    // A partial header: closed after the header timeout (not left open forever).
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    stalled
+        .write_all(b"POST /v1/completions HTTP/1.1\r\nHost: loc")
+        .unwrap();
+    let start = Instant::now();
+    let mut buf = vec![];
+    let _ = stalled.read_to_end(&mut buf);
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_millis(500) && waited < Duration::from_secs(20),
+        "closed after {waited:?}"
+    );
+    // A partial body: a 408 in OpenAI's JSON after the body timeout.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        slow,
+        "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\nConnection: close\r\n\r\n{{\"prompt\""
+    )
+    .unwrap();
+    let mut out = vec![];
+    let _ = slow.read_to_end(&mut out);
+    assert_error(&parse(&out), 408, Some("request_timeout"));
+    // Two connections that send nothing fill the cap: a third waits until they time out,
+    // then is served.
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let start = Instant::now();
+    let r = server.request("GET", "/health", None);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "served at once past the cap: {:?}",
+        start.elapsed()
+    );
+    drop(idle);
+}
+
+#[test]
+fn huge_requests_under_a_memory_limit_get_refusals_not_an_abort() {
+    // 16 chat requests of 15.7 MB at once, with the body limit raised to let them in, under a
+    // 4 GB address-space limit: each is refused (context exceeded, or no room in the request
+    // memory budget) and the server answers the next normal request.
+    let limit = format!("--as={}", 4u64 << 30);
+    let server = Server::start_under(
+        &["prlimit", &limit, "--"],
+        &["--model", &tiny(), "--max-body", "16M"],
+    );
+    let port = server.port;
+    let content = "word ".repeat(15_700_000 / 5);
+    let body =
+        format!(r#"{{"messages": [{{"role": "user", "content": "{content}"}}], "max_tokens": 4}}"#);
+    // `None`: the server answered (429) and closed before the client had sent the whole body,
+    // so the client saw a broken pipe or a reset instead of the answer.
+    let attempt = || -> Option<u16> {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(120))).ok()?;
+        write!(
+            s,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .ok()?;
+        s.write_all(body.as_bytes()).ok()?;
+        let mut out = vec![];
+        s.read_to_end(&mut out).ok()?;
+        Some(parse(&out).status)
+    };
+    let statuses: Vec<Option<u16>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..16).map(|_| scope.spawn(attempt)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().flatten().all(|&s| s == 400 || s == 429),
+        "{statuses:?}"
+    );
+    // Some were read whole and refused for the context, not just turned away.
+    assert!(statuses.contains(&Some(400)), "{statuses:?}");
+    let r = server.post("/v1/chat/completions", CHAT);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[test]
+fn fields_the_server_does_not_honour_are_refused_and_logit_bias_is_honoured() {
+    let server = Server::start(&["--model", &tiny()]);
+    let msgs = r#""messages": [{"role": "user", "content": "hi"}]"#;
+    let tool = r#"{"type": "function", "function": {"name": "f", "parameters": {}}}"#;
+    let cases = [
+        (
+            "/v1/chat/completions",
+            format!(r#"{{{msgs}, "response_format": {{"type": "json_object"}}}}"#),
+            "response_format",
+        ),
+        (
+            "/v1/chat/completions",
+            format!(r#"{{{msgs}, "tools": [{tool}]}}"#),
+            "tools",
+        ),
+        (
+            "/v1/chat/completions",
+            format!(r#"{{{msgs}, "tool_choice": "required"}}"#),
+            "tool_choice",
+        ),
+        (
+            "/v1/chat/completions",
+            format!(r#"{{{msgs}, "parallel_tool_calls": false}}"#),
+            "parallel_tool_calls",
+        ),
+        (
+            "/v1/chat/completions",
+            format!(r#"{{{msgs}, "frobnicate": 1}}"#),
+            "frobnicate",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "a", "suffix": "b"}"#.to_string(),
+            "suffix",
+        ),
+        (
+            "/v1/completions",
+            r#"{"prompt": "a", "best_of": 2}"#.to_string(),
+            "best_of",
+        ),
+        (
+            "/v1/chat/completions",
+            format!(r#"{{{msgs}, "logit_bias": {{"99999999": 1}}}}"#),
+            "logit_bias",
+        ),
+        (
+            "/v1/chat/completions",
+            format!(r#"{{{msgs}, "logit_bias": {{"5": 101}}}}"#),
+            "logit_bias",
+        ),
+    ];
+    for (path, body, param) in cases {
+        let r = server.post(path, &body);
+        assert_eq!(r.status, 400, "{body}: {}", r.body);
+        assert_eq!(r.json()["error"]["param"], param, "{body}: {}", r.body);
+    }
+    // What asks for nothing passes: nulls, no tools, plain text.
+    let r = server.post(
+        "/v1/chat/completions",
+        &format!(
+            r#"{{{msgs}, "max_tokens": 2, "tools": [], "tool_choice": "none",
+                "response_format": {{"type": "text"}}, "functions": null, "user": "u1"}}"#
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    // A bias of +100 on "▁Hello" (22557) makes every greedy token that one.
+    let r = server.post(
+        "/v1/completions",
+        r#"{"prompt": "a", "max_tokens": 3, "temperature": 0, "logit_bias": {"22557": 100}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text = r.json()["choices"][0]["text"].as_str().unwrap().to_string();
+    assert_eq!(text.trim_start(), "Hello Hello Hello", "{}", r.body);
+}

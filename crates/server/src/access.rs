@@ -1,0 +1,242 @@
+//! The checks every request passes before a route sees it, and the one place every answer
+//! passes after: `Host` (against DNS rebinding), `Origin` and CORS (against web pages
+//! driving the server), the API key; then every error body becomes OpenAI's JSON and is
+//! counted.
+
+use crate::App;
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
+
+/// Which `Host` names are answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HostRule {
+    /// Any (a wildcard bind without `allowed_hosts`, or `*`).
+    Any,
+    /// These names, lowercase, without port or brackets.
+    Names(Vec<String>),
+}
+
+impl HostRule {
+    /// The names a server bound to `addr` answers to.
+    pub(crate) fn for_bound(addr: std::net::SocketAddr) -> HostRule {
+        let ip = addr.ip();
+        if ip.is_unspecified() {
+            HostRule::Any
+        } else if ip.is_loopback() {
+            let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
+            names.push(ip.to_string());
+            HostRule::Names(names)
+        } else {
+            HostRule::Names(vec![ip.to_string()])
+        }
+    }
+
+    /// From `--allowed-hosts`.
+    pub(crate) fn from_names(names: &[String]) -> HostRule {
+        if names.iter().any(|n| n == "*") {
+            return HostRule::Any;
+        }
+        HostRule::Names(names.iter().map(|n| normalise_host(n)).collect())
+    }
+
+    fn allows(&self, host: &str) -> bool {
+        match self {
+            HostRule::Any => true,
+            HostRule::Names(names) => names.iter().any(|n| *n == host),
+        }
+    }
+}
+
+/// The host name of a `Host` value: lowercase, without port, brackets or a trailing dot.
+pub(crate) fn host_name(value: &str) -> String {
+    let value = value.trim();
+    let name = match value.strip_prefix('[') {
+        Some(rest) => rest.split(']').next().unwrap_or_default(),
+        None => match value.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => value,
+        },
+    };
+    normalise_host(name)
+}
+
+fn normalise_host(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Equal in time that does not depend on where two keys of one length first differ.
+fn same_key(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+}
+
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The middleware: checks, then the route, then OpenAI JSON for any error body.
+pub(crate) async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let origin = header_str(req.headers(), header::ORIGIN).map(str::to_string);
+    let response = match check(&app, &req, origin.as_deref()) {
+        Err(e) => e.into_response(),
+        Ok(Some(preflight)) => preflight,
+        Ok(None) => next.run(req).await,
+    };
+    let mut response = json_errors(response).await;
+    app.count(response.status());
+    if let Some(origin) = origin.filter(|o| app.cors_allows(o)) {
+        add_cors(response.headers_mut(), &origin);
+    }
+    response
+}
+
+/// `Ok(Some(…))`: the answer to a CORS preflight; `Ok(None)`: on to the route.
+fn check(app: &App, req: &Request, origin: Option<&str>) -> Result<Option<Response>, ApiError> {
+    let host = header_str(req.headers(), header::HOST)
+        .or(req.uri().authority().map(|a| a.as_str()))
+        .ok_or_else(|| ApiError::invalid(None, "the request has no Host header"))?;
+    let name = host_name(host);
+    if !app.hosts().allows(&name) {
+        return Err(ApiError::forbidden(format!(
+            "host `{}` is not served here (a server on loopback answers only its own names; \
+             add others with --allowed-hosts)",
+            crate::error::clip(&name)
+        )));
+    }
+    if let Some(origin) = origin {
+        if !app.cors_allows(origin) {
+            return Err(ApiError::forbidden(format!(
+                "cross-origin requests from `{}` are not allowed (see --cors-origin)",
+                crate::error::clip(origin)
+            )));
+        }
+        if req.method() == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return Ok(Some(preflight()));
+        }
+    }
+    if !app.options.api_keys.is_empty() && req.uri().path().starts_with("/v1/") {
+        let given = header_str(req.headers(), header::AUTHORIZATION)
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        match given {
+            None => {
+                return Err(ApiError::unauthorized(
+                    "You didn't provide an API key. You need to provide your API key in an \
+                 Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+                        .into(),
+                ));
+            }
+            Some(key)
+                if !app
+                    .options
+                    .api_keys
+                    .iter()
+                    .any(|k| same_key(k.as_bytes(), key.as_bytes())) =>
+            {
+                return Err(ApiError::unauthorized("Incorrect API key provided.".into()));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(None)
+}
+
+fn preflight() -> Response {
+    let mut r = StatusCode::NO_CONTENT.into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("authorization, content-type"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    r
+}
+
+fn add_cors(h: &mut HeaderMap, origin: &str) {
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.append(header::VARY, HeaderValue::from_static("origin"));
+    }
+}
+
+/// An error response whose body is not JSON (axum's own 405, 413 and rejections are empty
+/// or plain text) becomes OpenAI's error body, keeping the status, its headers and the text.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = header_str(response.headers(), header::CONTENT_TYPE)
+        .is_some_and(|t| t.starts_with("application/json"));
+    if status.as_u16() < 400 || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    // Our own plain-text errors are short; anything longer is cut.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let reason = status.canonical_reason().unwrap_or("error");
+    let message = match text.trim() {
+        "" => reason.to_string(),
+        t => format!("{reason}: {}", crate::error::clip(t)),
+    };
+    let e = ApiError::status(status, message);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(e.body().to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_lose_port_brackets_case_and_trailing_dot() {
+        assert_eq!(host_name("LocalHost:8080"), "localhost");
+        assert_eq!(host_name("127.0.0.1"), "127.0.0.1");
+        assert_eq!(host_name("[::1]:8080"), "::1");
+        assert_eq!(host_name("evil.example.:80"), "evil.example");
+        assert_eq!(host_name("a:b"), "a:b");
+    }
+
+    #[test]
+    fn a_loopback_bind_answers_only_loopback_names() {
+        let rule = HostRule::for_bound("127.0.0.1:8080".parse().unwrap());
+        for ok in ["localhost", "127.0.0.1", "::1"] {
+            assert!(rule.allows(ok), "{ok}");
+        }
+        for bad in ["evil.example", "localhost.evil.example", "127.0.0.2", ""] {
+            assert!(!rule.allows(bad), "{bad}");
+        }
+        assert_eq!(
+            HostRule::for_bound("0.0.0.0:1".parse().unwrap()),
+            HostRule::Any
+        );
+        let named = HostRule::from_names(&["Model.Example".into()]);
+        assert!(named.allows("model.example") && !named.allows("localhost"));
+        assert_eq!(HostRule::from_names(&["*".into()]), HostRule::Any);
+    }
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same_key(b"sk-1", b"sk-1"));
+        assert!(!same_key(b"sk-1", b"sk-2"));
+        assert!(!same_key(b"sk-1", b"sk-12"));
+        assert!(!same_key(b"", b"x"));
+    }
+}
