@@ -75,6 +75,22 @@ pub enum Error {
         /// Why it could not be found.
         reason: String,
     },
+    /// A Hugging Face cache snapshot holds a file (or is a directory) that resolves outside
+    /// the repo's cache: a snapshot file must lead into the repo's `blobs/` or stay inside the
+    /// snapshot, and the snapshot directory inside the repo's `snapshots/`.
+    #[error(
+        "{}: points outside the Hugging Face cache of its repo (to {}); {allowed}",
+        path.display(),
+        target.display()
+    )]
+    SnapshotEscape {
+        /// The snapshot file or directory.
+        path: PathBuf,
+        /// Where it resolves.
+        target: PathBuf,
+        /// Where it may resolve.
+        allowed: &'static str,
+    },
     /// A load option is out of range.
     #[error("invalid option `{option}`: {reason}")]
     InvalidOption {
@@ -134,7 +150,8 @@ impl Error {
             Error::KvBudget { .. } => ErrorKind::InvalidInput,
             Error::NoTokenizer { .. }
             | Error::GenerationConfig { .. }
-            | Error::ModelNotFound { .. } => ErrorKind::ModelFiles,
+            | Error::ModelNotFound { .. }
+            | Error::SnapshotEscape { .. } => ErrorKind::ModelFiles,
             Error::QueueFull { .. } => ErrorKind::Busy,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Threads { .. } | Error::Batch(_) => ErrorKind::Internal,
