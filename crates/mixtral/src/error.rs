@@ -91,6 +91,19 @@ pub enum Error {
         /// Where it may resolve.
         allowed: &'static str,
     },
+    /// A checkpoint quantized already was asked to be quantized (by `quantize_to_gguf` or
+    /// [`crate::LoadOptions::quantize`]): its blocks would be decoded and quantized again,
+    /// which compounds the error.
+    #[error(
+        "{}: holds {dtype} tensors, so it is quantized already: quantizing reads bf16, f16 or f32 weights (requantizing compounds the error; quantize the original checkpoint)",
+        path.display()
+    )]
+    AlreadyQuantized {
+        /// The file holding a quantized tensor.
+        path: PathBuf,
+        /// Its type.
+        dtype: mixtral_tensor::DType,
+    },
     /// A load option is out of range.
     #[error("invalid option `{option}`: {reason}")]
     InvalidOption {
@@ -144,9 +157,10 @@ impl Error {
                 _ => ErrorKind::ModelFiles,
             },
             Error::Cuda(_) => ErrorKind::Device,
-            Error::Tokenizer(_) | Error::Sampler(_) | Error::InvalidOption { .. } => {
-                ErrorKind::InvalidInput
-            }
+            Error::Tokenizer(_)
+            | Error::Sampler(_)
+            | Error::InvalidOption { .. }
+            | Error::AlreadyQuantized { .. } => ErrorKind::InvalidInput,
             Error::KvBudget { .. } => ErrorKind::InvalidInput,
             Error::NoTokenizer { .. }
             | Error::GenerationConfig { .. }
