@@ -52,3 +52,20 @@ fn quantize_refuses_a_quantized_gguf_naming_the_file_and_why() {
     let help = ok_stdout(&mixtral(&["quantize", "--help"]));
     assert!(help.contains("quantized already is refused"), "{help}");
 }
+
+#[test]
+fn chat_options_are_described_as_file_paths() {
+    for command in ["generate", "tokenize"] {
+        let help = ok_stdout(&mixtral(&[command, "--help"]));
+        let line = help
+            .lines()
+            .skip_while(|l| !l.trim_start().starts_with("--chat "))
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ");
+        assert!(
+            line.contains("--chat <FILE>") && line.contains("Path of a JSON"),
+            "{command}: {line}"
+        );
+    }
+}
