@@ -121,8 +121,8 @@ pub(crate) struct PromptArgs {
     /// Prompt token ids, comma-separated.
     #[arg(long, value_delimiter = ',')]
     pub tokens: Option<Vec<u32>>,
-    /// A conversation as JSON: `[{"role": "user", "content": "…"}, …]`.
-    #[arg(long)]
+    /// Path of a JSON file holding a conversation: `[{"role": "user", "content": "…"}, …]`.
+    #[arg(long, value_name = "FILE")]
     pub chat: Option<PathBuf>,
 }
 

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 /// Arguments of `mixtral quantize`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
-    /// Model to quantize: a Hugging Face or Mistral directory (bf16, f16 or f32), or a GGUF
-    /// file.
+    /// Model to quantize: a Hugging Face or Mistral directory, or a GGUF file, of bf16, f16
+    /// or f32 weights (a GGUF file quantized already is refused: requantizing compounds the
+    /// error).
     #[arg(long)]
     model: PathBuf,
     /// Target: `Q8_0`, `Q6_K`, `Q5_K_M`, `Q4_K_M` (llama.cpp's file types, with the tensor
@@ -23,7 +24,9 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    if args.out.exists() {
+    // Not `exists`, which follows links: a dangling link is there too, and the writer would
+    // fail on it with a bare "File exists".
+    if std::fs::symlink_metadata(&args.out).is_ok() {
         return Err(format!(
             "{}: already exists (refusing to overwrite it)",
             args.out.display()

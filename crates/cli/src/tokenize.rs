@@ -11,9 +11,10 @@ pub(crate) struct TokenizeArgs {
     /// Text to encode (SentencePiece dummy prefix, no BOS unless --bos).
     #[arg(long, required_unless_present = "chat", conflicts_with = "chat")]
     text: Option<String>,
-    /// A conversation file to render as `generate --chat` does: the model's own chat template
-    /// or the `[INST]` format, as --chat-format picks.
-    #[arg(long)]
+    /// Path of a JSON conversation file (`[{"role": "user", "content": "…"}, …]`) to render
+    /// as `generate --chat` does: the model's own chat template or the `[INST]` format, as
+    /// --chat-format picks.
+    #[arg(long, value_name = "FILE")]
     chat: Option<PathBuf>,
     /// How --chat is rendered: `auto` (the default: the model's chat template unless it is
     /// Mixtral-Instruct's, else the mistral-common-exact `[INST]` format), `mistral` or

@@ -96,3 +96,28 @@ fn a_repo_id_runs_from_the_hub_cache_offline() {
     let out = offline(cache.path(), &["generate", "-m", "no-such-dir", "-p", "Hi"]);
     assert_clean_error(&out, "no such file or directory");
 }
+
+#[test]
+fn a_snapshot_file_leading_out_of_the_cache_is_a_clean_error() {
+    let cache = tempfile::tempdir().unwrap();
+    let commit = make_hub_cache(cache.path(), "a/tiny", "main", &fixture("tiny-bf16"));
+    let config = cache
+        .path()
+        .join("models--a--tiny/snapshots")
+        .join(commit)
+        .join("config.json");
+    std::fs::remove_file(&config).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", &config).unwrap();
+    for args in [
+        &["generate", "-m", "a/tiny", "-p", "Hi"][..],
+        &["inspect", "-m", "a/tiny"],
+    ] {
+        let out = offline(cache.path(), args);
+        assert_clean_error(&out, "outside the Hugging Face cache");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&config.display().to_string()) && stderr.contains("/etc/passwd"),
+            "{stderr}"
+        );
+    }
+}

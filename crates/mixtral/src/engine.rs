@@ -96,12 +96,7 @@ fn quantize_at_load(
     scheme: crate::QuantScheme,
     progress: &mut impl FnMut(u64, u64),
 ) -> Result<Checkpoint> {
-    if has_quantized_weights(&ckpt) {
-        return Err(Error::InvalidOption {
-            option: "quantize",
-            reason: "the checkpoint is quantized already (quantize a bf16, f16 or f32 one)",
-        });
-    }
+    refuse_quantized(&ckpt)?;
     let tmp = tempfile::Builder::new()
         .prefix("mixtral-quantize-")
         .tempdir()
@@ -123,11 +118,24 @@ fn quantize_at_load(
 
 /// Whether any tensor of the checkpoint is block-quantized (what [`Precision::Auto`] asks).
 pub(crate) fn has_quantized_weights(ckpt: &Checkpoint) -> bool {
-    ckpt.store().files().iter().any(|f| {
-        f.infos()
-            .values()
-            .any(|i| matches!(i.dtype, mixtral_tensor::FileDType::Known(d) if d.is_quantized()))
-    })
+    refuse_quantized(ckpt).is_err()
+}
+
+/// [`Error::AlreadyQuantized`] naming the first file of `ckpt` that holds a quantized tensor.
+pub(crate) fn refuse_quantized(ckpt: &Checkpoint) -> Result<()> {
+    for f in ckpt.store().files() {
+        for i in f.infos().values() {
+            if let mixtral_tensor::FileDType::Known(dtype) = i.dtype
+                && dtype.is_quantized()
+            {
+                return Err(Error::AlreadyQuantized {
+                    path: f.path().to_path_buf(),
+                    dtype,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What [`Engine::logits`] records, and under which intervention.

@@ -89,6 +89,35 @@ pub enum Error {
         /// The model's context length.
         context: usize,
     },
+    /// A Hugging Face cache snapshot holds a file (or is a directory) that resolves outside
+    /// the repo's cache: a snapshot file must lead into the repo's `blobs/` or stay inside the
+    /// snapshot, and the snapshot directory inside the repo's `snapshots/`.
+    #[error(
+        "{}: points outside the Hugging Face cache of its repo (to {}); {allowed}",
+        path.display(),
+        target.display()
+    )]
+    SnapshotEscape {
+        /// The snapshot file or directory.
+        path: PathBuf,
+        /// Where it resolves.
+        target: PathBuf,
+        /// Where it may resolve.
+        allowed: &'static str,
+    },
+    /// A checkpoint quantized already was asked to be quantized (by `quantize_to_gguf` or
+    /// [`crate::LoadOptions::quantize`]): its blocks would be decoded and quantized again,
+    /// which compounds the error.
+    #[error(
+        "{}: holds {dtype} tensors, so it is quantized already: quantizing reads bf16, f16 or f32 weights (requantizing compounds the error; quantize the original checkpoint)",
+        path.display()
+    )]
+    AlreadyQuantized {
+        /// The file holding a quantized tensor.
+        path: PathBuf,
+        /// Its type.
+        dtype: mixtral_tensor::DType,
+    },
     /// A load option is out of range.
     #[error("invalid option `{option}`: {reason}")]
     InvalidOption {
@@ -142,13 +171,15 @@ impl Error {
                 _ => ErrorKind::ModelFiles,
             },
             Error::Cuda(_) => ErrorKind::Device,
-            Error::Tokenizer(_) | Error::Sampler(_) | Error::InvalidOption { .. } => {
-                ErrorKind::InvalidInput
-            }
+            Error::Tokenizer(_)
+            | Error::Sampler(_)
+            | Error::InvalidOption { .. }
+            | Error::AlreadyQuantized { .. } => ErrorKind::InvalidInput,
             Error::KvBudget { .. } | Error::PromptTooLong { .. } => ErrorKind::InvalidInput,
             Error::NoTokenizer { .. }
             | Error::GenerationConfig { .. }
-            | Error::ModelNotFound { .. } => ErrorKind::ModelFiles,
+            | Error::ModelNotFound { .. }
+            | Error::SnapshotEscape { .. } => ErrorKind::ModelFiles,
             Error::QueueFull { .. } => ErrorKind::Busy,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Threads { .. } | Error::Batch(_) => ErrorKind::Internal,

@@ -8,10 +8,14 @@
 //! branch or tag) and `snapshots/COMMIT/` (the repo's files as symlinks into `blobs/`). A
 //! snapshot directory is a model directory as it stands, so resolving a repo id means finding
 //! the snapshot of the asked revision and checking it holds a whole model: the loader then
-//! opens it like any other directory (it only ever opens plain file names inside it).
+//! opens it like any other directory (it only ever opens plain file names inside it). Before
+//! any file of a snapshot is read, [`snapshot::check`] makes sure the snapshot and its files
+//! stay inside the repo's folder of the cache.
 //!
 //! Offline first: a complete snapshot in the cache is used without asking the network;
 //! `HF_HUB_OFFLINE=1` (or [`HubOptions::offline`]) forbids the network altogether.
+
+mod snapshot;
 
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -225,7 +229,7 @@ fn cached_file(
         hf_hub::RepoType::Model,
         opts.revision.clone(),
     );
-    let folder = opts.cache_dir.join(hf_repo.folder_name());
+    let folder = repo_folder(repo, opts);
     let commit = match std::fs::read_to_string(folder.join("refs").join(&opts.revision)) {
         // hf-hub joins the ref's text to the path unchecked: only a commit hash is trusted.
         Ok(hash) if is_commit_hash(&hash) => {
@@ -255,6 +259,12 @@ fn cached_file(
     }
 }
 
+/// The repo's folder in the cache: `models--OWNER--NAME`.
+fn repo_folder(repo: &RepoRef<'_>, opts: &HubOptions) -> PathBuf {
+    let hf_repo = hf_hub::Repo::new(repo.id.to_string(), hf_hub::RepoType::Model);
+    opts.cache_dir.join(hf_repo.folder_name())
+}
+
 fn is_commit_hash(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -262,7 +272,10 @@ fn is_commit_hash(s: &str) -> bool {
 /// The cached model: `Ok(Ok(path))`, or `Ok(Err(what is missing))`.
 fn cached(repo: &RepoRef<'_>, opts: &HubOptions) -> Result<std::result::Result<PathBuf, String>> {
     if let Some(file) = repo.file {
-        return Ok(cached_file(repo, opts, file));
+        return match cached_file(repo, opts, file) {
+            Ok(path) => snapshot::check(&repo_folder(repo, opts), &path).map(|()| Ok(path)),
+            Err(why) => Ok(Err(why)),
+        };
     }
     // The snapshot directory is where its config lies (either layout's).
     let config =
@@ -271,6 +284,8 @@ fn cached(repo: &RepoRef<'_>, opts: &HubOptions) -> Result<std::result::Result<P
         Ok(path) => path.parent().map(Path::to_path_buf).unwrap_or_default(),
         Err(why) => return Ok(Err(why)),
     };
+    // Before the index is read: it, like every file of the snapshot, may lead anywhere.
+    snapshot::check(&repo_folder(repo, opts), &dir)?;
     Ok(missing_weights(&dir)?.map_or(Ok(dir.clone()), Err))
 }
 
@@ -369,9 +384,11 @@ fn download(spec: &str, repo: &RepoRef<'_>, opts: &HubOptions, missing: &str) ->
         opts.revision.clone(),
     ));
     if let Some(file) = repo.file {
-        return api_repo
+        let path = api_repo
             .get(file)
-            .map_err(|e| fail(&format!("downloading {file}"), &e));
+            .map_err(|e| fail(&format!("downloading {file}"), &e))?;
+        snapshot::check(&repo_folder(repo, opts), &path)?;
+        return Ok(path);
     }
     let info = api_repo
         .info()
@@ -407,6 +424,8 @@ fn download(spec: &str, repo: &RepoRef<'_>, opts: &HubOptions, missing: &str) ->
              name the file: OWNER/NAME/FILE.gguf)",
         )
     })?;
+    // The download may have kept files the cache already had: those may lead anywhere.
+    snapshot::check(&repo_folder(repo, opts), &dir)?;
     match missing_weights(&dir)? {
         None => Ok(dir),
         Some(why) => Err(not_found(spec, format!("downloaded, but {why}"))),

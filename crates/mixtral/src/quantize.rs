@@ -1,5 +1,5 @@
-//! `mixtral quantize`: any checkpoint (Hugging Face, Mistral or GGUF) written as a quantized
-//! GGUF file that llama.cpp's tools load, with the tokenizer in its metadata as llama.cpp's
+//! `mixtral quantize`: any checkpoint of float weights (Hugging Face, Mistral or GGUF) written
+//! as a quantized GGUF file that llama.cpp's tools load, with the tokenizer in its metadata as llama.cpp's
 //! converter writes it.
 
 use crate::Result;
@@ -31,7 +31,8 @@ pub struct QuantizeReport {
 /// `progress(done, total)` counts output bytes.
 ///
 /// # Errors
-/// The model's own errors, [`mixtral_model::Error::Export`] when a matrix's rows are not
+/// [`crate::Error::AlreadyQuantized`] for a checkpoint of quantized weights (a GGUF file
+/// quantized already), the model's own errors, [`mixtral_model::Error::Export`] when a matrix's rows are not
 /// whole blocks of its type (K-quants need rows of 256), and I/O errors (the partial file is
 /// removed).
 pub fn quantize_to_gguf(
@@ -41,13 +42,7 @@ pub fn quantize_to_gguf(
     mut progress: impl FnMut(u64, u64),
 ) -> Result<QuantizeReport> {
     let ckpt = Checkpoint::open(model)?;
-    if crate::engine::has_quantized_weights(&ckpt) {
-        return Err(crate::Error::InvalidOption {
-            option: "quantize",
-            reason: "the checkpoint is quantized already: requantizing compounds the error \
-                     (quantize the bf16, f16 or f32 checkpoint)",
-        });
-    }
+    crate::engine::refuse_quantized(&ckpt)?;
     let (extra, tokenizer_from) = tokenizer_metadata(&ckpt, model)?;
     let mut total = 0;
     write_quantized_gguf(&ckpt, scheme, extra, out, |done, all| {

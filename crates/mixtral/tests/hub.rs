@@ -116,6 +116,117 @@ fn an_incomplete_or_hostile_cache_is_reported_not_followed() {
     }
 }
 
+/// A cache with `a/tiny` at `main` from the bf16 fixture: the cache and the snapshot.
+fn tiny_cache() -> (tempfile::TempDir, PathBuf) {
+    let cache = tempfile::tempdir().unwrap();
+    let commit = make_hub_cache(cache.path(), "a/tiny", "main", &fixture_model("tiny-bf16"));
+    let snapshot = cache.path().join("models--a--tiny/snapshots").join(commit);
+    (cache, snapshot)
+}
+
+/// Replaces the snapshot's `name` by a symlink to `target`.
+fn relink(snapshot: &Path, name: &str, target: &Path) {
+    std::fs::remove_file(snapshot.join(name)).unwrap();
+    std::os::unix::fs::symlink(target, snapshot.join(name)).unwrap();
+}
+
+#[test]
+fn a_snapshot_file_leading_out_of_the_cache_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    let stray = outside.path().join("stray.json");
+    std::fs::copy(fixture_model("tiny-bf16").join("config.json"), &stray).unwrap();
+    let real_stray = std::fs::canonicalize(&stray).unwrap();
+    // Every file the loader may open: the config, the index (read while resolving), a shard,
+    // the tokenizer; each to a file outside the cache, or to /etc/passwd.
+    for (name, target) in [
+        ("config.json", stray.clone()),
+        ("model.safetensors.index.json", PathBuf::from("/etc/passwd")),
+        ("model-00001-of-00002.safetensors", stray.clone()),
+        ("tokenizer.json", PathBuf::from("/etc/passwd")),
+    ] {
+        let (cache, snapshot) = tiny_cache();
+        relink(&snapshot, name, &target);
+        let err = resolve("a/tiny", &offline(cache.path(), "main")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ModelFiles, "{name}");
+        let shown = std::fs::canonicalize(&target).unwrap_or(target);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&snapshot.join(name).display().to_string())
+                && msg.contains(&shown.display().to_string())
+                && msg.contains("outside the Hugging Face cache"),
+            "{name}: {msg}"
+        );
+    }
+    // A relative link climbing out of blobs/ is no better; nor is one file named on its own.
+    let (cache, snapshot) = tiny_cache();
+    let depth = snapshot.components().count();
+    let climb = "../".repeat(depth) + real_stray.to_str().unwrap().trim_start_matches('/');
+    relink(&snapshot, "config.json", Path::new(&climb));
+    for spec in ["a/tiny", "a/tiny/config.json"] {
+        let err = resolve(spec, &offline(cache.path(), "main")).unwrap_err();
+        assert!(
+            err.to_string().contains("config.json") && err.to_string().contains("stray.json"),
+            "{spec}: {err}"
+        );
+    }
+}
+
+#[test]
+fn a_snapshot_directory_leading_out_of_the_cache_is_refused() {
+    let (cache, snapshot) = tiny_cache();
+    // The snapshot's files, as a plain model directory outside the cache.
+    let outside = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(&snapshot).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, outside.path().join(path.file_name().unwrap())).unwrap();
+    }
+    std::fs::remove_dir_all(&snapshot).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &snapshot).unwrap();
+    for spec in ["a/tiny", "a/tiny/config.json"] {
+        let err = resolve(spec, &offline(cache.path(), "main")).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::ModelFiles);
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&snapshot.display().to_string())
+                && msg.contains(
+                    &std::fs::canonicalize(outside.path())
+                        .unwrap()
+                        .display()
+                        .to_string()
+                )
+                && msg.contains("snapshots/"),
+            "{spec}: {msg}"
+        );
+    }
+}
+
+#[test]
+fn caches_with_or_without_blobs_or_behind_a_link_still_resolve() {
+    // Plain files in the snapshot (a cache written without blobs/ or symlinks).
+    let (cache, snapshot) = tiny_cache();
+    for entry in std::fs::read_dir(&snapshot).unwrap() {
+        let link = entry.unwrap().path();
+        let bytes = std::fs::read(&link).unwrap();
+        std::fs::remove_file(&link).unwrap();
+        std::fs::write(&link, bytes).unwrap();
+    }
+    std::fs::remove_dir_all(cache.path().join("models--a--tiny/blobs")).unwrap();
+    let dir = resolve("a/tiny", &offline(cache.path(), "main")).unwrap();
+    assert_eq!(dir, snapshot);
+    assert_eq!(greedy(&dir), greedy(&fixture_model("tiny-bf16")));
+
+    // The whole cache behind a symlink (a cache moved to another disk) stays its own.
+    let (real, snapshot) = tiny_cache();
+    let holder = tempfile::tempdir().unwrap();
+    let cache = holder.path().join("hub");
+    std::os::unix::fs::symlink(real.path(), &cache).unwrap();
+    let dir = resolve("a/tiny", &offline(&cache, "main")).unwrap();
+    assert_eq!(
+        std::fs::canonicalize(dir).unwrap(),
+        std::fs::canonicalize(snapshot).unwrap()
+    );
+}
+
 /// `name` in a fresh directory with `beside` copied next to it.
 fn single_file(from: &Path, name: &str, beside: &[&str]) -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();

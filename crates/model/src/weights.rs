@@ -143,15 +143,18 @@ impl Loader<'_> {
         self.store.info(name).is_some()
     }
 
-    /// The checkpoint's folder, for messages about tensors no file holds.
+    /// Where a tensor no file holds should have been, for messages: the file when the
+    /// checkpoint is one (a GGUF file, a lone `model.safetensors`), which is what the user
+    /// gave or can open; the folder of the shards otherwise.
     fn root(&self) -> PathBuf {
-        let first = self
-            .store
-            .files()
-            .first()
-            .map(|f| f.path().to_path_buf())
-            .unwrap_or_default();
-        first.parent().map(PathBuf::from).unwrap_or(first)
+        match self.store.files() {
+            [one] => one.path().to_path_buf(),
+            [first, ..] => {
+                let first = first.path();
+                first.parent().unwrap_or(first).to_path_buf()
+            }
+            [] => PathBuf::new(),
+        }
     }
 }
 

@@ -367,3 +367,61 @@ fn per_expert_layout_gives_the_merged_layout_logits() {
         "same weights, same kernels: identical logits"
     );
 }
+
+/// `src` rewritten through `edit`, which returns the tensors (name, index into `src`'s
+/// tensors) to write: same metadata, same bytes.
+fn rewrite_gguf(src: &Path, dst: &Path, edit: impl Fn(&str) -> Vec<String>) {
+    let file = GgufFile::open(src).unwrap();
+    let bytes = std::fs::read(src).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in file.metadata().iter() {
+        w.metadata(k, v.clone());
+    }
+    for t in &file.header().tensors {
+        for name in edit(&t.name) {
+            w.tensor(WriteTensor {
+                name,
+                dtype: t.dtype,
+                shape: t.shape.clone(),
+                bytes: &bytes[t.range.clone()],
+            });
+        }
+    }
+    w.write_new(dst).unwrap();
+}
+
+#[test]
+fn a_tensor_missing_from_a_gguf_file_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("holed.gguf");
+    rewrite_gguf(&quant_dir().join("Q4_K_M.gguf"), &path, |name| {
+        match name == "blk.0.attn_k.weight" {
+            true => vec![],
+            false => vec![name.to_string()],
+        }
+    });
+    let err = Checkpoint::open(&path).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.starts_with(&format!("{}: tensor `blk.0.attn_k.weight`", path.display())),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_100_kb_tensor_name_in_a_gguf_file_is_shown_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("long.gguf");
+    let long = "x".repeat(100 << 10);
+    rewrite_gguf(&quant_dir().join("Q4_K_M.gguf"), &path, |name| {
+        let mut out = vec![name.to_string()];
+        if name == "output_norm.weight" {
+            out.push(long.clone());
+        }
+        out
+    });
+    let ckpt = Checkpoint::open(&path).unwrap();
+    let text = ckpt.warnings[0].to_string();
+    assert!(text.len() < 400, "{} bytes: {}", text.len(), &text[..400]);
+    assert!(text.contains("102400 bytes"), "{text}");
+}

@@ -358,3 +358,28 @@ fn many_unused_tensors_make_one_short_warning() {
     );
     assert!(!text.contains('\u{1b}'), "{text}");
 }
+
+#[test]
+fn a_100_kb_tensor_name_is_shown_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let long = "\u{1b}".repeat(100 << 10);
+    rewrite(
+        "tiny-f32",
+        dir.path(),
+        |name, t| {
+            let mut out = keep(name, t.clone());
+            if name == names::FINAL_NORM {
+                out.push((long.clone(), t));
+            }
+            out
+        },
+        |_| {},
+    );
+    let ckpt = Checkpoint::open(dir.path()).unwrap();
+    let text = ckpt.warnings[0].to_string();
+    assert!(text.len() < 400, "{} bytes: {}", text.len(), &text[..400]);
+    assert!(
+        text.contains("102400 bytes") && !text.contains('\u{1b}'),
+        "{text}"
+    );
+}

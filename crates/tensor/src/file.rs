@@ -182,8 +182,9 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, TensorInfo
     };
     // `safetensors::tensor::Metadata` checks that offsets are contiguous, ordered and that each
     // byte length matches dtype × shape.
-    let meta: safetensors::tensor::Metadata =
-        serde_json::from_slice(header).map_err(|e| corrupt(Box::new(e)))?;
+    let meta: safetensors::tensor::Metadata = serde_json::from_slice(header)
+        // Its messages quote tensor names (`invalid offset for tensor …`) from the file.
+        .map_err(|e| corrupt(crate::escape(&e.to_string()).into()))?;
     let data_len = meta.data_len();
     let expected = data_start as u64 + data_len as u64;
     if expected > file_len {
@@ -201,7 +202,7 @@ fn parse_header(path: &Path, bytes: &[u8]) -> Result<BTreeMap<String, TensorInfo
         let shape = Shape::new(info.shape.clone());
         if shape.checked_numel().is_none() {
             return Err(corrupt(
-                format!("tensor `{name}`: shape {shape} overflows").into(),
+                format!("tensor `{}`: shape {shape} overflows", crate::escape(&name)).into(),
             ));
         }
         let (start, end) = info.data_offsets;

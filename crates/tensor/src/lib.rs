@@ -41,7 +41,7 @@ mod tensor;
 pub use dtype::{ALL_DTYPES, DType, Element};
 pub use error::{Error, Result};
 pub use file::{FileDType, MAX_HEADER_BYTES, SafetensorsFile, TensorInfo};
-pub use read::{escape, read_small_file};
+pub use read::{MAX_NAME_SHOWN, escape, read_small_file};
 pub use save::{save, write_file_replacing};
 pub use shape::Shape;
 pub use storage::{AlignedBytes, Storage};

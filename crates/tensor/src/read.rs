@@ -44,10 +44,27 @@ pub fn read_small_file(path: &Path, max: u64) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// `name` (a tensor, shard or key name taken from a file) with control and other unprintable
-/// characters escaped, so that printing it in a message cannot drive the terminal.
+/// The most bytes of an escaped name a message shows: real names are under 100; a crafted
+/// file's 100 KB name would otherwise fill the terminal (and every log line) with it.
+pub const MAX_NAME_SHOWN: usize = 200;
+
+/// `name` (a tensor, shard or key name taken from a file) for a message: control and other
+/// unprintable characters escaped, so that printing it cannot drive the terminal, and cut
+/// after [`MAX_NAME_SHOWN`] bytes with `…` and its full length, so that it stays one short
+/// line. Every message that shows a name read from a file goes through here.
 pub fn escape(name: &str) -> String {
-    name.escape_debug().to_string()
+    let mut shown = String::new();
+    for (i, c) in name.char_indices() {
+        if shown.len() >= MAX_NAME_SHOWN {
+            return format!(
+                "{shown}… ({} bytes, {} not shown)",
+                name.len(),
+                name.len() - i
+            );
+        }
+        shown.extend(c.escape_debug());
+    }
+    shown
 }
 
 #[cfg(test)]
@@ -89,5 +106,17 @@ mod tests {
     fn escapes_what_a_terminal_would_obey() {
         assert_eq!(escape("a\u{1b}[31mb\0c\n"), "a\\u{1b}[31mb\\0c\\n");
         assert_eq!(escape("model.layers.0.w"), "model.layers.0.w");
+        assert_eq!(
+            escape(&"x".repeat(MAX_NAME_SHOWN)),
+            "x".repeat(MAX_NAME_SHOWN)
+        );
+        let long = escape(&"é".repeat(50_000));
+        assert!(long.len() < MAX_NAME_SHOWN + 50, "{long}");
+        assert!(
+            long.ends_with("… (100000 bytes, 99800 not shown)"),
+            "{long}"
+        );
+        // Escapes count towards the limit: a name of control bytes stays as short.
+        assert!(escape(&"\u{1}".repeat(100_000)).len() < MAX_NAME_SHOWN + 50);
     }
 }

@@ -119,6 +119,28 @@ fn inconsistent_offsets_are_a_corrupt_header() {
 }
 
 #[test]
+fn a_100_kb_tensor_name_in_a_corrupt_header_is_shown_cut_short() {
+    let dir = tempfile::tempdir().unwrap();
+    // Data that does not start at offset 0: the parser's message quotes the tensor's name.
+    let name = "\\u001b".repeat((100 << 10) / 6);
+    let header = format!(r#"{{"{name}":{{"dtype":"F32","shape":[2,2],"data_offsets":[4,20]}}}}"#);
+    let path = write_raw(dir.path(), "long.safetensors", &header, 20);
+    let err = SafetensorsFile::open(&path).unwrap_err();
+    assert!(matches!(err, Error::CorruptHeader { .. }), "{err:?}");
+    let cause = std::error::Error::source(&err).unwrap().to_string();
+    assert!(
+        cause.len() < 400,
+        "{} bytes: {}",
+        cause.len(),
+        &cause[..400]
+    );
+    assert!(
+        cause.contains("invalid offset") && !cause.contains('\u{1b}'),
+        "{cause}"
+    );
+}
+
+#[test]
 fn trailing_bytes_are_reported() {
     let dir = tempfile::tempdir().unwrap();
     let path = write_raw(dir.path(), "long.safetensors", ONE_F32, 20);
