@@ -26,6 +26,7 @@ mod decode;
 mod error;
 mod sentencepiece_model;
 mod template;
+mod template_escape;
 mod tokenizer;
 mod vocab;
 

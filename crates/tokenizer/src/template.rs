@@ -7,8 +7,8 @@
 //! one named `default`). Rendering follows transformers: `trim_blocks` and `lstrip_blocks`
 //! on, `messages`, `bos_token`, `eos_token` and `add_generation_prompt` in scope,
 //! `raise_exception(msg)` an error, Python's string methods (`strip`, `title` …) available.
-//! The rendered text is encoded with special tokens matched
-//! ([`crate::Tokenizer::encode_with_special_tokens`]).
+//! [`crate::Tokenizer::encode_chat_template`] encodes a conversation with one: the special
+//! tokens the template prints become ids, the same text inside a message stays text.
 //!
 //! Mixtral-Instruct's own template is detected ([`ChatTemplate::is_mistral_instruct`]): for it
 //! the engine keeps the mistral-common-exact renderer ([`crate::chat`]), which the template
