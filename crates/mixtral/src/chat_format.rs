@@ -104,9 +104,10 @@ pub(crate) fn gguf_template(
     };
     let bos = piece(tokenizer.map(Tokenizer::bos_id), "<s>");
     let eos = piece(tokenizer.map(Tokenizer::eos_id), "</s>");
-    match ChatTemplate::new(source, bos, eos) {
+    let name = format!("{}: {GGUF_TEMPLATE_KEY}", file.path().display());
+    match ChatTemplate::named(name, source, bos, eos) {
         Ok(t) => Ok(Some(t)),
-        Err(mixtral_tokenizer::Error::ChatTemplate { message }) => {
+        Err(mixtral_tokenizer::Error::ChatTemplate { message, .. }) => {
             Err(bad(format!("does not compile: {message}")).into())
         }
         Err(e) => Err(e.into()),

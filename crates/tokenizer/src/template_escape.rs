@@ -42,12 +42,17 @@ impl Tokenizer {
             .map(|m| Message::new(m.role, escape(&m.content, &specials)))
             .collect();
         let text = template.render(&escaped, add_generation_prompt)?;
-        self.encode_split_on_specials(&text, &specials, |stretch| {
+        let ids = self.encode_split_on_specials(&text, &specials, |stretch| {
             match stretch.contains([START, LITERAL]) {
                 true => Cow::Owned(unescape(stretch, &specials)),
                 false => Cow::Borrowed(stretch),
             }
-        })
+        })?;
+        // The library has no logger; the CLI and server print warnings to stderr too.
+        if let Some(warning) = template.note_missing_bos(&ids, self.bos_id()) {
+            eprintln!("warning: {warning}");
+        }
+        Ok(ids)
     }
 }
 

@@ -139,3 +139,71 @@ fn message_text_never_becomes_a_control_token_in_an_inst_template() {
     assert_eq!(ids.iter().filter(|&&id| id == 2).count(), 1);
     assert!(!ids.contains(&0));
 }
+
+/// A model directory with `tokenizer_config.json` holding `chat_template: value`.
+fn dir_with_template_field(value: Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let config = serde_json::json!({"bos_token": "<s>", "chat_template": value});
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn a_list_of_named_templates_gives_the_default_one() {
+    let dir = dir_with_template_field(serde_json::json!([
+        {"name": "tool_use", "template": "tools"},
+        {"name": "default", "template": "{{ bos_token }}chat"},
+    ]));
+    let template = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
+    assert_eq!(template.source(), "{{ bos_token }}chat");
+    assert!(
+        template
+            .name()
+            .ends_with("tokenizer_config.json: chat_template")
+    );
+}
+
+#[test]
+fn a_chat_template_field_that_holds_no_template_is_an_error() {
+    for (value, why) in [
+        (serde_json::json!(42), "found a number"),
+        (serde_json::json!({"template": "x"}), "found an object"),
+        (
+            serde_json::json!([{"name": "tool_use", "template": "tools"}]),
+            "none named \"default\"",
+        ),
+        (
+            serde_json::json!([{"name": "default", "template": 7}]),
+            "is not a string",
+        ),
+    ] {
+        let dir = dir_with_template_field(value.clone());
+        let err = ChatTemplate::from_dir(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("tokenizer_config.json: chat_template:") && err.contains(why),
+            "{value}: {err}"
+        );
+    }
+    // Absent and null: no template.
+    let dir = dir_with_template_field(Value::Null);
+    assert!(ChatTemplate::from_dir(dir.path()).unwrap().is_none());
+}
+
+#[test]
+fn strftime_now_prints_the_current_utc_date() {
+    let template = ChatTemplate::new(
+        "{{ strftime_now('%Y') }}|{{ strftime_now('%d %b %Y') }}|{{ strftime_now('%%') }}",
+        "<s>",
+        "</s>",
+    )
+    .unwrap();
+    let out = template.render(&[Message::user("hi")], true).unwrap();
+    let parts: Vec<&str> = out.split('|').collect();
+    let year: u32 = parts[0].parse().unwrap();
+    assert!(year >= 2024, "{out}");
+    assert!(
+        parts[1].ends_with(parts[0]) && parts[1].len() == 11,
+        "{out}"
+    );
+    assert_eq!(parts[2], "%");
+}
