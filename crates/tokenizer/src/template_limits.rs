@@ -193,8 +193,10 @@ enum Grows {
     Replace,
     /// `center(width)`, `indent(width)`, `wordwrap(width)` …: integers arguments are widths.
     Width,
-    /// `tojson`, `pprint`, `string`, `list`, `format` …: about the size of what they print.
+    /// `tojson`, `pprint`, `string`, `list` …: about the size of what they print.
     Print,
+    /// `format`: what its arguments print, padded to the widths its format string names.
+    Format,
 }
 
 fn grows(filter: &str) -> Option<Grows> {
@@ -202,8 +204,9 @@ fn grows(filter: &str) -> Option<Grows> {
         "join" => Grows::Join,
         "replace" => Grows::Replace,
         "center" | "indent" | "wordwrap" | "truncate" | "batch" | "slice" => Grows::Width,
-        "tojson" | "pprint" | "string" | "list" | "format" | "urlencode" | "dictsort" | "items"
-        | "escape" | "e" => Grows::Print,
+        "tojson" | "pprint" | "string" | "list" | "urlencode" | "dictsort" | "items" | "escape"
+        | "e" => Grows::Print,
+        "format" => Grows::Format,
         _ => return None,
     })
 }
@@ -219,10 +222,11 @@ fn guard_name(check: Check) -> &'static str {
         Check::Filter(Grows::Replace) => "__mixtral_guard_replace",
         Check::Filter(Grows::Width) => "__mixtral_guard_width",
         Check::Filter(Grows::Print) => "__mixtral_guard_print",
+        Check::Filter(Grows::Format) => "__mixtral_guard_format",
     }
 }
 
-const CHECKS: [Check; 7] = [
+const CHECKS: [Check; 8] = [
     Check::Concat,
     Check::Add,
     Check::Mul,
@@ -230,6 +234,7 @@ const CHECKS: [Check; 7] = [
     Check::Filter(Grows::Replace),
     Check::Filter(Grows::Width),
     Check::Filter(Grows::Print),
+    Check::Filter(Grows::Format),
 ];
 
 /// A guard as a callable object: objects receive their arguments as they are (keyword
@@ -312,10 +317,30 @@ impl Guard {
                 input.saturating_add(lines.saturating_mul(width))
             }
             // Printing escapes and indents: a few times what the input prints as.
-            Grows::Print => args.iter().map(printed).sum::<usize>().saturating_mul(4),
+            Grows::Print => args.iter().map(printed).sum::<usize>().saturating_mul(6),
+            Grows::Format => {
+                let widths = args
+                    .first()
+                    .and_then(Value::as_str)
+                    .map_or(0, format_widths);
+                args.iter()
+                    .map(printed)
+                    .sum::<usize>()
+                    .saturating_add(widths)
+            }
         };
         self.budget.charge_value(estimate)
     }
+}
+
+/// An upper bound on the padding a format string (`%10s`, `{:>10}`) adds: the sum of every
+/// number written in it (each width or precision is one of them).
+fn format_widths(format: &str) -> usize {
+    format
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|run| !run.is_empty())
+        .map(|run| run.parse::<usize>().unwrap_or(usize::MAX))
+        .fold(0, usize::saturating_add)
 }
 
 /// Checks a string method before minijinja-contrib's Python compatibility layer runs it:
@@ -354,7 +379,8 @@ pub(crate) fn check_method(
             .iter()
             .map(|v| display_len(v, cap))
             .sum::<usize>()
-            .saturating_add(s.len()),
+            .saturating_add(s.len())
+            .saturating_add(format_widths(s)),
         _ => return Ok(()),
     };
     budget.charge_value(estimate)

@@ -23,7 +23,7 @@ fn assert_stopped(source: &str, limits: RenderLimits, needle: &str) {
         Err(e @ Error::TemplateLimit { .. }) => {
             assert!(e.to_string().contains(needle), "{source}: {e}");
             assert!(
-                e.to_string().starts_with("chat template: "),
+                e.to_string().starts_with("chat template (inline): "),
                 "names it: {e}"
             );
         }
@@ -32,7 +32,16 @@ fn assert_stopped(source: &str, limits: RenderLimits, needle: &str) {
     assert!(took < Duration::from_secs(2), "{source}: took {took:?}");
 }
 
-const BOMBS: [(&str, &str); 9] = [
+const BOMBS: [(&str, &str); 11] = [
+    // Widths in format strings.
+    (
+        "{{ '%999999999s' | format(messages[0].content) }}",
+        "byte limit",
+    ),
+    (
+        "{{ '{:>999999999}'.format(messages[0].content) }}",
+        "byte limit",
+    ),
     // The 21-byte bomb, its count only known when rendering.
     ("{{ 'x' * (messages | length * 100000000) }}", "byte limit"),
     (
@@ -145,7 +154,8 @@ fn guarded_operations_keep_their_meaning() {
     let source = "{{ 1 + 2 }}|{{ 'a' + 'b' }}|{{ 'ab' * 3 }}|{{ 3 * 'c' }}|{{ 2 * 3.5 }}|\
                   {{ ([1] + [2, 3]) | join('-') }}|{{ [0] * 3 }}|{{ 'x' ~ 1 ~ none }}|\
                   {{ 'a b' | replace(' ', '_') }}|{{ 'a\nb' | indent(2) }}|{{ 'a-b'.replace('-', '+') }}|\
-                  {{ {'k': 'v'} | tojson }}|{% set ns = namespace(n=0) %}\
+                  {{ {'k': 'v'} | tojson }}|{{ {'k': [1]} | tojson(indent=2) }}|\
+                  {{ '%3s|%-4d' | format('a', 7) }}|{{ '{:>4}'.format('b') }}|{% set ns = namespace(n=0) %}\
                   {% for m in messages %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.n }}|\
                   {% macro twice(s) %}{{ s ~ s }}{% endmacro %}{{ twice('ok') }}|\
                   {{ raise_exception is defined }}";
@@ -161,7 +171,8 @@ fn guarded_operations_keep_their_meaning() {
     assert_eq!(out.unwrap(), plain);
     assert_eq!(
         plain,
-        "3|ab|ababab|ccc|7.0|1-2-3|[0, 0, 0]|x1None|a_b|a\n  b|a+b|{\"k\":\"v\"}|1|okok|True"
+        "3|ab|ababab|ccc|7.0|1-2-3|[0, 0, 0]|x1None|a_b|a\n  b|a+b|{\"k\":\"v\"}|\
+         {\n  \"k\": [\n    1\n  ]\n}|  a|7   |   b|1|okok|True"
     );
 }
 
