@@ -44,8 +44,10 @@ impl RenderLimits {
     /// Bytes of rendered text allowed per token of context: a prompt longer than the
     /// context is refused later anyway, and no token stands for 64 bytes of text.
     pub const BYTES_PER_CONTEXT_TOKEN: usize = 64;
-    /// How many times the output cap all values built while rendering may take together.
-    pub const WORK_FACTOR: usize = 4;
+    /// How many times the output cap all values built while rendering may take together
+    /// (each concatenation is charged whole, so a template that rebuilds a string per
+    /// message is charged its prefixes: room for that, while memory stays bounded).
+    pub const WORK_FACTOR: usize = 16;
 
     /// Limits with this fuel and output cap.
     pub fn new(fuel: u64, max_output_bytes: usize) -> RenderLimits {
