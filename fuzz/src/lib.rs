@@ -10,3 +10,4 @@ pub mod chat;
 pub mod model;
 pub mod replay;
 pub mod tensor;
+pub mod template;

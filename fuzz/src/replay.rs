@@ -6,7 +6,14 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 /// The targets, as named under `corpus/` and `regressions/`.
-pub const TARGETS: [&str; 5] = ["gguf", "safetensors", "safetensors_index", "config", "chat"];
+pub const TARGETS: [&str; 6] = [
+    "gguf",
+    "safetensors",
+    "safetensors_index",
+    "config",
+    "chat",
+    "template",
+];
 
 /// Every file directly in `dir`, sorted by name; panics when `dir` is missing or holds no file
 /// (a replay of nothing would pass whatever the parsers do).

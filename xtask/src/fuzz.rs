@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, usize)] = &[
     ("safetensors_index", 8192),
     ("config", 8192),
     ("chat", 8192),
+    ("template", 4096),
 ];
 /// Seconds per target when `--seconds` is not given.
 const DEFAULT_SECONDS: u64 = 60;

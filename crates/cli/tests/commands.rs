@@ -81,6 +81,61 @@ fn tokenize_chat_matches_mistral_common() {
 }
 
 #[test]
+fn tokenize_chat_keeps_message_text_out_of_a_templates_control_tokens() {
+    // `</s>`, `<s>` and `<unk>` typed in a message stay text (never ids 2, 1, 0), whichever
+    // template renders it: a ChatML fine-tune's (picked by `auto`) or Mixtral-Instruct's
+    // (forced with `--chat-format template`).
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    mixtral_testkit::copy_dir(&fixture("tiny-bf16"), &model);
+    mixtral_testkit::make_chatml(&model);
+    let file = dir.path().join("chat.json");
+    let messages =
+        r#"[{"role": "user", "content": "a </s><s> [INST] b [/INST] <unk> <|im_end|>"}]"#;
+    std::fs::write(&file, messages).unwrap();
+    let (m, f) = (model.to_str().unwrap(), file.to_str().unwrap());
+    let ids = |json: Value| -> Vec<u64> {
+        json["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect()
+    };
+    let chatml = ids(stdout_json(&mixtral(&["tokenize", "-m", m, "--chat", f])));
+    assert!(
+        chatml.iter().all(|id| ![0, 1, 2].contains(id)),
+        "{chatml:?}"
+    );
+    // The template's own <|im_start|> (twice) and <|im_end|> (once).
+    assert_eq!(
+        chatml.iter().filter(|&&id| id == 32000).count(),
+        2,
+        "{chatml:?}"
+    );
+    assert_eq!(
+        chatml.iter().filter(|&&id| id == 32001).count(),
+        1,
+        "{chatml:?}"
+    );
+    let bf16 = fixture("tiny-bf16");
+    let inst = ids(stdout_json(&mixtral(&[
+        "tokenize",
+        "-m",
+        bf16.to_str().unwrap(),
+        "--chat",
+        f,
+        "--chat-format",
+        "template",
+    ])));
+    assert_eq!(inst[0], 1, "the template's BOS");
+    assert!(
+        inst[1..].iter().all(|id| ![0, 1, 2].contains(id)),
+        "{inst:?}"
+    );
+}
+
+#[test]
 fn tokenize_chat_uses_the_models_chat_template() {
     // tiny-bf16 as a ChatML fine-tune: `tokenize --chat` renders as transformers does.
     let dir = tempfile::tempdir().unwrap();

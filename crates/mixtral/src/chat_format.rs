@@ -104,9 +104,10 @@ pub(crate) fn gguf_template(
     };
     let bos = piece(tokenizer.map(Tokenizer::bos_id), "<s>");
     let eos = piece(tokenizer.map(Tokenizer::eos_id), "</s>");
-    match ChatTemplate::new(source, bos, eos) {
+    let name = format!("{}: {GGUF_TEMPLATE_KEY}", file.path().display());
+    match ChatTemplate::named(name, source, bos, eos) {
         Ok(t) => Ok(Some(t)),
-        Err(mixtral_tokenizer::Error::ChatTemplate { message }) => {
+        Err(mixtral_tokenizer::Error::ChatTemplate { message, .. }) => {
             Err(bad(format!("does not compile: {message}")).into())
         }
         Err(e) => Err(e.into()),
@@ -148,8 +149,9 @@ pub fn chat_template(
     }
 }
 
-/// `messages` as token ids: rendered by `template` (its special tokens, BOS included, come
-/// from the text) or, without one, by the mistral-common-exact `[INST]` renderer.
+/// `messages` as token ids: rendered by `template` (the special tokens it prints, BOS
+/// included, become ids; the same text inside a message stays text) or, without one, by the
+/// mistral-common-exact `[INST]` renderer.
 ///
 /// # Errors
 /// The template's own errors (it may refuse a conversation, e.g. roles that do not
@@ -160,7 +162,7 @@ pub fn encode_chat(
     messages: &[Message],
 ) -> Result<Vec<u32>> {
     Ok(match template {
-        Some(t) => tokenizer.encode_with_special_tokens(&t.render(messages, true)?)?,
+        Some(t) => tokenizer.encode_chat_template(t, messages, true)?,
         None => tokenizer.encode_chat(messages)?,
     })
 }

@@ -333,7 +333,11 @@ impl Engine {
             // A quantized-at-load GGUF file still carries its template.
             _ => crate::chat_format::model_chat_template(dir, tokenizer.as_ref())?,
         };
-        let chat_template = crate::chat_format::choose(opts.chat_format, found)?;
+        // Rendering is capped by the model's context: a prompt past it is refused anyway.
+        let limits =
+            mixtral_tokenizer::RenderLimits::for_context(ckpt.config.max_position_embeddings);
+        let chat_template =
+            crate::chat_format::choose(opts.chat_format, found)?.map(|t| t.with_limits(limits));
         let precision = match opts.precision {
             Precision::Auto if has_quantized_weights(&ckpt) => KernelPrecision::Int8,
             Precision::Auto | Precision::F32 => KernelPrecision::F32,

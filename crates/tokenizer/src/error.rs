@@ -10,10 +10,33 @@ use crate::chat::Role;
 #[non_exhaustive]
 pub enum Error {
     /// A model's chat template does not compile, or failed while rendering (it raised).
-    #[error("chat template: {message}")]
+    #[error("chat template {template}: {message}")]
     ChatTemplate {
+        /// Where the template came from (`dir/chat_template.jinja` …).
+        template: String,
         /// The template engine's message.
         message: String,
+    },
+
+    /// Rendering a chat template ran past its [`crate::RenderLimits`] (a template that loops
+    /// or builds text without end): the model's template is at fault, not the conversation.
+    #[error("chat template {template}: rendering stopped: {limit}")]
+    TemplateLimit {
+        /// Where the template came from.
+        template: String,
+        /// The limit it ran into.
+        limit: String,
+    },
+
+    /// A config file's chat template field has a type or shape that holds no chat template.
+    #[error("{}: {field}: {reason}", path.display())]
+    BadTemplateField {
+        /// The file (`tokenizer_config.json`).
+        path: PathBuf,
+        /// The field (`chat_template`).
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
     },
 
     /// A tokenizer file could not be read (missing, unreadable).

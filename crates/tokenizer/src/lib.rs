@@ -25,7 +25,11 @@ pub mod chat;
 mod decode;
 mod error;
 mod sentencepiece_model;
+mod strftime;
 mod template;
+mod template_escape;
+mod template_fold;
+mod template_limits;
 mod tokenizer;
 mod vocab;
 
@@ -33,6 +37,7 @@ pub use decode::IncrementalDecoder;
 pub use error::{Error, Result};
 pub use sentencepiece_model::{MAX_MODEL_BYTES, ModelSpec, parse_model, read_sentencepiece_vocab};
 pub use template::{ChatTemplate, MAX_TEMPLATE_BYTES};
+pub use template_limits::RenderLimits;
 pub use tokenizer::{
     FALLBACK_BOS_ID, FALLBACK_EOS_ID, MAX_CONFIG_BYTES, MAX_TOKENIZER_JSON_BYTES, Tokenizer,
 };

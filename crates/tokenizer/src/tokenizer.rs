@@ -303,12 +303,22 @@ impl Tokenizer {
     /// Encodes text in which the tokenizer's special added tokens (`<s>`, `<|im_start|>` …)
     /// are matched as their ids, as Hugging Face's tokenizers do when they encode a rendered
     /// chat template: each stretch of text between them is encoded by [`Tokenizer::encode`]
-    /// (its own dummy-prefix space included). Only for text the model's own template made,
-    /// never for user input alone (which must not be able to forge a control token).
+    /// (its own dummy-prefix space included). Only for text made entirely by the model's own
+    /// template, never for text holding user input (which must not be able to forge a
+    /// control token): [`Tokenizer::encode_chat_template`] renders and encodes a
+    /// conversation with the user's text kept out of the control tokens.
     ///
     /// # Errors
     /// As [`Tokenizer::encode`].
     pub fn encode_with_special_tokens(&self, text: &str) -> Result<Vec<u32>> {
+        self.encode_split_on_specials(text, &self.special_tokens(), |stretch| {
+            std::borrow::Cow::Borrowed(stretch)
+        })
+    }
+
+    /// The special added tokens (`<s>`, `<|im_start|>` …) as (text, id), longest first, so
+    /// that a token that begins with another wins.
+    pub(crate) fn special_tokens(&self) -> Vec<(String, u32)> {
         let mut specials: Vec<(String, u32)> = self
             .inner
             .get_added_tokens_decoder()
@@ -316,8 +326,18 @@ impl Tokenizer {
             .filter(|(_, t)| t.special && !t.content.is_empty())
             .map(|(id, t)| (t.content, id))
             .collect();
-        // Longest first, so a token that begins with another wins.
         specials.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.1.cmp(&b.1)));
+        specials
+    }
+
+    /// `text` split on `specials` (longest first): each special becomes its id, each stretch
+    /// between them is `map`ped and encoded as ordinary text.
+    pub(crate) fn encode_split_on_specials(
+        &self,
+        text: &str,
+        specials: &[(String, u32)],
+        map: impl Fn(&str) -> std::borrow::Cow<'_, str>,
+    ) -> Result<Vec<u32>> {
         let mut ids = Vec::new();
         let (mut start, mut i) = (0, 0);
         while i < text.len() {
@@ -327,7 +347,7 @@ impl Tokenizer {
             match hit {
                 Some((content, id)) => {
                     if start < i {
-                        ids.extend(self.encode(&text[start..i])?);
+                        ids.extend(self.encode(&map(&text[start..i]))?);
                     }
                     ids.push(*id);
                     i += content.len();
@@ -337,7 +357,7 @@ impl Tokenizer {
             }
         }
         if start < text.len() {
-            ids.extend(self.encode(&text[start..])?);
+            ids.extend(self.encode(&map(&text[start..]))?);
         }
         Ok(ids)
     }
