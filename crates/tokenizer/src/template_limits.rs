@@ -79,6 +79,8 @@ pub(crate) struct Budget {
     work_left: AtomicUsize,
     /// Bytes the output may still take.
     output_left: AtomicUsize,
+    /// Values the namespace-cycle check ([`Check::SetAttr`]) may still visit.
+    visits_left: AtomicUsize,
     /// The limit a guard refused on, for the error.
     tripped: Mutex<Option<String>>,
 }
@@ -89,6 +91,7 @@ impl Budget {
             limits,
             work_left: AtomicUsize::new(limits.max_output_bytes.saturating_mul(Self::factor())),
             output_left: AtomicUsize::new(limits.max_output_bytes),
+            visits_left: AtomicUsize::new(MAX_STORE_VISITS),
             tripped: Mutex::new(None),
         })
     }
@@ -176,6 +179,74 @@ fn seq_len(value: &Value) -> Option<usize> {
 
 const WORD: usize = 16;
 
+/// The most values one rendering's `{% set ns.attr = value %}` checks may visit together: a
+/// template that appends to a list held in a namespace once per message visits the list
+/// each time, so this bounds that quadratic walk (10^6 is a 1,400-message conversation).
+const MAX_STORE_VISITS: usize = 1_000_000;
+
+/// Whether `value` is one of minijinja's namespaces, the only mutable value a template can
+/// make. Its type is private to minijinja, so it is told by its `Debug` name (checked by
+/// `a_namespace_is_told_from_other_values`; minijinja is pinned).
+fn is_namespace(value: &Value) -> bool {
+    const NAME: &str = "Namespace";
+    struct Prefix(String);
+    impl fmt::Write for Prefix {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let room = NAME.len().saturating_sub(self.0.len());
+            self.0.extend(s.chars().take(room));
+            match self.0.len() >= NAME.len() {
+                true => Err(fmt::Error),
+                false => Ok(()),
+            }
+        }
+    }
+    // The object's own `Debug` (a `Value`'s prints what the object renders as).
+    let Some(object) = value.as_object() else {
+        return false;
+    };
+    let mut prefix = Prefix(String::new());
+    let _ = fmt::write(&mut prefix, format_args!("{object:?}"));
+    prefix.0 == NAME
+}
+
+impl Budget {
+    /// Refuses to store a value that holds a namespace in a namespace: that is the only way
+    /// a template can make a reference cycle (`{% set ns.me = [ns] %}`), which minijinja
+    /// never frees, so a template could leak memory on every request.
+    fn check_store(&self, value: &Value) -> Result<(), MjError> {
+        let mut todo = vec![value.clone()];
+        while let Some(v) = todo.pop() {
+            if self
+                .visits_left
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |l| l.checked_sub(1))
+                .is_err()
+            {
+                return Err(self.refuse(format!(
+                    "the values stored in namespaces exceed the {MAX_STORE_VISITS} a chat \
+                     template may store while rendering"
+                )));
+            }
+            if is_namespace(&v) {
+                return Err(self.refuse(
+                    "a namespace cannot be stored in a namespace in a chat template (the \
+                     reference cycle would never be freed)"
+                        .into(),
+                ));
+            }
+            match v.kind() {
+                minijinja::value::ValueKind::Seq => todo.extend(v.try_iter().into_iter().flatten()),
+                minijinja::value::ValueKind::Map => {
+                    if let Ok(keys) = v.try_iter() {
+                        todo.extend(keys.filter_map(|k| v.get_item(&k).ok()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Which checks a guard runs; each is called with the operands of the instruction it
 /// guards, and returns them for that instruction to use.
 #[derive(Clone, Copy, Debug)]
@@ -183,6 +254,8 @@ enum Check {
     Concat,
     Add,
     Mul,
+    /// `{% set ns.attr = value %}`: no namespace inside `value`.
+    SetAttr,
     Filter(Grows),
 }
 
@@ -220,6 +293,7 @@ fn guard_name(check: Check) -> &'static str {
         Check::Concat => "__mixtral_guard_concat",
         Check::Add => "__mixtral_guard_add",
         Check::Mul => "__mixtral_guard_mul",
+        Check::SetAttr => "__mixtral_guard_set_attr",
         Check::Filter(Grows::Join) => "__mixtral_guard_join",
         Check::Filter(Grows::Replace) => "__mixtral_guard_replace",
         Check::Filter(Grows::Width) => "__mixtral_guard_width",
@@ -228,10 +302,11 @@ fn guard_name(check: Check) -> &'static str {
     }
 }
 
-const CHECKS: [Check; 8] = [
+const CHECKS: [Check; 9] = [
     Check::Concat,
     Check::Add,
     Check::Mul,
+    Check::SetAttr,
     Check::Filter(Grows::Join),
     Check::Filter(Grows::Replace),
     Check::Filter(Grows::Width),
@@ -275,6 +350,7 @@ impl Object for Guard {
                         .charge_value(len.saturating_mul(n).saturating_mul(WORD))?;
                 }
             }
+            (Check::SetAttr, [value, _namespace]) => self.budget.check_store(value)?,
             (Check::Filter(grows), args) => self.check_filter(grows, args)?,
             _ => {}
         }
@@ -468,6 +544,11 @@ pub(crate) fn patch(code: &mut Instructions<'_>) {
             ],
             Instruction::Mul => vec![
                 Instruction::CallFunction(guard_name(Check::Mul), Some(2)),
+                Instruction::UnpackList(2),
+                original,
+            ],
+            Instruction::SetAttr(_) => vec![
+                Instruction::CallFunction(guard_name(Check::SetAttr), Some(2)),
                 Instruction::UnpackList(2),
                 original,
             ],

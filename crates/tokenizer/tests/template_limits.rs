@@ -181,3 +181,27 @@ fn a_template_may_not_call_the_guards() {
     let err = ChatTemplate::new("{{ __mixtral_guard_concat }}", "<s>", "</s>").unwrap_err();
     assert!(err.to_string().contains("reserved"), "{err}");
 }
+
+#[test]
+fn a_namespace_stored_in_a_namespace_is_refused() {
+    // Each makes a reference cycle minijinja would never free: memory lost per request.
+    for source in [
+        "{% set ns = namespace() %}{% set ns.me = ns %}",
+        "{% set ns = namespace() %}{% set ns.s = ns, 1 %}",
+        "{% set ns = namespace() %}{% set ns.m = {'a': [1, ns]} %}",
+        "{% set a = namespace() %}{% set b = namespace() %}{% set a.b = b %}{% set b.a = a %}",
+    ] {
+        assert_stopped(source, RenderLimits::default(), "namespace");
+    }
+}
+
+#[test]
+fn namespaces_still_hold_lists_maps_and_strings() {
+    // What Hugging Face templates store: flags, strings, lists of message maps.
+    let source = "{% set ns = namespace(seen=[], flag=false, last='') %}\
+                  {% for m in messages %}{% set ns.seen = ns.seen + [m] %}\
+                  {% set ns.last = m.content %}{% set ns.flag = true %}{% endfor %}\
+                  {{ ns.seen | length }}|{{ ns.seen[0].role }}|{{ ns.last }}|{{ ns.flag }}";
+    let (out, _) = render(source, RenderLimits::default());
+    assert_eq!(out.unwrap(), "1|user|hi|True");
+}
