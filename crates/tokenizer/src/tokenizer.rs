@@ -228,7 +228,7 @@ impl Tokenizer {
                 reason: format!(
                     "token {:?} has id {id}, but the vocabulary has only {} tokens (ids must \
                      be below the vocabulary size)",
-                    piece.escape_debug().to_string(),
+                    shown(piece),
                     vocab.len()
                 ),
             });
@@ -439,4 +439,19 @@ fn resolve_special(
         }
     }
     Ok(inner.token_to_id(default_text).unwrap_or(fallback))
+}
+
+/// A token read from a file, for a message: escaped, and cut after 200 bytes (a crafted
+/// vocabulary may hold a token of megabytes).
+fn shown(piece: &str) -> String {
+    const MAX: usize = 200;
+    let mut cut = MAX.min(piece.len());
+    while !piece.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let mut out = piece[..cut].escape_debug().to_string();
+    if cut < piece.len() {
+        out.push_str(&format!("… ({} bytes)", piece.len()));
+    }
+    out
 }

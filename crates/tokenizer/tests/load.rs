@@ -227,3 +227,26 @@ fn side_files_must_be_small_regular_files() {
     assert!(err.to_string().contains("more than the"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_100_kb_token_in_a_message_is_cut_short() {
+    let dir = scratch_dir("huge-piece");
+    let long = "x".repeat(100_000);
+    let json = fixture_tokenizer_json().replacen(
+        "\"▁Hello\": 22557",
+        &format!("\"▁Hello\": 22557, \"{long}\": 4294967295"),
+        1,
+    );
+    std::fs::write(dir.join("tokenizer.json"), json).unwrap();
+    let msg = match Tokenizer::from_dir(&dir) {
+        Ok(t) => panic!("loaded: {}", t.vocab_size()),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        msg.contains("has id 4294967295"),
+        "{}",
+        &msg[..msg.len().min(300)]
+    );
+    assert!(msg.len() < 1000, "{} bytes", msg.len());
+    let _ = std::fs::remove_dir_all(&dir);
+}
