@@ -1,7 +1,7 @@
 //! `cargo xtask fuzz [--seconds N] [--minimize] [TARGET...]`: run the cargo-fuzz targets of
 //! `fuzz/` (the parsers of untrusted files: GGUF, safetensors header and shard index,
-//! `config.json`/`params.json`, `--chat` files) for N seconds each, and print per target how
-//! many inputs it executed and whether it crashed.
+//! `config.json`/`params.json`, `--chat` files, chat templates) for N seconds each, and print
+//! per target how many inputs it executed and whether it crashed.
 //!
 //! Needs the nightly toolchain and cargo-fuzz (`rustup toolchain install nightly`,
 //! `cargo install cargo-fuzz`); CI does not fuzz, it replays the committed corpus on stable
@@ -44,7 +44,7 @@ pub const RSS_LIMIT_MB: u64 = 2048;
 pub const MAX_CORPUS_FILES: usize = 200;
 
 const USAGE: &str = "usage: cargo xtask fuzz [--seconds N] [--minimize] [TARGET...]\n       \
-    targets: gguf safetensors safetensors_index config chat (default: all)";
+    targets: gguf safetensors safetensors_index config chat template (default: all)";
 
 /// Why the command failed (a crash found is not an error: it is reported, and the exit code
 /// says so).
