@@ -400,9 +400,10 @@ impl Engine {
     /// The prompt's token ids.
     ///
     /// # Errors
-    /// [`Error::PromptTooLong`] at once, before any tokenization, for text that could not fit
-    /// the context however it tokenized (a stranger's 16 MB prompt must not cost gigabytes of
-    /// tokenizer memory just to be refused); the tokenizer's and the chat template's errors.
+    /// [`PromptTooLong`](crate::Error::PromptTooLong) at once, before any tokenization, for
+    /// text that could not fit the context however it tokenized (a stranger's 16 MB prompt
+    /// must not cost gigabytes of tokenizer memory just to be refused); the tokenizer's and
+    /// the chat template's errors.
     pub fn encode(&self, prompt: &Prompt) -> Result<Vec<u32>> {
         self.check_text_fits(prompt)?;
         Ok(match prompt {

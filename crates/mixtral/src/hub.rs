@@ -9,7 +9,7 @@
 //! snapshot directory is a model directory as it stands, so resolving a repo id means finding
 //! the snapshot of the asked revision and checking it holds a whole model: the loader then
 //! opens it like any other directory (it only ever opens plain file names inside it). Before
-//! any file of a snapshot is read, [`snapshot::check`] makes sure the snapshot and its files
+//! any file of a snapshot is read, `snapshot::check` makes sure the snapshot and its files
 //! stay inside the repo's folder of the cache.
 //!
 //! Offline first: a complete snapshot in the cache is used without asking the network;

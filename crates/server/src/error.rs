@@ -172,7 +172,7 @@ impl ApiError {
 /// The most characters of a client's own text quoted back in a message.
 const MAX_QUOTED: usize = 200;
 
-/// `text` cut to [`MAX_QUOTED`] characters (saying how long it was), for quoting a
+/// `text` cut to `MAX_QUOTED` (200) characters (saying how long it was), for quoting a
 /// stranger's input in a message without echoing megabytes.
 pub fn clip(text: &str) -> String {
     match text.char_indices().nth(MAX_QUOTED) {

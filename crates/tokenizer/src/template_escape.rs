@@ -26,7 +26,8 @@ impl Tokenizer {
     /// `add_generation_prompt` is set): the special tokens the template itself prints
     /// (`bos_token`, `<|im_start|>` …) become their ids, while the same text inside a message
     /// is encoded as ordinary text, as the `[INST]` renderer ([`Tokenizer::encode_chat`])
-    /// does. See the [module docs](self) for how.
+    /// does: special-token text in messages is swapped for private-use placeholders before
+    /// rendering, and restored as text between the template's own special tokens after.
     ///
     /// # Errors
     /// The template's ([`ChatTemplate::render`]) and [`Tokenizer::encode`]'s.
