@@ -75,20 +75,47 @@ pub(crate) struct Args {
 impl Args {
     /// The server's access rules and limits.
     fn options(&self) -> Result<mixtral_server::Options, String> {
+        // Up to a day: far past any sane timeout, and far from the overflow of an `Instant`.
         let secs = |name: &str, s: f64| {
             Duration::try_from_secs_f64(s)
                 .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| format!("--{name} must be a positive number of seconds"))
+                .filter(|d| !d.is_zero() && d.as_secs() <= MAX_TIMEOUT_S)
+                .ok_or_else(|| {
+                    format!(
+                        "--{name} must be a positive number of seconds, at most {MAX_TIMEOUT_S}"
+                    )
+                })
         };
-        if self.max_connections == 0 {
-            return Err("--max-connections must be at least 1".into());
+        if !(1..=MAX_CONNECTIONS).contains(&self.max_connections) {
+            return Err(format!(
+                "--max-connections must be from 1 to {MAX_CONNECTIONS}"
+            ));
         }
-        if let Some(empty) = self.api_keys.iter().position(|k| k.trim().is_empty()) {
-            return Err(format!("API key {} is empty", empty + 1));
+        // Trimmed as the server trims the key a client sends (`MIXTRAL_API_KEY="k1, k2"`).
+        let keys: Vec<String> = self.api_keys.iter().map(|k| k.trim().to_string()).collect();
+        for (i, key) in keys.iter().enumerate() {
+            if key.is_empty() || !key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(format!(
+                    "API key {} is empty or holds a character other than visible ASCII \
+                     (a client could not send it in a header)",
+                    i + 1
+                ));
+            }
+        }
+        let per_request = self
+            .max_body
+            .saturating_mul(mixtral_server::REQUEST_MEMORY_FACTOR);
+        if per_request > self.request_memory {
+            return Err(format!(
+                "--request-memory ({} bytes) must hold one request of --max-body ({} bytes), \
+                 counted {} times: at least {per_request} bytes",
+                self.request_memory,
+                self.max_body,
+                mixtral_server::REQUEST_MEMORY_FACTOR
+            ));
         }
         let mut o = mixtral_server::Options::default();
-        o.api_keys = self.api_keys.clone();
+        o.api_keys = keys;
         if !self.allowed_hosts.is_empty() {
             // The bound address's own names stay allowed.
             let mut names = self.allowed_hosts.clone();
@@ -104,6 +131,11 @@ impl Args {
         Ok(o)
     }
 }
+
+/// The longest `--header-timeout`, `--body-timeout` and `--shutdown-timeout`, seconds.
+const MAX_TIMEOUT_S: u64 = 86_400;
+/// The most `--max-connections` (a file descriptor each).
+const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// `123`, `64K`, `512M`, `2G` (powers of 1024).
 fn parse_bytes(s: &str) -> Result<usize, String> {
@@ -129,7 +161,11 @@ fn parse_bytes(s: &str) -> Result<usize, String> {
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let deadline = Duration::try_from_secs_f64(args.shutdown_timeout)
-        .map_err(|_| "--shutdown-timeout must be a non-negative number of seconds")?;
+        .ok()
+        .filter(|d| d.as_secs() <= MAX_TIMEOUT_S)
+        .ok_or_else(|| {
+            format!("--shutdown-timeout must be a non-negative number of seconds, at most {MAX_TIMEOUT_S}")
+        })?;
     let options = args.options()?;
     let engine = Arc::new(args.model.load()?);
     let opts = BatchOptions {

@@ -148,11 +148,19 @@ fn an_allowed_origin_gets_cors_headers_and_an_allowed_host_is_served() {
         &format!(
             "OPTIONS /v1/chat/completions HTTP/1.1\r\nHost: localhost\r\n{origin}\r\n\
              Access-Control-Request-Method: POST\r\n\
-             Access-Control-Request-Headers: content-type, authorization"
+             Access-Control-Request-Headers: content-type, authorization, x-stainless-os"
         ),
         "",
     );
     assert_eq!(r.status, 204, "{}", r.body);
+    // OpenAI's JS client asks for its own headers; caches must key on the origin.
+    let allowed = r.header("access-control-allow-headers").unwrap();
+    assert!(allowed.contains("x-stainless-os"), "{allowed}");
+    assert!(
+        r.header("vary").unwrap().contains("origin"),
+        "{}",
+        r.headers
+    );
     assert_eq!(
         r.header("access-control-allow-origin").as_deref(),
         Some("https://app.example")
@@ -182,7 +190,8 @@ fn an_allowed_origin_gets_cors_headers_and_an_allowed_host_is_served() {
 
 #[test]
 fn api_keys_guard_the_v1_routes() {
-    let server = Server::start(&["--model", &tiny(), "--api-key", "sk-one,sk-two"]);
+    // Spaces after the commas are not part of the keys (as in `MIXTRAL_API_KEY="k1, k2"`).
+    let server = Server::start(&["--model", &tiny(), "--api-key", "sk-one, sk-two"]);
     let port = server.port;
     let json = "Host: localhost\r\nContent-Type: application/json";
     let r = post(port, "/v1/chat/completions", json, CHAT);
@@ -197,11 +206,15 @@ fn api_keys_guard_the_v1_routes() {
     assert_error(&r, 401, Some("invalid_api_key"));
     let r = raw(port, "GET /v1/models HTTP/1.1\r\nHost: localhost", "");
     assert_error(&r, 401, Some("invalid_api_key"));
-    for key in ["sk-one", "sk-two"] {
+    for (scheme, key) in [
+        ("Bearer", "sk-one"),
+        ("Bearer", "sk-two"),
+        ("bearer", "sk-two"),
+    ] {
         let r = post(
             port,
             "/v1/chat/completions",
-            &format!("{json}\r\nAuthorization: Bearer {key}"),
+            &format!("{json}\r\nAuthorization: {scheme} {key}"),
             CHAT,
         );
         assert_eq!(r.status, 200, "{key}: {}", r.body);
@@ -376,6 +389,12 @@ fn fields_the_server_does_not_honour_are_refused_and_logit_bias_is_honoured() {
             format!(r#"{{{msgs}, "logit_bias": {{"5": 101}}}}"#),
             "logit_bias",
         ),
+        // Another spelling of token 5 would add a second +100.
+        (
+            "/v1/chat/completions",
+            format!(r#"{{{msgs}, "logit_bias": {{"5": 100, "05": 100}}}}"#),
+            "logit_bias",
+        ),
     ];
     for (path, body, param) in cases {
         let r = server.post(path, &body);
@@ -512,4 +531,22 @@ fn message_text_never_becomes_a_control_token_through_the_server() {
         chat, text,
         "the message's special-token text became control tokens"
     );
+}
+
+#[test]
+fn limits_that_cannot_work_are_refused_at_start() {
+    for (args, needle) in [
+        (vec!["--max-body", "64M"], "--request-memory"),
+        (vec!["--header-timeout", "1e19"], "--header-timeout"),
+        (vec!["--shutdown-timeout", "1e19"], "--shutdown-timeout"),
+        (vec!["--max-connections", "0"], "--max-connections"),
+        (vec!["--api-key", "sk one"], "API key 1"),
+    ] {
+        let mut all = vec!["serve", "--model", "/nonexistent", "--port", "0"];
+        all.extend(&args);
+        let out = common::mixtral(&all);
+        assert!(!out.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }

@@ -15,8 +15,12 @@ use std::sync::Arc;
 /// Which `Host` names are answered.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum HostRule {
-    /// Any (a wildcard bind without `allowed_hosts`, or `*`).
+    /// Any (`*` in `allowed_hosts`).
     Any,
+    /// `localhost` and any IP address, no other DNS name: a wildcard bind, or a router
+    /// embedded without [`crate::serve`]. A DNS-rebinding page reaches the server through a
+    /// name of its own, never through an address literal.
+    Literals,
     /// These names, lowercase, without port or brackets.
     Names(Vec<String>),
 }
@@ -26,7 +30,7 @@ impl HostRule {
     pub(crate) fn for_bound(addr: std::net::SocketAddr) -> HostRule {
         let ip = addr.ip();
         if ip.is_unspecified() {
-            HostRule::Any
+            HostRule::Literals
         } else if ip.is_loopback() {
             let mut names: Vec<String> = ["localhost", "127.0.0.1", "::1"].map(String::from).into();
             names.push(ip.to_string());
@@ -41,12 +45,14 @@ impl HostRule {
         if names.iter().any(|n| n == "*") {
             return HostRule::Any;
         }
-        HostRule::Names(names.iter().map(|n| normalise_host(n)).collect())
+        // Entries are read as `Host` values are, so `name:8080` and `[::1]` match too.
+        HostRule::Names(names.iter().map(|n| host_name(n)).collect())
     }
 
     fn allows(&self, host: &str) -> bool {
         match self {
             HostRule::Any => true,
+            HostRule::Literals => host == "localhost" || host.parse::<std::net::IpAddr>().is_ok(),
             HostRule::Names(names) => names.iter().any(|n| *n == host),
         }
     }
@@ -69,9 +75,25 @@ fn normalise_host(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// Equal in time that does not depend on where two keys of one length first differ.
+/// Equal, in a time that depends only on the longer length, not on where or whether the
+/// two differ (a short key is compared as if padded, its length difference folded in).
 fn same_key(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |d, (x, y)| d | (x ^ y)) == 0
+    let n = a.len().max(b.len());
+    let mut diff = (a.len() ^ b.len()) as u64;
+    for i in 0..n {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= u64::from(x ^ y);
+    }
+    diff == 0
+}
+
+/// Whether `key` is one of `keys`, comparing with every key (no early return, so the time
+/// does not say which key matched or how many were tried).
+fn any_key_matches(keys: &[String], key: &str) -> bool {
+    keys.iter().fold(false, |found, k| {
+        same_key(k.as_bytes(), key.as_bytes()) | found
+    })
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
@@ -88,6 +110,13 @@ pub(crate) async fn guard(State(app): State<Arc<App>>, req: Request, next: Next)
     };
     let mut response = json_errors(response).await;
     app.count(response.status());
+    if !app.options.cors_origins.is_empty() {
+        // The answer depends on the Origin: a shared cache must not give one origin's
+        // answer (with or without the CORS header) to another.
+        response
+            .headers_mut()
+            .append(header::VARY, HeaderValue::from_static("origin"));
+    }
     if let Some(origin) = origin.filter(|o| app.cors_allows(o)) {
         add_cors(response.headers_mut(), &origin);
     }
@@ -119,13 +148,16 @@ fn check(app: &App, req: &Request, origin: Option<&str>) -> Result<Option<Respon
                 .headers()
                 .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
         {
-            return Ok(Some(preflight()));
+            let asked = header_str(req.headers(), header::ACCESS_CONTROL_REQUEST_HEADERS);
+            return Ok(Some(preflight(asked)));
         }
     }
     if !app.options.api_keys.is_empty() && req.uri().path().starts_with("/v1/") {
+        // The scheme is case-insensitive (RFC 9110 §11.1).
         let given = header_str(req.headers(), header::AUTHORIZATION)
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, key)| key.trim());
         match given {
             None => {
                 return Err(ApiError::unauthorized(
@@ -134,13 +166,7 @@ fn check(app: &App, req: &Request, origin: Option<&str>) -> Result<Option<Respon
                         .into(),
                 ));
             }
-            Some(key)
-                if !app
-                    .options
-                    .api_keys
-                    .iter()
-                    .any(|k| same_key(k.as_bytes(), key.as_bytes())) =>
-            {
+            Some(key) if !any_key_matches(&app.options.api_keys, key) => {
                 return Err(ApiError::unauthorized("Incorrect API key provided.".into()));
             }
             Some(_) => {}
@@ -149,17 +175,26 @@ fn check(app: &App, req: &Request, origin: Option<&str>) -> Result<Option<Respon
     Ok(None)
 }
 
-fn preflight() -> Response {
+/// The answer to an allowed origin's preflight. The headers it asks for are allowed as
+/// asked (OpenAI's JS client sends `x-stainless-*` and `openai-organization`) when they are
+/// plain header names; the origin is trusted, and the server reads only the ones it knows.
+fn preflight(asked: Option<&str>) -> Response {
     let mut r = StatusCode::NO_CONTENT.into_response();
     let h = r.headers_mut();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_METHODS,
         HeaderValue::from_static("GET, POST, OPTIONS"),
     );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_HEADERS,
-        HeaderValue::from_static("authorization, content-type"),
-    );
+    let names = asked
+        .filter(|a| a.len() <= 1024)
+        .filter(|a| {
+            a.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_, ".contains(&b))
+        })
+        .unwrap_or("authorization, content-type");
+    if let Ok(v) = HeaderValue::from_str(names) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v);
+    }
     h.insert(
         header::ACCESS_CONTROL_MAX_AGE,
         HeaderValue::from_static("600"),
@@ -170,7 +205,10 @@ fn preflight() -> Response {
 fn add_cors(h: &mut HeaderMap, origin: &str) {
     if let Ok(v) = HeaderValue::from_str(origin) {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
-        h.append(header::VARY, HeaderValue::from_static("origin"));
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("retry-after"),
+        );
     }
 }
 
@@ -223,10 +261,13 @@ mod tests {
         for bad in ["evil.example", "localhost.evil.example", "127.0.0.2", ""] {
             assert!(!rule.allows(bad), "{bad}");
         }
-        assert_eq!(
-            HostRule::for_bound("0.0.0.0:1".parse().unwrap()),
-            HostRule::Any
-        );
+        let wildcard = HostRule::for_bound("0.0.0.0:1".parse().unwrap());
+        for ok in ["localhost", "10.1.2.3", "::1", "fe80::1"] {
+            assert!(wildcard.allows(ok), "{ok}");
+        }
+        for bad in ["evil.example", "10.1.2.3.evil.example", ""] {
+            assert!(!wildcard.allows(bad), "{bad}");
+        }
         let named = HostRule::from_names(&["Model.Example".into()]);
         assert!(named.allows("model.example") && !named.allows("localhost"));
         assert_eq!(HostRule::from_names(&["*".into()]), HostRule::Any);
@@ -238,5 +279,14 @@ mod tests {
         assert!(!same_key(b"sk-1", b"sk-2"));
         assert!(!same_key(b"sk-1", b"sk-12"));
         assert!(!same_key(b"", b"x"));
+        assert!(!same_key(b"sk-1\0", b"sk-1"));
+        let keys = ["k1".to_string(), "k2".to_string()];
+        assert!(any_key_matches(&keys, "k2") && !any_key_matches(&keys, "k3"));
+    }
+
+    #[test]
+    fn allowed_host_entries_are_read_like_host_values() {
+        let named = HostRule::from_names(&["model.example:8080".into(), "[::1]".into()]);
+        assert!(named.allows("model.example") && named.allows("::1"));
     }
 }

@@ -87,10 +87,12 @@ fn logit_bias(obj: &Map<String, Value>, vocab: usize) -> Result<Vec<(u32, f32)>,
     }
     map.iter()
         .map(|(key, bias)| {
+            // Only the canonical spelling: `"07"` or `"+7"` would name token 7 again and
+            // sum past the bias limit.
             let token = key
                 .parse::<u32>()
                 .ok()
-                .filter(|&t| (t as usize) < vocab)
+                .filter(|&t| (t as usize) < vocab && t.to_string() == *key)
                 .ok_or_else(|| {
                     ApiError::invalid(
                         Some("logit_bias"),

@@ -154,9 +154,10 @@ impl App {
         let _ = self.hosts.set(HostRule::for_bound(addr));
     }
 
-    /// The `Host` names answered (any, for a router embedded without [`serve`] or names).
+    /// The `Host` names answered (for a router embedded without [`serve`] or
+    /// `allowed_hosts`: `localhost` and address literals).
     fn hosts(&self) -> &HostRule {
-        self.hosts.get().unwrap_or(&HostRule::Any)
+        self.hosts.get().unwrap_or(&HostRule::Literals)
     }
 
     /// Whether a page from `origin` may call the server.

@@ -23,7 +23,9 @@ pub(crate) async fn serve(
 ) -> std::io::Result<()> {
     app.bind(listener.local_addr()?);
     let router = crate::router(app.clone());
-    let open = Arc::new(Semaphore::new(app.options.max_connections.max(1)));
+    let open = Arc::new(Semaphore::new(
+        app.options.max_connections.clamp(1, Semaphore::MAX_PERMITS),
+    ));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -69,6 +71,6 @@ pub(crate) async fn serve(
     // Idle connections close now, busy ones after their response, which the scheduler ends
     // by the deadline; one that a client keeps open (or a request stuck before the
     // scheduler) is left behind after the grace.
-    let _ = tokio::time::timeout(deadline + CLOSE_GRACE, graceful.shutdown()).await;
+    let _ = tokio::time::timeout(deadline.saturating_add(CLOSE_GRACE), graceful.shutdown()).await;
     Ok(())
 }

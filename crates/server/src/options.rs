@@ -12,8 +12,9 @@ pub struct Options {
     pub api_keys: Vec<String>,
     /// Host names (without port) the `Host` header may name; `*` allows any. `None`: the
     /// names of the bound address ([`crate::serve`] derives them: `localhost`, `127.0.0.1`
-    /// and `::1` on loopback, the address itself otherwise, anything on `0.0.0.0` / `::`).
-    /// A server answering any `Host` on loopback can be reached by DNS rebinding.
+    /// and `::1` on loopback, the address itself otherwise, `localhost` and any address
+    /// literal on `0.0.0.0` / `::` or for a router embedded without `serve`). A server
+    /// answering any DNS name can be reached by DNS rebinding.
     pub allowed_hosts: Option<Vec<String>>,
     /// Origins (`https://app.example`) a browser page may call the server from, answered
     /// with CORS headers; `*` allows any. Empty: a request carrying any `Origin` header is
