@@ -550,3 +550,27 @@ fn limits_that_cannot_work_are_refused_at_start() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn slow_uploads_hold_only_what_they_sent_of_the_memory_budget() {
+    // With the default 1 GiB budget, 8 chunked uploads that stall after a few bytes would
+    // each have reserved 32 × --max-body (128 MiB) and turned every other request away.
+    let server = Server::start(&["--model", &tiny()]);
+    let stalled: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", server.port)).unwrap();
+            write!(
+                s,
+                "POST /v1/completions HTTP/1.1\r\nHost: localhost\r\n\
+                 Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 2\r\n{{\"\r\n"
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let r = server.post("/v1/chat/completions", CHAT);
+    assert_eq!(r.status, 200, "{}", r.body);
+    drop(stalled);
+}
