@@ -89,7 +89,7 @@ impl ChatTemplate {
         if t.source.contains(RESERVED) {
             return Err(t.error(format!("names beginning with {RESERVED} are reserved")));
         }
-        t.compile()?;
+        t.check_folds(&t.parse()?)?;
         Ok(t)
     }
 
@@ -178,19 +178,24 @@ impl ChatTemplate {
         }
     }
 
-    /// Parses and compiles the template; refuses one whose constant expressions would fold
-    /// into more than [`crate::template_fold::MAX_FOLDED_BYTES`] (minijinja folds them
-    /// while compiling, before any guard runs).
-    fn compile(&self) -> Result<Compiled<'_>> {
-        use minijinja::machinery::{CodeGenerator, parse};
+    /// The template's syntax tree, parsed as transformers renders (`trim_blocks`,
+    /// `lstrip_blocks`).
+    fn parse(&self) -> Result<minijinja::machinery::ast::Stmt<'_>> {
         let ws = WhitespaceConfig {
             keep_trailing_newline: false,
             lstrip_blocks: true,
             trim_blocks: true,
         };
-        let ast = parse(&self.source, "chat", Default::default(), ws)
-            .map_err(|e| self.error(e.to_string()))?;
-        let folded = crate::template_fold::folded_bytes(&ast);
+        minijinja::machinery::parse(&self.source, "chat", Default::default(), ws)
+            .map_err(|e| self.error(e.to_string()))
+    }
+
+    /// Refuses a template whose constant expressions would fold into more than
+    /// [`crate::template_fold::MAX_FOLDED_BYTES`]: minijinja folds them while compiling,
+    /// before any guard runs. Checked once, when the template is made (its source never
+    /// changes after).
+    fn check_folds(&self, ast: &minijinja::machinery::ast::Stmt<'_>) -> Result<()> {
+        let folded = crate::template_fold::folded_bytes(ast);
         if folded > crate::template_fold::MAX_FOLDED_BYTES {
             return Err(Error::TemplateLimit {
                 template: self.name.clone(),
@@ -201,9 +206,21 @@ impl ChatTemplate {
                 ),
             });
         }
-        let mut codegen = CodeGenerator::new("chat", &self.source);
+        Ok(())
+    }
+
+    /// The template's code, with every instruction that can build a large value routed
+    /// through the guards of [`crate::template_limits`].
+    fn compile(&self) -> Result<Compiled<'_>> {
+        let ast = self.parse()?;
+        let mut codegen = minijinja::machinery::CodeGenerator::new("chat", &self.source);
         codegen.compile_stmt(&ast);
-        Ok(codegen.finish())
+        let (mut code, mut blocks) = codegen.finish();
+        limits::patch(&mut code);
+        for block in blocks.values_mut() {
+            limits::patch(block);
+        }
+        Ok((code, blocks))
     }
 
     fn env(&self, budget: &Arc<Budget>) -> minijinja::Environment<'static> {
@@ -260,11 +277,7 @@ impl ChatTemplate {
         };
         let budget = Budget::new(self.limits);
         let env = self.env(&budget);
-        let (mut code, mut blocks) = self.compile()?;
-        limits::patch(&mut code);
-        for block in blocks.values_mut() {
-            limits::patch(block);
-        }
+        let (code, blocks) = self.compile()?;
         let mut text = String::new();
         let result = minijinja::machinery::Vm::new(&env).eval(
             &code,

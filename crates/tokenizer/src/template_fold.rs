@@ -7,7 +7,7 @@
 //! sizes of its literals and the integers they are multiplied by), and a template whose
 //! folded constants together pass [`MAX_FOLDED_BYTES`] is refused before it is compiled.
 
-use minijinja::machinery::ast::{BinOpKind, CallArg, Expr, Stmt};
+use minijinja::machinery::ast::{BinOpKind, CallArg, Expr, Macro, Stmt};
 
 /// The most bytes a template's folded constants may take together.
 pub(crate) const MAX_FOLDED_BYTES: u128 = 4 << 20;
@@ -184,10 +184,17 @@ impl Folded {
     fn args(&mut self, args: &[CallArg<'_>]) {
         for arg in args {
             match arg {
-                CallArg::Pos(e) | CallArg::Kwarg(_, e) | CallArg::PosSplat(e) => self.expr(e),
-                CallArg::KwargSplat(e) => self.expr(e),
+                CallArg::Pos(e)
+                | CallArg::Kwarg(_, e)
+                | CallArg::PosSplat(e)
+                | CallArg::KwargSplat(e) => self.expr(e),
             }
         }
+    }
+
+    fn macro_decl(&mut self, m: &Macro<'_>) {
+        m.args.iter().chain(&m.defaults).for_each(|e| self.expr(e));
+        self.body(&m.body);
     }
 
     fn body(&mut self, stmts: &[Stmt<'_>]) {
@@ -248,16 +255,11 @@ impl Folded {
             }
             Stmt::Extends(e) => self.expr(&e.name),
             Stmt::Include(i) => self.expr(&i.name),
-            Stmt::Macro(m) => {
-                m.args.iter().chain(&m.defaults).for_each(|e| self.expr(e));
-                self.body(&m.body);
-            }
+            Stmt::Macro(m) => self.macro_decl(m),
             Stmt::CallBlock(c) => {
                 self.expr(&c.call.expr);
                 self.args(&c.call.args);
-                let m = &c.macro_decl;
-                m.args.iter().chain(&m.defaults).for_each(|e| self.expr(e));
-                self.body(&m.body);
+                self.macro_decl(&c.macro_decl);
             }
             Stmt::Do(d) => {
                 self.expr(&d.call.expr);

@@ -531,33 +531,22 @@ pub(crate) fn patch(code: &mut Instructions<'_>) {
         let Some(original) = code.get(i).cloned() else {
             continue;
         };
+        // An instruction that builds a value: its guard takes the operands and gives them
+        // back (`UnpackList` restores them), then the instruction runs.
+        let guarded = |check: Check, arity: u16| {
+            vec![
+                Instruction::CallFunction(guard_name(check), Some(arity)),
+                Instruction::UnpackList(arity as usize),
+                original.clone(),
+            ]
+        };
         let stretch = match &original {
-            Instruction::StringConcat => vec![
-                Instruction::CallFunction(guard_name(Check::Concat), Some(2)),
-                Instruction::UnpackList(2),
-                original,
-            ],
-            Instruction::Add => vec![
-                Instruction::CallFunction(guard_name(Check::Add), Some(2)),
-                Instruction::UnpackList(2),
-                original,
-            ],
-            Instruction::Mul => vec![
-                Instruction::CallFunction(guard_name(Check::Mul), Some(2)),
-                Instruction::UnpackList(2),
-                original,
-            ],
-            Instruction::SetAttr(_) => vec![
-                Instruction::CallFunction(guard_name(Check::SetAttr), Some(2)),
-                Instruction::UnpackList(2),
-                original,
-            ],
+            Instruction::StringConcat => guarded(Check::Concat, 2),
+            Instruction::Add => guarded(Check::Add, 2),
+            Instruction::Mul => guarded(Check::Mul, 2),
+            Instruction::SetAttr(_) => guarded(Check::SetAttr, 2),
             Instruction::ApplyFilter(name, Some(arity), _) => match grows(name) {
-                Some(g) => vec![
-                    Instruction::CallFunction(guard_name(Check::Filter(g)), Some(*arity)),
-                    Instruction::UnpackList(*arity as usize),
-                    original,
-                ],
+                Some(g) => guarded(Check::Filter(g), *arity),
                 None => continue,
             },
             // Splatted arguments (`f(*args)`): the count is on the stack; refuse growing
