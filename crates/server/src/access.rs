@@ -68,10 +68,6 @@ pub(crate) fn host_name(value: &str) -> String {
             _ => value,
         },
     };
-    normalise_host(name)
-}
-
-fn normalise_host(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
 }
 

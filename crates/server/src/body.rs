@@ -158,10 +158,7 @@ async fn collect(
     use http_body_util::BodyExt;
     let mut buf = Vec::new();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| match is_length_limit(&e) {
-            true => Collect::TooLarge,
-            false => Collect::Broken(e),
-        })?;
+        let frame = frame.map_err(Collect::Broken)?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
@@ -175,18 +172,6 @@ async fn collect(
         buf.extend_from_slice(&data);
     }
     Ok(Bytes::from(buf))
-}
-
-/// Whether a body read stopped at the length limit (rather than at a broken connection).
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }
 
 /// Permits for a budget of `bytes`.
