@@ -8,7 +8,7 @@ use common::server::{Server, send};
 use common::{fixture, mixtral, stdout_json};
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn tiny() -> String {
     fixture("tiny-bf16").display().to_string()
@@ -362,23 +362,12 @@ fn sigterm_during_a_stream(timeout: &str, max_tokens: usize) -> (Value, bool) {
     let mut lines = BufReader::new(stream).lines();
     // Wait for the first token, then ask the server to stop.
     assert!(lines.by_ref().any(|l| l.unwrap().starts_with("data: {")));
-    let pid = server.child.id().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    assert!(kill.unwrap().success());
+    server.sigterm();
     let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
     let data: Vec<&String> = rest.iter().filter(|l| l.starts_with("data: ")).collect();
     assert_eq!(data.last().map(|s| s.as_str()), Some("data: [DONE]"));
     let last: Value = serde_json::from_str(&data[data.len() - 2][6..]).unwrap();
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "did not exit");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = server.wait_exit(Duration::from_secs(30));
     (
         last["choices"][0]["finish_reason"].clone(),
         status.success(),

@@ -420,14 +420,19 @@ fn fields_the_server_does_not_honour_are_refused_and_logit_bias_is_honoured() {
     assert_eq!(text.trim_start(), "Hello Hello Hello", "{}", r.body);
 }
 
-/// A copy of tiny-bf16 whose chat template is `template`, served with `--chat-format template`.
-fn serve_with_template(template: &str, extra: &[&str]) -> (tempfile::TempDir, Server) {
+/// A copy of tiny-bf16 whose chat template is `template`, served with `--chat-format
+/// template` and `extra` arguments, run by `wrapper` (see [`Server::start_under`]).
+fn serve_with_template(
+    wrapper: &[&str],
+    template: &str,
+    extra: &[&str],
+) -> (tempfile::TempDir, Server) {
     let dir = common::copy_of("tiny-bf16");
     std::fs::write(dir.path().join("chat_template.jinja"), template).unwrap();
     let model = dir.path().display().to_string();
     let mut args = vec!["--model", &model, "--chat-format", "template"];
     args.extend_from_slice(extra);
-    let server = Server::start(&args);
+    let server = Server::start_under(wrapper, &args);
     (dir, server)
 }
 
@@ -451,19 +456,10 @@ fn template_bombs_are_400s_the_server_carries_on_and_stops_in_time() {
         {% endfor %}{% endfor %}\
         {% else %}{{ c }}{% endif %}";
     let limit = format!("--as={}", 4u64 << 30);
-    let dir = common::copy_of("tiny-bf16");
-    std::fs::write(dir.path().join("chat_template.jinja"), template).unwrap();
-    let model = dir.path().display().to_string();
-    let mut server = Server::start_under(
+    let (_dir, mut server) = serve_with_template(
         &["prlimit", &limit, "--"],
-        &[
-            "--model",
-            &model,
-            "--chat-format",
-            "template",
-            "--shutdown-timeout",
-            "1",
-        ],
+        template,
+        &["--shutdown-timeout", "1"],
     );
     for bomb in ["mul", "double", "spin"] {
         let start = Instant::now();
@@ -490,22 +486,8 @@ fn template_bombs_are_400s_the_server_carries_on_and_stops_in_time() {
         )
     });
     std::thread::sleep(Duration::from_millis(100));
-    let pid = server.child.id().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status();
-    assert!(kill.unwrap().success());
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = server.child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "still running after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    server.sigterm();
+    let status = server.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     let _ = spinning.join();
 }
@@ -515,6 +497,7 @@ fn message_text_never_becomes_a_control_token_through_the_server() {
     // A template that adds nothing but BOS: the conversation's tokens are BOS and the
     // message's text, tokenized as text, exactly what a completion of that text gets.
     let (_dir, server) = serve_with_template(
+        &[],
         "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}",
         &[],
     );
