@@ -7,7 +7,8 @@
 //! loader relies on.
 
 pub mod chat;
+pub mod fixture;
 pub mod model;
 pub mod replay;
-pub mod tensor;
 pub mod template;
+pub mod tensor;
