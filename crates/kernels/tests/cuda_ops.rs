@@ -481,6 +481,24 @@ fn embedding_and_argmax_are_exact() {
 }
 
 #[test]
+fn residual_add_is_exact() {
+    let Some(gpu) = gpu() else { return };
+    for n in [1usize, 255, 256, 257, 4096 * 3 + 5] {
+        let (h, y) = (uniform(n, 1), uniform(n, 2));
+        let mut dh = gpu.upload(&h, "h").unwrap();
+        let dy = gpu.upload(&y, "y").unwrap();
+        // Only the first n - 1 elements: the last one must stay as it was.
+        gpu.add(&mut dh, &dy, n - 1).unwrap();
+        let mut want: Vec<f32> = h.iter().zip(&y).map(|(a, b)| a + b).collect();
+        want[n - 1] = h[n - 1];
+        assert_eq!(gpu.read(&dh, n).unwrap(), want, "n = {n}");
+    }
+    let mut short = gpu.alloc::<f32>(4, "h").unwrap();
+    let y = gpu.alloc::<f32>(8, "y").unwrap();
+    assert!(gpu.add(&mut short, &y, 8).is_err(), "h shorter than n");
+}
+
+#[test]
 fn launchers_reject_bad_shapes_on_the_device() {
     let Some(gpu) = gpu() else { return };
     let x = gpu.alloc::<u16>(9 * 64, "x").unwrap();

@@ -480,6 +480,15 @@ pub fn attention_decode(
     })
 }
 
+/// `add_f32` over the first `n` elements of `h` and `y`.
+pub fn add(n: usize, h: usize, y: usize) -> Result<LaunchConfig> {
+    const OP: &str = "add_f32";
+    int(OP, "n", n)?;
+    at_least(OP, "h", h, n)?;
+    at_least(OP, "y", y, n)?;
+    Ok(grid(n.div_ceil(256), 1, 256))
+}
+
 /// `argmax_f32` over `rows` rows of `cols`.
 pub fn argmax(rows: usize, cols: usize, logits: usize, out: usize) -> Result<LaunchConfig> {
     const OP: &str = "argmax_f32";
@@ -807,5 +816,9 @@ mod tests {
         );
         is_shape(argmax(2, 100, 199, 2), "logits");
         is_limit(argmax(2, 0, 199, 2), "cols");
+        is_shape(add(10, 9, 10), "h");
+        is_shape(add(10, 10, 9), "y");
+        assert_eq!(add(257, 257, 300).unwrap().grid_dim, (2, 1, 1));
+        assert!(add(1 << 31, 1 << 31, 1 << 31).is_err(), "n past an int");
     }
 }

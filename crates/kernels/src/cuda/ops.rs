@@ -701,6 +701,17 @@ impl CudaBackend {
         launch(REDUCE, b, check::grid(p.n_heads, 1, MAX_HEAD_DIM as u32))
     }
 
+    /// `add_f32`: `h[..n] += y[..n]` (the residual add).
+    pub fn add(&self, h: &mut DeviceBuffer<f32>, y: &DeviceBuffer<f32>, n: usize) -> Result<()> {
+        const OP: &str = "add_f32";
+        let cfg = check::add(n, h.len(), y.len())?;
+        let f = self.function(src("add.cu"), OP)?;
+        let n = n as i32;
+        let mut b = self.stream().launch_builder(&f);
+        b.arg(h.slice_mut()).arg(y.slice()).arg(&n);
+        launch(OP, b, cfg)
+    }
+
     /// `argmax_f32`: the index of the largest logit of each of `rows` rows of `cols`, ties to
     /// the lower index.
     pub fn argmax(

@@ -56,6 +56,7 @@ pub const ALL: &[Source] = &[
     cu!("matmul.cu"),
     cu!("attention.cu"),
     cu!("argmax.cu"),
+    cu!("add.cu"),
 ];
 
 /// Options every NVRTC compile passes besides the architecture (xtask and the launcher alike).
