@@ -2,7 +2,9 @@
 //! one lease, into `target/gpu-check/`, and writes the one script that runs it.
 //!
 //! The folder holds the stripped release test binaries `cuda_ops` (every op against its
-//! reference twin) and `cuda_fixtures` (the whole model against transformers' logits), the
+//! reference twin), `devices` (the whole model against transformers' logits, the cached path,
+//! greedy decoding and batched-equals-alone, on every device) and `research` (router logits,
+//! hidden states and interventions against transformers' hooks, on every device), the
 //! `gpu_bench` example, PTX for sm_80 and sm_90 compiled here by the runtime's own NVRTC path
 //! (used only if the GPU machine has no `libnvrtc.so.13`), and `run.sh`. The fixtures are not
 //! copied: they are tracked files and travel with the working tree, so the script points the
@@ -203,7 +205,8 @@ pub fn run(args: &[String]) -> Result<ExitCode, Error> {
     };
     let binaries = [
         ("cuda_ops", test("mixtral-kernels", "cuda_ops")?),
-        ("cuda_fixtures", test("mixtral-model", "cuda_fixtures")?),
+        ("devices", test("mixtral-model", "devices")?),
+        ("research", test("mixtral-model", "research")?),
         (
             "gpu_bench",
             build(
@@ -302,7 +305,8 @@ main() {
     export MIXTRAL_CUDA_PTX_DIR="$here/ptx" MIXTRAL_FIXTURES_DIR="$repo/tests/fixtures"
     export MIXTRAL_REQUIRE_GPU=1 RUST_BACKTRACE=1
     step cuda_ops 120 "$here/bin/cuda_ops" --test-threads=1 --nocapture
-    step cuda_fixtures 120 "$here/bin/cuda_fixtures" --test-threads=1 --nocapture
+    step devices 180 "$here/bin/devices" --test-threads=1 --nocapture
+    step research 120 "$here/bin/research" --test-threads=1 --nocapture
     step gpu_bench 210 "$here/bin/gpu_bench" ${BENCH_ARGS:-}
     echo
     if [ -z "$failed" ]; then echo "== gpu-check: PASS"; else echo "== gpu-check: FAIL:$failed"; fi

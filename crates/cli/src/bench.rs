@@ -93,7 +93,7 @@ fn concurrency(
     args: &Args,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let (model, threads) = (engine.dir().display().to_string(), engine.threads());
-    let precision = format!("{:?}", engine.model().kernels().precision()).to_lowercase();
+    let precision = format!("{:?}", engine.model().precision()).to_lowercase();
     let kv = format!("{:?}", engine.model().kv_dtype()).to_lowercase();
     let repeat = args.repeat.max(1);
     let results = crate::bench_batch::run(engine, prompt, params, levels, repeat)?;
@@ -229,12 +229,12 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         let out = serde_json::json!({
             "model": engine.dir().display().to_string(),
-            "device": if engine.on_gpu() { "cuda" } else { "cpu" },
+            "device": engine.model().device_name(),
             "prompt_len": stats.prompt_tokens,
             "gen": stats.generated_tokens,
             "threads": engine.threads(),
             "repeat": args.repeat.max(1),
-            "precision": format!("{:?}", engine.model().kernels().precision()).to_lowercase(),
+            "precision": format!("{:?}", engine.model().precision()).to_lowercase(),
             "kv_dtype": format!("{:?}", engine.model().kv_dtype()).to_lowercase(),
             "contend": args.contend,
             "preemptions": preemptions,
@@ -252,7 +252,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("threads       {}", engine.threads());
         println!(
             "precision     {} (activations of the matmuls), KV cache {}",
-            format!("{:?}", engine.model().kernels().precision()).to_lowercase(),
+            format!("{:?}", engine.model().precision()).to_lowercase(),
             format!("{:?}", engine.model().kv_dtype()).to_lowercase()
         );
         if args.contend > 0 {

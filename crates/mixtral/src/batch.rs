@@ -247,15 +247,9 @@ impl std::fmt::Debug for Scheduler {
 }
 
 impl Scheduler {
-    /// Starts the scheduler's thread. Fails on a GPU engine (batching runs on the CPU path)
-    /// and on options out of range.
+    /// Starts the scheduler's thread, on an engine on any device. Fails on options out of
+    /// range.
     pub fn new(engine: Arc<Engine>, opts: BatchOptions) -> Result<Scheduler> {
-        if engine.on_gpu() {
-            return Err(Error::InvalidOption {
-                option: "device",
-                reason: "batched serving runs on the CPU path (--device cpu)",
-            });
-        }
         if !(1..=1024).contains(&opts.max_batch) {
             return Err(Error::InvalidOption {
                 option: "max_batch",
@@ -640,10 +634,14 @@ impl<'e> Worker<'e> {
             ended += 1;
         }
         for mut q in admitted {
-            match Decoding::new(self.engine, &q.ids, &q.params) {
-                Ok(decoding) => {
-                    let mut cache = self.engine.model().new_cache();
-                    cache.reserve(q.blocks * KvCache::BLOCK_POSITIONS);
+            let start = Decoding::new(self.engine, &q.ids, &q.params).and_then(|decoding| {
+                let mut cache = self.engine.model().new_cache();
+                // On a GPU this is where device memory runs out: the request fails alone.
+                cache.reserve(q.blocks * KvCache::BLOCK_POSITIONS)?;
+                Ok((decoding, cache))
+            });
+            match start {
+                Ok((decoding, cache)) => {
                     self.running.push(Running {
                         prompt: q.ids,
                         cache,

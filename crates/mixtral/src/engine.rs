@@ -1,44 +1,14 @@
 //! `Engine`: a loaded model with its tokenizer, worker threads and generation defaults.
 
 use crate::{Defaults, Error, Result};
-use mixtral_kernels::Isa;
-use mixtral_kernels::cuda::CudaBackend;
 use mixtral_kernels::matmul::Precision as KernelPrecision;
 use mixtral_kernels::threads::Team;
-use mixtral_model::{
-    Checkpoint, Config, CudaModel, ForwardOptions, Kernels, Logits, Model, Output,
-};
+use mixtral_model::{Checkpoint, Config, ForwardOptions, Logits, Model, Output, Placement};
 use mixtral_tokenizer::Tokenizer;
 use std::path::{Path, PathBuf};
 
-/// Where the model runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Device {
-    /// The host CPU: the fast SIMD kernels on `threads` threads.
-    #[default]
-    Cpu,
-    /// An NVIDIA GPU (by ordinal): weights uploaded once as bf16, the KV cache and every
-    /// activation on the device. Fails with a clear error where no CUDA driver is found.
-    Cuda(usize),
-}
-
-impl std::str::FromStr for Device {
-    type Err = String;
-
-    /// `cpu`, `cuda` (device 0) or `cuda:N`.
-    fn from_str(s: &str) -> std::result::Result<Device, String> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| format!("unknown device `{s}` (expected cpu, cuda or cuda:N)")),
-        }
-    }
-}
+/// Where the model runs: the CPU, or an NVIDIA GPU by ordinal (`cpu`, `cuda`, `cuda:N`).
+pub use mixtral_model::DeviceId as Device;
 
 /// The precision activations are computed in ([`LoadOptions::precision`], the CLI's
 /// `--precision`). Weights stay in their stored dtype.
@@ -114,11 +84,6 @@ fn quantize_at_load(
     // The mapping keeps the data; the name goes with the directory.
     drop(tmp);
     Ok(quantized)
-}
-
-/// Whether any tensor of the checkpoint is block-quantized (what [`Precision::Auto`] asks).
-pub(crate) fn has_quantized_weights(ckpt: &Checkpoint) -> bool {
-    refuse_quantized(ckpt).is_err()
 }
 
 /// [`Error::AlreadyQuantized`] naming the first file of `ckpt` that holds a quantized tensor.
@@ -212,8 +177,6 @@ impl Default for LoadOptions {
 /// A model ready to generate: weights (memory-mapped), tokenizer, threads, defaults.
 pub struct Engine {
     pub(crate) model: Model,
-    /// The device copy of the model when running on a GPU.
-    pub(crate) cuda: Option<CudaModel>,
     pub(crate) tokenizer: Option<Tokenizer>,
     /// The model's chat template, when conversations are rendered with it.
     pub(crate) chat_template: Option<mixtral_tokenizer::ChatTemplate>,
@@ -297,25 +260,6 @@ impl Engine {
         if let Some(scheme) = opts.quantize {
             ckpt = quantize_at_load(ckpt, scheme, &mut progress)?;
         }
-        if opts.batch_invariant && opts.device != Device::Cpu {
-            return Err(Error::InvalidOption {
-                option: "batch_invariant",
-                reason: "batch-invariant matmuls run on the CPU path only (--device cpu)",
-            });
-        }
-        let cuda = match opts.device {
-            Device::Cpu => {
-                if opts.prefault {
-                    prefault(&ckpt, &mut progress);
-                }
-                None
-            }
-            Device::Cuda(ordinal) => {
-                let gpu = CudaBackend::new(ordinal).map_err(mixtral_model::CudaModelError::from)?;
-                let upload = |done: usize, total: usize| progress(done as u64, total as u64);
-                Some(CudaModel::from_checkpoint(&ckpt, &gpu, upload)?)
-            }
-        };
         let tokenizer = match ckpt.gguf() {
             Some(file) if opts.quantize.is_none() => crate::gguf_vocab::tokenizer_from_gguf(file)?,
             _ => crate::gguf_vocab::find_tokenizer(dir)?,
@@ -338,24 +282,24 @@ impl Engine {
             mixtral_tokenizer::RenderLimits::for_context(ckpt.config.max_position_embeddings);
         let chat_template =
             crate::chat_format::choose(opts.chat_format, found)?.map(|t| t.with_limits(limits));
-        let precision = match opts.precision {
-            Precision::Auto if has_quantized_weights(&ckpt) => KernelPrecision::Int8,
-            Precision::Auto | Precision::F32 => KernelPrecision::F32,
-            Precision::Bf16 => KernelPrecision::Bf16,
-            Precision::Int8 => KernelPrecision::Int8,
+        let placement = Placement {
+            device: opts.device,
+            precision: match opts.precision {
+                Precision::Auto => None,
+                Precision::F32 => Some(KernelPrecision::F32),
+                Precision::Bf16 => Some(KernelPrecision::Bf16),
+                Precision::Int8 => Some(KernelPrecision::Int8),
+            },
+            kv_dtype: opts.kv_dtype,
+            batch_invariant: opts.batch_invariant,
+            prefault: opts.prefault,
         };
-        let kv_dtype = opts.kv_dtype.unwrap_or(match precision {
-            KernelPrecision::F32 => mixtral_model::KvDType::F32,
-            _ => mixtral_model::KvDType::F16,
-        });
-        let model = Model::new(ckpt)?
-            .with_kernels(Kernels::cpu(Isa::detect(), precision))
-            .with_kv_dtype(kv_dtype)
-            .with_batch_invariance(opts.batch_invariant);
+        let model = Model::place(ckpt, placement, &mut |done, total| {
+            progress(done as u64, total as u64)
+        })?;
         let max_token_bytes = tokenizer.as_ref().map_or(usize::MAX, longest_piece);
         Ok(Engine {
             model,
-            cuda,
             tokenizer,
             chat_template,
             max_token_bytes,
@@ -455,16 +399,6 @@ impl Engine {
             router_logits: opts.router_logits,
             hidden_states: opts.hidden_states,
         };
-        if let Some(cuda) = &self.cuda {
-            if !opts.intervention.is_none() {
-                return Err(Error::InvalidOption {
-                    option: "intervention",
-                    reason: "router interventions run on the CPU path only (--device cpu)",
-                });
-            }
-            let mut cache = cuda.new_cache(tokens.len())?;
-            return Ok(cuda.prefill(tokens, &positions, &mut cache, fwd)?);
-        }
         let mut cache = self.model.new_cache();
         self.run(|| {
             self.model
@@ -472,9 +406,9 @@ impl Engine {
         })
     }
 
-    /// True when the model runs on a GPU.
-    pub fn on_gpu(&self) -> bool {
-        self.cuda.is_some()
+    /// Where the model runs.
+    pub fn device(&self) -> Device {
+        self.model.device()
     }
 
     /// Runs `f` on the calling thread with this engine's worker threads serving the parallel
@@ -489,23 +423,5 @@ impl Engine {
         f: impl FnOnce() -> mixtral_model::Result<T> + Send,
     ) -> Result<T> {
         Ok(self.team.run(f)?)
-    }
-}
-
-/// Touches one byte per page of every weight, reporting progress, so later reads hit memory.
-fn prefault(ckpt: &Checkpoint, progress: &mut impl FnMut(u64, u64)) {
-    const PAGE: usize = 4096;
-    let tensors = ckpt.weights.tensors();
-    let total: u64 = tensors.iter().map(|t| t.as_bytes().len() as u64).sum();
-    let mut done = 0u64;
-    for t in tensors {
-        let bytes = t.as_bytes();
-        let mut sum = 0u8;
-        for i in (0..bytes.len()).step_by(PAGE) {
-            sum = sum.wrapping_add(bytes[i]);
-        }
-        std::hint::black_box(sum);
-        done += bytes.len() as u64;
-        progress(done, total);
     }
 }

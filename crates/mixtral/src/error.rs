@@ -9,9 +9,6 @@ pub enum Error {
     /// Loading or running the model failed.
     #[error(transparent)]
     Model(#[from] mixtral_model::Error),
-    /// The CUDA backend failed (no driver, out of device memory, a kernel error).
-    #[error(transparent)]
-    Cuda(#[from] mixtral_model::CudaModelError),
     /// Tokenizing or chat formatting failed.
     #[error(transparent)]
     Tokenizer(#[from] mixtral_tokenizer::Error),
@@ -166,11 +163,12 @@ impl Error {
                 | M::EmptyInput
                 | M::PositionMismatch { .. }
                 | M::Intervention { .. }
-                | M::CacheSteering { .. } => ErrorKind::InvalidInput,
+                | M::CacheSteering { .. }
+                | M::Unsupported { .. } => ErrorKind::InvalidInput,
                 M::Stopped { .. } => ErrorKind::Cancelled,
+                M::Device(_) => ErrorKind::Device,
                 _ => ErrorKind::ModelFiles,
             },
-            Error::Cuda(_) => ErrorKind::Device,
             Error::Tokenizer(_)
             | Error::Sampler(_)
             | Error::InvalidOption { .. }

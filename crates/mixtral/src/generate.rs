@@ -2,7 +2,7 @@
 //! of tokens with their text), and the parameters that steer it.
 
 use crate::{Engine, Result};
-use mixtral_model::{CudaKvCache, ForwardOptions, Intervention, KvCache};
+use mixtral_model::{ForwardOptions, Intervention, KvCache};
 use mixtral_sampler::{Sampled, Sampler, SamplerConfig, StopConfig, StopReason, Stopper};
 use mixtral_tokenizer::IncrementalDecoder;
 use mixtral_tokenizer::chat::Message;
@@ -235,28 +235,10 @@ fn rate(n: usize, t: Duration) -> f64 {
 pub struct Session {
     /// The [`Engine`] that made it (its cache has that model's shapes and device).
     engine: u64,
-    cache: Cache,
+    cache: Box<KvCache>,
     ids: Vec<u32>,
     /// [`Intervention::fingerprint`] of the steering `ids` were computed under.
     steering: u64,
-}
-
-/// Where a session's keys and values live.
-#[derive(Debug)]
-enum Cache {
-    Cpu(Box<KvCache>),
-    /// Allocated on the device at the first prefill.
-    Cuda(Option<CudaKvCache>),
-}
-
-impl Cache {
-    fn truncate(&mut self, len: usize) {
-        match self {
-            Cache::Cpu(c) => c.truncate(len),
-            Cache::Cuda(Some(c)) => c.truncate(len),
-            Cache::Cuda(None) => {}
-        }
-    }
 }
 
 impl Session {
@@ -447,13 +429,9 @@ impl Engine {
 
     /// An empty session.
     pub fn session(&self) -> Session {
-        let cache = match self.cuda {
-            Some(_) => Cache::Cuda(None),
-            None => Cache::Cpu(Box::new(self.model.new_cache())),
-        };
         Session {
             engine: self.id,
-            cache,
+            cache: Box::new(self.model.new_cache()),
             ids: vec![],
             steering: 0,
         }
@@ -467,43 +445,28 @@ impl Engine {
         steer: &Intervention,
         cancel: Option<&CancelToken>,
     ) -> Result<Vec<f32>> {
-        // Between chunks (the CPU path checks again before every layer; CUDA only here).
+        // Between chunks (and the model checks again before every layer).
         if cancel.is_some_and(CancelToken::is_cancelled) {
             return Err(crate::Error::Cancelled);
         }
         let start = session.ids.len();
         let positions: Vec<usize> = (start..start + chunk.len()).collect();
         let opts = ForwardOptions::default();
-        let out = match (&mut session.cache, &self.cuda) {
-            (Cache::Cuda(_), Some(_)) if !steer.is_none() => {
-                return Err(crate::Error::InvalidOption {
-                    option: "intervention",
-                    reason: "router interventions run on the CPU path only (--device cpu)",
-                });
-            }
-            (Cache::Cuda(cache), Some(cuda)) => {
-                let cache = match cache {
-                    Some(c) => c,
-                    None => cache.insert(cuda.new_cache(start + chunk.len())?),
-                };
-                cuda.prefill(chunk, &positions, cache, opts)?
-            }
-            (Cache::Cpu(cache), _) => self
-                .run(|| {
-                    // No token: a flag nobody sets (one load per layer).
-                    static NEVER: AtomicBool = AtomicBool::new(false);
-                    let stop = cancel.map_or(&NEVER, CancelToken::flag);
-                    self.model
-                        .prefill_stoppable(chunk, &positions, cache, opts, steer, stop)
-                })
-                .map_err(|e| match e {
-                    crate::Error::Model(mixtral_model::Error::Stopped { .. }) => {
-                        crate::Error::Cancelled
-                    }
-                    e => e,
-                })?,
-            (Cache::Cuda(_), None) => unreachable!("a CUDA session comes from a CUDA engine"),
-        };
+        let cache = &mut session.cache;
+        let out = self
+            .run(|| {
+                // No token: a flag nobody sets (one load per layer).
+                static NEVER: AtomicBool = AtomicBool::new(false);
+                let stop = cancel.map_or(&NEVER, CancelToken::flag);
+                self.model
+                    .prefill_stoppable(chunk, &positions, cache, opts, steer, stop)
+            })
+            .map_err(|e| match e {
+                crate::Error::Model(mixtral_model::Error::Stopped { .. }) => {
+                    crate::Error::Cancelled
+                }
+                e => e,
+            })?;
         session.ids.extend_from_slice(chunk);
         Ok(out.last().to_vec())
     }
@@ -517,20 +480,13 @@ impl Engine {
         steer: &Intervention,
     ) -> Result<()> {
         let pos = session.ids.len();
-        match (&mut session.cache, &self.cuda) {
-            (Cache::Cuda(Some(cache)), Some(cuda)) => {
-                let out = cuda.decode(id, pos, cache, ForwardOptions::default())?;
-                logits.clear();
-                logits.extend_from_slice(out.last());
-            }
-            (Cache::Cpu(cache), _) => self.run(|| {
-                let row = self.model.decode_logits_steered(id, pos, cache, steer)?;
-                logits.clear();
-                logits.extend_from_slice(row);
-                Ok(())
-            })?,
-            _ => unreachable!("decode follows a prefill on the session's own device"),
-        }
+        let cache = &mut session.cache;
+        self.run(|| {
+            let row = self.model.decode_logits_steered(id, pos, cache, steer)?;
+            logits.clear();
+            logits.extend_from_slice(row);
+            Ok(())
+        })?;
         session.ids.push(id);
         Ok(())
     }

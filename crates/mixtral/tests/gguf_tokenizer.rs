@@ -176,7 +176,7 @@ fn auto_precision_is_int8_for_quantized_files_and_f32_otherwise() {
             ..LoadOptions::default()
         };
         let engine = mixtral::Engine::load_with(path, opts, |_, _| {}).unwrap();
-        engine.model().kernels().precision()
+        engine.model().precision()
     };
     assert_eq!(resolved(&quantized, Precision::Auto), Kernel::Int8);
     assert_eq!(resolved(&float, Precision::Auto), Kernel::F32);

@@ -274,7 +274,7 @@ fn quantize_at_load_runs_within_the_activation_quantizing_tolerance() {
         };
         let (fast, exact) = (load(Precision::Auto), load(Precision::F32));
         assert_eq!(
-            fast.model().kernels().precision(),
+            fast.model().precision(),
             mixtral::kernels::matmul::Precision::Int8,
             "auto is int8 on the quantized weights"
         );

@@ -2,7 +2,8 @@
 //! heads, 8 experts top-2, vocab 32000) with random bf16 weights made on the device, as many
 //! layers as fit (at most 32).
 //!
-//! Reports: per-layer decode time at batch 1 (greedy, after a 512-token prompt), prefill
+//! Reports: per-layer decode time at batch 1 (greedy, the argmax taken on the host over the
+//! one logits row read back, after a 512-token prompt), prefill
 //! tokens/s at 512 and 4096 tokens, the grouped-expert MoE (align + two grouped GEMMs +
 //! combine) against one dense GEMM of the same FLOPs, the lm_head GEMV's bandwidth, and a
 //! device-to-device copy as the bandwidth floor. Timing: stream synchronised before and after,
@@ -15,7 +16,7 @@
 use mixtral_kernels::cuda::{CudaBackend, DeviceBuffer};
 use mixtral_kernels::matmul::Matmul;
 use mixtral_kernels::moe::Moe;
-use mixtral_model::{Config, CudaModel};
+use mixtral_model::{Config, Model};
 use std::path::Path;
 use std::time::Instant;
 
@@ -106,7 +107,7 @@ fn run() -> Res<()> {
     let json = format!(r#"{{"max_position_embeddings": 32768, "num_hidden_layers": {layers}}}"#);
     let config = Config::from_json(Path::new("<bench>"), json.as_bytes())?;
     let t = Instant::now();
-    let model = CudaModel::random(&config, &gpu, 7)?;
+    let model = Model::random_on_gpu(&config, &gpu, 7)?;
     gpu.synchronize()?;
     println!(
         "random weights generated on the device in {:.2} s\n",
@@ -120,10 +121,11 @@ fn run() -> Res<()> {
     for &n in &[512usize, 4096] {
         let reps = if quick || n == 4096 { 2 } else { 3 };
         let (toks, pos) = (tokens(n), positions(n));
-        let mut cache = model.new_cache(n)?;
+        let mut cache = model.new_cache();
+        cache.reserve(n)?;
         let s = time(&gpu, 1, reps, || {
             cache.truncate(0);
-            model.prefill_greedy(&toks, &pos, &mut cache)?;
+            model.greedy(&toks, &pos, &mut cache)?;
             Ok(())
         })?;
         println!(
@@ -138,11 +140,13 @@ fn run() -> Res<()> {
     }
 
     let prompt = 512;
-    let mut cache = model.new_cache(prompt + 128)?;
-    let mut next = model.prefill_greedy(&tokens(prompt), &positions(prompt), &mut cache)?;
+    let mut cache = model.new_cache();
+    cache.reserve(prompt + 128)?;
+    let mut next = model.greedy(&tokens(prompt), &positions(prompt), &mut cache)?;
     let steps = if quick { 20 } else { 64 };
     let s = time(&gpu, 4, steps, || {
-        next = model.decode_greedy(next, cache.len(), &mut cache)?;
+        let at = cache.len();
+        next = model.greedy(&[next], &[at], &mut cache)?;
         Ok(())
     })?;
     println!(

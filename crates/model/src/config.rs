@@ -1,6 +1,11 @@
 //! `Config`: every `config.json` field that changes the math, with transformers' defaults.
 
 use crate::{Error, Result};
+use mixtral_kernels::attention::Attention;
+use mixtral_kernels::moe::Moe;
+use mixtral_kernels::rmsnorm::RmsNorm;
+use mixtral_kernels::rope::Rope;
+use mixtral_kernels::router::Router;
 use mixtral_tensor::DType;
 use serde::Deserialize;
 use std::path::Path;
@@ -109,6 +114,55 @@ impl Config {
     /// Key/value projection width (`G·Dh`).
     pub fn kv_dim(&self) -> usize {
         self.num_key_value_heads * self.head_dim
+    }
+
+    /// RMSNorm over `rows` rows of `D`, with the model's epsilon.
+    pub fn norm(&self, rows: usize) -> RmsNorm {
+        RmsNorm {
+            rows,
+            cols: self.hidden_size,
+            eps: self.rms_norm_eps as f32,
+        }
+    }
+
+    /// RoPE over `heads` heads (`H` for queries, `G` for keys).
+    pub fn rope(&self, heads: usize) -> Rope {
+        Rope {
+            n_heads: heads,
+            head_dim: self.head_dim,
+            theta: self.rope_theta,
+            interleaved: self.rope_interleaved,
+        }
+    }
+
+    /// Grouped-query attention with the model's heads and window.
+    pub fn attention(&self) -> Attention {
+        Attention {
+            n_heads: self.num_attention_heads,
+            n_kv_heads: self.num_key_value_heads,
+            head_dim: self.head_dim,
+            window: self.sliding_window,
+        }
+    }
+
+    /// The router's top-`k` over `n` tokens.
+    pub fn router(&self, n: usize, k: usize) -> Router {
+        Router {
+            n_tokens: n,
+            n_experts: self.num_local_experts,
+            top_k: k,
+            norm_topk_prob: self.norm_topk_prob,
+        }
+    }
+
+    /// The sparse MoE block over `n` tokens with `k` experts each.
+    pub fn moe(&self, n: usize, k: usize) -> Moe {
+        Moe {
+            n_tokens: n,
+            hidden: self.hidden_size,
+            ffn: self.intermediate_size,
+            top_k: k,
+        }
     }
 
     /// Query projection width (`H·Dh`).

@@ -170,6 +170,19 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The device has no path for an option or call: refused, never ignored.
+    #[error("{feature} is not supported on {device}: {reason}")]
+    Unsupported {
+        /// What was asked for (`precision f32`, `batch invariance`, …).
+        feature: String,
+        /// The device (`cuda:0`).
+        device: String,
+        /// What the device does instead, or why it cannot.
+        reason: &'static str,
+    },
+    /// The GPU backend failed (driver, compile, out of memory, a launch's shape check).
+    #[error(transparent)]
+    Device(#[from] mixtral_kernels::cuda::Error),
     /// The tensor layer failed (I/O, corrupt file, unsupported dtype).
     #[error(transparent)]
     Tensor(#[from] mixtral_tensor::Error),

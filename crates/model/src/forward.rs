@@ -1,26 +1,20 @@
-//! `Model`: the Mixtral forward pass over a KV cache.
-//!
-//! embedding → per layer [RMSNorm → attention → residual add → RMSNorm → sparse MoE →
-//! residual add] → final RMSNorm → lm_head.
+//! `Model`: a Mixtral placed on a device, and the calls that run it over a [`KvCache`]. Every
+//! call goes through the one graph ([`crate::graph::forward`]); the device is chosen once,
+//! when the model is placed, and only this file looks at it again.
 
-use crate::KvDType;
+use crate::cache::Store;
+use crate::device::cpu::Cpu;
+use crate::device::cuda::{Cuda, CudaKv, DeviceStack};
+use crate::device::{Acts, Device as _, Seq, Stack};
+use crate::graph::{self, Head, Records, Step};
 use crate::input::check_input;
-use crate::ops::MoeInput;
-use crate::scratch::{Scratch, sized};
 use crate::steer::Intervention;
-use crate::{
-    Checkpoint, Config, Kernels, KvCache, LayerRouting, LayerWeights, Result, RoutingTrace, Weights,
-};
-use mixtral_kernels::Weight;
-use mixtral_kernels::attention::Attention;
-use mixtral_kernels::matmul::Matmul;
-use mixtral_kernels::matmul::cpu::Gemv;
-use mixtral_kernels::moe::{Expert, Moe};
-use mixtral_kernels::rmsnorm::RmsNorm;
-use mixtral_kernels::rope::Rope;
-use mixtral_kernels::router::Router;
-use mixtral_tensor::Tensor;
-use std::sync::atomic::{AtomicBool, Ordering};
+use crate::{Checkpoint, Config, Kernels, KvCache, KvDType, Result, RoutingTrace, Weights};
+use mixtral_kernels::cuda::CudaBackend;
+use mixtral_kernels::matmul::Precision;
+use mixtral_kernels::{Isa, Weight};
+use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 
 /// Which rows of logits a forward call returns.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -68,7 +62,7 @@ pub struct Recorded {
 }
 
 impl Recorded {
-    fn new(b: usize, c: usize) -> Recorded {
+    pub(crate) fn new(b: usize, c: usize) -> Recorded {
         Recorded {
             dims: [0, b, c],
             data: Vec::new(),
@@ -76,7 +70,7 @@ impl Recorded {
     }
 
     /// Appends one `[B, C]` slice.
-    fn push(&mut self, slice: &[f32]) {
+    pub(crate) fn push(&mut self, slice: &[f32]) {
         debug_assert_eq!(slice.len(), self.dims[1] * self.dims[2]);
         self.data.extend_from_slice(slice);
         self.dims[0] += 1;
@@ -126,32 +120,102 @@ impl Output {
     }
 }
 
-/// A Mixtral ready to run: config, borrowed weights (every view checked) and the kernels.
-#[derive(Debug)]
+/// Where a model runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DeviceId {
+    /// The host CPU: the fast SIMD kernels (or their reference twins).
+    #[default]
+    Cpu,
+    /// An NVIDIA GPU (by ordinal): weights uploaded once as bf16, the KV cache and every
+    /// activation on the device. Fails with a clear error where no CUDA driver is found.
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceId {
+    type Err = String;
+
+    /// `cpu`, `cuda` (device 0) or `cuda:N`.
+    fn from_str(s: &str) -> std::result::Result<DeviceId, String> {
+        match s {
+            "cpu" => Ok(DeviceId::Cpu),
+            "cuda" => Ok(DeviceId::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(DeviceId::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (expected cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+impl std::fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceId::Cpu => f.write_str("cpu"),
+            DeviceId::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+/// How a model is placed: the device and every choice that changes its numerics. `None`
+/// picks the device's default; a choice the device has no path for is
+/// [`crate::Error::Unsupported`] at [`Model::place`], never ignored.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// The device.
+    pub device: DeviceId,
+    /// Matmul activation precision. Default: on the CPU `Int8` for block-quantized weights,
+    /// else `F32`; on CUDA `Bf16` (its only path).
+    pub precision: Option<Precision>,
+    /// KV cache element type. Default: `F32` at f32 precision and `F16` otherwise on the CPU;
+    /// `Bf16` on CUDA (its only cache type).
+    pub kv_dtype: Option<KvDType>,
+    /// Every matmul in one summation order whatever its row count (CPU only).
+    pub batch_invariant: bool,
+    /// Touch every weight page at load, reporting progress, so the first call does not
+    /// page them in (the CPU reads weights where they are mapped; a GPU reads them once to
+    /// upload them, which pages them in anyway).
+    pub prefault: bool,
+}
+
+/// The device a [`Model`] runs on, with its copy of the weights where it needs one.
+enum Exec {
+    /// The host: the checkpoint's borrowed tensors are the weights.
+    Cpu(Cpu),
+    /// A GPU.
+    Cuda(Box<Gpu>),
+}
+
+/// A model on a GPU: weights uploaded once, and one set of activations, used by one call at
+/// a time (one stream runs one call at a time anyway).
+struct Gpu {
+    device: Cuda,
+    weights: DeviceStack,
+    acts: Mutex<Option<Acts<Cuda>>>,
+}
+
+/// A Mixtral ready to run: config, borrowed weights (every view checked) and the device.
 pub struct Model {
     config: Config,
     weights: Weights,
-    kernels: Kernels,
+    exec: Exec,
     kv_dtype: KvDType,
-    /// Every matmul in one summation order whatever its row count
-    /// ([`Model::with_batch_invariance`]).
-    invariant: bool,
 }
 
-/// `y = x Wᵀ` with `kernels`, for `x` of whole rows: `[rows, k] → [rows, n]`.
-fn linear_with(kernels: Kernels, invariant: bool, x: &[f32], weight: &Tensor, y: &mut Vec<f32>) {
-    let (n, k) = (weight.dims()[0], weight.dims()[1]);
-    let p = Matmul {
-        rows: x.len() / k,
-        k,
-        n,
-    };
-    kernels.matmul(p, x, w(weight), sized(y, p.rows * n), invariant);
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("device", &self.device())
+            .field("precision", &self.precision())
+            .field("kv_dtype", &self.kv_dtype)
+            .finish_non_exhaustive()
+    }
 }
 
-/// A weight tensor as a kernel view; [`Model::new`] has checked that this succeeds.
-fn w(t: &Tensor) -> Weight<'_> {
-    Weight::new(t).expect("weight views are checked in Model::new")
+/// Whether any matmul weight is block-quantized (a quantized GGUF file).
+fn has_quantized_weights(w: &Weights) -> bool {
+    w.tensors().iter().any(|t| t.dtype().is_quantized())
 }
 
 impl Model {
@@ -164,9 +228,11 @@ impl Model {
         Ok(Model {
             config: ckpt.config,
             weights: ckpt.weights,
-            kernels: Kernels::default(),
+            exec: Exec::Cpu(Cpu {
+                kernels: Kernels::default(),
+                invariant: false,
+            }),
             kv_dtype: KvDType::default(),
-            invariant: false,
         })
     }
 
@@ -175,15 +241,152 @@ impl Model {
         Model::new(Checkpoint::open(dir)?)
     }
 
-    /// The same model running other kernels (e.g. [`Kernels::Reference`] as an oracle).
+    /// Places a checkpoint as `placement` says: on the CPU with the kernels of the best ISA
+    /// here, or uploaded to a GPU (`progress(done, total)` in device bytes as weights
+    /// stream). Every option is checked against the device first:
+    /// [`crate::Error::Unsupported`] names one the device has no path for.
+    pub fn place(
+        ckpt: Checkpoint,
+        placement: Placement,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Model> {
+        let model = Model::new(ckpt)?;
+        let quantized = has_quantized_weights(&model.weights);
+        match placement.device {
+            DeviceId::Cpu => {
+                if placement.prefault {
+                    prefault(&model.weights, progress);
+                }
+                let precision = placement.precision.unwrap_or(match quantized {
+                    true => Precision::Int8,
+                    false => Precision::F32,
+                });
+                let kv = placement.kv_dtype.unwrap_or(match precision {
+                    Precision::F32 => KvDType::F32,
+                    _ => KvDType::F16,
+                });
+                Ok(model
+                    .with_kernels(Kernels::cpu(Isa::detect(), precision))
+                    .with_kv_dtype(kv)
+                    .with_batch_invariance(placement.batch_invariant))
+            }
+            DeviceId::Cuda(ordinal) => {
+                let device = placement.device.to_string();
+                let refuse = |feature: String| crate::Error::Unsupported {
+                    feature,
+                    device: device.clone(),
+                    reason: "the CUDA backend computes with bf16 activations, bf16 weights and a bf16 KV cache",
+                };
+                match placement.precision {
+                    None | Some(Precision::Bf16) => {}
+                    Some(p) => return Err(refuse(format!("precision {p:?}").to_lowercase())),
+                }
+                match placement.kv_dtype {
+                    None | Some(KvDType::Bf16) => {}
+                    Some(k) => return Err(refuse(format!("kv dtype {k:?}").to_lowercase())),
+                }
+                if placement.batch_invariant {
+                    return Err(crate::Error::Unsupported {
+                        feature: "batch invariance".into(),
+                        device,
+                        reason: "the GPU's matmuls change summation order with their row count",
+                    });
+                }
+                let gpu = CudaBackend::new(ordinal)?;
+                model.on_gpu(&gpu, progress)
+            }
+        }
+    }
+
+    /// The same model uploaded to `gpu` as bf16 (weights streamed with `progress(done,
+    /// total)` in device bytes; `OutOfMemory` before copying anything when they cannot fit).
+    pub fn on_gpu(
+        mut self,
+        gpu: &CudaBackend,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Model> {
+        let device = Cuda { gpu: gpu.clone() };
+        let weights = device.upload(&self.config, &self.weights, progress)?;
+        self.exec = Exec::Cuda(Box::new(Gpu {
+            device,
+            weights,
+            acts: Mutex::new(None),
+        }));
+        self.kv_dtype = KvDType::Bf16;
+        Ok(self)
+    }
+
+    /// A model of `config`'s shape with random bf16 weights made on `gpu` (no host copy, and
+    /// no host weights: [`Model::weights`] then holds none of them): for benchmarks at real
+    /// sizes.
+    pub fn random_on_gpu(config: &Config, gpu: &CudaBackend, seed: u64) -> Result<Model> {
+        let device = Cuda { gpu: gpu.clone() };
+        let weights = device.random(config, seed)?;
+        let empty = mixtral_tensor::Tensor::from_vec::<f32>(vec![], [0usize])?;
+        Ok(Model {
+            config: config.clone(),
+            weights: Stack {
+                embed: empty.clone(),
+                layers: vec![],
+                norm: empty.clone(),
+                lm_head: empty,
+            },
+            exec: Exec::Cuda(Box::new(Gpu {
+                device,
+                weights,
+                acts: Mutex::new(None),
+            })),
+            kv_dtype: KvDType::Bf16,
+        })
+    }
+
+    /// The same model running other CPU kernels (e.g. [`Kernels::Reference`] as an oracle);
+    /// a GPU model is left as it is.
     pub fn with_kernels(mut self, kernels: Kernels) -> Model {
-        self.kernels = kernels;
+        if let Exec::Cpu(cpu) = &mut self.exec {
+            cpu.kernels = kernels;
+        }
         self
     }
 
-    /// The kernels in use.
-    pub fn kernels(&self) -> Kernels {
-        self.kernels
+    /// The CPU kernels in use (`None` on a GPU).
+    pub fn kernels(&self) -> Option<Kernels> {
+        match &self.exec {
+            Exec::Cpu(cpu) => Some(cpu.kernels),
+            Exec::Cuda(_) => None,
+        }
+    }
+
+    /// The matmul activation precision.
+    pub fn precision(&self) -> Precision {
+        match &self.exec {
+            Exec::Cpu(cpu) => cpu.kernels.precision(),
+            Exec::Cuda(_) => Precision::Bf16,
+        }
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> DeviceId {
+        match &self.exec {
+            Exec::Cpu(_) => DeviceId::Cpu,
+            Exec::Cuda(gpu) => DeviceId::Cuda(gpu.device.gpu.ordinal()),
+        }
+    }
+
+    /// The device's name for people (`cpu (avx512)`, `cuda:0 (NVIDIA H100 80GB HBM3)`).
+    pub fn device_name(&self) -> String {
+        match &self.exec {
+            Exec::Cpu(cpu) => match cpu.kernels {
+                Kernels::Reference => "cpu (reference kernels)".into(),
+                Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
+                    format!("cpu ({isa:?})").to_lowercase()
+                }
+            },
+            Exec::Cuda(gpu) => {
+                let gpu = &gpu.device.gpu;
+                format!("cuda:{} ({})", gpu.ordinal(), gpu.name())
+            }
+        }
     }
 
     /// The architecture.
@@ -191,20 +394,23 @@ impl Model {
         &self.config
     }
 
-    /// The weights.
+    /// The checkpoint's weights (borrowed from its mapping; on a GPU, what was uploaded).
     pub fn weights(&self) -> &Weights {
         &self.weights
     }
 
-    /// An empty KV cache (and scratch buffers) for one sequence.
+    /// An empty KV cache for one sequence on the model's device.
     pub fn new_cache(&self) -> KvCache {
         let c = &self.config;
-        KvCache::with_dtype(
-            c.num_hidden_layers,
-            c.num_key_value_heads,
-            c.head_dim,
-            self.kv_dtype,
-        )
+        match &self.exec {
+            Exec::Cpu(_) => KvCache::with_dtype(
+                c.num_hidden_layers,
+                c.num_key_value_heads,
+                c.head_dim,
+                self.kv_dtype,
+            ),
+            Exec::Cuda(gpu) => KvCache::from_store(Store::Cuda(CudaKv::new(&gpu.device.gpu, c))),
+        }
     }
 
     /// Checks a whole prompt for an empty cache before any of it runs: non-empty, every id
@@ -214,9 +420,12 @@ impl Model {
     }
 
     /// The same model making caches that store keys and values as `dtype`
-    /// ([`Model::new_cache`]).
+    /// ([`Model::new_cache`]); a GPU model keeps its bf16 caches ([`Model::place`] refuses
+    /// another type there).
     pub fn with_kv_dtype(mut self, dtype: KvDType) -> Model {
-        self.kv_dtype = dtype;
+        if let Exec::Cpu(_) = self.exec {
+            self.kv_dtype = dtype;
+        }
         self
     }
 
@@ -225,15 +434,18 @@ impl Model {
     /// runs alone, in a prompt chunk of any size, or batched with other sequences
     /// ([`Model::forward_batch`]), so seeded sampling is reproducible across batch shapes.
     /// Off by default: one-token calls (decode) lose the GEMV's streaming loops
-    /// (docs/performance.md measures the cost).
+    /// (docs/performance.md measures the cost). CPU only ([`Model::place`] refuses it on a
+    /// GPU).
     pub fn with_batch_invariance(mut self, on: bool) -> Model {
-        self.invariant = on;
+        if let Exec::Cpu(cpu) = &mut self.exec {
+            cpu.invariant = on;
+        }
         self
     }
 
     /// Whether [`Model::with_batch_invariance`] is on.
     pub fn batch_invariant(&self) -> bool {
-        self.invariant
+        matches!(&self.exec, Exec::Cpu(cpu) if cpu.invariant)
     }
 
     /// The element type of the caches [`Model::new_cache`] makes.
@@ -299,17 +511,19 @@ impl Model {
         steer: &Intervention,
         stop: Option<&AtomicBool>,
     ) -> Result<Output> {
-        check_input(&self.config, tokens, positions, cache.len())?;
-        steer.validate(&self.config)?;
-        cache.claim_steering(steer.fingerprint())?;
-        let mut rec = Records::new(&self.config, tokens.len(), opts);
-        rec.stop = stop;
-        let routing = self.run_one(tokens, positions, cache, opts, steer, &mut rec)?;
-        let rows = opts.logits.rows(tokens.len());
+        let mut rec = Records::new(&self.config, tokens.len(), opts, steer.top_k(&self.config));
+        let step = Step {
+            tokens,
+            positions,
+            steer,
+            head: Head::Tail(opts.logits.rows(tokens.len())),
+            stop,
+        };
+        let rows = self.run_one(&step, cache, &mut rec)?;
         Ok(Output {
-            logits: cache.scratch.logits.clone(),
+            logits: cache.logits.clone(),
             rows,
-            routing,
+            routing: rec.routing,
             router_logits: rec.router_logits,
             hidden_states: rec.hidden,
         })
@@ -327,7 +541,7 @@ impl Model {
     }
 
     /// [`Model::decode`] without a routing trace, returning the logits `[V]` borrowed from the
-    /// cache's scratch: a decode step that allocates nothing.
+    /// cache: a decode step that allocates nothing on the CPU.
     pub fn decode_logits<'c>(
         &self,
         token: u32,
@@ -345,37 +559,85 @@ impl Model {
         cache: &'c mut KvCache,
         steer: &Intervention,
     ) -> Result<&'c [f32]> {
-        check_input(&self.config, &[token], &[position], cache.len())?;
-        steer.validate(&self.config)?;
-        cache.claim_steering(steer.fingerprint())?;
-        let opts = ForwardOptions::default();
-        let mut rec = Records::new(&self.config, 1, opts);
-        self.run_one(&[token], &[position], cache, opts, steer, &mut rec)?;
-        Ok(&cache.scratch.logits)
+        let mut rec = Records::default();
+        let step = Step {
+            tokens: &[token],
+            positions: &[position],
+            steer,
+            head: Head::Tail(1),
+            stop: None,
+        };
+        self.run_one(&step, cache, &mut rec)?;
+        Ok(&cache.logits)
     }
 
-    /// One sequence through [`Model::graph`], with the cache's own scratch buffers. Leaves the
-    /// logits in `cache.scratch.logits`; returns the routing trace.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the call's input, cache and options, plus its steering and its records"
-    )]
-    fn run_one(
-        &self,
-        tokens: &[u32],
-        positions: &[usize],
-        cache: &mut KvCache,
-        opts: ForwardOptions,
-        steer: &Intervention,
-        rec: &mut Records<'_>,
-    ) -> Result<Option<RoutingTrace>> {
-        let mut s = std::mem::take(&mut cache.scratch);
-        let n = tokens.len();
-        let mut seqs = [Seq { cache, rows: 0..n }];
-        let head = Head::Tail(opts.logits.rows(n));
-        let trace = self.graph(tokens, positions, &mut seqs, &mut s, head, opts, steer, rec);
-        seqs[0].cache.scratch = s;
-        trace
+    /// Greedy step: runs `tokens` (continuing `cache`) and returns the argmax of the last
+    /// row's logits (the first index of the largest, as the sampler's greedy path picks).
+    pub fn greedy(&self, tokens: &[u32], positions: &[usize], cache: &mut KvCache) -> Result<u32> {
+        let step = Step {
+            tokens,
+            positions,
+            steer: &Intervention::default(),
+            head: Head::Tail(1),
+            stop: None,
+        };
+        self.run_one(&step, cache, &mut Records::default())?;
+        let best = cache.logits.iter().enumerate().fold(
+            (0, f32::NEG_INFINITY),
+            |(bi, bv), (i, &v)| match v > bv {
+                true => (i, v),
+                false => (bi, bv),
+            },
+        );
+        Ok(best.0 as u32)
+    }
+
+    /// One sequence's call: checks it, runs the graph on the model's device, commits the
+    /// cache and leaves the logits in `cache.logits`. Returns the logits' row count.
+    fn run_one(&self, step: &Step<'_>, cache: &mut KvCache, rec: &mut Records) -> Result<usize> {
+        check_input(&self.config, step.tokens, step.positions, cache.len())?;
+        step.steer.validate(&self.config)?;
+        cache.claim_steering(step.steer.fingerprint())?;
+        let (c, n, cached) = (&self.config, step.tokens.len(), cache.len());
+        let rows = 0..n;
+        let KvCache { store, logits, .. } = cache;
+        let got = match (&self.exec, store) {
+            (Exec::Cpu(cpu), Store::Host(kv, acts)) => {
+                let acts = match acts {
+                    Some(a) => a,
+                    None => acts.insert(Box::new(cpu.acts(c)?)),
+                };
+                let mut seqs = [Seq { kv, cached, rows }];
+                run(cpu, c, &self.weights, &mut seqs, acts, step, rec, logits)
+            }
+            (Exec::Cuda(gpu), Store::Cuda(kv)) => {
+                let Gpu {
+                    device,
+                    weights,
+                    acts,
+                } = &**gpu;
+                let mut slot = acts.lock().unwrap_or_else(|p| p.into_inner());
+                let acts = match &mut *slot {
+                    Some(a) => a,
+                    None => slot.insert(device.acts(c)?),
+                };
+                let mut seqs = [Seq { kv, cached, rows }];
+                run(device, c, weights, &mut seqs, acts, step, rec, logits)
+            }
+            _ => Err(self.foreign_cache()),
+        };
+        let rows = got?;
+        cache.commit(n);
+        Ok(rows)
+    }
+
+    /// The error for a cache another device's model made.
+    fn foreign_cache(&self) -> crate::Error {
+        crate::Error::Unsupported {
+            feature: "a KV cache made by a model on another device".into(),
+            device: self.device().to_string(),
+            reason: "make caches with this model's new_cache",
+        }
     }
 
     /// Runs one step of several sequences as ONE forward call: each item's tokens continue
@@ -394,10 +656,11 @@ impl Model {
         scratch: &'s mut BatchScratch,
     ) -> Result<&'s [f32]> {
         let BatchScratch {
-            s,
+            acts,
             tokens,
             positions,
             head,
+            logits,
         } = scratch;
         tokens.clear();
         positions.clear();
@@ -418,280 +681,129 @@ impl Model {
         if tokens.is_empty() {
             return Err(crate::Error::EmptyInput);
         }
-        let mut seqs: Vec<Seq<'_>> = Vec::with_capacity(items.len());
-        let mut at = 0;
-        for item in items.iter_mut() {
-            item.cache.claim_steering(none.fingerprint())?;
-            let n = item.tokens.len();
-            seqs.push(Seq {
-                cache: &mut *item.cache,
-                rows: at..at + n,
-            });
-            at += n;
-        }
-        let opts = ForwardOptions::default();
-        let mut rec = Records::new(&self.config, 0, opts);
-        self.graph(
+        let step = Step {
             tokens,
             positions,
-            &mut seqs,
-            s,
-            Head::Rows(head),
-            opts,
-            &none,
-            &mut rec,
-        )?;
-        Ok(&s.logits)
-    }
-
-    /// The graph, over the tokens of one or more sequences (`seqs` name each one's rows of
-    /// `tokens`). Leaves the logits of the `head` rows in `s.logits`; returns the routing
-    /// trace.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the call's input, caches and buffers, plus its options, steering and records"
-    )]
-    fn graph(
-        &self,
-        tokens: &[u32],
-        positions: &[usize],
-        seqs: &mut [Seq<'_>],
-        s: &mut Scratch,
-        head: Head<'_>,
-        opts: ForwardOptions,
-        steer: &Intervention,
-        rec: &mut Records<'_>,
-    ) -> Result<Option<RoutingTrace>> {
-        let (c, n) = (&self.config, tokens.len());
-        self.embed(tokens, sized(&mut s.h, n * c.hidden_size)); // [T, D]
-        if let Some(h) = &mut rec.hidden {
-            h.push(&s.h);
-        }
-        let mut trace = opts.trace_routing.then(|| RoutingTrace {
-            top_k: steer.top_k(c),
-            layers: vec![],
-        });
-        for (l, lw) in self.weights.layers.iter().enumerate() {
-            if rec.stop.is_some_and(|stop| stop.load(Ordering::Relaxed)) {
-                // Undo the layers' appends: the caches stay as they were before the call.
-                for seq in seqs.iter_mut() {
-                    let len = seq.cache.len();
-                    seq.cache.truncate(len);
-                }
-                return Err(crate::Error::Stopped { layer: l });
-            }
-            self.attention_block(l, lw, positions, seqs, s);
-            self.moe_block(l, lw, positions, s, steer, rec);
-            if let Some(trace) = &mut trace {
-                trace.layers.push(LayerRouting {
-                    experts: s.ids.clone(),
-                    weights: s.weights.clone(),
-                });
-            }
-            if let Some(h) = &mut rec.hidden {
-                h.push(&s.h);
-            }
-        }
-        for seq in seqs.iter_mut() {
-            seq.cache.commit(seq.rows.len());
-        }
-        if let Some(h) = &mut rec.hidden {
-            // The final norm of every row (the head normalises only the rows it returns).
-            self.norm(&s.h, &self.weights.norm, &mut s.x);
-            h.push(&s.x);
-        }
-        self.head(head, s);
-        Ok(trace)
-    }
-
-    /// Embedding rows widened to f32 into `h` (`[T, D]`).
-    fn embed(&self, tokens: &[u32], h: &mut [f32]) {
-        let d = self.config.hidden_size;
-        let table = w(&self.weights.embed);
-        for (row, &id) in h.chunks_exact_mut(d).zip(tokens) {
-            table.row_into(id as usize * d, row);
-        }
-    }
-
-    /// `y = rmsnorm(x) · weight` over rows of `D`.
-    fn norm(&self, x: &[f32], weight: &Tensor, y: &mut Vec<f32>) {
-        let cols = self.config.hidden_size;
-        let p = RmsNorm {
-            rows: x.len() / cols,
-            cols,
-            eps: self.config.rms_norm_eps as f32,
+            steer: &none,
+            head: Head::Rows(head),
+            stop: None,
         };
-        self.kernels.rms_norm(p, x, w(weight), sized(y, x.len()));
-    }
-
-    /// `y = x Wᵀ` for `x` of whole rows: `[rows, k] → [rows, n]`.
-    fn linear(&self, x: &[f32], weight: &Tensor, y: &mut Vec<f32>) {
-        linear_with(self.kernels, self.invariant, x, weight, y)
-    }
-
-    /// `h += o_proj(attention(rope(q), rope(k), v))` over the normed `h`.
-    fn attention_block(
-        &self,
-        l: usize,
-        lw: &LayerWeights,
-        positions: &[usize],
-        seqs: &mut [Seq<'_>],
-        s: &mut Scratch,
-    ) {
+        let mut rec = Records::default();
         let c = &self.config;
-        self.norm(&s.h, &lw.attn_norm, &mut s.x); // [T, D]
-        if positions.len() == 1 && !self.invariant {
-            // One token: the three projections as one parallel region.
-            let (qd, kvd) = (c.q_dim(), c.kv_dim());
-            self.kernels.gemv_many(&mut [
-                Gemv {
-                    x: &s.x,
-                    w: w(&lw.wq),
-                    y: sized(&mut s.q, qd),
-                },
-                Gemv {
-                    x: &s.x,
-                    w: w(&lw.wk),
-                    y: sized(&mut s.k, kvd),
-                },
-                Gemv {
-                    x: &s.x,
-                    w: w(&lw.wv),
-                    y: sized(&mut s.v, kvd),
-                },
-            ]);
-        } else {
-            self.linear(&s.x, &lw.wq, &mut s.q); // [T, H·Dh]
-            self.linear(&s.x, &lw.wk, &mut s.k); // [T, G·Dh]
-            self.linear(&s.x, &lw.wv, &mut s.v); // [T, G·Dh]
+        let mut at = 0;
+        let mut spans = Vec::with_capacity(items.len());
+        for item in items.iter() {
+            spans.push((item.cache.len(), at..at + item.tokens.len()));
+            at += item.tokens.len();
         }
-        let rope_q = Rope {
-            n_heads: c.num_attention_heads,
-            head_dim: c.head_dim,
-            theta: c.rope_theta,
-            interleaved: c.rope_interleaved,
-        };
-        let rope_k = Rope {
-            n_heads: c.num_key_value_heads,
-            ..rope_q
-        };
-        // The sequences of a batched call are at different positions: cover the furthest.
-        let end = positions.iter().max().map_or(0, |p| p + 1);
-        s.ensure_rope(rope_q, end);
-        let table = s.rope.as_ref().expect("ensured above");
-        self.kernels.rope(rope_q, table, positions, &mut s.q);
-        self.kernels.rope(rope_k, table, positions, &mut s.k);
-        let p = Attention {
-            n_heads: c.num_attention_heads,
-            n_kv_heads: c.num_key_value_heads,
-            head_dim: c.head_dim,
-            window: c.sliding_window,
-        };
-        let att = sized(&mut s.att, s.q.len()); // [T, H·Dh]
-        let (qd, kvd) = (c.q_dim(), c.kv_dim());
-        // Each sequence's keys and values go to its own cache, and its queries attend to it.
-        for Seq { cache, rows } in seqs.iter_mut() {
-            let (a, b) = (rows.start, rows.end);
-            cache.append(l, &s.k[a * kvd..b * kvd], &s.v[a * kvd..b * kvd]);
-            self.kernels.attention(
-                p,
-                &s.q[a * qd..b * qd],
-                &positions[a..b],
-                cache.layer(l),
-                &mut att[a * qd..b * qd],
-            );
-        }
-        self.linear(&s.att, &lw.wo, &mut s.out); // [T, D]
-        s.h.iter_mut().zip(&s.out).for_each(|(a, b)| *a += b);
-    }
-
-    /// `h += moe(rmsnorm(h))`; leaves the router's choices in `s.ids` / `s.weights`.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "the layer, its input, plus the request's steering and records"
-    )]
-    fn moe_block(
-        &self,
-        l: usize,
-        lw: &LayerWeights,
-        positions: &[usize],
-        s: &mut Scratch,
-        steer: &Intervention,
-        rec: &mut Records<'_>,
-    ) {
-        let (c, n) = (&self.config, positions.len());
-        self.norm(&s.h, &lw.moe_norm, &mut s.x); // [T, D]
-        // The router in f32 at any precision: a rounding must not flip an expert choice.
-        linear_with(
-            self.kernels.exact(),
-            self.invariant,
-            &s.x,
-            &lw.router,
-            &mut s.router,
-        ); // [T, E]
-        let (k, e) = (steer.top_k(c), c.num_local_experts);
-        if !steer.is_none() {
-            steer.edit_logits(l, positions, e, &mut s.router);
-        }
-        if let Some(r) = &mut rec.router_logits {
-            r.push(&s.router);
-        }
-        let p = Router {
-            n_tokens: n,
-            n_experts: e,
-            top_k: k,
-            norm_topk_prob: c.norm_topk_prob,
-        };
-        self.kernels.router_top_k(
-            p,
-            &s.router,
-            sized(&mut s.ids, n * k),
-            sized(&mut s.weights, n * k),
-        ); // [T, K]
-        if !steer.force.is_empty() {
-            steer.force_choices(l, positions, &s.router, e, &mut s.ids, &mut s.weights);
-        }
-        let p = Moe {
-            n_tokens: n,
-            hidden: c.hidden_size,
-            ffn: c.intermediate_size,
-            top_k: k,
-        };
-        let y = sized(&mut s.out, s.x.len()); // [T, D]
-        let (kernels, invariant) = (self.kernels, self.invariant);
-        with_experts(lw, |experts| {
-            let input = MoeInput {
-                x: &s.x,
-                ids: &s.ids,
-                weights: &s.weights,
-                experts,
-            };
-            kernels.moe(p, input, y, &mut s.moe, invariant)
-        });
-        s.h.iter_mut().zip(&s.out).for_each(|(a, b)| *a += b);
-    }
-
-    /// Final norm and lm_head over the `head` rows of `h`: `[rows, D] → [rows, V]`.
-    fn head(&self, head: Head<'_>, s: &mut Scratch) {
-        let d = self.config.hidden_size;
-        let rows = match head {
-            Head::Tail(rows) => &s.h[s.h.len() - rows * d..],
-            Head::Rows(rows) => {
-                // Gathered into `out`, free at this point of the graph.
-                s.out.clear();
-                for &r in rows {
-                    s.out.extend_from_slice(&s.h[r * d..(r + 1) * d]);
-                }
-                &s.out
+        let got = match &self.exec {
+            Exec::Cpu(cpu) => {
+                let mut seqs = self.seqs(items, spans, |s| match s {
+                    Store::Host(kv, _) => Some(kv),
+                    Store::Cuda(_) => None,
+                })?;
+                let acts = match acts {
+                    Some(a) => a,
+                    None => acts.insert(Box::new(cpu.acts(c)?)),
+                };
+                run(
+                    cpu,
+                    c,
+                    &self.weights,
+                    &mut seqs,
+                    acts,
+                    &step,
+                    &mut rec,
+                    logits,
+                )
+            }
+            Exec::Cuda(gpu) => {
+                let mut seqs = self.seqs(items, spans, |s| match s {
+                    Store::Cuda(kv) => Some(kv),
+                    Store::Host(..) => None,
+                })?;
+                let mut slot = gpu.acts.lock().unwrap_or_else(|p| p.into_inner());
+                let acts = match &mut *slot {
+                    Some(a) => a,
+                    None => slot.insert(gpu.device.acts(c)?),
+                };
+                run(
+                    &gpu.device,
+                    c,
+                    &gpu.weights,
+                    &mut seqs,
+                    acts,
+                    &step,
+                    &mut rec,
+                    logits,
+                )
             }
         };
-        if rows.is_empty() {
-            s.logits.clear();
-            return;
+        got?;
+        for item in items.iter_mut() {
+            item.cache.claim_steering(none.fingerprint())?;
+            item.cache.commit(item.tokens.len());
         }
-        self.norm(rows, &self.weights.norm, &mut s.x);
-        self.linear(&s.x, &self.weights.lm_head, &mut s.logits);
+        Ok(logits)
     }
+}
+
+/// Touches one byte per page of every weight, reporting progress, so later reads hit memory.
+fn prefault(weights: &Weights, progress: &mut dyn FnMut(usize, usize)) {
+    const PAGE: usize = 4096;
+    let tensors = weights.tensors();
+    let total: usize = tensors.iter().map(|t| t.as_bytes().len()).sum();
+    let mut done = 0;
+    for t in tensors {
+        let bytes = t.as_bytes();
+        let mut sum = 0u8;
+        for i in (0..bytes.len()).step_by(PAGE) {
+            sum = sum.wrapping_add(bytes[i]);
+        }
+        std::hint::black_box(sum);
+        done += bytes.len();
+        progress(done, total);
+    }
+}
+
+impl Model {
+    /// Each item's cache storage on this model's device (`kv` picks it out of a cache, or
+    /// says it is another device's), with its cached length and its rows of the call.
+    fn seqs<'a, K>(
+        &self,
+        items: &'a mut [BatchItem<'_>],
+        spans: Vec<(usize, std::ops::Range<usize>)>,
+        kv: impl Fn(&mut Store) -> Option<&mut K>,
+    ) -> Result<Vec<Seq<'a, K>>> {
+        let mut seqs = Vec::with_capacity(items.len());
+        for (item, (cached, rows)) in items.iter_mut().zip(spans) {
+            let kv = kv(&mut item.cache.store).ok_or_else(|| self.foreign_cache())?;
+            seqs.push(Seq { kv, cached, rows });
+        }
+        Ok(seqs)
+    }
+}
+
+/// The graph on one device, then its logits copied to `logits` (`[rows, V]`); returns the
+/// row count.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the device, model, sequences and activations, and the call's step, records and output"
+)]
+fn run<D: crate::device::Device>(
+    d: &D,
+    c: &Config,
+    w: &Stack<D::Weight, D::Experts>,
+    seqs: &mut [Seq<'_, D::Kv>],
+    acts: &mut Acts<D>,
+    step: &Step<'_>,
+    rec: &mut Records,
+    logits: &mut Vec<f32>,
+) -> Result<usize> {
+    let rows = graph::forward(d, c, w, seqs, acts, step, rec)?;
+    logits.clear();
+    d.read(&acts.logits, rows * c.vocab_size, logits)?;
+    Ok(rows)
 }
 
 /// One sequence's part of a [`Model::forward_batch`] call.
@@ -706,81 +818,28 @@ pub struct BatchItem<'a> {
     pub logits: bool,
 }
 
-/// The activation buffers of [`Model::forward_batch`] calls, sized by the largest step and
-/// reused (what a [`KvCache`] holds for its own sequence's calls).
-#[derive(Debug, Default)]
+/// The host buffers of [`Model::forward_batch`] calls, sized by the largest step and reused
+/// (what a [`KvCache`] holds for its own sequence's calls).
+#[derive(Default)]
 pub struct BatchScratch {
-    s: Scratch,
+    acts: Option<Box<Acts<Cpu>>>,
     tokens: Vec<u32>,
     positions: Vec<usize>,
     head: Vec<usize>,
+    logits: Vec<f32>,
+}
+
+impl std::fmt::Debug for BatchScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchScratch")
+            .field("tokens", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl BatchScratch {
     /// The logits the last [`Model::forward_batch`] call returned (`[rows, V]`).
     pub fn logits(&self) -> &[f32] {
-        &self.s.logits
-    }
-}
-
-/// A sequence of a forward call: its cache and its rows of the call's tokens.
-struct Seq<'a> {
-    cache: &'a mut KvCache,
-    rows: std::ops::Range<usize>,
-}
-
-/// The rows of `h` the head turns into logits.
-#[derive(Clone, Copy)]
-enum Head<'a> {
-    /// The last `n` rows.
-    Tail(usize),
-    /// These rows.
-    Rows(&'a [usize]),
-}
-
-/// What a forward call records, allocated only when asked for, and the flag that stops it.
-struct Records<'a> {
-    router_logits: Option<Recorded>,
-    hidden: Option<Recorded>,
-    /// Checked before each layer ([`Model::prefill_stoppable`]).
-    stop: Option<&'a AtomicBool>,
-}
-
-impl Records<'_> {
-    fn new(c: &Config, n: usize, opts: ForwardOptions) -> Records<'static> {
-        Records {
-            router_logits: opts
-                .router_logits
-                .then(|| Recorded::new(n, c.num_local_experts)),
-            hidden: opts.hidden_states.then(|| Recorded::new(n, c.hidden_size)),
-            stop: None,
-        }
-    }
-}
-
-/// Experts held in a stack array by the MoE call, so a decode step allocates nothing.
-const INLINE_EXPERTS: usize = 16;
-
-/// Calls `f` with the layer's experts as kernel views (on the stack for up to 16 experts).
-fn with_experts(lw: &LayerWeights, f: impl FnOnce(&[Expert<'_>])) {
-    fn view(x: &crate::ExpertWeights) -> Expert<'_> {
-        Expert {
-            w1: w(&x.w1),
-            w2: w(&x.w2),
-            w3: w(&x.w3),
-        }
-    }
-    let n = lw.experts.len();
-    if n <= INLINE_EXPERTS {
-        let empty = Expert {
-            w1: Weight::F32(&[]),
-            w2: Weight::F32(&[]),
-            w3: Weight::F32(&[]),
-        };
-        let views: [Expert<'_>; INLINE_EXPERTS] =
-            std::array::from_fn(|i| lw.experts.get(i).map_or(empty, view));
-        f(&views[..n]);
-    } else {
-        f(&lw.experts.iter().map(view).collect::<Vec<_>>());
+        &self.logits
     }
 }

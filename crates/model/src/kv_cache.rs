@@ -1,8 +1,9 @@
-//! `KvCache`: the keys and values of every layer for the positions already processed.
+//! `HostKv`: the keys and values of every layer of one sequence in host memory, as the CPU
+//! device stores them (the public [`crate::KvCache`] wraps it).
 
 /// Positions reserved at a time: the cache grows in blocks as the sequence does, so a 32k
 /// context costs memory only once it is used.
-const BLOCK_POSITIONS: usize = 256;
+pub(crate) const BLOCK_POSITIONS: usize = 256;
 
 use half::{bf16, f16};
 use mixtral_kernels::attention::Kv;
@@ -150,84 +151,53 @@ struct LayerKv {
     capacity: usize,
 }
 
-/// The KV cache of one sequence: per layer, keys and values for positions `0..len()`.
-///
-/// A forward call appends its rows to each layer as it goes and the new length is committed
-/// when the call ends, so positions passed to the model must continue from [`KvCache::len`].
-///
-/// The cache also owns the sequence's scratch buffers (activations, the MoE kernel's buffers,
-/// the RoPE table), sized by the first calls and reused, so a decode step allocates nothing.
+/// One sequence's keys and values in host memory: per layer, for the positions appended.
 #[derive(Debug)]
-pub struct KvCache {
+pub(crate) struct HostKv {
     n_kv_heads: usize,
     head_dim: usize,
     dtype: KvDType,
-    len: usize,
     layers: Vec<LayerKv>,
-    /// [`crate::Intervention::fingerprint`] of the steering the cached positions were
-    /// computed under (0: none).
-    steering: u64,
-    pub(crate) scratch: crate::scratch::Scratch,
 }
 
-impl KvCache {
-    /// An empty f32 cache for `n_layers` layers of `n_kv_heads` key/value heads of
-    /// `head_dim`.
-    pub fn new(n_layers: usize, n_kv_heads: usize, head_dim: usize) -> KvCache {
-        KvCache::with_dtype(n_layers, n_kv_heads, head_dim, KvDType::F32)
-    }
-
+impl HostKv {
     /// An empty cache storing keys and values as `dtype`.
-    pub fn with_dtype(
+    pub(crate) fn new(
         n_layers: usize,
         n_kv_heads: usize,
         head_dim: usize,
         dtype: KvDType,
-    ) -> KvCache {
+    ) -> HostKv {
         let layer = LayerKv {
             k: Store::new(dtype),
             v: Store::new(dtype),
             filled: 0,
             capacity: 0,
         };
-        KvCache {
+        HostKv {
             n_kv_heads,
             head_dim,
             dtype,
-            len: 0,
-            steering: 0,
             layers: vec![layer; n_layers],
-            scratch: Default::default(),
         }
     }
 
     /// The element type keys and values are stored in.
-    pub fn dtype(&self) -> KvDType {
+    pub(crate) fn dtype(&self) -> KvDType {
         self.dtype
     }
 
-    /// Positions held.
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    /// True when no position is held.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Forgets every position from `len` on (to reuse a prompt prefix, or start over with 0).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+    /// Forgets every position from `len` on.
+    pub(crate) fn truncate(&mut self, len: usize) {
         for layer in &mut self.layers {
-            layer.filled = layer.filled.min(self.len);
+            layer.filled = layer.filled.min(len);
         }
     }
 
     /// Makes room for `positions` positions in every layer now, in whole blocks, so that
     /// filling them never reallocates (what a scheduler does when it admits a sequence under
     /// a memory budget of [`KvCache::block_bytes`] blocks).
-    pub fn reserve(&mut self, positions: usize) {
+    pub(crate) fn reserve(&mut self, positions: usize) {
         let (g_n, dh) = (self.n_kv_heads, self.head_dim);
         for kv in &mut self.layers {
             if kv.capacity < positions {
@@ -236,22 +206,8 @@ impl KvCache {
         }
     }
 
-    /// Positions per block: caches grow (and [`KvCache::reserve`] reserves) in whole blocks.
-    pub const BLOCK_POSITIONS: usize = BLOCK_POSITIONS;
-
-    /// Bytes one block of [`KvCache::BLOCK_POSITIONS`] positions takes across `n_layers`
-    /// layers, keys and values.
-    pub fn block_bytes(
-        n_layers: usize,
-        n_kv_heads: usize,
-        head_dim: usize,
-        dtype: KvDType,
-    ) -> usize {
-        2 * n_layers * n_kv_heads * head_dim * BLOCK_POSITIONS * dtype.bytes()
-    }
-
     /// Bytes currently reserved for keys and values.
-    pub fn reserved_bytes(&self) -> usize {
+    pub(crate) fn reserved_bytes(&self) -> usize {
         self.layers.iter().map(|l| l.k.bytes() + l.v.bytes()).sum()
     }
 
@@ -309,34 +265,6 @@ impl KvCache {
             _ => unreachable!("keys and values share the cache's dtype"),
         }
     }
-
-    /// Makes the rows appended by the current forward call part of the cache.
-    /// Takes the cache for a call under steering `fingerprint`: an empty cache adopts it; a
-    /// filled one must have been filled under the same.
-    pub(crate) fn claim_steering(&mut self, fingerprint: u64) -> crate::Result<()> {
-        self.check_steering(fingerprint)?;
-        if self.len == 0 {
-            self.steering = fingerprint;
-        }
-        Ok(())
-    }
-
-    /// Whether a call under steering `fingerprint` may continue this cache (see
-    /// [`KvCache::claim_steering`]), without taking it.
-    pub(crate) fn check_steering(&self, fingerprint: u64) -> crate::Result<()> {
-        if self.len > 0 && self.steering != fingerprint {
-            return Err(crate::Error::CacheSteering {
-                cached: self.steering != 0,
-                asked: fingerprint != 0,
-            });
-        }
-        Ok(())
-    }
-
-    pub(crate) fn commit(&mut self, n_tokens: usize) {
-        self.len += n_tokens;
-        debug_assert!(self.layers.iter().all(|l| l.filled == self.len));
-    }
 }
 
 impl LayerKv {
@@ -359,11 +287,10 @@ mod tests {
     #[test]
     fn half_precision_caches_round_and_halve_the_bytes() {
         for (dtype, want) in [(KvDType::F16, 1.0 + 2f32.powi(-10)), (KvDType::Bf16, 1.0)] {
-            let mut c = KvCache::with_dtype(1, 1, 2, dtype);
+            let mut c = HostKv::new(1, 1, 2, dtype);
             // 1 + 2⁻¹⁰ + 2⁻¹² rounds to 1 + 2⁻¹⁰ in f16 and to 1 in bf16.
             let x = 1.0 + 2f32.powi(-10) + 2f32.powi(-12);
             c.append(0, &[x, -2.0], &[0.5, x]);
-            c.commit(1);
             assert_eq!(c.reserved_bytes(), 2 * BLOCK_POSITIONS * 2 * 2);
             let first = match c.layer(0) {
                 LayerView::F16(kv) => kv.k[0].to_f32(),
@@ -376,13 +303,11 @@ mod tests {
 
     #[test]
     fn grows_in_blocks_not_up_front() {
-        let mut c = KvCache::new(2, 2, 2);
+        let mut c = HostKv::new(2, 2, 2, KvDType::F32);
         assert_eq!(c.reserved_bytes(), 0);
         for layer in 0..2 {
             c.append(layer, &[1.0; 12], &[2.0; 12]);
         }
-        c.commit(3);
-        assert_eq!(c.len(), 3);
         assert_eq!(c.reserved_bytes(), 2 * 2 * BLOCK_POSITIONS * 4 * 4);
         c.truncate(1);
         assert_eq!(c.layer(1).len(), 1);
@@ -398,12 +323,11 @@ mod tests {
                 .flat_map(|s| (0..g_n).flat_map(move |g| row(s, g)))
                 .collect()
         };
-        let mut c = KvCache::new(1, g_n, dh);
+        let mut c = HostKv::new(1, g_n, dh, KvDType::F32);
         for range in [0..200, 200..300] {
             let k = rows(range.clone());
             let v: Vec<f32> = k.iter().map(|x| x + 0.5).collect();
             c.append(0, &k, &v);
-            c.commit(range.len());
         }
         let LayerView::F32(kv) = c.layer(0) else {
             panic!("an f32 cache")

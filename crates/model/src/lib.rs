@@ -27,29 +27,34 @@
 //! # Ok::<(), mixtral_model::Error>(())
 //! ```
 
+mod cache;
 mod checkpoint;
 mod config;
-mod cuda_model;
+mod device;
 mod error;
 pub mod export;
 mod forward;
 mod gguf_config;
+mod graph;
 mod input;
 mod kv_cache;
 mod mistral_config;
 pub mod names;
 mod ops;
 mod routing;
-mod scratch;
 pub mod steer;
 mod weights;
 
+pub use cache::KvCache;
 pub use checkpoint::Checkpoint;
 pub use config::{Config, MAX_CONTEXT, MAX_DIM};
-pub use cuda_model::{CudaKvCache, CudaModel, CudaModelError};
+pub use device::cuda::DeviceWeight;
+pub use device::{Layer, Stack};
 pub use error::{Error, Result};
-pub use forward::{BatchItem, BatchScratch, ForwardOptions, Logits, Model, Output, Recorded};
-pub use kv_cache::{KvCache, KvDType, LayerView};
+pub use forward::{
+    BatchItem, BatchScratch, DeviceId, ForwardOptions, Logits, Model, Output, Placement, Recorded,
+};
+pub use kv_cache::{KvDType, LayerView};
 pub use ops::Kernels;
 pub use routing::{LayerRouting, RoutingTrace};
 pub use steer::{ForceRouting, Intervention, RouterHook, RouterLogits};

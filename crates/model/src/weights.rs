@@ -18,39 +18,11 @@ pub struct ExpertWeights {
     pub w3: Tensor,
 }
 
-/// One decoder layer's weights.
-#[derive(Clone, Debug)]
-pub struct LayerWeights {
-    /// RMSNorm before attention `[D]`.
-    pub attn_norm: Tensor,
-    /// `[H·Dh, D]`.
-    pub wq: Tensor,
-    /// `[G·Dh, D]`.
-    pub wk: Tensor,
-    /// `[G·Dh, D]`.
-    pub wv: Tensor,
-    /// `[D, H·Dh]`.
-    pub wo: Tensor,
-    /// RMSNorm before the MoE block `[D]`.
-    pub moe_norm: Tensor,
-    /// Router `[E, D]`.
-    pub router: Tensor,
-    /// The `E` experts.
-    pub experts: Vec<ExpertWeights>,
-}
+/// One decoder layer's weights, borrowed from the checkpoint.
+pub type LayerWeights = crate::device::Layer<Tensor, Vec<ExpertWeights>>;
 
 /// All of a Mixtral's weights, borrowed from the checkpoint's mapping.
-#[derive(Clone, Debug)]
-pub struct Weights {
-    /// `[V, D]`.
-    pub embed: Tensor,
-    /// The decoder layers.
-    pub layers: Vec<LayerWeights>,
-    /// Final RMSNorm `[D]`.
-    pub norm: Tensor,
-    /// `[V, D]` (the embedding again when tied).
-    pub lm_head: Tensor,
-}
+pub type Weights = crate::device::Stack<Tensor, Vec<ExpertWeights>>;
 
 /// Something worth telling the user that does not stop loading.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,6 +1,8 @@
 //! Shared by the model crate's integration tests: fixture paths and checkpoint rewriting.
 #![allow(dead_code)]
 
+pub mod devices;
+
 use mixtral_tensor::{SafetensorsFile, Tensor, TensorStore};
 use serde_json::Value;
 use std::path::{Path, PathBuf};

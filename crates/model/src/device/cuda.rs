@@ -1,0 +1,535 @@
+//! The CUDA device: the graph's ops as launches on one GPU, over bf16 weights uploaded once.
+//!
+//! Precision: weights are bf16 on the device (f32 and f16 checkpoints are rounded to bf16
+//! while uploading, quantized ones decoded); the residual stream, matmul outputs, softmax and
+//! every accumulation are f32; normed activations and the KV cache are bf16. So compare
+//! against the f32 reference with the fixtures' bf16 tolerances.
+//!
+//! Nothing comes back to the host inside a call unless the call asked for it: steering and
+//! recording copy the `[T, E]` router logits (and the `[T, K]` choices) down and back, and a
+//! recorded hidden state is read once per layer.
+
+use super::{Acts, AttentionIo, Device, KvStore, Layer, Seq, Stack};
+use crate::{Config, Result};
+use mixtral_kernels::Weight;
+use mixtral_kernels::attention::Attention;
+use mixtral_kernels::cuda::{
+    self, Bf16, CudaBackend, DecodeScratch, DeviceBuffer, DeviceExperts, MoeScratch, Positions,
+    Progress, Routing, TokenIds,
+};
+use mixtral_kernels::matmul::Matmul;
+use mixtral_kernels::moe::Moe;
+use mixtral_kernels::rmsnorm::RmsNorm;
+use mixtral_kernels::rope::Rope;
+use mixtral_kernels::router::Router;
+use mixtral_tensor::Tensor;
+use std::sync::Arc;
+
+/// Positions a device cache grows by at least: a decode step rarely reallocates.
+const CACHE_BLOCK: usize = 256;
+
+/// One GPU.
+#[derive(Clone, Debug)]
+pub(crate) struct Cuda {
+    pub gpu: CudaBackend,
+}
+
+/// A bf16 weight on the device, `[n, k]` (a norm vector is `[D, 1]`); shared, so a tied
+/// lm_head is the embedding's one copy.
+#[derive(Clone, Debug)]
+pub struct DeviceWeight {
+    buf: Arc<DeviceBuffer<Bf16>>,
+    n: usize,
+    k: usize,
+}
+
+/// The model's weights on the device.
+pub(crate) type DeviceStack = Stack<DeviceWeight, DeviceExperts>;
+
+/// One sequence's keys and values on the device: per layer, bf16 `[rows, G·Dh]`.
+pub(crate) struct CudaKv {
+    gpu: CudaBackend,
+    k: Vec<DeviceBuffer<Bf16>>,
+    v: Vec<DeviceBuffer<Bf16>>,
+    rows: usize,
+    layers: usize,
+    kv_dim: usize,
+    max: usize,
+}
+
+impl std::fmt::Debug for CudaKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaKv")
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CudaKv {
+    /// An empty cache (device memory is taken at the first reserve).
+    pub(crate) fn new(gpu: &CudaBackend, c: &Config) -> CudaKv {
+        CudaKv {
+            gpu: gpu.clone(),
+            k: vec![],
+            v: vec![],
+            rows: 0,
+            layers: c.num_hidden_layers,
+            kv_dim: c.kv_dim(),
+            max: c.max_position_embeddings,
+        }
+    }
+}
+
+impl KvStore for CudaKv {
+    fn truncate(&mut self, _: usize) {
+        // Rows past the cache's length are overwritten by the next call: nothing to free.
+    }
+
+    fn reserve(&mut self, positions: usize) -> Result<()> {
+        if positions <= self.rows {
+            return Ok(());
+        }
+        let rows = positions
+            .max(2 * self.rows)
+            .max(CACHE_BLOCK)
+            .min(self.max.max(positions));
+        let (gpu, old) = (&self.gpu, self.rows * self.kv_dim);
+        let grow = |bufs: &mut Vec<DeviceBuffer<Bf16>>| -> Result<()> {
+            for l in 0..self.layers {
+                let mut grown = gpu.alloc::<Bf16>(rows * self.kv_dim, "KV cache")?;
+                if let Some(buf) = bufs.get(l) {
+                    gpu.copy(buf, 0, &mut grown, 0, old)?;
+                }
+                match bufs.get_mut(l) {
+                    Some(buf) => *buf = grown,
+                    None => bufs.push(grown),
+                }
+            }
+            Ok(())
+        };
+        grow(&mut self.k)?;
+        grow(&mut self.v)?;
+        self.rows = rows;
+        Ok(())
+    }
+
+    fn reserved_bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(DeviceBuffer::bytes).sum()
+    }
+}
+
+/// Per-sequence positions of a call, each increasing from its cache's length.
+#[derive(Debug, Default)]
+pub(crate) struct CudaPos {
+    seqs: Vec<Positions>,
+}
+
+/// The GPU's own work space: the MoE tables, flash-decoding partials, and one sequence's
+/// rows of q/k/v/att when a call holds several sequences (the kernels take whole buffers).
+#[derive(Debug)]
+pub(crate) struct CudaWork {
+    moe: MoeScratch,
+    /// Experts per token `moe` has room for (an intervention may ask more than the model's).
+    moe_k: usize,
+    decode: DecodeScratch,
+    q: DeviceBuffer<f32>,
+    k: DeviceBuffer<f32>,
+    v: DeviceBuffer<f32>,
+    att: DeviceBuffer<Bf16>,
+}
+
+/// A weight tensor as a kernel view (fails only for misaligned bytes).
+fn view(t: &Tensor) -> Result<Weight<'_>> {
+    Ok(Weight::new(t)?)
+}
+
+/// Whether `a` and `b` view the same bytes (a tied lm_head).
+fn same(a: &Tensor, b: &Tensor) -> bool {
+    std::ptr::eq(a.as_bytes().as_ptr(), b.as_bytes().as_ptr())
+}
+
+impl Cuda {
+    /// Uploads `weights` as bf16, calling `progress(done, total)` (device bytes) as they
+    /// stream. Fails with `OutOfMemory` (naming the bytes needed) before copying anything
+    /// when the weights cannot fit.
+    pub(crate) fn upload(
+        &self,
+        c: &Config,
+        weights: &crate::Weights,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<DeviceStack> {
+        let gpu = &self.gpu;
+        let tied = same(&weights.lm_head, &weights.embed);
+        let total: usize = weights.tensors().iter().map(|t| t.numel() * 2).sum();
+        let (free, all) = gpu.memory()?;
+        if total > free {
+            return Err(cuda::Error::OutOfMemory {
+                what: format!("{} layers of bf16 weights", c.num_hidden_layers),
+                bytes: total,
+                free,
+                total: all,
+            }
+            .into());
+        }
+        let mut progress = Progress::new(total, progress);
+        let pr = &mut progress;
+        let up = |t: &Tensor, what: &str, pr: &mut Progress<'_>| -> Result<DeviceWeight> {
+            let dims = t.dims();
+            let (n, k) = (dims[0], dims.get(1).copied().unwrap_or(1));
+            let buf = Arc::new(gpu.upload_weight_bf16(view(t)?, what, pr)?);
+            Ok(DeviceWeight { buf, n, k })
+        };
+        let embed = up(&weights.embed, "embed_tokens", pr)?;
+        let lm_head = match tied {
+            // One copy on the device too: the head reads the embedding table.
+            true => embed.clone(),
+            false => up(&weights.lm_head, "lm_head", pr)?,
+        };
+        let norm = up(&weights.norm, "norm", pr)?;
+        let (d, f, e) = (c.hidden_size, c.intermediate_size, c.num_local_experts);
+        let mut layers = Vec::with_capacity(weights.layers.len());
+        for (l, lw) in weights.layers.iter().enumerate() {
+            let what = |n: &str| format!("layer {l} {n}");
+            let mut experts = gpu.alloc_experts(e, d, f, &what("experts"))?;
+            for (i, x) in lw.experts.iter().enumerate() {
+                let at = i * f * d;
+                gpu.write_weight_bf16(&mut experts.w1, at, view(&x.w1)?, pr)?;
+                gpu.write_weight_bf16(&mut experts.w3, at, view(&x.w3)?, pr)?;
+                gpu.write_weight_bf16(&mut experts.w2, at, view(&x.w2)?, pr)?;
+            }
+            layers.push(Layer {
+                attn_norm: up(&lw.attn_norm, &what("input_layernorm"), pr)?,
+                wq: up(&lw.wq, &what("q_proj"), pr)?,
+                wk: up(&lw.wk, &what("k_proj"), pr)?,
+                wv: up(&lw.wv, &what("v_proj"), pr)?,
+                wo: up(&lw.wo, &what("o_proj"), pr)?,
+                moe_norm: up(&lw.moe_norm, &what("post_attention_layernorm"), pr)?,
+                router: up(&lw.router, &what("gate"), pr)?,
+                experts,
+            });
+        }
+        Ok(Stack {
+            embed,
+            layers,
+            norm,
+            lm_head,
+        })
+    }
+
+    /// A model of `c`'s shape with uniform random bf16 weights made on the device (no host
+    /// copy): for benchmarks at real sizes. Each matrix is scaled by `1/√fan_in` so the
+    /// activations keep a sane magnitude through the layers.
+    pub(crate) fn random(&self, c: &Config, seed: u64) -> Result<DeviceStack> {
+        let gpu = &self.gpu;
+        let (d, v, e, f) = (
+            c.hidden_size,
+            c.vocab_size,
+            c.num_local_experts,
+            c.intermediate_size,
+        );
+        // A distinct seed per tensor, so no two matrices repeat each other's values.
+        let count = std::cell::Cell::new(0u64);
+        let next_seed = || {
+            count.set(count.get() + 1);
+            seed.wrapping_add(count.get() << 32)
+        };
+        let fill = |n: usize, k: usize, fan_in: usize, what: &str| -> Result<DeviceWeight> {
+            let mut buf = gpu.alloc::<Bf16>(n * k, what)?;
+            gpu.fill_uniform_bf16(&mut buf, next_seed(), 1.0 / (fan_in as f32).sqrt())?;
+            Ok(DeviceWeight {
+                buf: Arc::new(buf),
+                n,
+                k,
+            })
+        };
+        let mut layers = Vec::new();
+        for l in 0..c.num_hidden_layers {
+            let what = |n: &str| format!("layer {l} {n}");
+            let mut experts = gpu.alloc_experts(e, d, f, &what("experts"))?;
+            for (buf, fan_in) in [
+                (&mut experts.w1, d),
+                (&mut experts.w3, d),
+                (&mut experts.w2, f),
+            ] {
+                gpu.fill_uniform_bf16(buf, next_seed(), 1.0 / (fan_in as f32).sqrt())?;
+            }
+            layers.push(Layer {
+                attn_norm: fill(d, 1, 1, &what("input_layernorm"))?,
+                wq: fill(c.q_dim(), d, d, &what("q_proj"))?,
+                wk: fill(c.kv_dim(), d, d, &what("k_proj"))?,
+                wv: fill(c.kv_dim(), d, d, &what("v_proj"))?,
+                wo: fill(d, c.q_dim(), c.q_dim(), &what("o_proj"))?,
+                moe_norm: fill(d, 1, 1, &what("post_attention_layernorm"))?,
+                router: fill(e, d, d, &what("gate"))?,
+                experts,
+            });
+        }
+        Ok(Stack {
+            embed: fill(v, d, 1, "embed_tokens")?,
+            layers,
+            norm: fill(d, 1, 1, "norm")?,
+            lm_head: fill(v, d, d, "lm_head")?,
+        })
+    }
+
+    /// Activations for `rows` tokens.
+    fn alloc_acts(&self, c: &Config, rows: usize) -> Result<Acts<Cuda>> {
+        let gpu = &self.gpu;
+        let (d, e, k) = (c.hidden_size, c.num_local_experts, c.num_experts_per_tok);
+        let (qd, kvd) = (c.q_dim(), c.kv_dim());
+        let moe = c.moe(rows, k);
+        Ok(Acts {
+            rows,
+            ids: None,
+            pos: CudaPos::default(),
+            h: gpu.alloc(rows * d, "residual stream [T, D]")?,
+            x: gpu.alloc(rows * d, "normed activations [T, D]")?,
+            q: gpu.alloc(rows * qd, "queries [T, H·Dh]")?,
+            k: gpu.alloc(rows * kvd, "keys [T, G·Dh]")?,
+            v: gpu.alloc(rows * kvd, "values [T, G·Dh]")?,
+            att: gpu.alloc(rows * qd, "attention output [T, H·Dh]")?,
+            out: gpu.alloc(rows * d, "o_proj / MoE output [T, D]")?,
+            router: gpu.alloc(rows * e, "router logits [T, E]")?,
+            routing: gpu.alloc_routing(rows, e, k.min(e).max(1))?,
+            last: gpu.alloc(rows * d, "head rows [rows, D]")?,
+            last_x: gpu.alloc(rows * d, "normed head rows [rows, D]")?,
+            logits: gpu.alloc(rows * c.vocab_size, "logits [rows, V]")?,
+            work: CudaWork {
+                moe: gpu.alloc_moe_scratch(moe, e)?,
+                moe_k: k,
+                decode: gpu.alloc_decode_scratch(c.num_attention_heads, c.head_dim)?,
+                q: gpu.alloc(rows * qd, "one sequence's queries")?,
+                k: gpu.alloc(rows * kvd, "one sequence's keys")?,
+                v: gpu.alloc(rows * kvd, "one sequence's values")?,
+                att: gpu.alloc(rows * qd, "one sequence's attention output")?,
+            },
+        })
+    }
+
+    /// Attention of one sequence whose rows are whole buffers.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the layer, the sequence's q/k/v and cache, and the output"
+    )]
+    fn attend_one(
+        &self,
+        l: usize,
+        p: Attention,
+        [rope_q, rope_k]: [Rope; 2],
+        pos: &Positions,
+        (q, k, v): (
+            &mut DeviceBuffer<f32>,
+            &DeviceBuffer<f32>,
+            &DeviceBuffer<f32>,
+        ),
+        seq: &mut Seq<'_, CudaKv>,
+        decode: &mut DecodeScratch,
+        out: &mut DeviceBuffer<Bf16>,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        gpu.rope(rope_q, pos, q)?;
+        let (kc, vc) = (&mut seq.kv.k[l], &mut seq.kv.v[l]);
+        gpu.rope_kv(rope_k, pos, k, v, kc, vc)?;
+        let rows = seq.cached + seq.rows.len(); // this call's rows are written already
+        let group = p.n_heads / p.n_kv_heads.max(1);
+        if seq.rows.len() == 1 && group <= cuda::ops::GEMV_MAX_ROWS {
+            gpu.attention_decode(p, q, pos, kc, vc, rows, decode, out)?;
+        } else {
+            gpu.attention_prefill(p, q, pos, kc, vc, rows, out)?;
+        }
+        Ok(())
+    }
+}
+
+impl Device for Cuda {
+    type Weight = DeviceWeight;
+    type Experts = DeviceExperts;
+    type F32 = DeviceBuffer<f32>;
+    type Act = DeviceBuffer<Bf16>;
+    type Routing = Routing;
+    type Ids = Option<TokenIds>;
+    type Pos = CudaPos;
+    type Kv = CudaKv;
+    type Work = CudaWork;
+
+    fn acts(&self, c: &Config) -> Result<Acts<Cuda>> {
+        self.alloc_acts(c, 1)
+    }
+
+    fn begin(
+        &self,
+        c: &Config,
+        a: &mut Acts<Cuda>,
+        tokens: &[u32],
+        positions: &[usize],
+        seqs: &[Seq<'_, Self::Kv>],
+    ) -> Result<()> {
+        if a.rows < tokens.len() {
+            *a = self.alloc_acts(c, tokens.len())?;
+        }
+        a.ids = Some(self.gpu.upload_tokens(tokens, c.vocab_size)?);
+        a.pos.seqs.clear();
+        for seq in seqs {
+            let pos = self.gpu.upload_positions(&positions[seq.rows.clone()])?;
+            a.pos.seqs.push(pos);
+        }
+        Ok(())
+    }
+
+    fn embed(
+        &self,
+        table: &DeviceWeight,
+        ids: &Option<TokenIds>,
+        d: usize,
+        h: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        let ids = ids.as_ref().expect("begin uploads the ids");
+        Ok(self.gpu.embedding(ids, &table.buf, d, h)?)
+    }
+
+    fn rms_norm(
+        &self,
+        p: RmsNorm,
+        x: &DeviceBuffer<f32>,
+        w: &DeviceWeight,
+        y: &mut DeviceBuffer<Bf16>,
+    ) -> Result<()> {
+        Ok(self.gpu.rms_norm(p, x, &w.buf, y)?)
+    }
+
+    fn add(&self, h: &mut DeviceBuffer<f32>, y: &DeviceBuffer<f32>, len: usize) -> Result<()> {
+        Ok(self.gpu.add(h, y, len)?)
+    }
+
+    fn matmul(
+        &self,
+        rows: usize,
+        x: &DeviceBuffer<Bf16>,
+        jobs: &mut [(&DeviceWeight, &mut DeviceBuffer<f32>)],
+        _exact: bool, // the router reads the same bf16 activations as every matmul here
+    ) -> Result<()> {
+        for (w, y) in jobs.iter_mut() {
+            let p = Matmul {
+                rows,
+                k: w.k,
+                n: w.n,
+            };
+            self.gpu.matmul(p, x, &w.buf, y)?;
+        }
+        Ok(())
+    }
+
+    fn attention(
+        &self,
+        l: usize,
+        p: Attention,
+        rope: [Rope; 2],
+        io: AttentionIo<'_, Cuda>,
+        seqs: &mut [Seq<'_, CudaKv>],
+        work: &mut CudaWork,
+        out: &mut DeviceBuffer<Bf16>,
+    ) -> Result<()> {
+        let gpu = &self.gpu;
+        let (qd, kvd) = (p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim);
+        if let [seq] = seqs {
+            let pos = &io.pos.seqs[0];
+            let qkv = (&mut *io.q, &*io.k, io.v);
+            return self.attend_one(l, p, rope, pos, qkv, seq, &mut work.decode, out);
+        }
+        // Several sequences: each one's rows go through the kernels on their own.
+        for (seq, pos) in seqs.iter_mut().zip(&io.pos.seqs) {
+            let (a, n) = (seq.rows.start, seq.rows.len());
+            gpu.copy(io.q, a * qd, &mut work.q, 0, n * qd)?;
+            gpu.copy(io.k, a * kvd, &mut work.k, 0, n * kvd)?;
+            gpu.copy(io.v, a * kvd, &mut work.v, 0, n * kvd)?;
+            let qkv = (&mut work.q, &work.k, &work.v);
+            self.attend_one(l, p, rope, pos, qkv, seq, &mut work.decode, &mut work.att)?;
+            gpu.copy(&work.att, 0, out, a * qd, n * qd)?;
+        }
+        Ok(())
+    }
+
+    fn top_k(&self, p: Router, logits: &DeviceBuffer<f32>, routing: &mut Routing) -> Result<()> {
+        if routing.top_k() != p.top_k {
+            let rows = routing.capacity();
+            *routing = self.gpu.alloc_routing(rows, p.n_experts, p.top_k)?;
+        }
+        Ok(self.gpu.router_top_k(p, logits, routing)?)
+    }
+
+    fn moe(
+        &self,
+        p: Moe,
+        x: &DeviceBuffer<Bf16>,
+        routing: &Routing,
+        experts: &DeviceExperts,
+        work: &mut CudaWork,
+        y: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        if p.top_k > work.moe_k {
+            // Room for as many tokens as the buffers around it hold.
+            let rows = y.len() / p.hidden.max(1);
+            let grown = Moe {
+                n_tokens: rows,
+                ..p
+            };
+            work.moe = self.gpu.alloc_moe_scratch(grown, experts.n_experts)?;
+            work.moe_k = p.top_k;
+        }
+        Ok(self.gpu.moe(p, x, routing, experts, &mut work.moe, y)?)
+    }
+
+    fn gather(
+        &self,
+        src: &DeviceBuffer<f32>,
+        rows: &[usize],
+        d: usize,
+        dst: &mut DeviceBuffer<f32>,
+    ) -> Result<()> {
+        for (i, &r) in rows.iter().enumerate() {
+            self.gpu.copy(src, r * d, dst, i * d, d)?;
+        }
+        Ok(())
+    }
+
+    fn edit(
+        &self,
+        x: &mut DeviceBuffer<f32>,
+        len: usize,
+        f: &mut dyn FnMut(&mut [f32]),
+    ) -> Result<()> {
+        let mut host = self.gpu.read(x, len)?;
+        f(&mut host);
+        Ok(self.gpu.write(x, 0, &host)?)
+    }
+
+    fn edit_routing(
+        &self,
+        r: &mut Routing,
+        len: usize,
+        f: &mut dyn FnMut(&mut [u32], &mut [f32]),
+    ) -> Result<()> {
+        let mut ids = self.gpu.read(&r.ids, len)?;
+        let mut weights = self.gpu.read(&r.weights, len)?;
+        f(&mut ids, &mut weights);
+        // The MoE kernels follow these ids without a bound check.
+        let e = r.n_experts() as u32;
+        if let Some(&bad) = ids.iter().find(|&&id| id >= e) {
+            return Err(crate::Error::Intervention {
+                reason: format!("expert {bad} forced where the model has {e}"),
+            });
+        }
+        self.gpu.write(&mut r.ids, 0, &ids)?;
+        Ok(self.gpu.write(&mut r.weights, 0, &weights)?)
+    }
+
+    fn read(&self, x: &DeviceBuffer<f32>, len: usize, out: &mut Vec<f32>) -> Result<()> {
+        out.extend(self.gpu.read(x, len)?);
+        Ok(())
+    }
+
+    fn read_act(&self, x: &DeviceBuffer<Bf16>, len: usize, out: &mut Vec<f32>) -> Result<()> {
+        out.extend(self.gpu.read_bf16_as_f32(x, len)?);
+        Ok(())
+    }
+}
