@@ -229,7 +229,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.json {
         let out = serde_json::json!({
             "model": engine.dir().display().to_string(),
-            "device": engine.model().device_name(),
+            "device": engine.device().to_string(),
             "prompt_len": stats.prompt_tokens,
             "gen": stats.generated_tokens,
             "threads": engine.threads(),
