@@ -1,11 +1,11 @@
-// attention.cu: causal grouped-query attention over a bf16 KV cache, optional sliding window,
-// online (streaming) softmax in f32.
+// attention.cu: causal grouped-query attention over a bf16, f16 or f32 KV cache, optional
+// sliding window, online (streaming) softmax in f32.
 //
 // Reference twin: `mixtral_kernels::attention::reference::attention`
 //   out[t, h] = Σ_s softmax_s(q[t, h] · k[s, g] / sqrt(Dh)) · v[s, g], g = h / (H / G), over
 //   the positions s visible from positions[t]: first ≤ s ≤ positions[t], first = 0 without a
-//   window, else max(0, positions[t] + 1 − window). The cache holds bf16 here (the reference
-//   takes f32): feed the reference bf16-rounded k and v to compare.
+//   window, else max(0, positions[t] + 1 − window). The cache holds bf16 or f16 (the reference
+//   takes f32): feed the reference k and v rounded the same way to compare.
 //
 // Entry points
 //   attention_prefill_bf16  q f32 [T, H·Dh], positions u32 [T] (increasing), k_cache, v_cache
@@ -16,6 +16,9 @@
 //                           [splits, H, Dh] and (max, sum) f32 [splits, H, 2]. Empty splits
 //                           write (−inf, 0), so the grid can be sized for the longest context.
 //   attention_reduce_bf16   step 2: merges the splits per head -> out bf16 [H·Dh].
+//   attention_prefill_f16, attention_prefill_f32, attention_decode_f16, attention_decode_f32
+//                           the same over f16 / f32 caches (--kv-dtype); the suffix names the
+//                           cache's type, the output is bf16 for all.
 // Work split: 8 warps per block; each warp owns one query row (token t, head h). Prefill
 //   blocks take 8 consecutive "grouped rows" t·(H/G) + j of one KV head g (grid
 //   (ceil(T·H/G / 8), G)), so the H/G heads sharing a KV head share each K/V tile. The block
@@ -23,7 +26,7 @@
 //   lane s scores key s against the warp's q, the warp updates its running max and sum, and
 //   each lane accumulates P·V for dimensions lane + 32i.
 // Bytes moved per call: prefill reads the visible K/V rows of each KV head once per block
-//   (G·Dh·4 bytes per key), T·H·Dh·4 of q, writes T·H·Dh·2; decode reads (pos+1)·G·Dh·4 once
+//   (G·Dh·2·e bytes per key, e the cache element's bytes), T·H·Dh·4 of q, writes T·H·Dh·2; decode reads (pos+1)·G·Dh·4 once
 //   plus splits·H·(Dh + 2)·4 of partials.
 // Accumulation: f32 scores, softmax and P·V (expf, not __expf); the softmax is streamed, so the
 //   rounding differs from the reference's two-pass softmax at the 1e-6 relative level.
@@ -46,8 +49,9 @@ __device__ __forceinline__ int first_visible(int pos, int window) {
 
 // Streams keys [lo, hi) of KV head `g` through shared memory; the calling warp scores those in
 // [first, last] against its query `q` (shared memory) when `active`. All threads must call it.
-__device__ __forceinline__ void attend(const bf16_t* __restrict__ k_cache,
-                                       const bf16_t* __restrict__ v_cache, int kv_width,
+template <class K>
+__device__ __forceinline__ void attend(const typename K::elem* __restrict__ k_cache,
+                                       const typename K::elem* __restrict__ v_cache, int kv_width,
                                        int kv_off, int dh, int lo, int hi, const float* q,
                                        int first, int last, bool active, Online& o) {
     __shared__ float ks[ATT_KEYS][ATT_MAX_DH + 1];
@@ -63,16 +67,16 @@ __device__ __forceinline__ void attend(const bf16_t* __restrict__ k_cache,
         __syncthreads();  // the previous tile is consumed; q is in place before the first
         for (int p = threadIdx.x; p < ATT_KEYS * pairs; p += blockDim.x) {
             const int s = p / pairs, d = (p % pairs) * 2;
-            unsigned kw = 0, vw = 0;
+            float k0 = 0.0f, k1 = 0.0f, v0 = 0.0f, v1 = 0.0f;
             if (c0 + s < hi) {
                 const size_t off = (size_t)(c0 + s) * kv_width + kv_off + d;
-                kw = *(const unsigned*)(k_cache + off);
-                vw = *(const unsigned*)(v_cache + off);
+                K::load2(k_cache + off, k0, k1);
+                K::load2(v_cache + off, v0, v1);
             }
-            ks[s][d] = bf16x2_lo(kw);
-            ks[s][d + 1] = bf16x2_hi(kw);
-            vs[s][d] = bf16x2_lo(vw);
-            vs[s][d + 1] = bf16x2_hi(vw);
+            ks[s][d] = k0;
+            ks[s][d + 1] = k1;
+            vs[s][d] = v0;
+            vs[s][d + 1] = v1;
         }
         __syncthreads();
         // Warp-uniform: skip tiles with no key this row may see (last < hi always holds).
@@ -101,11 +105,15 @@ __device__ __forceinline__ void attend(const bf16_t* __restrict__ k_cache,
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)
-attention_prefill_bf16(const float* __restrict__ q, const unsigned* __restrict__ positions,
-                       const bf16_t* __restrict__ k_cache, const bf16_t* __restrict__ v_cache,
-                       bf16_t* __restrict__ out, int n_tokens, int n_heads, int n_kv_heads,
-                       int head_dim, int window) {
+// The body of attention_prefill_<dtype>, over a cache of element type K.
+template <class K>
+__device__ __forceinline__ void attention_prefill(const float* __restrict__ q,
+                                                  const unsigned* __restrict__ positions,
+                                                  const typename K::elem* __restrict__ k_cache,
+                                                  const typename K::elem* __restrict__ v_cache,
+                                                  bf16_t* __restrict__ out, int n_tokens,
+                                                  int n_heads, int n_kv_heads, int head_dim,
+                                                  int window) {
     __shared__ float qs[ATT_WARPS][ATT_MAX_DH];
     const int group = n_heads / n_kv_heads, g = blockIdx.y;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -123,7 +131,7 @@ attention_prefill_bf16(const float* __restrict__ q, const unsigned* __restrict__
         for (int d = lane; d < head_dim; d += WARP) qs[warp][d] = q[q_row + d];
     }
     Online o;
-    attend(k_cache, v_cache, n_kv_heads * head_dim, g * head_dim, head_dim, lo, hi, qs[warp],
+    attend<K>(k_cache, v_cache, n_kv_heads * head_dim, g * head_dim, head_dim, lo, hi, qs[warp],
            first, last, active, o);
     if (!active) return;
     const float inv_l = 1.0f / o.l;
@@ -135,10 +143,42 @@ attention_prefill_bf16(const float* __restrict__ q, const unsigned* __restrict__
 }
 
 extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)
-attention_decode_bf16(const float* __restrict__ q, const unsigned* __restrict__ position,
-                      const bf16_t* __restrict__ k_cache, const bf16_t* __restrict__ v_cache,
-                      float* __restrict__ part_acc, float* __restrict__ part_ml, int n_heads,
-                      int n_kv_heads, int head_dim, int window, int split_len) {
+attention_prefill_bf16(const float* __restrict__ q, const unsigned* __restrict__ positions,
+                       const bf16_t* __restrict__ k_cache, const bf16_t* __restrict__ v_cache,
+                       bf16_t* __restrict__ out, int n_tokens, int n_heads, int n_kv_heads,
+                       int head_dim, int window) {
+    attention_prefill<KvBf16>(q, positions, k_cache, v_cache, out, n_tokens, n_heads, n_kv_heads,
+                          head_dim, window);
+}
+
+extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)
+attention_prefill_f16(const float* __restrict__ q, const unsigned* __restrict__ positions,
+                      const unsigned short* __restrict__ k_cache, const unsigned short* __restrict__ v_cache,
+                      bf16_t* __restrict__ out, int n_tokens, int n_heads, int n_kv_heads,
+                      int head_dim, int window) {
+    attention_prefill<KvF16>(q, positions, k_cache, v_cache, out, n_tokens, n_heads, n_kv_heads,
+                          head_dim, window);
+}
+
+extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)
+attention_prefill_f32(const float* __restrict__ q, const unsigned* __restrict__ positions,
+                      const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+                      bf16_t* __restrict__ out, int n_tokens, int n_heads, int n_kv_heads,
+                      int head_dim, int window) {
+    attention_prefill<KvF32>(q, positions, k_cache, v_cache, out, n_tokens, n_heads, n_kv_heads,
+                          head_dim, window);
+}
+
+// The body of attention_decode_<dtype>, over a cache of element type K.
+template <class K>
+__device__ __forceinline__ void attention_decode(const float* __restrict__ q,
+                                                 const unsigned* __restrict__ position,
+                                                 const typename K::elem* __restrict__ k_cache,
+                                                 const typename K::elem* __restrict__ v_cache,
+                                                 float* __restrict__ part_acc,
+                                                 float* __restrict__ part_ml, int n_heads,
+                                                 int n_kv_heads, int head_dim, int window,
+                                                 int split_len) {
     __shared__ float qs[ATT_WARPS][ATT_MAX_DH];
     const int group = n_heads / n_kv_heads, g = blockIdx.y, split = blockIdx.x;
     const int warp = threadIdx.x / WARP, lane = threadIdx.x % WARP;
@@ -149,7 +189,7 @@ attention_decode_bf16(const float* __restrict__ q, const unsigned* __restrict__ 
     if (active)
         for (int d = lane; d < head_dim; d += WARP) qs[warp][d] = q[(size_t)h * head_dim + d];
     Online o;
-    attend(k_cache, v_cache, n_kv_heads * head_dim, g * head_dim, head_dim, lo, hi, qs[warp],
+    attend<K>(k_cache, v_cache, n_kv_heads * head_dim, g * head_dim, head_dim, lo, hi, qs[warp],
            first, last, active, o);  // lo >= hi (empty split): no tiles, state stays (-inf, 0)
     if (!active) return;
     const size_t slot = (size_t)split * n_heads + h;
@@ -162,6 +202,33 @@ attention_decode_bf16(const float* __restrict__ q, const unsigned* __restrict__ 
         part_ml[slot * 2] = o.m;
         part_ml[slot * 2 + 1] = o.l;
     }
+}
+
+extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)
+attention_decode_bf16(const float* __restrict__ q, const unsigned* __restrict__ position,
+                      const bf16_t* __restrict__ k_cache, const bf16_t* __restrict__ v_cache,
+                      float* __restrict__ part_acc, float* __restrict__ part_ml, int n_heads,
+                      int n_kv_heads, int head_dim, int window, int split_len) {
+    attention_decode<KvBf16>(q, position, k_cache, v_cache, part_acc, part_ml, n_heads, n_kv_heads,
+                         head_dim, window, split_len);
+}
+
+extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)
+attention_decode_f16(const float* __restrict__ q, const unsigned* __restrict__ position,
+                     const unsigned short* __restrict__ k_cache, const unsigned short* __restrict__ v_cache,
+                     float* __restrict__ part_acc, float* __restrict__ part_ml, int n_heads,
+                     int n_kv_heads, int head_dim, int window, int split_len) {
+    attention_decode<KvF16>(q, position, k_cache, v_cache, part_acc, part_ml, n_heads, n_kv_heads,
+                         head_dim, window, split_len);
+}
+
+extern "C" __global__ void __launch_bounds__(ATT_WARPS * WARP)
+attention_decode_f32(const float* __restrict__ q, const unsigned* __restrict__ position,
+                     const float* __restrict__ k_cache, const float* __restrict__ v_cache,
+                     float* __restrict__ part_acc, float* __restrict__ part_ml, int n_heads,
+                     int n_kv_heads, int head_dim, int window, int split_len) {
+    attention_decode<KvF32>(q, position, k_cache, v_cache, part_acc, part_ml, n_heads, n_kv_heads,
+                         head_dim, window, split_len);
 }
 
 extern "C" __global__ void __launch_bounds__(ATT_MAX_DH)

@@ -6,7 +6,9 @@
 // bits of an IEEE f32, carried here as `bf16_t` (an unsigned short), and two bf16 values pack
 // into one 32-bit register the way `mma.sync` wants them (lower address in the low half).
 //
-// Contents: bf16 <-> f32 conversion (round to nearest even, NaN kept quiet), warp and block
+// Contents: bf16 <-> f32 and f16 <-> f32 conversion (round to nearest even, NaN kept quiet),
+// the KV cache element types (bf16, f16, f32) the attention kernels are templated on, warp and
+// block
 // reductions in f32, 16-byte loads and cp.async copies, and the m16n8k16 bf16 tensor-core MMA.
 // Everything here is `__device__ __forceinline__` (unused helpers cost nothing); nothing is an
 // entry point.
@@ -52,6 +54,57 @@ __device__ __forceinline__ float dot_bf16x8(uint4 a, uint4 b, float acc) {
     acc = fmaf(bf16x2_hi(a.w), bf16x2_hi(b.w), acc);
     return acc;
 }
+
+// ---- f16 ----------------------------------------------------------------------------------
+
+// IEEE half <-> f32 through PTX's own conversions (round to nearest even), since NVRTC ships
+// no <cuda_fp16.h>. A half is carried as its bits in an unsigned short, as a bf16 is.
+__device__ __forceinline__ float f16_to_f32(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+__device__ __forceinline__ unsigned short f32_to_f16(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// ---- KV cache element types ---------------------------------------------------------------
+
+// What the attention and RoPE-append kernels need of a KV cache's element type: load two
+// consecutive elements (at an even index, so the load is aligned) as f32, and round an f32
+// into one. The kernels are templates over these; each entry point names its type.
+struct KvBf16 {
+    typedef unsigned short elem;
+    static __device__ __forceinline__ void load2(const elem* p, float& a, float& b) {
+        const unsigned w = *(const unsigned*)p;
+        a = bf16x2_lo(w);
+        b = bf16x2_hi(w);
+    }
+    static __device__ __forceinline__ elem store(float x) { return f32_to_bf16(x); }
+};
+
+struct KvF16 {
+    typedef unsigned short elem;
+    static __device__ __forceinline__ void load2(const elem* p, float& a, float& b) {
+        const unsigned w = *(const unsigned*)p;
+        a = f16_to_f32((unsigned short)(w & 0xffffu));
+        b = f16_to_f32((unsigned short)(w >> 16));
+    }
+    static __device__ __forceinline__ elem store(float x) { return f32_to_f16(x); }
+};
+
+struct KvF32 {
+    typedef float elem;
+    static __device__ __forceinline__ void load2(const elem* p, float& a, float& b) {
+        const float2 v = *(const float2*)p;
+        a = v.x;
+        b = v.y;
+    }
+    static __device__ __forceinline__ elem store(float x) { return x; }
+};
 
 // ---- reductions (f32) ----------------------------------------------------------------------
 

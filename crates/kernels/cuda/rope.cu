@@ -11,6 +11,7 @@
 //   rope_f32     x f32 [T, n_heads·Dh] rotated in place (the queries)
 //   rope_kv_bf16 k f32 [T, G·Dh] rotated, then k and v f32 [T, G·Dh] written as bf16 into row
 //                positions[t] of the caches k_cache, v_cache bf16 [S_max, G·Dh]
+//   rope_kv_f16, rope_kv_f32  the same into f16 / f32 caches (--kv-dtype)
 // Work split: one block per token row (grid.x = T), one thread per pair index i < Dh/2 (block
 //   of Dh/2 threads, rounded up to 32); each thread computes its cos/sin once and rotates pair i
 //   of every head.
@@ -44,11 +45,13 @@ rope_f32(float* __restrict__ x, const unsigned* __restrict__ positions, int n_he
     }
 }
 
-extern "C" __global__ void __launch_bounds__(1024)
-rope_kv_bf16(const float* __restrict__ k, const float* __restrict__ v,
-             const unsigned* __restrict__ positions, bf16_t* __restrict__ k_cache,
-             bf16_t* __restrict__ v_cache, int n_kv_heads, int head_dim, double theta,
-             int interleaved) {
+// The body of rope_kv_<dtype>: the cache element type K decides only how values are rounded.
+template <class K>
+__device__ __forceinline__ void rope_kv(const float* __restrict__ k, const float* __restrict__ v,
+                                        const unsigned* __restrict__ positions,
+                                        typename K::elem* __restrict__ k_cache,
+                                        typename K::elem* __restrict__ v_cache, int n_kv_heads,
+                                        int head_dim, double theta, int interleaved) {
     const int half = head_dim / 2, i = threadIdx.x;
     if (i >= half) return;
     const int ia = interleaved ? 2 * i : i, ib = interleaved ? 2 * i + 1 : i + half;
@@ -58,14 +61,38 @@ rope_kv_bf16(const float* __restrict__ k, const float* __restrict__ v,
     const size_t width = (size_t)n_kv_heads * head_dim;
     const float* k_row = k + blockIdx.x * width;
     const float* v_row = v + blockIdx.x * width;
-    bf16_t* kc = k_cache + pos * width;
-    bf16_t* vc = v_cache + pos * width;
+    typename K::elem* kc = k_cache + pos * width;
+    typename K::elem* vc = v_cache + pos * width;
     for (int h = 0; h < n_kv_heads; ++h) {
         const int o = h * head_dim;
         const float a = k_row[o + ia], b = k_row[o + ib];
-        kc[o + ia] = f32_to_bf16(a * c - b * s);
-        kc[o + ib] = f32_to_bf16(b * c + a * s);
-        vc[o + i] = f32_to_bf16(v_row[o + i]);
-        vc[o + i + half] = f32_to_bf16(v_row[o + i + half]);
+        kc[o + ia] = K::store(a * c - b * s);
+        kc[o + ib] = K::store(b * c + a * s);
+        vc[o + i] = K::store(v_row[o + i]);
+        vc[o + i + half] = K::store(v_row[o + i + half]);
     }
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+rope_kv_bf16(const float* __restrict__ k, const float* __restrict__ v,
+             const unsigned* __restrict__ positions, bf16_t* __restrict__ k_cache,
+             bf16_t* __restrict__ v_cache, int n_kv_heads, int head_dim, double theta,
+             int interleaved) {
+    rope_kv<KvBf16>(k, v, positions, k_cache, v_cache, n_kv_heads, head_dim, theta, interleaved);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+rope_kv_f16(const float* __restrict__ k, const float* __restrict__ v,
+            const unsigned* __restrict__ positions, unsigned short* __restrict__ k_cache,
+            unsigned short* __restrict__ v_cache, int n_kv_heads, int head_dim, double theta,
+            int interleaved) {
+    rope_kv<KvF16>(k, v, positions, k_cache, v_cache, n_kv_heads, head_dim, theta, interleaved);
+}
+
+extern "C" __global__ void __launch_bounds__(1024)
+rope_kv_f32(const float* __restrict__ k, const float* __restrict__ v,
+            const unsigned* __restrict__ positions, float* __restrict__ k_cache,
+            float* __restrict__ v_cache, int n_kv_heads, int head_dim, double theta,
+            int interleaved) {
+    rope_kv<KvF32>(k, v, positions, k_cache, v_cache, n_kv_heads, head_dim, theta, interleaved);
 }

@@ -10,7 +10,9 @@
 use half::bf16;
 use mixtral_kernels::Weight;
 use mixtral_kernels::attention::{Attention, reference as att_ref};
-use mixtral_kernels::cuda::{CudaBackend, DeviceBuffer, Error, compile, fill, library, source};
+use mixtral_kernels::cuda::{
+    CudaBackend, DeviceBuffer, Error, F16, KvElement, compile, fill, library, source,
+};
 use mixtral_kernels::matmul::{Matmul, reference as mm_ref};
 use mixtral_kernels::moe::{Expert, Moe, reference as moe_ref};
 use mixtral_kernels::rmsnorm::{RmsNorm, reference as norm_ref};
@@ -434,6 +436,97 @@ fn attention_prefill_and_decode_match_reference() {
     attention_case(&gpu, p(32, 8, 128, None), 20, 20, 5); // continuing a cache
     attention_case(&gpu, p(32, 8, 128, None), 2047, 1, 6); // long context, decode splits
     attention_case(&gpu, p(32, 8, 128, Some(4096)), 5000, 3, 7); // window past the start
+}
+
+/// rope_kv into a cache of `T`, then prefill and decode attention over it, against the
+/// references given k and v rounded as `T` rounds them (`to`, then `from`).
+fn kv_dtype_case<T: KvElement>(gpu: &CudaBackend, to: fn(f32) -> T, from: fn(T) -> f32) {
+    let name = std::any::type_name::<T>();
+    let p = Attention {
+        n_heads: 32,
+        n_kv_heads: 8,
+        head_dim: 128,
+        window: None,
+    };
+    let pk = Rope {
+        n_heads: p.n_kv_heads,
+        head_dim: p.head_dim,
+        theta: 1e6,
+        interleaved: false,
+    };
+    let (n, qw, kvw) = (37, p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim);
+    let positions: Vec<usize> = (0..n).collect();
+    let dpos = gpu.upload_positions(&positions).unwrap();
+    let (k, v) = (scaled(n * kvw, 11, 3.0), uniform(n * kvw, 12));
+    let (dk, dv) = (gpu.upload(&k, "k").unwrap(), gpu.upload(&v, "v").unwrap());
+    let mut kc = gpu.alloc::<T>(n * kvw, "kc").unwrap();
+    let mut vc = gpu.alloc::<T>(n * kvw, "vc").unwrap();
+    gpu.rope_kv(pk, &dpos, &dk, &dv, &mut kc, &mut vc).unwrap();
+    let round = |x: &[f32]| -> Vec<f32> { x.iter().map(|&x| from(to(x))).collect() };
+    let mut kr = k.clone();
+    rope_ref::rope(pk, &positions, &mut kr);
+    let got_k: Vec<f32> = gpu
+        .read(&kc, n * kvw)
+        .unwrap()
+        .into_iter()
+        .map(from)
+        .collect();
+    let got_v: Vec<f32> = gpu
+        .read(&vc, n * kvw)
+        .unwrap()
+        .into_iter()
+        .map(from)
+        .collect();
+    check_close(
+        &format!("rope_kv k {name}"),
+        &got_k,
+        &round(&kr),
+        1e-6,
+        8e-3,
+    )
+    .unwrap();
+    assert_eq!(got_v, round(&v), "rope_kv v {name}");
+    let q = uniform(n * qw, 13);
+    let want = mixtral_testkit::run(q.len(), |o| {
+        att_ref::attention(p, &q, &positions, &got_k, &got_v, o)
+    });
+    let dq = gpu.upload(&q, "q").unwrap();
+    let mut out = gpu.alloc::<u16>(q.len(), "out").unwrap();
+    gpu.attention_prefill(p, &dq, &dpos, &kc, &vc, n, &mut out)
+        .unwrap();
+    let got = gpu.read_bf16_as_f32(&out, q.len()).unwrap();
+    check_close(
+        &format!("attention_prefill {name}"),
+        &got,
+        &want,
+        1e-4,
+        8e-3,
+    )
+    .unwrap();
+    let mut scratch = gpu.alloc_decode_scratch(p.n_heads, p.head_dim).unwrap();
+    let last = gpu.upload_positions(&[n - 1]).unwrap();
+    let dq1 = gpu.upload(&q[(n - 1) * qw..], "q1").unwrap();
+    gpu.attention_decode(p, &dq1, &last, &kc, &vc, n, &mut scratch, &mut out)
+        .unwrap();
+    let got = gpu.read_bf16_as_f32(&out, qw).unwrap();
+    let want = &want[(n - 1) * qw..];
+    check_close(&format!("attention_decode {name}"), &got, want, 1e-4, 8e-3).unwrap();
+}
+
+#[test]
+fn f16_and_f32_kv_caches_match_reference() {
+    let Some(gpu) = gpu() else { return };
+    kv_dtype_case::<F16>(
+        &gpu,
+        |x| F16(half::f16::from_f32(x).to_bits()),
+        |h| half::f16::from_bits(h.0).to_f32(),
+    );
+    kv_dtype_case::<f32>(&gpu, |x| x, |x| x);
+    kv_dtype_case::<u16>(
+        &gpu,
+        |x| half::bf16::from_f32(x).to_bits(),
+        |b| half::bf16::from_bits(b).to_f32(),
+    );
 }
 
 #[test]

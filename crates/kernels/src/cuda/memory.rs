@@ -10,6 +10,49 @@ use half::slice::HalfFloatSliceExt;
 /// the kernels' `bf16_t` sees it. Convert with `half::bf16::{to_bits, from_bits}`.
 pub type Bf16 = u16;
 
+/// An IEEE f16 element on the device, carried as its bits (`half::f16::{to_bits, from_bits}`);
+/// a type of its own so an f16 buffer is never taken for a bf16 one.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct F16(pub u16);
+
+// SAFETY: `F16` is `repr(transparent)` over `u16`, which cudarc already treats as a plain
+// device value; every bit pattern (all zeros included) is a valid f16.
+unsafe impl cudarc::driver::DeviceRepr for F16 {}
+// SAFETY: as above: all-zero bits are the f16 +0.0.
+unsafe impl cudarc::driver::ValidAsZeroBits for F16 {}
+
+/// An element type a KV cache can hold on the device (`--kv-dtype`), with the names of the
+/// kernels that write and read such a cache.
+pub trait KvElement:
+    cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + Copy + Default + 'static
+{
+    /// `rope_kv_<dtype>`.
+    const ROPE_KV: &'static str;
+    /// `attention_prefill_<dtype>`.
+    const PREFILL: &'static str;
+    /// `attention_decode_<dtype>`.
+    const DECODE: &'static str;
+}
+
+impl KvElement for Bf16 {
+    const ROPE_KV: &'static str = "rope_kv_bf16";
+    const PREFILL: &'static str = "attention_prefill_bf16";
+    const DECODE: &'static str = "attention_decode_bf16";
+}
+
+impl KvElement for F16 {
+    const ROPE_KV: &'static str = "rope_kv_f16";
+    const PREFILL: &'static str = "attention_prefill_f16";
+    const DECODE: &'static str = "attention_decode_f16";
+}
+
+impl KvElement for f32 {
+    const ROPE_KV: &'static str = "rope_kv_f32";
+    const PREFILL: &'static str = "attention_prefill_f32";
+    const DECODE: &'static str = "attention_decode_f32";
+}
+
 /// Elements converted and copied per step when streaming a weight (16 MiB of bf16): bounds the
 /// host-side staging memory and sets the progress granularity.
 const CHUNK: usize = 8 << 20;

@@ -35,5 +35,5 @@ pub mod source;
 
 pub use device::CudaBackend;
 pub use error::{Error, Result};
-pub use memory::{Bf16, DeviceBuffer, Progress};
+pub use memory::{Bf16, DeviceBuffer, F16, KvElement, Progress};
 pub use ops::{DecodeScratch, DeviceExperts, MoeScratch, Positions, Routing, TokenIds};

@@ -9,7 +9,7 @@
 
 use super::check::{self, MoeArgs, int};
 use super::error::limit;
-use super::memory::{Bf16, DeviceBuffer};
+use super::memory::{Bf16, DeviceBuffer, KvElement};
 use super::source::{Source, find};
 use super::{CudaBackend, Error, Result};
 use crate::attention::Attention;
@@ -362,19 +362,19 @@ impl CudaBackend {
         launch(OP, b, cfg)
     }
 
-    /// `rope_kv_bf16`: rotates `k` `[T, G·Dh]` (`p.n_heads` = G) and writes it and `v` as bf16
-    /// into rows `positions` of the caches `[rows, G·Dh]`.
+    /// `rope_kv_<dtype>`: rotates `k` `[T, G·Dh]` (`p.n_heads` = G) and writes it and `v`,
+    /// rounded to the caches' element type, into rows `positions` of the caches `[rows, G·Dh]`.
     #[allow(clippy::too_many_arguments)]
-    pub fn rope_kv(
+    pub fn rope_kv<T: KvElement>(
         &self,
         p: Rope,
         positions: &Positions,
         k: &DeviceBuffer<f32>,
         v: &DeviceBuffer<f32>,
-        k_cache: &mut DeviceBuffer<Bf16>,
-        v_cache: &mut DeviceBuffer<Bf16>,
+        k_cache: &mut DeviceBuffer<T>,
+        v_cache: &mut DeviceBuffer<T>,
     ) -> Result<()> {
-        const OP: &str = "rope_kv_bf16";
+        let op = T::ROPE_KV;
         let cfg = check::rope_kv(
             p,
             positions.len(),
@@ -382,8 +382,8 @@ impl CudaBackend {
             [k.len(), v.len()],
             [k_cache.len(), v_cache.len()],
         )?;
-        let f = self.function(src("rope.cu"), OP)?;
-        let (g, dh) = (int(OP, "n_kv_heads", p.n_heads)?, p.head_dim as i32);
+        let f = self.function(src("rope.cu"), op)?;
+        let (g, dh) = (int(op, "n_kv_heads", p.n_heads)?, p.head_dim as i32);
         let interleaved = i32::from(p.interleaved);
         let mut b = self.stream().launch_builder(&f);
         b.arg(k.slice())
@@ -395,7 +395,7 @@ impl CudaBackend {
             .arg(&dh)
             .arg(&p.theta)
             .arg(&interleaved);
-        launch(OP, b, cfg)
+        launch(op, b, cfg)
     }
 
     /// `router_topk_f32`: softmax, top-k and renormalisation of `logits` `[T, E]` into
@@ -597,21 +597,21 @@ impl CudaBackend {
         launch("moe_combine_f32", b, combine)
     }
 
-    /// `attention_prefill_bf16`: causal GQA of `q` f32 `[T, H·Dh]` at `positions` over the bf16
+    /// `attention_prefill_<dtype>`: causal GQA of `q` f32 `[T, H·Dh]` at `positions` over the
     /// caches' first `cache_rows` rows, into `out` bf16 `[T, H·Dh]`.
     /// Twin: [`crate::attention::reference::attention`].
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_prefill(
+    pub fn attention_prefill<T: KvElement>(
         &self,
         p: Attention,
         q: &DeviceBuffer<f32>,
         positions: &Positions,
-        k_cache: &DeviceBuffer<Bf16>,
-        v_cache: &DeviceBuffer<Bf16>,
+        k_cache: &DeviceBuffer<T>,
+        v_cache: &DeviceBuffer<T>,
         cache_rows: usize,
         out: &mut DeviceBuffer<Bf16>,
     ) -> Result<()> {
-        const OP: &str = "attention_prefill_bf16";
+        let op = T::PREFILL;
         let caches = [k_cache.len(), v_cache.len()];
         let (window, cfg) = check::attention_prefill(
             p,
@@ -622,7 +622,7 @@ impl CudaBackend {
             q.len(),
             out.len(),
         )?;
-        let f = self.function(src("attention.cu"), OP)?;
+        let f = self.function(src("attention.cu"), op)?;
         let (t, h, g, dh) = (
             positions.len() as i32,
             p.n_heads as i32,
@@ -640,25 +640,25 @@ impl CudaBackend {
             .arg(&g)
             .arg(&dh)
             .arg(&window);
-        launch(OP, b, cfg)
+        launch(op, b, cfg)
     }
 
-    /// `attention_decode_bf16` + `attention_reduce_bf16` (flash-decoding): one query `q` f32
+    /// `attention_decode_<dtype>` + `attention_reduce_bf16` (flash-decoding): one query `q` f32
     /// `[H·Dh]` at `position` (one entry) over the caches, into `out` bf16 `[H·Dh]`. The
     /// visible keys are cut into at most 64 splits of a multiple of 32 keys.
     #[allow(clippy::too_many_arguments)]
-    pub fn attention_decode(
+    pub fn attention_decode<T: KvElement>(
         &self,
         p: Attention,
         q: &DeviceBuffer<f32>,
         position: &Positions,
-        k_cache: &DeviceBuffer<Bf16>,
-        v_cache: &DeviceBuffer<Bf16>,
+        k_cache: &DeviceBuffer<T>,
+        v_cache: &DeviceBuffer<T>,
         cache_rows: usize,
         scratch: &mut DecodeScratch,
         out: &mut DeviceBuffer<Bf16>,
     ) -> Result<()> {
-        const OP: &str = "attention_decode_bf16";
+        let op = T::DECODE;
         let caches = [k_cache.len(), v_cache.len()];
         let partials = [scratch.acc.len(), scratch.ml.len()];
         let plan = check::attention_decode(
@@ -671,7 +671,7 @@ impl CudaBackend {
             out.len(),
             partials,
         )?;
-        let f = self.function(src("attention.cu"), OP)?;
+        let f = self.function(src("attention.cu"), op)?;
         let (h, g, dh) = (p.n_heads as i32, p.n_kv_heads as i32, p.head_dim as i32);
         let split_len = plan.split_len as i32;
         let mut b = self.stream().launch_builder(&f);
@@ -686,7 +686,7 @@ impl CudaBackend {
             .arg(&dh)
             .arg(&plan.window)
             .arg(&split_len);
-        launch(OP, b, check::grid(plan.splits, p.n_kv_heads, 256))?;
+        launch(op, b, check::grid(plan.splits, p.n_kv_heads, 256))?;
 
         const REDUCE: &str = "attention_reduce_bf16";
         let f = self.function(src("attention.cu"), REDUCE)?;
