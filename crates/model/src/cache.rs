@@ -86,7 +86,7 @@ impl KvCache {
     pub fn dtype(&self) -> KvDType {
         match &self.store {
             Store::Host(kv, _) => kv.dtype(),
-            Store::Cuda(_) => KvDType::Bf16,
+            Store::Cuda(kv) => kv.dtype(),
         }
     }
 

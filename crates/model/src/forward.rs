@@ -166,10 +166,10 @@ pub struct Placement {
     /// The device.
     pub device: DeviceId,
     /// Matmul activation precision. Default: on the CPU `Int8` for block-quantized weights,
-    /// else `F32`; on CUDA `Bf16` (its only path).
+    /// else `F32`; on CUDA `Bf16` (its only path: others are `Unsupported` there).
     pub precision: Option<Precision>,
     /// KV cache element type. Default: `F32` at f32 precision and `F16` otherwise on the CPU;
-    /// `Bf16` on CUDA (its only cache type).
+    /// `Bf16` on CUDA.
     pub kv_dtype: Option<KvDType>,
     /// Every matmul in one summation order whatever its row count (CPU only).
     pub batch_invariant: bool,
@@ -272,18 +272,16 @@ impl Model {
             }
             DeviceId::Cuda(ordinal) => {
                 let device = placement.device.to_string();
-                let refuse = |feature: String| crate::Error::Unsupported {
-                    feature,
-                    device: device.clone(),
-                    reason: "the CUDA backend computes with bf16 activations, bf16 weights and a bf16 KV cache",
-                };
                 match placement.precision {
                     None | Some(Precision::Bf16) => {}
-                    Some(p) => return Err(refuse(format!("precision {p:?}").to_lowercase())),
-                }
-                match placement.kv_dtype {
-                    None | Some(KvDType::Bf16) => {}
-                    Some(k) => return Err(refuse(format!("kv dtype {k:?}").to_lowercase())),
+                    Some(p) => {
+                        return Err(crate::Error::Unsupported {
+                            feature: format!("precision {p:?}").to_lowercase(),
+                            device,
+                            reason: "the CUDA backend multiplies bf16 weights by bf16 activations \
+                                     (accumulating in f32); use --precision bf16 or auto",
+                        });
+                    }
                 }
                 if placement.batch_invariant {
                     return Err(crate::Error::Unsupported {
@@ -293,7 +291,8 @@ impl Model {
                     });
                 }
                 let gpu = CudaBackend::new(ordinal)?;
-                model.on_gpu(&gpu, progress)
+                let kv = placement.kv_dtype.unwrap_or(KvDType::Bf16);
+                Ok(model.on_gpu(&gpu, progress)?.with_kv_dtype(kv))
             }
         }
     }
@@ -373,13 +372,13 @@ impl Model {
         }
     }
 
-    /// The device's name for people (`cpu (avx512)`, `cuda:0 (NVIDIA H100 80GB HBM3)`).
+    /// The device's name for people (`cpu (avx512bf16)`, `cuda:0 (NVIDIA H100 80GB HBM3)`).
     pub fn device_name(&self) -> String {
         match &self.exec {
             Exec::Cpu(cpu) => match cpu.kernels {
                 Kernels::Reference => "cpu (reference kernels)".into(),
                 Kernels::Cpu(isa) | Kernels::CpuBf16(isa) | Kernels::CpuInt8(isa) => {
-                    format!("cpu ({isa:?})").to_lowercase()
+                    format!("cpu ({})", isa.name())
                 }
             },
             Exec::Cuda(gpu) => {
@@ -409,7 +408,9 @@ impl Model {
                 c.head_dim,
                 self.kv_dtype,
             ),
-            Exec::Cuda(gpu) => KvCache::from_store(Store::Cuda(CudaKv::new(&gpu.device.gpu, c))),
+            Exec::Cuda(gpu) => {
+                KvCache::from_store(Store::Cuda(CudaKv::new(&gpu.device.gpu, c, self.kv_dtype)))
+            }
         }
     }
 
@@ -420,12 +421,9 @@ impl Model {
     }
 
     /// The same model making caches that store keys and values as `dtype`
-    /// ([`Model::new_cache`]); a GPU model keeps its bf16 caches ([`Model::place`] refuses
-    /// another type there).
+    /// ([`Model::new_cache`]), on either device.
     pub fn with_kv_dtype(mut self, dtype: KvDType) -> Model {
-        if let Exec::Cpu(_) = self.exec {
-            self.kv_dtype = dtype;
-        }
+        self.kv_dtype = dtype;
         self
     }
 

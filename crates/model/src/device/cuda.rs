@@ -10,12 +10,12 @@
 //! recorded hidden state is read once per layer.
 
 use super::{Acts, AttentionIo, Device, KvStore, Layer, Seq, Stack};
-use crate::{Config, Result};
+use crate::{Config, KvDType, Result};
 use mixtral_kernels::Weight;
 use mixtral_kernels::attention::Attention;
 use mixtral_kernels::cuda::{
-    self, Bf16, CudaBackend, DecodeScratch, DeviceBuffer, DeviceExperts, MoeScratch, Positions,
-    Progress, Routing, TokenIds,
+    self, Bf16, CudaBackend, DecodeScratch, DeviceBuffer, DeviceExperts, F16, KvElement,
+    MoeScratch, Positions, Progress, Routing, TokenIds,
 };
 use mixtral_kernels::matmul::Matmul;
 use mixtral_kernels::moe::Moe;
@@ -46,13 +46,64 @@ pub struct DeviceWeight {
 /// The model's weights on the device.
 pub(crate) type DeviceStack = Stack<DeviceWeight, DeviceExperts>;
 
-/// One sequence's keys and values on the device: per layer, bf16 `[rows, G·Dh]`.
+/// Every layer's keys and values of one element type, `[rows, G·Dh]` each.
+struct Layers<T> {
+    k: Vec<DeviceBuffer<T>>,
+    v: Vec<DeviceBuffer<T>>,
+}
+
+/// The cache's layers in the element type `--kv-dtype` chose.
+enum KvLayers {
+    Bf16(Layers<Bf16>),
+    F16(Layers<F16>),
+    F32(Layers<f32>),
+}
+
+impl<T: KvElement> Layers<T> {
+    fn empty() -> Layers<T> {
+        Layers {
+            k: vec![],
+            v: vec![],
+        }
+    }
+
+    /// Grows every layer to `rows` rows of `width`, keeping the first `old` elements.
+    fn grow(
+        &mut self,
+        gpu: &CudaBackend,
+        n_layers: usize,
+        (old, rows, width): Sizes,
+    ) -> Result<()> {
+        for bufs in [&mut self.k, &mut self.v] {
+            for l in 0..n_layers {
+                let mut grown = gpu.alloc::<T>(rows * width, "KV cache")?;
+                if let Some(buf) = bufs.get(l) {
+                    gpu.copy(buf, 0, &mut grown, 0, old)?;
+                }
+                match bufs.get_mut(l) {
+                    Some(buf) => *buf = grown,
+                    None => bufs.push(grown),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn bytes(&self) -> usize {
+        self.k.iter().chain(&self.v).map(DeviceBuffer::bytes).sum()
+    }
+}
+
+/// Elements kept, rows and row width of a growing cache.
+type Sizes = (usize, usize, usize);
+
+/// One sequence's keys and values on the device: per layer, `[rows, G·Dh]` of bf16, f16 or
+/// f32.
 pub(crate) struct CudaKv {
     gpu: CudaBackend,
-    k: Vec<DeviceBuffer<Bf16>>,
-    v: Vec<DeviceBuffer<Bf16>>,
+    layers: KvLayers,
     rows: usize,
-    layers: usize,
+    n_layers: usize,
     kv_dim: usize,
     max: usize,
 }
@@ -60,22 +111,36 @@ pub(crate) struct CudaKv {
 impl std::fmt::Debug for CudaKv {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CudaKv")
+            .field("dtype", &self.dtype())
             .field("rows", &self.rows)
             .finish_non_exhaustive()
     }
 }
 
 impl CudaKv {
-    /// An empty cache (device memory is taken at the first reserve).
-    pub(crate) fn new(gpu: &CudaBackend, c: &Config) -> CudaKv {
+    /// An empty cache of `dtype` (device memory is taken at the first reserve).
+    pub(crate) fn new(gpu: &CudaBackend, c: &Config, dtype: KvDType) -> CudaKv {
+        let layers = match dtype {
+            KvDType::Bf16 => KvLayers::Bf16(Layers::empty()),
+            KvDType::F16 => KvLayers::F16(Layers::empty()),
+            KvDType::F32 => KvLayers::F32(Layers::empty()),
+        };
         CudaKv {
             gpu: gpu.clone(),
-            k: vec![],
-            v: vec![],
+            layers,
             rows: 0,
-            layers: c.num_hidden_layers,
+            n_layers: c.num_hidden_layers,
             kv_dim: c.kv_dim(),
             max: c.max_position_embeddings,
+        }
+    }
+
+    /// The element type keys and values are stored in.
+    pub(crate) fn dtype(&self) -> KvDType {
+        match self.layers {
+            KvLayers::Bf16(_) => KvDType::Bf16,
+            KvLayers::F16(_) => KvDType::F16,
+            KvLayers::F32(_) => KvDType::F32,
         }
     }
 }
@@ -93,28 +158,23 @@ impl KvStore for CudaKv {
             .max(2 * self.rows)
             .max(CACHE_BLOCK)
             .min(self.max.max(positions));
-        let (gpu, old) = (&self.gpu, self.rows * self.kv_dim);
-        let grow = |bufs: &mut Vec<DeviceBuffer<Bf16>>| -> Result<()> {
-            for l in 0..self.layers {
-                let mut grown = gpu.alloc::<Bf16>(rows * self.kv_dim, "KV cache")?;
-                if let Some(buf) = bufs.get(l) {
-                    gpu.copy(buf, 0, &mut grown, 0, old)?;
-                }
-                match bufs.get_mut(l) {
-                    Some(buf) => *buf = grown,
-                    None => bufs.push(grown),
-                }
-            }
-            Ok(())
-        };
-        grow(&mut self.k)?;
-        grow(&mut self.v)?;
+        let sizes = (self.rows * self.kv_dim, rows, self.kv_dim);
+        let (gpu, n) = (&self.gpu, self.n_layers);
+        match &mut self.layers {
+            KvLayers::Bf16(l) => l.grow(gpu, n, sizes)?,
+            KvLayers::F16(l) => l.grow(gpu, n, sizes)?,
+            KvLayers::F32(l) => l.grow(gpu, n, sizes)?,
+        }
         self.rows = rows;
         Ok(())
     }
 
     fn reserved_bytes(&self) -> usize {
-        self.k.iter().chain(&self.v).map(DeviceBuffer::bytes).sum()
+        match &self.layers {
+            KvLayers::Bf16(l) => l.bytes(),
+            KvLayers::F16(l) => l.bytes(),
+            KvLayers::F32(l) => l.bytes(),
+        }
     }
 }
 
@@ -315,24 +375,68 @@ impl Cuda {
         &self,
         l: usize,
         p: Attention,
-        [rope_q, rope_k]: [Rope; 2],
+        rope: [Rope; 2],
         pos: &Positions,
-        (q, k, v): (
-            &mut DeviceBuffer<f32>,
-            &DeviceBuffer<f32>,
-            &DeviceBuffer<f32>,
-        ),
+        qkv: Qkv<'_>,
         seq: &mut Seq<'_, CudaKv>,
         decode: &mut DecodeScratch,
         out: &mut DeviceBuffer<Bf16>,
     ) -> Result<()> {
-        let gpu = &self.gpu;
-        gpu.rope(rope_q, pos, q)?;
-        let (kc, vc) = (&mut seq.kv.k[l], &mut seq.kv.v[l]);
-        gpu.rope_kv(rope_k, pos, k, v, kc, vc)?;
         let rows = seq.cached + seq.rows.len(); // this call's rows are written already
+        let one = seq.rows.len() == 1;
+        let call = Attend {
+            p,
+            rope,
+            pos,
+            rows,
+            one,
+        };
+        match &mut seq.kv.layers {
+            KvLayers::Bf16(kv) => {
+                call.run(&self.gpu, qkv, (&mut kv.k[l], &mut kv.v[l]), decode, out)
+            }
+            KvLayers::F16(kv) => {
+                call.run(&self.gpu, qkv, (&mut kv.k[l], &mut kv.v[l]), decode, out)
+            }
+            KvLayers::F32(kv) => {
+                call.run(&self.gpu, qkv, (&mut kv.k[l], &mut kv.v[l]), decode, out)
+            }
+        }
+    }
+}
+
+/// A sequence's queries (rotated in place), keys and values.
+type Qkv<'a> = (
+    &'a mut DeviceBuffer<f32>,
+    &'a DeviceBuffer<f32>,
+    &'a DeviceBuffer<f32>,
+);
+
+/// One sequence's attention at one layer, whatever its cache's element type.
+struct Attend<'a> {
+    p: Attention,
+    rope: [Rope; 2],
+    pos: &'a Positions,
+    /// Cache rows visible once this call's are written.
+    rows: usize,
+    /// One query row: flash-decoding.
+    one: bool,
+}
+
+impl Attend<'_> {
+    fn run<T: KvElement>(
+        &self,
+        gpu: &CudaBackend,
+        (q, k, v): Qkv<'_>,
+        (kc, vc): (&mut DeviceBuffer<T>, &mut DeviceBuffer<T>),
+        decode: &mut DecodeScratch,
+        out: &mut DeviceBuffer<Bf16>,
+    ) -> Result<()> {
+        let (p, pos, rows) = (self.p, self.pos, self.rows);
+        gpu.rope(self.rope[0], pos, q)?;
+        gpu.rope_kv(self.rope[1], pos, k, v, kc, vc)?;
         let group = p.n_heads / p.n_kv_heads.max(1);
-        if seq.rows.len() == 1 && group <= cuda::ops::GEMV_MAX_ROWS {
+        if self.one && group <= cuda::ops::GEMV_MAX_ROWS {
             gpu.attention_decode(p, q, pos, kc, vc, rows, decode, out)?;
         } else {
             gpu.attention_prefill(p, q, pos, kc, vc, rows, out)?;

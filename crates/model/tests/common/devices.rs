@@ -1,13 +1,13 @@
 //! One test body, every device: the devices this machine has, each with the tolerance its
 //! numerics are held to. Every CPU kernel set always (the reference twins, the f32 kernels
 //! of every ISA this CPU runs, and the bf16-activation kernels of the best one); CUDA device 0
-//! when a driver and a GPU are there, otherwise a printed reason (and a failure when
+//! with each KV cache type when a driver and a GPU are there, otherwise a printed reason (and a failure when
 //! `MIXTRAL_REQUIRE_GPU` is set, as the gpu-check script sets it).
 
 use mixtral_kernels::Isa;
 use mixtral_kernels::cuda::CudaBackend;
 use mixtral_kernels::matmul::Precision;
-use mixtral_model::{Checkpoint, Kernels, Model};
+use mixtral_model::{Checkpoint, Kernels, KvDType, Model};
 use std::sync::OnceLock;
 
 /// The fixtures' f32 tolerance: max |diff| ≤ 1e-4 × max |reference|.
@@ -28,7 +28,7 @@ pub struct Dev {
 
 enum Placer {
     Cpu(Kernels),
-    Cuda(CudaBackend),
+    Cuda(CudaBackend, KvDType),
 }
 
 impl Dev {
@@ -37,9 +37,10 @@ impl Dev {
         let model = Model::new(ckpt).unwrap();
         match &self.place {
             Placer::Cpu(k) => model.with_kernels(*k),
-            Placer::Cuda(gpu) => model
+            Placer::Cuda(gpu, kv) => model
                 .on_gpu(gpu, &mut |_, _| {})
-                .unwrap_or_else(|e| panic!("{}: upload: {e}", self.name)),
+                .unwrap_or_else(|e| panic!("{}: upload: {e}", self.name))
+                .with_kv_dtype(*kv),
         }
     }
 
@@ -82,12 +83,15 @@ pub fn devices() -> Vec<Dev> {
         false,
     ));
     if let Some(gpu) = gpu() {
-        all.push(Dev {
-            name: format!("cuda:0 ({}, {})", gpu.name(), gpu.arch()),
-            tol: BF16_TOL,
-            exact: false,
-            place: Placer::Cuda(gpu),
-        });
+        // Each KV cache type (the attention kernels are templated on it).
+        for kv in [KvDType::Bf16, KvDType::F16, KvDType::F32] {
+            all.push(Dev {
+                name: format!("cuda:0 ({}, {}) kv {kv:?}", gpu.name(), gpu.arch()),
+                tol: BF16_TOL,
+                exact: false,
+                place: Placer::Cuda(gpu.clone(), kv),
+            });
+        }
     }
     all
 }
