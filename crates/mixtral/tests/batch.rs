@@ -9,8 +9,8 @@
 //! requests check count and finish only.
 
 use mixtral::{
-    BatchOptions, Engine, Error, Event, FinishReason, GenerateParams, LoadOptions, Prompt,
-    SamplerConfig, Scheduler,
+    BatchOptions, Device, Engine, Error, ErrorKind, Event, FinishReason, GenerateParams,
+    LoadOptions, Prompt, SamplerConfig, Scheduler,
 };
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
@@ -48,20 +48,40 @@ fn requests(engine: &Engine) -> Vec<(Prompt, GenerateParams)> {
         .collect()
 }
 
+/// On every device: the CPU with and without batch invariance, and a GPU when one answers
+/// (printed skip otherwise; `MIXTRAL_REQUIRE_GPU=1` fails). On the GPU a batched step runs its
+/// matmuls over more rows (a tensor-core GEMM instead of the GEMV), so bf16 rounding may move a
+/// greedy token: there counts, finishes and the KV accounting are checked and the token
+/// agreement is printed.
 #[test]
 fn concurrent_requests_get_the_tokens_they_get_alone() {
     let cases = [
-        (fixture("models/tiny-bf16"), false),
-        (fixture("quant/tiny-q/Q4_K_M.gguf"), false),
-        (fixture("models/tiny-bf16"), true),
-        (fixture("quant/tiny-q/Q4_K_M.gguf"), true),
+        (fixture("models/tiny-bf16"), false, Device::Cpu),
+        (fixture("quant/tiny-q/Q4_K_M.gguf"), false, Device::Cpu),
+        (fixture("models/tiny-bf16"), true, Device::Cpu),
+        (fixture("quant/tiny-q/Q4_K_M.gguf"), true, Device::Cpu),
+        (fixture("models/tiny-bf16"), false, Device::Cuda(0)),
+        (fixture("quant/tiny-q/Q4_K_M.gguf"), false, Device::Cuda(0)),
     ];
-    for (path, invariant) in cases {
+    for (path, invariant, device) in cases {
         let opts = LoadOptions {
             batch_invariant: invariant,
+            device,
             ..LoadOptions::default()
         };
-        let engine = Arc::new(Engine::load_with(&path, opts, |_, _| {}).unwrap());
+        let engine = match Engine::load_with(&path, opts, |_, _| {}) {
+            Ok(e) => Arc::new(e),
+            Err(e) if e.kind() == ErrorKind::Device => {
+                assert!(
+                    std::env::var_os("MIXTRAL_REQUIRE_GPU").is_none(),
+                    "MIXTRAL_REQUIRE_GPU is set but {device} does not load: {e}"
+                );
+                println!("skipped on {device}: {e}");
+                continue;
+            }
+            Err(e) => panic!("{path} on {device}: {e}"),
+        };
+        let exact = device == Device::Cpu;
         let reqs = requests(&engine);
         let alone: Vec<Vec<u32>> = reqs
             .iter()
@@ -98,10 +118,15 @@ fn concurrent_requests_get_the_tokens_they_get_alone() {
             .collect();
         for (i, (t, want)) in threads.into_iter().zip(alone).enumerate() {
             let got = t.join().unwrap();
-            if invariant || i % 3 != 2 {
+            if exact && (invariant || i % 3 != 2) {
                 assert_eq!(got, want, "{path} (invariant {invariant}): request {i}");
             } else {
-                assert_eq!(got.len(), want.len(), "{path}: seeded request {i}");
+                assert_eq!(got.len(), want.len(), "{path} on {device}: request {i}");
+                let same = got.iter().zip(&want).take_while(|(a, b)| a == b).count();
+                println!(
+                    "{path} on {device}: request {i} equal for {same}/{}",
+                    want.len()
+                );
             }
         }
         assert!(scheduler.wait_idle(Duration::from_secs(10)));

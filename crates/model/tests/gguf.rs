@@ -10,6 +10,9 @@
 //! and skipped with a note elsewhere; every tensor type it holds also appears in
 //! `Q4_K_M.gguf` (its attention k/v are Q8_0) and in the kernel tests' `gguf-types`.
 
+mod common;
+
+use common::devices::devices;
 use mixtral_kernels::Isa;
 use mixtral_model::{Checkpoint, ForwardOptions, Kernels, Logits, Model};
 use mixtral_tensor::gguf::{GgufFile, GgufWriter, Value, WriteTensor};
@@ -45,12 +48,6 @@ fn files() -> Vec<(&'static str, PathBuf, PathBuf)> {
     out
 }
 
-fn kernel_sets() -> Vec<Kernels> {
-    std::iter::once(Kernels::Reference)
-        .chain(Isa::available().into_iter().map(Kernels::Cpu))
-        .collect()
-}
-
 fn forward_all(m: &Model, tokens: &[u32]) -> (Vec<f32>, mixtral_model::RoutingTrace) {
     let mut cache = m.new_cache();
     let positions: Vec<usize> = (0..tokens.len()).collect();
@@ -80,15 +77,20 @@ fn greedy(m: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
     tokens
 }
 
+/// On every device ([`common::devices`]): the f32 kernel sets within the exact tolerance with
+/// every argmax and router choice equal; bf16 numerics (the CPU's bf16 set, the GPU, which
+/// decodes the blocks to bf16 at upload) within the bf16 tolerance, argmax agreement ≥ 90 %
+/// and the router agreement printed.
 #[test]
 fn gguf_logits_argmax_and_router_match_the_exact_reference() {
     let exp = expected();
     for (file, path, refs) in files() {
-        for kernels in kernel_sets() {
-            let model = Model::open(&path).unwrap().with_kernels(kernels);
+        for dev in devices() {
+            let model = dev.open(&path);
+            let tol = if dev.exact { REL_TOL } else { dev.tol };
             let v = model.config().vocab_size;
             for (i, prompt) in exp["prompts"].as_array().unwrap().iter().enumerate() {
-                let what = format!("{file} prompt{i} [{kernels:?}]");
+                let what = format!("{file} prompt{i} [{}]", dev.name);
                 let tokens = ids(&prompt["input_ids"]);
                 let (logits, routing) = forward_all(&model, &tokens);
                 let r =
@@ -97,21 +99,28 @@ fn gguf_logits_argmax_and_router_match_the_exact_reference() {
                 let t = |name: &str| r.tensor(name).unwrap();
                 if r.infos().contains_key("logits") {
                     let want = t("logits").to_f32_vec().unwrap();
-                    let w = check_rel(&what, &logits, &want, REL_TOL).unwrap();
+                    let w = check_rel(&what, &logits, &want, tol).unwrap();
                     println!("{what}: all-position logits rel max diff {:.2e}", w.rel);
                 } else {
                     let want = t("logits_last").to_f32_vec().unwrap();
-                    check_rel(&what, &logits[(tokens.len() - 1) * v..], &want, REL_TOL).unwrap();
+                    check_rel(&what, &logits[(tokens.len() - 1) * v..], &want, tol).unwrap();
                 }
                 let case = &exp["files"][file]["cases"][i]["exact"];
                 let got_argmax: Vec<u32> = logits
                     .chunks_exact(v)
                     .map(|row| argmax(row) as u32)
                     .collect();
-                assert_eq!(got_argmax, ids(&case["argmax_all"]), "{what}: argmax");
+                let want_argmax = ids(&case["argmax_all"]);
+                let agree = got_argmax.iter().zip(&want_argmax).filter(|(a, b)| a == b);
+                let agree = agree.count() as f64 / want_argmax.len() as f64;
+                match dev.exact {
+                    true => assert_eq!(got_argmax, want_argmax, "{what}: argmax"),
+                    false => assert!(agree >= 0.9, "{what}: argmax agreement {agree:.3}"),
+                }
                 let top2 = t("router_top2");
                 let top2 = top2.as_slice::<i32>().unwrap();
                 let n = tokens.len();
+                let (mut same, mut all) = (0, 0);
                 for (l, layer) in routing.layers.iter().enumerate() {
                     for p in 0..n {
                         let mut got = [layer.experts[2 * p], layer.experts[2 * p + 1]];
@@ -119,9 +128,14 @@ fn gguf_logits_argmax_and_router_match_the_exact_reference() {
                         let mut want = [top2[at] as u32, top2[at + 1] as u32];
                         got.sort();
                         want.sort();
-                        assert_eq!(got, want, "{what}: router layer {l} position {p}");
+                        if dev.exact {
+                            assert_eq!(got, want, "{what}: router layer {l} position {p}");
+                        }
+                        same += usize::from(got == want);
+                        all += 1;
                     }
                 }
+                println!("{what}: router top-2 sets agree for {same}/{all}");
             }
         }
     }
