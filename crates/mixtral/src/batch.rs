@@ -493,6 +493,14 @@ impl Drop for FailQueuedOnPanic<'_> {
     }
 }
 
+/// What one running sequence contributes to a step.
+enum Plan {
+    /// Its next prompt chunk (rows of its prompt).
+    Prefill(std::ops::Range<usize>),
+    /// Its pending token, as the one-token slice a batch item borrows.
+    Decode([u32; 1]),
+}
+
 /// A running sequence.
 struct Running<'e> {
     prompt: Vec<u32>,
@@ -686,49 +694,22 @@ impl<'e> Worker<'e> {
     /// chunk. Then each sequence that got logits samples its next token.
     fn step(&mut self) {
         let chunk = self.shared.opts.prefill_chunk;
-        let context = self.shared.context;
-        let mut prompt_tokens = 0u64;
-        // What each sequence runs: (start, end) of its prompt, or its pending token.
-        let plans: Vec<(usize, usize, Option<u32>)> = self
+        let plans: Vec<Plan> = self
             .running
             .iter()
             .map(|r| match r.decoding.pending {
-                Some(id) => (0, 0, Some(id)),
-                None => {
-                    let end = (r.prefilled + chunk).min(r.prompt.len());
-                    (r.prefilled, end, None)
-                }
+                Some(id) => Plan::Decode([id]),
+                None => Plan::Prefill(r.prefilled..(r.prefilled + chunk).min(r.prompt.len())),
             })
             .collect();
-        let pending: Vec<[u32; 1]> = plans.iter().map(|p| [p.2.unwrap_or(0)]).collect();
-        let result = {
-            let mut items: Vec<BatchItem<'_>> = self
-                .running
-                .iter_mut()
-                .zip(&plans)
-                .zip(&pending)
-                .map(|((r, &(a, b, id)), one)| match id {
-                    Some(_) => BatchItem {
-                        tokens: one,
-                        cache: &mut r.cache,
-                        logits: true,
-                    },
-                    None => {
-                        prompt_tokens += (b - a) as u64;
-                        BatchItem {
-                            tokens: &r.prompt[a..b],
-                            cache: &mut r.cache,
-                            logits: b == r.prompt.len(),
-                        }
-                    }
-                })
-                .collect();
-            let (model, scratch) = (self.engine.model(), &mut self.scratch);
-            // The logits stay in the scratch (read below), not copied out per step.
-            self.engine
-                .run(|| model.forward_batch(&mut items, scratch).map(|_| ()))
-        };
-        if let Err(e) = result {
+        let prompt_tokens: u64 = plans
+            .iter()
+            .map(|p| match p {
+                Plan::Prefill(rows) => rows.len() as u64,
+                Plan::Decode(_) => 0,
+            })
+            .sum();
+        if let Err(e) = self.forward(&plans) {
             // Inputs are checked at submission, so this is a bug or an exhausted machine:
             // every sequence of the step fails, the scheduler goes on.
             let e = Arc::new(e);
@@ -739,21 +720,58 @@ impl<'e> Worker<'e> {
             self.shared.lock().metrics.requests_finished += n;
             return;
         }
+        let (generated, ended) = self.sample(plans);
+        let mut state = self.shared.lock();
+        let m = &mut state.metrics;
+        m.steps_total += 1;
+        m.prompt_tokens_total += prompt_tokens;
+        m.generated_tokens_total += generated;
+        m.requests_finished += ended;
+        self.window.0 += generated;
+    }
+
+    /// The step's one forward call; the logits stay in the scratch (read by `sample`).
+    fn forward(&mut self, plans: &[Plan]) -> Result<()> {
+        let mut items: Vec<BatchItem<'_>> = self
+            .running
+            .iter_mut()
+            .zip(plans)
+            .map(|(r, plan)| match plan {
+                Plan::Decode(one) => BatchItem {
+                    tokens: one,
+                    cache: &mut r.cache,
+                    logits: true,
+                },
+                Plan::Prefill(rows) => BatchItem {
+                    tokens: &r.prompt[rows.clone()],
+                    cache: &mut r.cache,
+                    logits: rows.end == r.prompt.len(),
+                },
+            })
+            .collect();
+        let (model, scratch) = (self.engine.model(), &mut self.scratch);
+        self.engine
+            .run(|| model.forward_batch(&mut items, scratch).map(|_| ()))
+    }
+
+    /// Each sequence that got logits samples and sends its next token; finished, failed and
+    /// dropped ones leave the batch. Returns (tokens generated, sequences ended).
+    fn sample(&mut self, plans: Vec<Plan>) -> (u64, u64) {
+        let context = self.shared.context;
         let v = self.engine.config().vocab_size;
         let mut rows = self.scratch.logits().chunks_exact(v);
-        let mut generated = 0u64;
-        let mut ended = 0u64;
+        let (mut generated, mut ended) = (0u64, 0u64);
         let mut i = 0;
-        for (_, b, id) in plans {
+        for plan in plans {
             let r = &mut self.running[i];
-            let wants = match id {
-                Some(_) => {
+            let wants = match plan {
+                Plan::Decode(_) => {
                     r.decoding.pending = None;
                     true
                 }
-                None => {
-                    r.prefilled = b;
-                    b == r.prompt.len()
+                Plan::Prefill(chunk) => {
+                    r.prefilled = chunk.end;
+                    chunk.end == r.prompt.len()
                 }
             };
             let mut keep = true;
@@ -787,13 +805,7 @@ impl<'e> Worker<'e> {
                 ended += 1;
             }
         }
-        let mut state = self.shared.lock();
-        let m = &mut state.metrics;
-        m.steps_total += 1;
-        m.prompt_tokens_total += prompt_tokens;
-        m.generated_tokens_total += generated;
-        m.requests_finished += ended;
-        self.window.0 += generated;
+        (generated, ended)
     }
 
     /// Publishes the queue, batch and memory gauges, and the generation rate.
