@@ -21,34 +21,11 @@
 //! mistral-common does, not as three separately encoded pieces; the two differ where BPE
 //! merges across the boundary (e.g. content ending in a space).
 
-use std::fmt;
-
 use serde::{Deserialize, Serialize};
 
 use crate::Tokenizer;
 use crate::error::{Error, Result};
-
-/// Who wrote a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Instructions for the assistant; folded into the first user message.
-    System,
-    /// The person asking.
-    User,
-    /// The model's earlier answers.
-    Assistant,
-}
-
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Role::System => "system",
-            Role::User => "user",
-            Role::Assistant => "assistant",
-        })
-    }
-}
+pub use crate::role::Role;
 
 /// One message of a conversation; reads from JSON as `{"role": "user", "content": "…"}`.
 ///

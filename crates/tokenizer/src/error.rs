@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::chat::Role;
+use crate::role::Role;
 
 /// Everything that can go wrong in this crate.
 #[derive(Debug, thiserror::Error)]

@@ -24,6 +24,7 @@
 pub mod chat;
 mod decode;
 mod error;
+mod role;
 mod sentencepiece_model;
 mod strftime;
 mod template;
