@@ -2,6 +2,7 @@
 //! names it. Parsed from a JSON value by hand rather than derived, so a wrong type says which
 //! field and what was expected, as OpenAI's errors do.
 
+pub use crate::endpoint::Endpoint;
 use crate::error::ApiError;
 use mixtral::{Engine, GenerateParams, Message, Prompt, Role};
 use serde_json::{Map, Value};
@@ -133,15 +134,6 @@ pub struct Job {
     pub logprobs: bool,
 }
 
-/// Which endpoint a request came to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `/v1/chat/completions`.
-    Chat,
-    /// `/v1/completions`.
-    Completions,
-}
-
 /// Parses and checks a request body for `endpoint`.
 pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, ApiError> {
     let value: Value = serde_json::from_slice(body)
@@ -160,6 +152,35 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
         Endpoint::Chat => Prompt::Chat(messages(&obj)?),
         Endpoint::Completions => completion_prompt(&obj)?,
     };
+    let mut params = generate_params(engine, &obj)?;
+    let stream = f.boolean("stream")?.unwrap_or(false);
+    let include_usage = match obj.get("stream_options") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(o)) => Fields(o).boolean("include_usage")?.unwrap_or(false),
+        Some(_) => {
+            return Err(ApiError::invalid(
+                Some("stream_options"),
+                "`stream_options` must be an object",
+            ));
+        }
+    };
+    let (logprobs, top) = logprobs(endpoint, &f)?;
+    params.sampling.top_logprobs = top as usize;
+    if endpoint == Endpoint::Completions && f.boolean("echo")?.unwrap_or(false) {
+        return Err(ApiError::invalid(Some("echo"), "`echo` is not supported"));
+    }
+    Ok(Job {
+        ids: prompt_ids(engine, endpoint, &prompt)?,
+        params,
+        stream,
+        include_usage,
+        logprobs,
+    })
+}
+
+/// The request's sampling and stopping parameters over the model's defaults.
+fn generate_params(engine: &Engine, obj: &Map<String, Value>) -> Result<GenerateParams, ApiError> {
+    let f = Fields(obj);
     let context = engine.config().max_position_embeddings as u64;
     let mut params = engine.params();
     let max_tokens = f.uint("max_completion_tokens")?.or(f.uint("max_tokens")?);
@@ -209,21 +230,15 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
             format!("only `n` = 1 is supported, got {n}"),
         ));
     }
-    params.sampling.logit_bias = logit_bias(&obj, engine.config().vocab_size)?;
-    params.stop_strings = stop(&obj)?;
+    params.sampling.logit_bias = logit_bias(obj, engine.config().vocab_size)?;
+    params.stop_strings = stop(obj)?;
     params.ignore_eos = f.boolean("ignore_eos")?.unwrap_or(false);
-    let stream = f.boolean("stream")?.unwrap_or(false);
-    let include_usage = match obj.get("stream_options") {
-        None | Some(Value::Null) => false,
-        Some(Value::Object(o)) => Fields(o).boolean("include_usage")?.unwrap_or(false),
-        Some(_) => {
-            return Err(ApiError::invalid(
-                Some("stream_options"),
-                "`stream_options` must be an object",
-            ));
-        }
-    };
-    let (logprobs, top) = match endpoint {
+    Ok(params)
+}
+
+/// Whether log-probabilities are asked for, and how many alternatives per token.
+fn logprobs(endpoint: Endpoint, f: &Fields<'_>) -> Result<(bool, u64), ApiError> {
+    Ok(match endpoint {
         // Chat: `logprobs: bool` and `top_logprobs: 0..=20`.
         Endpoint::Chat => {
             let on = f.boolean("logprobs")?.unwrap_or(false);
@@ -253,13 +268,14 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
                 ));
             }
         },
-    };
-    params.sampling.top_logprobs = top as usize;
-    if endpoint == Endpoint::Completions && f.boolean("echo")?.unwrap_or(false) {
-        return Err(ApiError::invalid(Some("echo"), "`echo` is not supported"));
-    }
+    })
+}
+
+/// The prompt's token ids, refused when they leave no room in the context for an answer.
+fn prompt_ids(engine: &Engine, endpoint: Endpoint, prompt: &Prompt) -> Result<Vec<u32>, ApiError> {
+    let context = engine.config().max_position_embeddings as u64;
     let ids = engine
-        .encode(&prompt)
+        .encode(prompt)
         .map_err(|e| ApiError::from_engine(&e).for_endpoint(endpoint))?;
     if ids.len() as u64 >= context {
         return Err(ApiError::invalid(
@@ -275,13 +291,7 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
         )
         .with_code("context_length_exceeded"));
     }
-    Ok(Job {
-        ids,
-        params,
-        stream,
-        include_usage,
-        logprobs,
-    })
+    Ok(ids)
 }
 
 /// Typed access to a request's fields; each getter is `None` for an absent or null field.

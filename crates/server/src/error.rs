@@ -123,8 +123,8 @@ impl ApiError {
     }
 
     /// The same error as `/v1/completions` names its fields (`prompt`, not `messages`).
-    pub fn for_endpoint(mut self, endpoint: crate::api::Endpoint) -> ApiError {
-        if endpoint == crate::api::Endpoint::Completions
+    pub fn for_endpoint(mut self, endpoint: crate::endpoint::Endpoint) -> ApiError {
+        if endpoint == crate::endpoint::Endpoint::Completions
             && self.param.as_deref() == Some("messages")
         {
             self.param = Some("prompt".into());

@@ -41,6 +41,7 @@
 mod access;
 pub mod api;
 mod body;
+mod endpoint;
 pub mod error;
 mod listen;
 mod metrics;
