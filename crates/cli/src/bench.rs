@@ -198,12 +198,43 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         0 => None,
         n => Some(Competitor::start(n)?),
     };
+    let m = measure(&engine, &ids, &params, args.repeat.max(1), competitor)?;
+    match args.json {
+        true => print_json(&engine, &args, &m),
+        false => print_text(&engine, &args, &m),
+    }
+    Ok(())
+}
+
+/// What one `mixtral bench` run measured.
+struct Measured {
+    stats: mixtral::Stats,
+    /// Medians over the timed runs, tokens/s.
+    prefill: f64,
+    decode: f64,
+    preemptions: u64,
+    peak: Option<u64>,
+    bytes_per_token: u64,
+    bandwidth: f64,
+    floor: f64,
+}
+
+/// One untimed run, then `repeat` timed ones (with `competitor` busy, if any), then the
+/// read-bandwidth probe on a quiet machine.
+fn measure(
+    engine: &mixtral::Engine,
+    ids: &[u32],
+    params: &mixtral::GenerateParams,
+    repeat: usize,
+    competitor: Option<Competitor>,
+) -> Result<Measured, Box<dyn std::error::Error>> {
+    let c = engine.config();
     let preempted_before = engine.preemptions();
     // One untimed run first: buffers sized, pages touched, threads woken, as llama-bench does.
     let (mut prefill, mut decode) = (Vec::new(), Vec::new());
     let mut stats = None;
-    for run in 0..=args.repeat.max(1) {
-        let mut generation = engine.generate(&Prompt::Tokens(ids.clone()), &params)?;
+    for run in 0..=repeat {
+        let mut generation = engine.generate(&Prompt::Tokens(ids.to_vec()), params)?;
         for token in generation.by_ref() {
             token?;
         }
@@ -217,68 +248,81 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let stats = stats.expect("at least one run");
     let preemptions = engine.preemptions() - preempted_before;
     drop(competitor); // the bandwidth probe below runs on a quiet machine
-    let (prefill, decode) = (median(prefill), median(decode));
     let bytes_per_token = engine
         .model()
         .weights()
         .bytes_read_per_token(c.num_experts_per_tok);
     // Peak memory of the generation itself, before the bandwidth probe allocates its buffer.
     let peak = mixtral::bench::peak_rss_bytes();
-    let bandwidth = mixtral::bench::read_bandwidth(&engine, 1 << 30, 3);
-    let floor = bandwidth / bytes_per_token as f64;
-    if args.json {
-        let out = serde_json::json!({
-            "model": engine.dir().display().to_string(),
-            "device": engine.device().to_string(),
-            "prompt_len": stats.prompt_tokens,
-            "gen": stats.generated_tokens,
-            "threads": engine.threads(),
-            "repeat": args.repeat.max(1),
-            "precision": format!("{:?}", engine.model().precision()).to_lowercase(),
-            "kv_dtype": format!("{:?}", engine.model().kv_dtype()).to_lowercase(),
-            "contend": args.contend,
-            "preemptions": preemptions,
-            "prefill_tokens_per_s": prefill,
-            "decode_tokens_per_s": decode,
-            "peak_rss_bytes": peak,
-            "weight_bytes_per_token": bytes_per_token,
-            "read_bandwidth_bytes_per_s": bandwidth,
-            "decode_floor_tokens_per_s": floor,
-            "decode_fraction_of_floor": decode / floor,
-        });
-        println!("{out}");
-    } else {
-        println!("model         {}", engine.dir().display());
-        println!("threads       {}", engine.threads());
+    let bandwidth = mixtral::bench::read_bandwidth(engine, 1 << 30, 3);
+    Ok(Measured {
+        stats,
+        prefill: median(prefill),
+        decode: median(decode),
+        preemptions,
+        peak,
+        bytes_per_token,
+        bandwidth,
+        floor: bandwidth / bytes_per_token as f64,
+    })
+}
+
+/// `--json`: one object.
+fn print_json(engine: &mixtral::Engine, args: &Args, m: &Measured) {
+    let out = serde_json::json!({
+        "model": engine.dir().display().to_string(),
+        "device": engine.device().to_string(),
+        "prompt_len": m.stats.prompt_tokens,
+        "gen": m.stats.generated_tokens,
+        "threads": engine.threads(),
+        "repeat": args.repeat.max(1),
+        "precision": format!("{:?}", engine.model().precision()).to_lowercase(),
+        "kv_dtype": format!("{:?}", engine.model().kv_dtype()).to_lowercase(),
+        "contend": args.contend,
+        "preemptions": m.preemptions,
+        "prefill_tokens_per_s": m.prefill,
+        "decode_tokens_per_s": m.decode,
+        "peak_rss_bytes": m.peak,
+        "weight_bytes_per_token": m.bytes_per_token,
+        "read_bandwidth_bytes_per_s": m.bandwidth,
+        "decode_floor_tokens_per_s": m.floor,
+        "decode_fraction_of_floor": m.decode / m.floor,
+    });
+    println!("{out}");
+}
+
+/// The report for people.
+fn print_text(engine: &mixtral::Engine, args: &Args, m: &Measured) {
+    let (prefill, decode, floor, preemptions) = (m.prefill, m.decode, m.floor, m.preemptions);
+    println!("model         {}", engine.dir().display());
+    println!("threads       {}", engine.threads());
+    println!(
+        "precision     {} (activations of the matmuls), KV cache {}",
+        format!("{:?}", engine.model().precision()).to_lowercase(),
+        format!("{:?}", engine.model().kv_dtype()).to_lowercase()
+    );
+    if args.contend > 0 {
         println!(
-            "precision     {} (activations of the matmuls), KV cache {}",
-            format!("{:?}", engine.model().precision()).to_lowercase(),
-            format!("{:?}", engine.model().kv_dtype()).to_lowercase()
+            "competition   {} busy threads in another process; {preemptions} regions found a helper preempted",
+            args.contend
         );
-        if args.contend > 0 {
-            println!(
-                "competition   {} busy threads in another process; {preemptions} regions found a helper preempted",
-                args.contend
-            );
-        }
-        println!(
-            "prefill       {prefill:.1} tokens/s ({} tokens, median of {})",
-            stats.prompt_tokens,
-            args.repeat.max(1)
-        );
-        println!(
-            "decode        {decode:.1} tokens/s ({} tokens)",
-            stats.generated_tokens
-        );
-        println!(
-            "decode floor  {floor:.1} tokens/s = {:.1} MB read per token / {:.1} GB/s measured read bandwidth",
-            bytes_per_token as f64 / 1e6,
-            bandwidth / 1e9
-        );
-        println!("of floor      {:.0}%", 100.0 * decode / floor);
-        if let Some(p) = peak {
-            println!("peak RSS      {}", crate::report::bytes(p));
-        }
     }
-    Ok(())
+    println!(
+        "prefill       {prefill:.1} tokens/s ({} tokens, median of {})",
+        m.stats.prompt_tokens,
+        args.repeat.max(1)
+    );
+    println!(
+        "decode        {decode:.1} tokens/s ({} tokens)",
+        m.stats.generated_tokens
+    );
+    println!(
+        "decode floor  {floor:.1} tokens/s = {:.1} MB read per token / {:.1} GB/s measured read bandwidth",
+        m.bytes_per_token as f64 / 1e6,
+        m.bandwidth / 1e9
+    );
+    println!("of floor      {:.0}%", 100.0 * decode / floor);
+    if let Some(p) = m.peak {
+        println!("peak RSS      {}", crate::report::bytes(p));
+    }
 }

@@ -24,7 +24,8 @@ pub(crate) struct Args {
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let start = std::time::Instant::now();
-    let ckpt = Checkpoint::open(crate::args::model_path(&args.model)?)?;
+    let path = crate::args::model_path(&args.model)?;
+    let ckpt = Checkpoint::open(&path)?;
     let opened = start.elapsed();
     let c = &ckpt.config;
     println!("model        {}", ckpt.dir.display());
@@ -33,6 +34,35 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         "opened in    {:.1} ms (headers only; weights are memory-mapped)",
         opened.as_secs_f64() * 1e3
     );
+    print_architecture(c);
+    print_tokenizer(&path, c)?;
+    print_weights(&ckpt);
+    print_kv_cache(c, args.context, args.kv_dtype);
+    println!(
+        "files        {} ({} tensors)",
+        ckpt.store().files().len(),
+        ckpt.store().len()
+    );
+    for w in &ckpt.warnings {
+        eprintln!("warning: {w}");
+    }
+    if args.tensors {
+        for name in ckpt.store().names() {
+            let (info, path) = ckpt.store().info(name).expect("listed name");
+            let file = path.file_name().unwrap_or_default().to_string_lossy();
+            // Names come from the file: escaped, so they cannot drive the terminal.
+            let (name, file) = (
+                mixtral::tensor::escape(name),
+                mixtral::tensor::escape(&file),
+            );
+            println!("{name}\t{}\t{}\t{file}", info.dtype, info.shape);
+        }
+    }
+    Ok(())
+}
+
+/// Layers, widths, RoPE, context and parameter counts.
+fn print_architecture(c: &mixtral::model::Config) {
     println!(
         "layers       {} × [attention {} heads / {} kv heads × {} dims, MoE {} experts top-{}]",
         c.num_hidden_layers,
@@ -64,10 +94,14 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         report::count(c.n_params()),
         report::count(c.n_active_params())
     );
-    // The tokenizer files are validated too: a broken tokenizer.json fails here, not at the
-    // first prompt.
-    let model = crate::args::model_path(&args.model)?;
-    let model = model.as_path();
+}
+
+/// The tokenizer and chat template, validated as loading would (a broken tokenizer.json fails
+/// here, not at the first prompt).
+fn print_tokenizer(
+    model: &std::path::Path,
+    c: &mixtral::model::Config,
+) -> Result<(), Box<dyn std::error::Error>> {
     let tokenizer = mixtral::find_tokenizer(model)?;
     match &tokenizer {
         Some(tok) => {
@@ -102,7 +136,12 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         };
         println!("chat         {line}");
     }
-    // By the files' own tensors (a merged 3-D expert tensor counts once).
+    Ok(())
+}
+
+/// Bytes per dtype and bits per weight, by the files' own tensors (a merged 3-D expert tensor
+/// counts once).
+fn print_weights(ckpt: &Checkpoint) {
     let mut by_dtype: BTreeMap<String, (usize, u64)> = BTreeMap::new();
     let (mut bits, mut values) = (0u64, 0u64);
     for file in ckpt.store().files() {
@@ -128,8 +167,17 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             report::count(values)
         );
     }
-    let ctx = args.context.unwrap_or(c.max_position_embeddings);
-    let dtypes = match args.kv_dtype {
+}
+
+/// KV cache size for `context` positions (default: the model's) in `kv_dtype` (default: f32
+/// and f16).
+fn print_kv_cache(
+    c: &mixtral::model::Config,
+    context: Option<usize>,
+    kv_dtype: Option<mixtral::KvDType>,
+) {
+    let ctx = context.unwrap_or(c.max_position_embeddings);
+    let dtypes = match kv_dtype {
         Some(d) => vec![d],
         None => vec![mixtral::KvDType::F32, mixtral::KvDType::F16],
     };
@@ -143,27 +191,6 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .collect();
     println!("kv cache     {} for {ctx} positions", sizes.join(" / "));
-    println!(
-        "files        {} ({} tensors)",
-        ckpt.store().files().len(),
-        ckpt.store().len()
-    );
-    for w in &ckpt.warnings {
-        eprintln!("warning: {w}");
-    }
-    if args.tensors {
-        for name in ckpt.store().names() {
-            let (info, path) = ckpt.store().info(name).expect("listed name");
-            let file = path.file_name().unwrap_or_default().to_string_lossy();
-            // Names come from the file: escaped, so they cannot drive the terminal.
-            let (name, file) = (
-                mixtral::tensor::escape(name),
-                mixtral::tensor::escape(&file),
-            );
-            println!("{name}\t{}\t{}\t{file}", info.dtype, info.shape);
-        }
-    }
-    Ok(())
 }
 
 /// The checkpoint's format, with what a GGUF file says of itself.

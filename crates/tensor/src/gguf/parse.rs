@@ -215,18 +215,7 @@ impl Header {
             return Err(("magic".into(), GgufError::BadMagic { found }));
         }
         let version = c.u32().map_err(at("version"))?;
-        match version {
-            2 | 3 => {}
-            v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
-                return Err(("version".into(), GgufError::BigEndian));
-            }
-            v => {
-                return Err((
-                    "version".into(),
-                    GgufError::UnsupportedVersion { version: v },
-                ));
-            }
-        }
+        check_version(version)?;
         let n_tensors = c
             .count(|| "tensor infos".into(), 32)
             .map_err(at("tensor_count"))?;
@@ -234,25 +223,7 @@ impl Header {
             .count(|| "metadata pairs".into(), 13)
             .map_err(at("metadata_kv_count"))?;
         let metadata = parse_metadata(&mut c, n_kv)?;
-        let alignment = match metadata.get(ALIGNMENT_KEY) {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => {
-                let value = match v {
-                    Value::U32(a) => u64::from(*a),
-                    other => {
-                        let e = GgufError::WrongType {
-                            expected: "uint32",
-                            found: other.value_type(),
-                        };
-                        return Err((ALIGNMENT_KEY.into(), e));
-                    }
-                };
-                if !value.is_power_of_two() {
-                    return Err((ALIGNMENT_KEY.into(), GgufError::BadAlignment { value }));
-                }
-                value
-            }
-        };
+        let alignment = alignment(&metadata)?;
         let mut raw = Vec::with_capacity(reserve(n_tensors));
         let mut names: HashMap<String, usize> = HashMap::with_capacity(reserve(n_tensors));
         for i in 0..n_tensors {
@@ -274,54 +245,8 @@ impl Header {
             })?;
         let file_len = bytes.len() as u64;
         let mut tensors = Vec::with_capacity(raw.len());
-        for (i, (name, ne, dtype, offset)) in raw.into_iter().enumerate() {
-            let field = |what: &str| tensor_field(i, &name, what);
-            if offset % alignment != 0 {
-                let e = GgufError::Misaligned {
-                    offset,
-                    align: alignment,
-                };
-                return Err((field(".offset"), e));
-            }
-            let overflow = || (field(".ne"), GgufError::DimsOverflow { ne: ne.clone() });
-            // Multiplied outermost first, as `Shape::checked_numel` (and `numel`) do: innermost
-            // first, a zero `ne[0]` hid an overflowing product of the other dimensions (`ne` =
-            // [0, 2^32, 2^32]), and the header was accepted with a shape that `Shape` finds
-            // overflowing (the tensor then failed to open, `Shape::numel` panicked in debug).
-            let numel = ne
-                .iter()
-                .rev()
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or_else(overflow)?;
-            let n_bytes = dtype.storage_bytes(numel).ok_or_else(overflow)? as u64;
-            let start = data_start.checked_add(offset);
-            let end = start.and_then(|s| s.checked_add(n_bytes));
-            let (Some(start), Some(end)) = (start, end) else {
-                let e = GgufError::DataPastEnd {
-                    start: start.unwrap_or(u64::MAX),
-                    end: u64::MAX,
-                    file_len,
-                };
-                return Err((field(".offset"), e));
-            };
-            if end > file_len {
-                let e = GgufError::DataPastEnd {
-                    start,
-                    end,
-                    file_len,
-                };
-                return Err((field(".offset"), e));
-            }
-            let shape = Shape::new(ne.iter().rev().map(|&d| d as usize).collect());
-            tensors.push(GgufTensorInfo {
-                name,
-                dtype,
-                ne,
-                shape,
-                offset,
-                range: start as usize..end as usize,
-            });
+        for (i, info) in raw.into_iter().enumerate() {
+            tensors.push(locate(i, info, (data_start, alignment, file_len))?);
         }
         check_overlaps(&tensors)?;
         Ok(Header {
@@ -332,6 +257,97 @@ impl Header {
             data_start,
         })
     }
+}
+
+/// Refuses versions other than 2 and 3 (and names a byte-swapped one: a big-endian file).
+fn check_version(version: u32) -> Result<(), Located> {
+    match version {
+        2 | 3 => Ok(()),
+        v if v.swap_bytes() == 2 || v.swap_bytes() == 3 => {
+            Err(("version".into(), GgufError::BigEndian))
+        }
+        v => Err((
+            "version".into(),
+            GgufError::UnsupportedVersion { version: v },
+        )),
+    }
+}
+
+/// `general.alignment` (a power-of-two uint32), or the default.
+fn alignment(metadata: &Metadata) -> Result<u64, Located> {
+    let Some(v) = metadata.get(ALIGNMENT_KEY) else {
+        return Ok(DEFAULT_ALIGNMENT);
+    };
+    let value = match v {
+        Value::U32(a) => u64::from(*a),
+        other => {
+            let e = GgufError::WrongType {
+                expected: "uint32",
+                found: other.value_type(),
+            };
+            return Err((ALIGNMENT_KEY.into(), e));
+        }
+    };
+    if !value.is_power_of_two() {
+        return Err((ALIGNMENT_KEY.into(), GgufError::BadAlignment { value }));
+    }
+    Ok(value)
+}
+
+/// Tensor `i`'s bytes in the file: its offset aligned, its size without overflow, and all of
+/// it before the end (given the data start, the alignment and the file's length).
+fn locate(
+    i: usize,
+    (name, ne, dtype, offset): RawInfo,
+    (data_start, alignment, file_len): (u64, u64, u64),
+) -> Result<GgufTensorInfo, Located> {
+    let field = |what: &str| tensor_field(i, &name, what);
+    if offset % alignment != 0 {
+        let e = GgufError::Misaligned {
+            offset,
+            align: alignment,
+        };
+        return Err((field(".offset"), e));
+    }
+    let overflow = || (field(".ne"), GgufError::DimsOverflow { ne: ne.clone() });
+    // Multiplied outermost first, as `Shape::checked_numel` (and `numel`) do: innermost
+    // first, a zero `ne[0]` hid an overflowing product of the other dimensions (`ne` =
+    // [0, 2^32, 2^32]), and the header was accepted with a shape that `Shape` finds
+    // overflowing (the tensor then failed to open, `Shape::numel` panicked in debug).
+    let numel = ne
+        .iter()
+        .rev()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or_else(overflow)?;
+    let n_bytes = dtype.storage_bytes(numel).ok_or_else(overflow)? as u64;
+    let start = data_start.checked_add(offset);
+    let end = start.and_then(|s| s.checked_add(n_bytes));
+    let (Some(start), Some(end)) = (start, end) else {
+        let e = GgufError::DataPastEnd {
+            start: start.unwrap_or(u64::MAX),
+            end: u64::MAX,
+            file_len,
+        };
+        return Err((field(".offset"), e));
+    };
+    if end > file_len {
+        let e = GgufError::DataPastEnd {
+            start,
+            end,
+            file_len,
+        };
+        return Err((field(".offset"), e));
+    }
+    let shape = Shape::new(ne.iter().rev().map(|&d| d as usize).collect());
+    Ok(GgufTensorInfo {
+        name,
+        dtype,
+        ne,
+        shape,
+        offset,
+        range: start as usize..end as usize,
+    })
 }
 
 fn tensor_field(i: usize, name: &str, what: &str) -> String {
@@ -353,10 +369,10 @@ fn parse_metadata(c: &mut Cursor<'_>, n_kv: usize) -> Result<Metadata, Located> 
 }
 
 /// Name, `ne`, type and offset of tensor info `i`.
-fn parse_tensor_info(
-    c: &mut Cursor<'_>,
-    i: usize,
-) -> Result<(String, Vec<u64>, DType, u64), Located> {
+/// A tensor info as the header states it: name, `ne`, dtype, offset in the data section.
+type RawInfo = (String, Vec<u64>, DType, u64);
+
+fn parse_tensor_info(c: &mut Cursor<'_>, i: usize) -> Result<RawInfo, Located> {
     let name = c
         .string()
         .map_err(|e| (format!("tensor_info[{i}].name"), e))?;
