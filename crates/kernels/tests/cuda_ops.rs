@@ -375,28 +375,71 @@ fn moe_matches_reference() {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// A KV cache element type's rounding, for the references: `to` the device type and back.
+#[derive(Clone, Copy)]
+struct Round<T> {
+    to: fn(f32) -> T,
+    from: fn(T) -> f32,
+}
+
+const BF16: Round<u16> = Round {
+    to: |x| bf16::from_f32(x).to_bits(),
+    from: |b| bf16::from_bits(b).to_f32(),
+};
+
+const F16_: Round<F16> = Round {
+    to: |x| F16(half::f16::from_f32(x).to_bits()),
+    from: |h| half::f16::from_bits(h.0).to_f32(),
+};
+
+const F32_: Round<f32> = Round {
+    to: |x| x,
+    from: |x| x,
+};
+
 fn attention_case(gpu: &CudaBackend, p: Attention, start: usize, n: usize, seed: u64) {
+    attention_case_as(gpu, p, start, n, seed, BF16);
+}
+
+/// Prefill and decode attention over caches of `T` holding `start + n` random rows, against
+/// the reference given the same rounded keys and values.
+fn attention_case_as<T: KvElement>(
+    gpu: &CudaBackend,
+    p: Attention,
+    start: usize,
+    n: usize,
+    seed: u64,
+    r: Round<T>,
+) {
     let (qw, kvw) = (p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim);
     let rows = start + n;
     let q = uniform(n * qw, seed);
-    let k = round_bf16(&scaled(rows * kvw, seed ^ 1, 3.0));
-    let v = round_bf16(&uniform(rows * kvw, seed ^ 2));
+    let k: Vec<T> = scaled(rows * kvw, seed ^ 1, 3.0)
+        .into_iter()
+        .map(r.to)
+        .collect();
+    let v: Vec<T> = uniform(rows * kvw, seed ^ 2)
+        .into_iter()
+        .map(r.to)
+        .collect();
+    let (kf, vf): (Vec<f32>, Vec<f32>) = (
+        k.iter().map(|&x| (r.from)(x)).collect(),
+        v.iter().map(|&x| (r.from)(x)).collect(),
+    );
     let positions: Vec<usize> = (start..rows).collect();
     let want = mixtral_testkit::run(q.len(), |o| {
-        att_ref::attention(p, &q, &positions, &k, &v, o)
+        att_ref::attention(p, &q, &positions, &kf, &vf, o)
     });
-    let (kc, vc) = (
-        gpu.upload_f32_as_bf16(&k, "kc").unwrap(),
-        gpu.upload_f32_as_bf16(&v, "vc").unwrap(),
-    );
+    let (kc, vc) = (gpu.upload(&k, "kc").unwrap(), gpu.upload(&v, "vc").unwrap());
     let dq = gpu.upload(&q, "q").unwrap();
     let mut out = gpu.alloc::<u16>(q.len(), "out").unwrap();
     let dpos = gpu.upload_positions(&positions).unwrap();
     gpu.attention_prefill(p, &dq, &dpos, &kc, &vc, rows, &mut out)
         .unwrap();
     let got = gpu.read_bf16_as_f32(&out, q.len()).unwrap();
+    let name = std::any::type_name::<T>();
     check_close(
-        &format!("attention_prefill {p:?} {start}+{n}"),
+        &format!("attention_prefill {name} {p:?} {start}+{n}"),
         &got,
         &want,
         1e-4,
@@ -411,7 +454,7 @@ fn attention_case(gpu: &CudaBackend, p: Attention, start: usize, n: usize, seed:
         .unwrap();
     let got = gpu.read_bf16_as_f32(&out, qw).unwrap();
     check_close(
-        &format!("attention_decode {p:?} at {}", rows - 1),
+        &format!("attention_decode {name} {p:?} at {}", rows - 1),
         &got,
         &want[(n - 1) * qw..],
         1e-4,
@@ -438,23 +481,16 @@ fn attention_prefill_and_decode_match_reference() {
     attention_case(&gpu, p(32, 8, 128, Some(4096)), 5000, 3, 7); // window past the start
 }
 
-/// rope_kv into a cache of `T`, then prefill and decode attention over it, against the
-/// references given k and v rounded as `T` rounds them (`to`, then `from`).
-fn kv_dtype_case<T: KvElement>(gpu: &CudaBackend, to: fn(f32) -> T, from: fn(T) -> f32) {
+/// rope_kv into a cache of `T` against the reference rotation rounded as `T` rounds.
+fn rope_kv_case<T: KvElement>(gpu: &CudaBackend, r: Round<T>) {
     let name = std::any::type_name::<T>();
-    let p = Attention {
-        n_heads: 32,
-        n_kv_heads: 8,
-        head_dim: 128,
-        window: None,
-    };
     let pk = Rope {
-        n_heads: p.n_kv_heads,
-        head_dim: p.head_dim,
+        n_heads: 8,
+        head_dim: 128,
         theta: 1e6,
         interleaved: false,
     };
-    let (n, qw, kvw) = (37, p.n_heads * p.head_dim, p.n_kv_heads * p.head_dim);
+    let (n, kvw) = (37, 8 * 128);
     let positions: Vec<usize> = (0..n).collect();
     let dpos = gpu.upload_positions(&positions).unwrap();
     let (k, v) = (scaled(n * kvw, 11, 3.0), uniform(n * kvw, 12));
@@ -462,71 +498,42 @@ fn kv_dtype_case<T: KvElement>(gpu: &CudaBackend, to: fn(f32) -> T, from: fn(T) 
     let mut kc = gpu.alloc::<T>(n * kvw, "kc").unwrap();
     let mut vc = gpu.alloc::<T>(n * kvw, "vc").unwrap();
     gpu.rope_kv(pk, &dpos, &dk, &dv, &mut kc, &mut vc).unwrap();
-    let round = |x: &[f32]| -> Vec<f32> { x.iter().map(|&x| from(to(x))).collect() };
+    let round = |x: &[f32]| -> Vec<f32> { x.iter().map(|&x| (r.from)((r.to)(x))).collect() };
+    let back = |b: &DeviceBuffer<T>| -> Vec<f32> {
+        gpu.read(b, n * kvw)
+            .unwrap()
+            .into_iter()
+            .map(r.from)
+            .collect()
+    };
     let mut kr = k.clone();
     rope_ref::rope(pk, &positions, &mut kr);
-    let got_k: Vec<f32> = gpu
-        .read(&kc, n * kvw)
-        .unwrap()
-        .into_iter()
-        .map(from)
-        .collect();
-    let got_v: Vec<f32> = gpu
-        .read(&vc, n * kvw)
-        .unwrap()
-        .into_iter()
-        .map(from)
-        .collect();
     check_close(
         &format!("rope_kv k {name}"),
-        &got_k,
+        &back(&kc),
         &round(&kr),
         1e-6,
         8e-3,
     )
     .unwrap();
-    assert_eq!(got_v, round(&v), "rope_kv v {name}");
-    let q = uniform(n * qw, 13);
-    let want = mixtral_testkit::run(q.len(), |o| {
-        att_ref::attention(p, &q, &positions, &got_k, &got_v, o)
-    });
-    let dq = gpu.upload(&q, "q").unwrap();
-    let mut out = gpu.alloc::<u16>(q.len(), "out").unwrap();
-    gpu.attention_prefill(p, &dq, &dpos, &kc, &vc, n, &mut out)
-        .unwrap();
-    let got = gpu.read_bf16_as_f32(&out, q.len()).unwrap();
-    check_close(
-        &format!("attention_prefill {name}"),
-        &got,
-        &want,
-        1e-4,
-        8e-3,
-    )
-    .unwrap();
-    let mut scratch = gpu.alloc_decode_scratch(p.n_heads, p.head_dim).unwrap();
-    let last = gpu.upload_positions(&[n - 1]).unwrap();
-    let dq1 = gpu.upload(&q[(n - 1) * qw..], "q1").unwrap();
-    gpu.attention_decode(p, &dq1, &last, &kc, &vc, n, &mut scratch, &mut out)
-        .unwrap();
-    let got = gpu.read_bf16_as_f32(&out, qw).unwrap();
-    let want = &want[(n - 1) * qw..];
-    check_close(&format!("attention_decode {name}"), &got, want, 1e-4, 8e-3).unwrap();
+    assert_eq!(back(&vc), round(&v), "rope_kv v {name}");
 }
 
 #[test]
 fn f16_and_f32_kv_caches_match_reference() {
     let Some(gpu) = gpu() else { return };
-    kv_dtype_case::<F16>(
-        &gpu,
-        |x| F16(half::f16::from_f32(x).to_bits()),
-        |h| half::f16::from_bits(h.0).to_f32(),
-    );
-    kv_dtype_case::<f32>(&gpu, |x| x, |x| x);
-    kv_dtype_case::<u16>(
-        &gpu,
-        |x| half::bf16::from_f32(x).to_bits(),
-        |b| half::bf16::from_bits(b).to_f32(),
-    );
+    let p = Attention {
+        n_heads: 32,
+        n_kv_heads: 8,
+        head_dim: 128,
+        window: None,
+    };
+    rope_kv_case(&gpu, F16_);
+    rope_kv_case(&gpu, F32_);
+    attention_case_as(&gpu, p, 0, 37, 8, F16_);
+    attention_case_as(&gpu, p, 2047, 1, 9, F16_); // decode splits
+    attention_case_as(&gpu, p, 0, 37, 10, F32_);
+    attention_case_as(&gpu, p, 2047, 1, 11, F32_);
 }
 
 #[test]
