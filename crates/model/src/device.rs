@@ -235,6 +235,17 @@ pub(crate) trait Device {
         f: &mut dyn FnMut(&mut [u32], &mut [f32]),
     ) -> Result<()>;
 
+    /// Waits for the work queued so far (a GPU queues a whole call ahead of itself; a stop
+    /// flag is only honoured if checked after the work before it is done). The CPU's ops
+    /// are done when they return.
+    fn sync(&self) -> Result<()> {
+        Ok(())
+    }
+
+    /// Whether `kv` was made for this device and model shape (a cache from another model
+    /// must be refused, not indexed out of range).
+    fn fits(&self, c: &crate::Config, kv: &Self::Kv) -> bool;
+
     /// Appends the first `len` elements of `x` to `out` (records and logits).
     fn read(&self, x: &Self::F32, len: usize, out: &mut Vec<f32>) -> Result<()>;
 

@@ -600,7 +600,7 @@ impl Model {
         let rows = 0..n;
         let KvCache { store, logits, .. } = cache;
         let got = match (&self.exec, store) {
-            (Exec::Cpu(cpu), Store::Host(kv, acts)) => {
+            (Exec::Cpu(cpu), Store::Host(kv, acts)) if cpu.fits(c, kv) => {
                 let acts = match acts {
                     Some(a) => a,
                     None => acts.insert(Box::new(cpu.acts(c)?)),
@@ -608,7 +608,7 @@ impl Model {
                 let mut seqs = [Seq { kv, cached, rows }];
                 run(cpu, c, &self.weights, &mut seqs, acts, step, rec, logits)
             }
-            (Exec::Cuda(gpu), Store::Cuda(kv)) => {
+            (Exec::Cuda(gpu), Store::Cuda(kv)) if gpu.device.fits(c, kv) => {
                 let Gpu {
                     device,
                     weights,
@@ -632,7 +632,7 @@ impl Model {
     /// The error for a cache another device's model made.
     fn foreign_cache(&self) -> crate::Error {
         crate::Error::Unsupported {
-            feature: "a KV cache made by a model on another device".into(),
+            feature: "a KV cache made by another model or device".into(),
             device: self.device().to_string(),
             reason: "make caches with this model's new_cache",
         }
@@ -697,8 +697,8 @@ impl Model {
         let got = match &self.exec {
             Exec::Cpu(cpu) => {
                 let mut seqs = self.seqs(items, spans, |s| match s {
-                    Store::Host(kv, _) => Some(kv),
-                    Store::Cuda(_) => None,
+                    Store::Host(kv, _) if cpu.fits(c, kv) => Some(kv),
+                    _ => None,
                 })?;
                 let acts = match acts {
                     Some(a) => a,
@@ -717,8 +717,8 @@ impl Model {
             }
             Exec::Cuda(gpu) => {
                 let mut seqs = self.seqs(items, spans, |s| match s {
-                    Store::Cuda(kv) => Some(kv),
-                    Store::Host(..) => None,
+                    Store::Cuda(kv) if gpu.device.fits(c, kv) => Some(kv),
+                    _ => None,
                 })?;
                 let mut slot = gpu.acts.lock().unwrap_or_else(|p| p.into_inner());
                 let acts = match &mut *slot {

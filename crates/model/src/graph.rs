@@ -83,11 +83,16 @@ pub(crate) fn forward<D: Device>(
     d.embed(&w.embed, &a.ids, dim, &mut a.h)?; // h: [T, D]
     record(d, &a.h, n * dim, &mut rec.hidden)?;
     for (l, lw) in w.layers.iter().enumerate() {
-        if step.stop.is_some_and(|s| s.load(Ordering::Relaxed)) {
-            for seq in seqs.iter_mut() {
-                seq.kv.truncate(seq.cached); // the caches stay as they were before the call
+        if let Some(stop) = step.stop {
+            // On a GPU the launches run ahead of the host: wait for the layers before, so a
+            // stop lands between two layers there too.
+            d.sync()?;
+            if stop.load(Ordering::Relaxed) {
+                for seq in seqs.iter_mut() {
+                    seq.kv.truncate(seq.cached); // the caches stay as they were before the call
+                }
+                return Err(crate::Error::Stopped { layer: l });
             }
-            return Err(crate::Error::Stopped { layer: l });
         }
         // Attention.
         d.rms_norm(c.norm(n), &a.h, &lw.attn_norm, &mut a.x)?; // x: [T, D]

@@ -182,6 +182,13 @@ impl HostKv {
         }
     }
 
+    /// Whether this cache has `c`'s layers and key/value shape.
+    pub(crate) fn fits(&self, c: &crate::Config) -> bool {
+        self.layers.len() == c.num_hidden_layers
+            && self.n_kv_heads == c.num_key_value_heads
+            && self.head_dim == c.head_dim
+    }
+
     /// The element type keys and values are stored in.
     pub(crate) fn dtype(&self) -> KvDType {
         self.dtype

@@ -281,3 +281,33 @@ fn input_errors_are_typed(m: &Model) {
     assert!(m.prefill(&[1, 2], &[0, 1], &mut cache, opts).is_ok());
     assert_eq!(cache.len(), 2);
 }
+
+#[test]
+fn a_cache_from_another_model_is_refused_on_every_device() {
+    for dev in devices() {
+        let (m, other) = (Fixture::load("tiny-f32"), Fixture::load("tiny-variant-f32"));
+        let (m, other) = (m.on(&dev), other.on(&dev));
+        // Three layers and one KV head against two and two: indexing it would go out of range.
+        let mut cache = other.new_cache();
+        let opts = ForwardOptions::default();
+        let err = m.prefill(&[1, 2], &[0, 1], &mut cache, opts).unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported { .. }),
+            "[{}] {err}",
+            dev.name
+        );
+        let mut scratch = BatchScratch::default();
+        let mut items = [BatchItem {
+            tokens: &[1],
+            cache: &mut cache,
+            logits: true,
+        }];
+        let err = m.forward_batch(&mut items, &mut scratch).unwrap_err();
+        assert!(
+            matches!(err, Error::Unsupported { .. }),
+            "[{}] {err}",
+            dev.name
+        );
+        assert_eq!(cache.len(), 0);
+    }
+}

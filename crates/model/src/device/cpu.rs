@@ -263,6 +263,10 @@ impl Device for Cpu {
         Ok(())
     }
 
+    fn fits(&self, c: &crate::Config, kv: &HostKv) -> bool {
+        kv.fits(c)
+    }
+
     fn read(&self, x: &Vec<f32>, len: usize, out: &mut Vec<f32>) -> Result<()> {
         out.extend_from_slice(&x[..len]);
         Ok(())

@@ -469,6 +469,8 @@ impl Device for Cuda {
         seqs: &[Seq<'_, Self::Kv>],
     ) -> Result<()> {
         if a.rows < tokens.len() {
+            // Free the smaller set first: [T, V] logits alone can be gigabytes.
+            *a = self.alloc_acts(c, 1)?;
             *a = self.alloc_acts(c, tokens.len())?;
         }
         a.ids = Some(self.gpu.upload_tokens(tokens, c.vocab_size)?);
@@ -625,6 +627,16 @@ impl Device for Cuda {
         }
         self.gpu.write(&mut r.ids, 0, &ids)?;
         Ok(self.gpu.write(&mut r.weights, 0, &weights)?)
+    }
+
+    fn sync(&self) -> Result<()> {
+        Ok(self.gpu.synchronize()?)
+    }
+
+    fn fits(&self, c: &Config, kv: &CudaKv) -> bool {
+        kv.gpu.ordinal() == self.gpu.ordinal()
+            && kv.n_layers == c.num_hidden_layers
+            && kv.kv_dim == c.kv_dim()
     }
 
     fn read(&self, x: &DeviceBuffer<f32>, len: usize, out: &mut Vec<f32>) -> Result<()> {
