@@ -239,8 +239,13 @@ fn head<D: Device>(
         return Ok(0);
     }
     let r = rows.len();
-    d.gather(&a.h, rows, c.hidden_size, &mut a.last)?; // [rows, D]
-    d.rms_norm(c.norm(r), &a.last, &w.norm, &mut a.last_x)?;
+    if r == n && matches!(head, Head::Tail(_)) {
+        // Every row, in order: no gather.
+        d.rms_norm(c.norm(n), &a.h, &w.norm, &mut a.last_x)?; // [T, D]
+    } else {
+        d.gather(&a.h, rows, c.hidden_size, &mut a.last)?; // [rows, D]
+        d.rms_norm(c.norm(r), &a.last, &w.norm, &mut a.last_x)?;
+    }
     d.matmul(r, &a.last_x, &mut [(&w.lm_head, &mut a.logits)], false)?; // [rows, V]
     Ok(r)
 }
