@@ -601,10 +601,7 @@ impl Model {
         let KvCache { store, logits, .. } = cache;
         let got = match (&self.exec, store) {
             (Exec::Cpu(cpu), Store::Host(kv, acts)) if cpu.fits(c, kv) => {
-                let acts = match acts {
-                    Some(a) => a,
-                    None => acts.insert(Box::new(cpu.acts(c)?)),
-                };
+                let acts = acts.get_or_insert_with(Box::default);
                 let mut seqs = [Seq { kv, cached, rows }];
                 run(cpu, c, &self.weights, &mut seqs, acts, step, rec, logits)
             }
@@ -664,6 +661,8 @@ impl Model {
         positions.clear();
         head.clear();
         let none = Intervention::default();
+        // Each item's cached length and its rows of the call.
+        let mut spans = Vec::with_capacity(items.len());
         for item in items.iter() {
             let start = item.cache.len();
             let pos = start..start.saturating_add(item.tokens.len());
@@ -672,6 +671,7 @@ impl Model {
             check_input(&self.config, item.tokens, &positions[first..], start)?;
             item.cache.check_steering(none.fingerprint())?;
             tokens.extend_from_slice(item.tokens);
+            spans.push((start, first..positions.len()));
             if item.logits {
                 head.push(positions.len() - 1);
             }
@@ -688,22 +688,13 @@ impl Model {
         };
         let mut rec = Records::default();
         let c = &self.config;
-        let mut at = 0;
-        let mut spans = Vec::with_capacity(items.len());
-        for item in items.iter() {
-            spans.push((item.cache.len(), at..at + item.tokens.len()));
-            at += item.tokens.len();
-        }
         let got = match &self.exec {
             Exec::Cpu(cpu) => {
                 let mut seqs = self.seqs(items, spans, |s| match s {
                     Store::Host(kv, _) if cpu.fits(c, kv) => Some(kv),
                     _ => None,
                 })?;
-                let acts = match acts {
-                    Some(a) => a,
-                    None => acts.insert(Box::new(cpu.acts(c)?)),
-                };
+                let acts = acts.get_or_insert_with(Box::default);
                 run(
                     cpu,
                     c,

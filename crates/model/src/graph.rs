@@ -158,12 +158,13 @@ fn observe_and_steer<D: Device>(
     logits: &mut D::F32,
     rec: &mut Records,
 ) -> Result<Option<Vec<f32>>> {
-    let steer = step.steer;
-    let force = steer.force.iter().any(|f| f.layer == l);
-    if steer.is_none() && rec.router_logits.is_none() {
+    let (steer, e, n) = (step.steer, c.num_local_experts, step.tokens.len());
+    if steer.is_none() {
+        // Nothing to change: read what is recorded, and write nothing back.
+        record(d, logits, n * e, &mut rec.router_logits)?;
         return Ok(None);
     }
-    let (e, n) = (c.num_local_experts, step.tokens.len());
+    let force = steer.force.iter().any(|f| f.layer == l);
     let mut kept = None;
     d.edit(logits, n * e, &mut |logits| {
         steer.edit_logits(l, step.positions, e, logits);

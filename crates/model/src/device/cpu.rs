@@ -52,6 +52,30 @@ fn w(t: &Tensor) -> Weight<'_> {
     Weight::new(t).expect("weight views are checked in Model::new")
 }
 
+/// Empty host buffers: they grow to each call's size as the ops write them.
+impl Default for Acts<Cpu> {
+    fn default() -> Acts<Cpu> {
+        Acts {
+            rows: 0,
+            ids: vec![],
+            pos: CpuPos::default(),
+            h: vec![],
+            x: vec![],
+            q: vec![],
+            k: vec![],
+            v: vec![],
+            att: vec![],
+            out: vec![],
+            router: vec![],
+            routing: CpuRouting::default(),
+            last: vec![],
+            last_x: vec![],
+            logits: vec![],
+            work: MoeScratch::default(),
+        }
+    }
+}
+
 impl Cpu {
     fn kernels(&self, exact: bool) -> Kernels {
         match exact {
@@ -73,24 +97,7 @@ impl Device for Cpu {
     type Work = MoeScratch;
 
     fn acts(&self, _: &crate::Config) -> Result<Acts<Cpu>> {
-        Ok(Acts {
-            rows: 0,
-            ids: vec![],
-            pos: CpuPos::default(),
-            h: vec![],
-            x: vec![],
-            q: vec![],
-            k: vec![],
-            v: vec![],
-            att: vec![],
-            out: vec![],
-            router: vec![],
-            routing: CpuRouting::default(),
-            last: vec![],
-            last_x: vec![],
-            logits: vec![],
-            work: MoeScratch::default(),
-        })
+        Ok(Acts::default())
     }
 
     fn begin(
