@@ -61,6 +61,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         router_logits: args.router_logits,
         hidden_states: args.hidden_states,
         intervention: args.steer.intervention(),
+        cancel: None,
     };
     let out = engine.logits(&ids, &opts)?;
     let (t, v) = (ids.len(), engine.config().vocab_size);

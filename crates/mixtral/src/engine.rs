@@ -114,6 +114,9 @@ pub struct LogitsOptions {
     pub hidden_states: bool,
     /// Steering of the router.
     pub intervention: mixtral_model::Intervention,
+    /// Stops the computation from another thread: checked before every layer, so a long
+    /// prompt stops within one layer's time, with [`Error::Cancelled`].
+    pub cancel: Option<crate::CancelToken>,
 }
 
 /// The most worker threads [`LoadOptions::threads`] accepts.
@@ -400,10 +403,23 @@ impl Engine {
             hidden_states: opts.hidden_states,
         };
         let mut cache = self.model.new_cache();
+        // No token: a flag nobody sets (one load per layer).
+        static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let stop = opts
+            .cancel
+            .as_ref()
+            .map_or(&NEVER, crate::CancelToken::flag);
         self.run(|| {
-            self.model
-                .prefill_steered(tokens, &positions, &mut cache, fwd, &opts.intervention)
+            self.model.prefill_stoppable(
+                tokens,
+                &positions,
+                &mut cache,
+                fwd,
+                &opts.intervention,
+                stop,
+            )
         })
+        .map_err(crate::generate::cancelled)
     }
 
     /// Where the model runs.

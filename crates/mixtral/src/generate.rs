@@ -239,6 +239,10 @@ pub struct Session {
     ids: Vec<u32>,
     /// [`Intervention::fingerprint`] of the steering `ids` were computed under.
     steering: u64,
+    /// The steering `ids` were computed under, its router hook kept alive: the fingerprint
+    /// knows a hook by its address, and a freed hook's address can be handed to a new one,
+    /// whose fingerprint would then match this cache.
+    steered_by: Intervention,
 }
 
 impl Session {
@@ -369,6 +373,15 @@ impl<'e> Decoding<'e> {
     }
 }
 
+/// The model's [`mixtral_model::Error::Stopped`] as the facade's [`crate::Error::Cancelled`]:
+/// a [`CancelToken`] set the flag the model checks.
+pub(crate) fn cancelled(e: crate::Error) -> crate::Error {
+    match e {
+        crate::Error::Model(mixtral_model::Error::Stopped { .. }) => crate::Error::Cancelled,
+        e => e,
+    }
+}
+
 impl Engine {
     /// Parameters from the model's defaults (`generation_config.json`), 256 new tokens at most.
     pub fn params(&self) -> GenerateParams {
@@ -434,6 +447,7 @@ impl Engine {
             cache: Box::new(self.model.new_cache()),
             ids: vec![],
             steering: 0,
+            steered_by: Intervention::default(),
         }
     }
 
@@ -461,12 +475,7 @@ impl Engine {
                 self.model
                     .prefill_stoppable(chunk, &positions, cache, opts, steer, stop)
             })
-            .map_err(|e| match e {
-                crate::Error::Model(mixtral_model::Error::Stopped { .. }) => {
-                    crate::Error::Cancelled
-                }
-                e => e,
-            })?;
+            .map_err(cancelled)?;
         session.ids.extend_from_slice(chunk);
         Ok(out.last().to_vec())
     }
@@ -594,6 +603,7 @@ impl Engine {
         let todo = &prompt_ids[keep..];
         let mut logits = Vec::new();
         session.steering = steering;
+        session.steered_by = params.intervention.clone();
         for chunk in todo.chunks(PREFILL_CHUNK) {
             logits = self.prefill_chunk(
                 &mut session,
