@@ -1,0 +1,194 @@
+//! Python arguments to the facade's values: prompts, messages, sampling parameters.
+
+use crate::errors::invalid;
+use mixtral::{GenerateParams, Message, Prompt, Role};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+
+/// A prompt: a string (encoded with BOS first) or a sequence of token ids (used as given).
+pub(crate) fn prompt(value: &Bound<'_, PyAny>) -> PyResult<Prompt> {
+    if let Ok(text) = value.cast::<PyString>() {
+        return Ok(Prompt::Text(text.extract::<String>()?));
+    }
+    match value.extract::<Vec<u32>>() {
+        Ok(ids) => Ok(Prompt::Tokens(ids)),
+        Err(_) => Err(pyo3::exceptions::PyTypeError::new_err(
+            "prompt: expected a str or a list of token ids (non-negative ints)",
+        )),
+    }
+}
+
+/// A conversation: a sequence of `{"role": "system" | "user" | "assistant", "content": str}`.
+pub(crate) fn messages(value: &Bound<'_, PyAny>) -> PyResult<Vec<Message>> {
+    let mut out = Vec::new();
+    for (i, item) in value.try_iter()?.enumerate() {
+        let item = item?;
+        let dict = item.cast::<PyDict>().map_err(|_| {
+            pyo3::exceptions::PyTypeError::new_err(format!(
+                "messages[{i}]: expected a dict with `role` and `content`"
+            ))
+        })?;
+        let field = |name: &str| -> PyResult<String> {
+            dict.get_item(name)?
+                .ok_or_else(|| invalid(format!("messages[{i}]: no `{name}`")))?
+                .extract::<String>()
+                .map_err(|_| invalid(format!("messages[{i}].{name}: expected a str")))
+        };
+        let role = match field("role")?.as_str() {
+            "system" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            other => {
+                return Err(invalid(format!(
+                    "messages[{i}].role: `{other}` (expected system, user or assistant)"
+                )));
+            }
+        };
+        out.push(Message::new(role, field("content")?));
+    }
+    Ok(out)
+}
+
+/// The sampling and stopping keyword arguments of `generate` and `chat`; `None` keeps the
+/// model's default (`generation_config.json`), as the CLI's options do.
+#[derive(Clone, Default)]
+pub(crate) struct Sampling {
+    pub max_tokens: Option<usize>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<usize>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub seed: u64,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub top_logprobs: usize,
+}
+
+impl Sampling {
+    /// `engine`'s defaults with these set.
+    pub(crate) fn params(&self, engine: &mixtral::Engine) -> GenerateParams {
+        let mut p = engine.params();
+        let s = &mut p.sampling;
+        if let Some(t) = self.temperature {
+            s.temperature = t;
+        }
+        if let Some(k) = self.top_k {
+            s.top_k = Some(k);
+        }
+        if let Some(v) = self.top_p {
+            s.top_p = v;
+        }
+        if let Some(v) = self.min_p {
+            s.min_p = v;
+        }
+        if let Some(v) = self.repetition_penalty {
+            s.repetition_penalty = v;
+        }
+        s.seed = self.seed;
+        s.top_logprobs = self.top_logprobs;
+        if let Some(n) = self.max_tokens {
+            p.max_new_tokens = n;
+        }
+        p.ignore_eos = self.ignore_eos;
+        p.stop_strings = self.stop.clone();
+        p.stop_token_ids = self.stop_token_ids.clone();
+        p
+    }
+}
+
+/// `stop=`: one string or a sequence of them.
+pub(crate) fn stop_strings(value: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<String>> {
+    match value {
+        None => Ok(vec![]),
+        Some(v) if v.is_none() => Ok(vec![]),
+        Some(v) => match v.cast::<PyString>() {
+            Ok(s) => Ok(vec![s.extract::<String>()?]),
+            Err(_) => v.extract::<Vec<String>>().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err("stop: a str or a list of str")
+            }),
+        },
+    }
+}
+
+/// The keyword arguments every `generate` and `chat` takes (read by hand in one place, so
+/// the engine's, a session's and a batch's methods cannot drift apart; `mixtral.pyi` gives
+/// editors their signature).
+pub(crate) struct GenerateKwargs {
+    pub sampling: Sampling,
+    pub stream: bool,
+    /// `interventions=`: a list of intervention values.
+    pub interventions: Option<Py<PyAny>>,
+    /// `on_router=`: a callable.
+    pub on_router: Option<Py<PyAny>>,
+}
+
+impl GenerateKwargs {
+    /// The names accepted, for the error on any other.
+    const NAMES: &'static str = "max_tokens, temperature, top_p, top_k, min_p, \
+        repetition_penalty, seed, stop, stop_token_ids, ignore_eos, top_logprobs, \
+        interventions, on_router, stream";
+
+    pub(crate) fn parse(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<GenerateKwargs> {
+        let mut k = GenerateKwargs {
+            sampling: Sampling::default(),
+            stream: false,
+            interventions: None,
+            on_router: None,
+        };
+        let Some(kwargs) = kwargs else {
+            return Ok(k);
+        };
+        for (name, value) in kwargs.iter() {
+            let name: String = name.extract()?;
+            let s = &mut k.sampling;
+            // The extraction's own exception class (TypeError, OverflowError), named.
+            let arg = |e: PyErr| {
+                let py = value.py();
+                PyErr::from_type(e.get_type(py), format!("{name}: {}", e.value(py)))
+            };
+            match name.as_str() {
+                "max_tokens" => s.max_tokens = value.extract().map_err(arg)?,
+                "temperature" => s.temperature = value.extract().map_err(arg)?,
+                "top_p" => s.top_p = value.extract().map_err(arg)?,
+                "top_k" => s.top_k = value.extract().map_err(arg)?,
+                "min_p" => s.min_p = value.extract().map_err(arg)?,
+                "repetition_penalty" => s.repetition_penalty = value.extract().map_err(arg)?,
+                "seed" => s.seed = value.extract().map_err(arg)?,
+                "stop" => s.stop = stop_strings(Some(&value))?,
+                "stop_token_ids" => {
+                    s.stop_token_ids = value
+                        .extract::<Option<Vec<u32>>>()
+                        .map_err(arg)?
+                        .unwrap_or_default()
+                }
+                "ignore_eos" => s.ignore_eos = value.extract().map_err(arg)?,
+                "top_logprobs" => s.top_logprobs = value.extract().map_err(arg)?,
+                "stream" => k.stream = value.extract().map_err(arg)?,
+                "interventions" => k.interventions = (!value.is_none()).then(|| value.unbind()),
+                "on_router" => k.on_router = callable(&value)?,
+                other => {
+                    return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                        "unexpected keyword argument `{other}` (expected one of: {})",
+                        GenerateKwargs::NAMES
+                    )));
+                }
+            }
+        }
+        Ok(k)
+    }
+}
+
+/// `on_router=`: `None` or a callable.
+pub(crate) fn callable(value: &Bound<'_, PyAny>) -> PyResult<Option<Py<PyAny>>> {
+    if value.is_none() {
+        Ok(None)
+    } else if value.is_callable() {
+        Ok(Some(value.clone().unbind()))
+    } else {
+        Err(pyo3::exceptions::PyTypeError::new_err(
+            "on_router: expected a function (layer, logits) -> logits | None",
+        ))
+    }
+}
