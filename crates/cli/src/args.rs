@@ -231,30 +231,17 @@ pub(crate) struct SamplingArgs {
 impl SamplingArgs {
     /// The engine's defaults with these options applied.
     pub(crate) fn params(&self, engine: &Engine) -> mixtral::GenerateParams {
-        let mut p = engine.params();
-        let s = &mut p.sampling;
-        if let Some(t) = self.temperature {
-            s.temperature = t;
-        }
-        if let Some(k) = self.top_k {
-            s.top_k = Some(k);
-        }
-        if let Some(v) = self.top_p {
-            s.top_p = v;
-        }
-        if let Some(v) = self.min_p {
-            s.min_p = v;
-        }
-        if let Some(v) = self.repeat_penalty {
-            s.repetition_penalty = v;
-        }
-        s.seed = self.seed;
-        if let Some(n) = self.max_new_tokens {
-            p.max_new_tokens = n;
-        }
-        p.ignore_eos = self.ignore_eos;
-        p.stop_strings = self.stop.clone();
-        p
+        engine.params_with(&mixtral::Overrides {
+            max_new_tokens: self.max_new_tokens,
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repetition_penalty: self.repeat_penalty,
+            seed: Some(self.seed),
+            ignore_eos: self.ignore_eos,
+            stop_strings: self.stop.clone(),
+        })
     }
 }
 

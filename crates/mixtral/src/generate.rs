@@ -373,6 +373,31 @@ impl<'e> Decoding<'e> {
     }
 }
 
+/// Sampling and stopping options a caller sets over the model's defaults
+/// ([`Engine::params_with`]); `None` keeps the default. What the CLI's options and the
+/// Python module's keyword arguments hold, so both read the defaults the same way.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Overrides {
+    /// Most new tokens.
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature (0 is greedy).
+    pub temperature: Option<f32>,
+    /// Keep only the K most likely tokens.
+    pub top_k: Option<usize>,
+    /// Nucleus sampling's probability mass.
+    pub top_p: Option<f32>,
+    /// Drop tokens less likely than this times the most likely one.
+    pub min_p: Option<f32>,
+    /// Repetition penalty (1 is off).
+    pub repetition_penalty: Option<f32>,
+    /// The sampler's seed.
+    pub seed: Option<u64>,
+    /// Keep going past EOS.
+    pub ignore_eos: bool,
+    /// Strings that end generation.
+    pub stop_strings: Vec<String>,
+}
+
 /// The model's [`mixtral_model::Error::Stopped`] as the facade's [`crate::Error::Cancelled`]:
 /// a [`CancelToken`] set the flag the model checks.
 pub(crate) fn cancelled(e: crate::Error) -> crate::Error {
@@ -390,6 +415,36 @@ impl Engine {
             max_new_tokens: self.defaults.max_new_tokens.unwrap_or(256),
             ..GenerateParams::default()
         }
+    }
+
+    /// [`Engine::params`] with `o` set over them.
+    pub fn params_with(&self, o: &Overrides) -> GenerateParams {
+        let mut p = self.params();
+        let s = &mut p.sampling;
+        if let Some(t) = o.temperature {
+            s.temperature = t;
+        }
+        if let Some(k) = o.top_k {
+            s.top_k = Some(k);
+        }
+        if let Some(v) = o.top_p {
+            s.top_p = v;
+        }
+        if let Some(v) = o.min_p {
+            s.min_p = v;
+        }
+        if let Some(v) = o.repetition_penalty {
+            s.repetition_penalty = v;
+        }
+        if let Some(seed) = o.seed {
+            s.seed = seed;
+        }
+        if let Some(n) = o.max_new_tokens {
+            p.max_new_tokens = n;
+        }
+        p.ignore_eos = o.ignore_eos;
+        p.stop_strings = o.stop_strings.clone();
+        p
     }
 
     /// The prompt's token ids.

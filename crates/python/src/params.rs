@@ -1,7 +1,7 @@
 //! Python arguments to the facade's values: prompts, messages, sampling parameters.
 
 use crate::errors::invalid;
-use mixtral::{GenerateParams, Message, Prompt, Role};
+use mixtral::{GenerateParams, Message, Overrides, Prompt, Role};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
@@ -49,50 +49,24 @@ pub(crate) fn messages(value: &Bound<'_, PyAny>) -> PyResult<Vec<Message>> {
     Ok(out)
 }
 
-/// The sampling and stopping keyword arguments of `generate` and `chat`; `None` keeps the
-/// model's default (`generation_config.json`), as the CLI's options do.
+/// The sampling and stopping keyword arguments of `generate` and `chat`: the CLI's options
+/// (unset ones keep the model's `generation_config.json` defaults), and two only the
+/// module takes.
 #[derive(Clone, Default)]
 pub(crate) struct Sampling {
-    pub max_tokens: Option<usize>,
-    pub temperature: Option<f32>,
-    pub top_p: Option<f32>,
-    pub top_k: Option<usize>,
-    pub min_p: Option<f32>,
-    pub repetition_penalty: Option<f32>,
-    pub seed: u64,
-    pub stop: Vec<String>,
+    pub overrides: Overrides,
     pub stop_token_ids: Vec<u32>,
-    pub ignore_eos: bool,
     pub top_logprobs: usize,
 }
 
 impl Sampling {
-    /// `engine`'s defaults with these set.
+    /// `engine`'s defaults with these set; the seed is 0 unless given, as the CLI's.
     pub(crate) fn params(&self, engine: &mixtral::Engine) -> GenerateParams {
-        let mut p = engine.params();
-        let s = &mut p.sampling;
-        if let Some(t) = self.temperature {
-            s.temperature = t;
-        }
-        if let Some(k) = self.top_k {
-            s.top_k = Some(k);
-        }
-        if let Some(v) = self.top_p {
-            s.top_p = v;
-        }
-        if let Some(v) = self.min_p {
-            s.min_p = v;
-        }
-        if let Some(v) = self.repetition_penalty {
-            s.repetition_penalty = v;
-        }
-        s.seed = self.seed;
-        s.top_logprobs = self.top_logprobs;
-        if let Some(n) = self.max_tokens {
-            p.max_new_tokens = n;
-        }
-        p.ignore_eos = self.ignore_eos;
-        p.stop_strings = self.stop.clone();
+        let mut p = engine.params_with(&Overrides {
+            seed: Some(self.overrides.seed.unwrap_or(0)),
+            ..self.overrides.clone()
+        });
+        p.sampling.top_logprobs = self.top_logprobs;
         p.stop_token_ids = self.stop_token_ids.clone();
         p
     }
@@ -142,29 +116,29 @@ impl GenerateKwargs {
         };
         for (name, value) in kwargs.iter() {
             let name: String = name.extract()?;
-            let s = &mut k.sampling;
+            let o = &mut k.sampling.overrides;
             // The extraction's own exception class (TypeError, OverflowError), named.
             let arg = |e: PyErr| {
                 let py = value.py();
                 PyErr::from_type(e.get_type(py), format!("{name}: {}", e.value(py)))
             };
             match name.as_str() {
-                "max_tokens" => s.max_tokens = value.extract().map_err(arg)?,
-                "temperature" => s.temperature = value.extract().map_err(arg)?,
-                "top_p" => s.top_p = value.extract().map_err(arg)?,
-                "top_k" => s.top_k = value.extract().map_err(arg)?,
-                "min_p" => s.min_p = value.extract().map_err(arg)?,
-                "repetition_penalty" => s.repetition_penalty = value.extract().map_err(arg)?,
-                "seed" => s.seed = value.extract().map_err(arg)?,
-                "stop" => s.stop = stop_strings(Some(&value))?,
+                "max_tokens" => o.max_new_tokens = value.extract().map_err(arg)?,
+                "temperature" => o.temperature = value.extract().map_err(arg)?,
+                "top_p" => o.top_p = value.extract().map_err(arg)?,
+                "top_k" => o.top_k = value.extract().map_err(arg)?,
+                "min_p" => o.min_p = value.extract().map_err(arg)?,
+                "repetition_penalty" => o.repetition_penalty = value.extract().map_err(arg)?,
+                "seed" => o.seed = value.extract().map_err(arg)?,
+                "stop" => o.stop_strings = stop_strings(Some(&value))?,
                 "stop_token_ids" => {
-                    s.stop_token_ids = value
+                    k.sampling.stop_token_ids = value
                         .extract::<Option<Vec<u32>>>()
                         .map_err(arg)?
                         .unwrap_or_default()
                 }
-                "ignore_eos" => s.ignore_eos = value.extract().map_err(arg)?,
-                "top_logprobs" => s.top_logprobs = value.extract().map_err(arg)?,
+                "ignore_eos" => o.ignore_eos = value.extract().map_err(arg)?,
+                "top_logprobs" => k.sampling.top_logprobs = value.extract().map_err(arg)?,
                 "stream" => k.stream = value.extract().map_err(arg)?,
                 "interventions" => k.interventions = (!value.is_none()).then(|| value.unbind()),
                 "on_router" => k.on_router = callable(&value)?,
