@@ -54,6 +54,10 @@ pub(crate) struct Args {
     /// for any; comma-separated or repeated. Default: requests from web pages are refused.
     #[arg(long = "cors-origin", value_delimiter = ',')]
     cors_origins: Vec<String>,
+    /// The access log on standard error, a line per request once its response is sent:
+    /// `text` (key=value pairs), `json` or `off`.
+    #[arg(long, default_value = "text")]
+    log_format: mixtral_server::LogFormat,
     /// Seconds a client may take to send a request's headers.
     #[arg(long, default_value_t = 10.0)]
     header_timeout: f64,
@@ -128,6 +132,7 @@ impl Args {
         o.max_connections = self.max_connections;
         o.max_body = self.max_body;
         o.request_memory = self.request_memory;
+        o.log_format = self.log_format;
         Ok(o)
     }
 }

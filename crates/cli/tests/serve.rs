@@ -434,3 +434,129 @@ fn with_batch_invariance_a_seeded_request_among_others_samples_what_generate_doe
     assert_eq!(r.json()["choices"][0]["text"], alone["text"]);
     drop(others);
 }
+
+/// Waits (up to 30 s) until the server's standard error holds `n` lines that start with `{`.
+fn json_log_lines(server: &Server, n: usize) -> Vec<Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let lines: Vec<Value> = server
+            .stderr()
+            .lines()
+            .filter(|l| l.starts_with('{'))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect();
+        if lines.len() >= n {
+            return lines;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{} of {n} log lines: {}",
+            lines.len(),
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn every_request_gets_an_access_log_line_once_answered() {
+    let server = Server::start(&["--model", &tiny(), "--log-format", "json"]);
+    let whole = server.post(
+        "/v1/completions",
+        r#"{"prompt": "Hello", "max_tokens": 5, "ignore_eos": true}"#,
+    );
+    assert_eq!(whole.status, 200, "{}", whole.body);
+    let streamed = server.post(
+        "/v1/chat/completions",
+        r#"{"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "ignore_eos": true, "stream": true}"#,
+    );
+    assert_eq!(streamed.status, 200, "{}", streamed.body);
+    let missing = server.request("GET", "/nowhere%0Ainjected", None);
+    assert_eq!(missing.status, 404);
+    let lines = json_log_lines(&server, 3);
+    let line = |path: &str| {
+        lines
+            .iter()
+            .find(|l| l["path"].as_str().is_some_and(|p| p.starts_with(path)))
+            .unwrap_or_else(|| panic!("no line for {path}: {lines:?}"))
+    };
+    let prompt_tokens = whole.json()["usage"]["prompt_tokens"].clone();
+    let completion = line("/v1/completions");
+    assert_eq!(completion["method"], "POST");
+    assert_eq!(completion["status"], 200);
+    assert_eq!(completion["prompt_tokens"], prompt_tokens);
+    assert_eq!(completion["completion_tokens"], 5);
+    assert_eq!(completion["cached_tokens"], 0);
+    assert_eq!(completion["finish_reason"], "length");
+    assert!(completion["ttft_ms"].as_f64().unwrap() <= completion["total_ms"].as_f64().unwrap());
+    let chat = line("/v1/chat/completions");
+    assert_eq!(chat["completion_tokens"], 3);
+    let missing = line("/nowhere");
+    assert_eq!(missing["status"], 404);
+    assert!(missing.get("prompt_tokens").is_none());
+    // A stranger's path stays inside its field: one line per request, none forged.
+    assert_eq!(
+        server
+            .stderr()
+            .lines()
+            .filter(|l| l.contains("injected"))
+            .count(),
+        1
+    );
+}
+
+#[test]
+fn the_text_access_log_quotes_what_strangers_send() {
+    let server = Server::start(&["--model", &tiny()]);
+    let r = server.request("GET", "/v1/models", None);
+    assert_eq!(r.status, 200);
+    let r = server.request("GET", "/a%22b%20status=200", None);
+    assert_eq!(r.status, 404);
+    let start = std::time::Instant::now();
+    while server
+        .stderr()
+        .lines()
+        .filter(|l| l.starts_with("ts="))
+        .count()
+        < 2
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{}",
+            server.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = server.stderr();
+    assert!(
+        log.contains(r#"method="GET" path="/v1/models" status=200"#),
+        "{log}"
+    );
+    assert!(
+        log.contains(r#"path="/a%22b%20status=200" status=404"#),
+        "{log}"
+    );
+}
+
+#[test]
+fn a_request_for_another_model_is_a_404_naming_the_served_one() {
+    let server = Server::start(&["--model", &tiny(), "--served-model-name", "mixtral-tiny"]);
+    let r = server.post(
+        "/v1/chat/completions",
+        r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2}"#,
+    );
+    assert_eq!(r.status, 404, "{}", r.body);
+    let e = &r.json()["error"];
+    assert_eq!(e["code"], "model_not_found");
+    assert_eq!(e["param"], "model");
+    assert!(
+        e["message"].as_str().unwrap().contains("`mixtral-tiny`"),
+        "{e}"
+    );
+    for model in [r#""model": "mixtral-tiny","#, ""] {
+        let body = format!(r#"{{{model} "prompt": "Hi", "max_tokens": 2}}"#);
+        let r = server.post("/v1/completions", &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["model"], "mixtral-tiny");
+    }
+}

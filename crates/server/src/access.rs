@@ -96,15 +96,28 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// The middleware: checks, then the route, then OpenAI JSON for any error body.
-pub(crate) async fn guard(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+/// The middleware: checks, then the route, then OpenAI JSON for any error body; the
+/// request's access log line goes with the response body.
+pub(crate) async fn guard(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
+    let record = crate::log::Record::default();
+    let line = crate::log::Line::new(
+        app.options.log_format,
+        req.method(),
+        req.uri(),
+        std::time::Instant::now(),
+        record.clone(),
+    );
+    req.extensions_mut().insert(record);
     let origin = header_str(req.headers(), header::ORIGIN).map(str::to_string);
     let response = match check(&app, &req, origin.as_deref()) {
         Err(e) => e.into_response(),
         Ok(Some(preflight)) => preflight,
         Ok(None) => next.run(req).await,
     };
-    let mut response = json_errors(response).await;
+    let response = json_errors(response).await;
+    let (parts, body) = response.into_parts();
+    let body = line.attach(parts.status, body);
+    let mut response = Response::from_parts(parts, body);
     app.count(response.status());
     if !app.options.cors_origins.is_empty() {
         // The answer depends on the Origin: a shared cache must not give one origin's

@@ -132,6 +132,8 @@ pub struct Job {
     pub include_usage: bool,
     /// Report each token's log-probability.
     pub logprobs: bool,
+    /// The model the request names, if it names one.
+    pub model: Option<String>,
 }
 
 /// Parses and checks a request body for `endpoint`.
@@ -143,11 +145,11 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
     };
     refuse_unknown(&obj, endpoint)?;
     let f = Fields(&obj);
-    if let Some(model) = obj.get("model")
-        && !model.is_string()
-    {
-        return Err(ApiError::invalid(Some("model"), "`model` must be a string"));
-    }
+    let model = match obj.get("model") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(m)) => Some(m.clone()),
+        Some(_) => return Err(ApiError::invalid(Some("model"), "`model` must be a string")),
+    };
     let prompt = match endpoint {
         Endpoint::Chat => Prompt::Chat(messages(&obj)?),
         Endpoint::Completions => completion_prompt(&obj)?,
@@ -175,6 +177,7 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
         stream,
         include_usage,
         logprobs,
+        model,
     })
 }
 

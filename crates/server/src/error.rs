@@ -76,6 +76,19 @@ impl ApiError {
         }
     }
 
+    /// 404 `model_not_found`: the request names a model this server does not serve.
+    pub fn model_not_found(asked: &str, served: &str) -> ApiError {
+        ApiError {
+            param: Some("model".into()),
+            code: Some("model_not_found"),
+            ..ApiError::not_found(format!(
+                "the model `{}` does not exist: this server serves `{}` (GET /v1/models)",
+                clip(asked),
+                clip(served)
+            ))
+        }
+    }
+
     /// 403: this client or page may not use the server (`Host`, `Origin`).
     pub fn forbidden(message: impl Into<String>) -> ApiError {
         ApiError::status(StatusCode::FORBIDDEN, message)

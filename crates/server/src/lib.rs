@@ -44,10 +44,12 @@ mod body;
 mod endpoint;
 pub mod error;
 mod listen;
+mod log;
 mod metrics;
 mod options;
 mod respond;
 
+pub use log::LogFormat;
 pub use options::{Options, REQUEST_MEMORY_FACTOR};
 
 use access::HostRule;

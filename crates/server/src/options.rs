@@ -32,6 +32,9 @@ pub struct Options {
     /// request is counted at [`REQUEST_MEMORY_FACTOR`] times its body, and one that does not
     /// fit is a 429 instead of an allocation that could abort the process.
     pub request_memory: usize,
+    /// The access log on standard error: a line per request, when its response has been
+    /// sent (`key=value` pairs, JSON, or none).
+    pub log_format: crate::LogFormat,
 }
 
 /// What parsing and tokenizing a request may cost per byte of its body, at most: a JSON array
@@ -50,6 +53,7 @@ impl Default for Options {
             max_connections: 512,
             max_body: 4 << 20,
             request_memory: 1 << 30,
+            log_format: crate::LogFormat::Text,
         }
     }
 }

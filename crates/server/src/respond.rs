@@ -46,6 +46,8 @@ struct Meta {
     prompt_tokens: usize,
     logprobs: bool,
     include_usage: bool,
+    /// Where the access log line learns the request's tokens.
+    record: Option<crate::log::Record>,
 }
 
 pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, req: Request) -> Response {
@@ -55,6 +57,7 @@ pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, req: Request) ->
     if !app.scheduler.is_running() {
         return app.error(ApiError::internal("the scheduler has stopped"));
     }
+    let record = req.extensions().get::<crate::log::Record>().cloned();
     let body = match crate::body::read(&app, req).await {
         Ok(body) => body,
         Err(e) => return app.error(e),
@@ -75,7 +78,13 @@ pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, req: Request) ->
         stream,
         include_usage,
         logprobs,
+        model,
     } = job;
+    if let Some(model) = model.filter(|m| *m != app.model) {
+        // As OpenAI and vLLM answer: a client naming another model would otherwise get this
+        // one's answers as if they were that model's.
+        return app.error(ApiError::model_not_found(&model, &app.model));
+    }
     let prompt_tokens = ids.len();
     let (tx, rx) = unbounded_channel();
     let sink: Sink = Box::new(move |event| tx.send(event).is_ok());
@@ -97,6 +106,7 @@ pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, req: Request) ->
         prompt_tokens,
         logprobs,
         include_usage,
+        record,
     };
     if stream {
         let events = Events {
@@ -122,7 +132,10 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>, _cancel: CancelOn
     while let Some(event) = rx.recv().await {
         match event {
             Event::Token(t) => tokens.push(t),
-            Event::Done(done) => return axum::Json(meta.whole(&tokens, &done)).into_response(),
+            Event::Done(done) => {
+                meta.log(&done);
+                return axum::Json(meta.whole(&tokens, &done)).into_response();
+            }
             Event::Error(e) => return meta.app.error(ApiError::internal(e.to_string())),
         }
     }
@@ -130,6 +143,19 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>, _cancel: CancelOn
 }
 
 impl Meta {
+    /// Tells the access log what the request cost.
+    fn log(&self, done: &Finished) {
+        if let Some(record) = &self.record {
+            record.set(crate::log::Usage {
+                prompt_tokens: self.prompt_tokens,
+                cached_tokens: 0,
+                completion_tokens: done.generated_tokens,
+                time_to_first_token: done.time_to_first_token,
+                finish_reason: Some(finish_reason(&done.reason)),
+            });
+        }
+    }
+
     fn usage(&self, generated: usize) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
@@ -326,6 +352,7 @@ impl Events {
                 self.push(&chunk);
             }
             Event::Done(done) => {
+                self.meta.log(&done);
                 let last =
                     self.meta
                         .chunk(None, false, Some(finish_reason(&done.reason)), self.offset);

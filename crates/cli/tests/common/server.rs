@@ -4,12 +4,16 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A running server; killed when dropped.
 pub struct Server {
     pub child: Child,
     pub port: u16,
+    /// Its standard error so far, read by a thread: the access log writes a line per request,
+    /// and a pipe nobody reads would stall the server once full.
+    stderr: Arc<Mutex<String>>,
 }
 
 impl Server {
@@ -55,7 +59,26 @@ impl Server {
                     .unwrap();
                 panic!("no address in {line:?}; stderr: {err}")
             });
-        Server { child, port }
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut pipe = BufReader::new(child.stderr.take().unwrap());
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            while pipe.read_line(&mut line).is_ok_and(|n| n > 0) {
+                sink.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        Server {
+            child,
+            port,
+            stderr,
+        }
+    }
+
+    /// What the server has written to standard error so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
     }
 
     pub fn url(&self) -> String {
