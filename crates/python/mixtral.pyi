@@ -208,6 +208,7 @@ class Engine:
         kv_memory: Optional[int] = None,
         max_queue: int = 256,
         prefill_chunk: int = 128,
+        prefix_caching: bool = False,
     ) -> "Batch":
         """A batch scheduler over this engine, for generations from many threads at once."""
     @property

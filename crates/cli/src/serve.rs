@@ -54,6 +54,11 @@ pub(crate) struct Args {
     /// for any; comma-separated or repeated. Default: requests from web pages are refused.
     #[arg(long = "cors-origin", value_delimiter = ',')]
     cors_origins: Vec<String>,
+    /// Keep finished requests' keys and values for later requests that begin with the same
+    /// tokens (a chat's next turn then computes only the new turn). Resident memory can
+    /// exceed --kv-memory by up to a third under heavy churn (heap fragmentation).
+    #[arg(long)]
+    prefix_caching: bool,
     /// The access log on standard error, a line per request once its response is sent:
     /// `text` (key=value pairs), `json` or `off`.
     #[arg(long, default_value = "text")]
@@ -178,6 +183,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         kv_memory: args.kv_memory,
         max_queue: args.max_queue,
         prefill_chunk: args.prefill_chunk,
+        prefix_caching: args.prefix_caching,
     };
     let scheduler = Arc::new(Scheduler::new(engine, opts)?);
     // A repo id names the model as vLLM names it (`mistralai/Mixtral-8x7B-Instruct-v0.1`); a

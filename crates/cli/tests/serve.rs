@@ -560,3 +560,61 @@ fn a_request_for_another_model_is_a_404_naming_the_served_one() {
         assert_eq!(r.json()["model"], "mixtral-tiny");
     }
 }
+
+#[test]
+fn a_growing_conversation_is_served_from_the_prefix_cache() {
+    let server = Server::start(&[
+        "--model",
+        &tiny(),
+        "--log-format",
+        "json",
+        "--prefix-caching",
+    ]);
+    let mut messages = vec![
+        json!({"role": "user", "content": "Tell me a long story about a lighthouse keeper and the ships that pass by at night."}),
+    ];
+    let mut cached = vec![];
+    let mut prompt = vec![];
+    for turn in ["And then?", "How does it end?", ""] {
+        let body =
+            json!({"messages": messages, "max_tokens": 8, "temperature": 0, "ignore_eos": true});
+        let r = server.post("/v1/chat/completions", &body.to_string());
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        cached.push(
+            v["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .unwrap(),
+        );
+        prompt.push(v["usage"]["prompt_tokens"].as_u64().unwrap());
+        let answer = v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if turn.is_empty() {
+            break;
+        }
+        messages.push(json!({"role": "assistant", "content": answer.trim().to_string() + "."}));
+        messages.push(json!({"role": "user", "content": turn}));
+    }
+    // Each turn after the first reuses at least the previous turn's prompt (the cache holds
+    // it and the answer; the re-rendered answer may tokenize differently from the generated
+    // ids, so only the prompt is certain), and never the new prompt's last token, which is
+    // run again for its logits.
+    assert_eq!(cached[0], 0);
+    for t in 1..3 {
+        assert!(cached[t] >= prompt[t - 1] - 1, "{cached:?} {prompt:?}");
+        assert!(cached[t] < prompt[t], "{cached:?} {prompt:?}");
+    }
+    assert_eq!(server.metric("mixtral_prefix_cache_hits_total"), 2.0);
+    assert_eq!(
+        server.metric("mixtral_prefix_cache_tokens_total"),
+        (cached[1] + cached[2]) as f64
+    );
+    let lines = json_log_lines(&server, 3);
+    let logged: Vec<u64> = lines
+        .iter()
+        .filter_map(|l| l["cached_tokens"].as_u64())
+        .collect();
+    assert_eq!(logged, cached);
+}

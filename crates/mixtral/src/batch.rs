@@ -13,6 +13,10 @@
 //!   its prompt plus its `max_new_tokens` (capped at the context) are free, and reserves them
 //!   then, so a running sequence never runs out and is never evicted; until they are free it
 //!   waits in the queue. A request that could never fit is refused when submitted.
+//! - **Prefixes.** A finished sequence's cache is kept (its blocks counted apart, in
+//!   [`Metrics::kv_blocks_cached`]) until a request needs the blocks; a request whose prompt
+//!   shares at least 16 leading tokens with a kept cache takes it over and prefills only
+//!   the rest ([`BatchOptions::prefix_caching`], [`Finished::cached_tokens`]).
 //! - **Same tokens as alone.** Each sequence samples from its own logits row with its own
 //!   sampler and seed, through the code [`Engine::generate`] uses. The rows match the ones it
 //!   gets alone to about one ulp of the logits' range (one-token and many-token matmuls sum
@@ -39,6 +43,14 @@ pub struct BatchOptions {
     pub max_queue: usize,
     /// Prompt tokens a joining sequence prefills per step.
     pub prefill_chunk: usize,
+    /// Keep a finished sequence's keys and values while their blocks are not needed, and
+    /// start a later request whose prompt begins with the same tokens from them (a chat's
+    /// next turn computes only the new turn). Kept caches are evicted least recently kept
+    /// first when a request needs their blocks. Off by default for now: the blocks are
+    /// counted, but with kept caches living among the running ones' allocations the heap
+    /// fragments, and a 64-client load test's resident memory went 30% past its KV budget
+    /// (docs/architecture.md, "Batching").
+    pub prefix_caching: bool,
 }
 
 impl Default for BatchOptions {
@@ -48,6 +60,7 @@ impl Default for BatchOptions {
             kv_memory: None,
             max_queue: 256,
             prefill_chunk: 128,
+            prefix_caching: false,
         }
     }
 }
@@ -70,6 +83,9 @@ pub struct Finished {
     pub reason: FinishReason,
     /// Tokens in the prompt.
     pub prompt_tokens: usize,
+    /// Prompt tokens not computed: their keys and values came from an earlier request's
+    /// ([`BatchOptions::prefix_caching`]).
+    pub cached_tokens: usize,
     /// Tokens generated.
     pub generated_tokens: usize,
     /// From submission to the first token (`None` if there was none).
@@ -147,6 +163,15 @@ pub struct Metrics {
     pub active: usize,
     /// KV blocks reserved by running sequences.
     pub kv_blocks_used: usize,
+    /// KV blocks held by finished sequences' caches kept for their prefixes (free for the
+    /// taking: evicted when a request needs them).
+    pub kv_blocks_cached: usize,
+    /// Requests admitted since the start (each looked for a cached prefix).
+    pub prefix_cache_queries: u64,
+    /// Requests that started from a cached prefix.
+    pub prefix_cache_hits: u64,
+    /// Prompt tokens taken from cached prefixes instead of computed.
+    pub prefix_cache_tokens: u64,
     /// KV blocks in the budget.
     pub kv_blocks_total: usize,
     /// Bytes per KV block.
@@ -505,8 +530,10 @@ enum Plan {
 struct Running<'e> {
     prompt: Vec<u32>,
     cache: KvCache,
-    /// Prompt tokens prefilled so far.
+    /// Prompt tokens prefilled so far (the cached ones included).
     prefilled: usize,
+    /// Prompt tokens taken from a kept cache.
+    cached: usize,
     decoding: Decoding<'e>,
     sink: Sink,
     cancel: CancelToken,
@@ -526,6 +553,7 @@ impl Running<'_> {
         Finished {
             reason,
             prompt_tokens: self.prompt.len(),
+            cached_tokens: self.cached,
             generated_tokens: self.generated,
             time_to_first_token: self.first_token,
             total_time: self.submitted.elapsed(),
@@ -533,11 +561,44 @@ impl Running<'_> {
     }
 }
 
+/// A finished sequence's cache, kept for the prefix it holds
+/// ([`BatchOptions::prefix_caching`]).
+struct Kept {
+    /// The ids whose keys and values it holds, position by position.
+    ids: Vec<u32>,
+    cache: KvCache,
+    blocks: usize,
+    /// The step it was kept at: the least recent is evicted first.
+    kept_at: u64,
+}
+
+/// The shortest shared prefix reused: a kept cache handed to a request leaves the pool, so a
+/// few shared tokens (BOS, `[INST]`) are not worth it.
+const MIN_REUSE: usize = 16;
+
+/// How many leading ids `a` and `b` share.
+fn common_prefix(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// A request let in at this step, with the kept cache it starts from.
+struct Admitted {
+    queued: Queued,
+    /// The kept cache and how many of its positions the prompt reuses.
+    reuse: Option<(Kept, usize)>,
+    /// Blocks it holds while it runs.
+    blocks: usize,
+}
+
 /// The scheduler's thread.
 struct Worker<'e> {
     engine: &'e Engine,
     shared: &'e Shared,
     running: Vec<Running<'e>>,
+    /// Finished sequences' caches, for their prefixes.
+    kept: Vec<Kept>,
+    /// Steps run (the clock `Kept::kept_at` reads).
+    steps: u64,
     scratch: BatchScratch,
     /// Tokens generated in the current rate window, and when it began.
     window: (u64, Instant),
@@ -549,6 +610,8 @@ impl<'e> Worker<'e> {
             engine,
             shared,
             running: vec![],
+            kept: vec![],
+            steps: 0,
             scratch: BatchScratch::default(),
             window: (0, Instant::now()),
         }
@@ -599,8 +662,10 @@ impl<'e> Worker<'e> {
     }
 
     /// Under the lock: the queued requests that start now (first come first served, while
-    /// the batch has room and their blocks are free), and those cancelled while queued.
-    fn take_admitted(&self, state: &mut State) -> (Vec<Queued>, Vec<Queued>) {
+    /// the batch has room and their blocks are free), each with the kept cache whose prefix
+    /// it reuses, and those cancelled while queued. Kept caches are evicted (least recently
+    /// kept first) only when that lets the request at the front in.
+    fn take_admitted(&mut self, state: &mut State) -> (Vec<Admitted>, Vec<Queued>) {
         let (mut keep, mut cancelled) = (VecDeque::new(), vec![]);
         for q in state.queue.drain(..) {
             if q.cancel.is_cancelled() {
@@ -610,30 +675,111 @@ impl<'e> Worker<'e> {
             }
         }
         state.queue = keep;
+        let total = self.shared.total_blocks;
         let mut used: usize = self.running.iter().map(|r| r.blocks).sum();
         let mut admitted = vec![];
         while self.running.len() + admitted.len() < self.shared.opts.max_batch {
             let Some(front) = state.queue.front() else {
                 break;
             };
-            if used + front.blocks > self.shared.total_blocks {
-                break; // Waits for blocks to free up (first come, first served).
+            if used + front.blocks > total {
+                break; // Waits for running sequences to free blocks (first come, first served).
             }
-            used += front.blocks;
-            admitted.extend(state.queue.pop_front());
+            let mut reuse = self
+                .best_prefix(&front.ids)
+                .map(|(i, n)| (self.kept.swap_remove(i), n));
+            // A cache evicted for this request: its memory is handed to the request rather
+            // than freed and allocated again. (It saves the allocation; it did not cure the
+            // heap fragmentation that keeps prefix caching off by default.)
+            let mut spare: Option<Kept> = None;
+            let blocks = loop {
+                let have = reuse.as_ref().map(|(k, _)| k).or(spare.as_ref());
+                let blocks = front.blocks.max(have.map_or(0, |k| k.blocks));
+                if used + blocks + self.kept_blocks() <= total {
+                    break blocks;
+                }
+                match self.evict_oldest() {
+                    Some(k) if reuse.is_none() => spare = Some(k),
+                    Some(_) => {}
+                    // Nothing left to evict, and the cache in hand is larger than the request
+                    // needs: let it go (`front.blocks` fits, checked above).
+                    None => {
+                        if spare.take().is_none() {
+                            reuse = None;
+                        }
+                    }
+                }
+            };
+            used += blocks;
+            let m = &mut state.metrics;
+            m.prefix_cache_queries += u64::from(self.shared.opts.prefix_caching);
+            if let Some((_, n)) = &reuse {
+                m.prefix_cache_hits += 1;
+                m.prefix_cache_tokens += *n as u64;
+            }
+            let reuse = reuse.or(spare.map(|k| (k, 0)));
+            admitted.extend(state.queue.pop_front().map(|queued| Admitted {
+                queued,
+                reuse,
+                blocks,
+            }));
         }
         (admitted, cancelled)
+    }
+
+    /// The kept cache sharing the longest prefix with `ids` (at least [`MIN_REUSE`]
+    /// tokens), and how many of its positions to reuse: never the prompt's last token, whose
+    /// logits choose the first new one.
+    fn best_prefix(&self, ids: &[u32]) -> Option<(usize, usize)> {
+        let most = ids.len().saturating_sub(1);
+        self.kept
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (i, common_prefix(&k.ids, ids).min(most)))
+            .filter(|&(_, n)| n >= MIN_REUSE)
+            .max_by_key(|&(i, n)| (n, self.kept[i].kept_at))
+    }
+
+    fn kept_blocks(&self) -> usize {
+        self.kept.iter().map(|k| k.blocks).sum()
+    }
+
+    /// Takes the least recently kept cache out of the pool.
+    fn evict_oldest(&mut self) -> Option<Kept> {
+        let i = (0..self.kept.len()).min_by_key(|&i| self.kept[i].kept_at)?;
+        Some(self.kept.swap_remove(i))
+    }
+
+    /// Keeps a finished sequence's cache for its prefix.
+    fn keep(&mut self, r: Running<'_>) {
+        let positions = r.cache.len();
+        if !self.shared.opts.prefix_caching || positions < MIN_REUSE {
+            return;
+        }
+        let mut ids = r.prompt;
+        ids.extend_from_slice(r.decoding.generated());
+        ids.truncate(positions);
+        let mut cache = r.cache;
+        // Its activations and logits (a prefill chunk's: megabytes) are not KV blocks.
+        cache.release_scratch();
+        self.kept.push(Kept {
+            ids,
+            cache,
+            blocks: r.blocks,
+            kept_at: self.steps,
+        });
     }
 
     /// Outside the lock (reserving a cache zero-fills it, which takes a while for a long
     /// context): ends the cancelled requests and starts the admitted ones. Returns how many
     /// ended.
-    fn start(&mut self, admitted: Vec<Queued>, cancelled: Vec<Queued>) -> u64 {
+    fn start(&mut self, admitted: Vec<Admitted>, cancelled: Vec<Queued>) -> u64 {
         let mut ended = 0;
         for mut q in cancelled {
             let done = Finished {
                 reason: FinishReason::Interrupted,
                 prompt_tokens: q.ids.len(),
+                cached_tokens: 0,
                 generated_tokens: 0,
                 time_to_first_token: None,
                 total_time: q.submitted.elapsed(),
@@ -641,23 +787,32 @@ impl<'e> Worker<'e> {
             (q.sink)(Event::Done(done));
             ended += 1;
         }
-        for mut q in admitted {
+        for a in admitted {
+            let mut q = a.queued;
             let start = Decoding::new(self.engine, &q.ids, &q.params).and_then(|decoding| {
-                let mut cache = self.engine.model().new_cache();
+                let (mut cache, cached) = match a.reuse {
+                    Some((kept, n)) => {
+                        let mut cache = kept.cache;
+                        cache.truncate(n);
+                        (cache, n)
+                    }
+                    None => (self.engine.model().new_cache(), 0),
+                };
                 // On a GPU this is where device memory runs out: the request fails alone.
-                cache.reserve(q.blocks * KvCache::BLOCK_POSITIONS)?;
-                Ok((decoding, cache))
+                cache.reserve(a.blocks * KvCache::BLOCK_POSITIONS)?;
+                Ok((decoding, cache, cached))
             });
             match start {
-                Ok((decoding, cache)) => {
+                Ok((decoding, cache, cached)) => {
                     self.running.push(Running {
                         prompt: q.ids,
                         cache,
-                        prefilled: 0,
+                        prefilled: cached,
+                        cached,
                         decoding,
                         sink: q.sink,
                         cancel: q.cancel,
-                        blocks: q.blocks,
+                        blocks: a.blocks,
                         submitted: q.submitted,
                         first_token: None,
                         generated: 0,
@@ -721,6 +876,7 @@ impl<'e> Worker<'e> {
             return;
         }
         let (generated, ended) = self.sample(plans);
+        self.steps += 1;
         let mut state = self.shared.lock();
         let m = &mut state.metrics;
         m.steps_total += 1;
@@ -761,6 +917,8 @@ impl<'e> Worker<'e> {
         let v = self.engine.config().vocab_size;
         let mut rows = self.scratch.logits().chunks_exact(v);
         let (mut generated, mut ended) = (0u64, 0u64);
+        // Sequences that finished: their caches are kept once the logits are read.
+        let mut finished = vec![];
         let mut i = 0;
         for plan in plans {
             let r = &mut self.running[i];
@@ -786,7 +944,9 @@ impl<'e> Worker<'e> {
                         if let Some(reason) = r.decoding.finish.clone() {
                             let done = r.finished(reason);
                             r.send(Event::Done(done));
-                            keep = false;
+                            finished.push(self.running.remove(i));
+                            ended += 1;
+                            continue;
                         } else if !keep {
                             r.cancel.cancel();
                             keep = true; // Dropped (and counted) by `drop_cancelled`.
@@ -805,6 +965,9 @@ impl<'e> Worker<'e> {
                 ended += 1;
             }
         }
+        for r in finished {
+            self.keep(r);
+        }
         (generated, ended)
     }
 
@@ -814,6 +977,7 @@ impl<'e> Worker<'e> {
         m.queued = state.queue.len();
         m.active = self.running.len();
         m.kv_blocks_used = self.running.iter().map(|r| r.blocks).sum();
+        m.kv_blocks_cached = self.kept_blocks();
         let elapsed = self.window.1.elapsed();
         if elapsed >= Duration::from_secs(2) {
             m.generated_tokens_per_s = self.window.0 as f64 / elapsed.as_secs_f64();

@@ -332,3 +332,105 @@ fn cancel_all_when_idle_spares_later_requests_and_bad_options_are_refused() {
         assert!(Scheduler::new(engine.clone(), opts).is_err(), "{opts:?}");
     }
 }
+
+/// A conversation's turns, each its predecessor's prompt and answer plus new tokens, on a
+/// scheduler with the prefix cache and one without: each later turn starts from the cache
+/// (every position of the previous turn run through the model: its prompt and all but its
+/// last token), and gets the same tokens as the cold one. Batch-invariant engines, so "the
+/// same" is bit for bit whatever the prefix's chunking was.
+#[test]
+fn a_growing_conversation_reuses_its_prefix_and_gets_the_same_tokens() {
+    for model in ["models/tiny-bf16", "models/tiny-f32"] {
+        let opts = LoadOptions {
+            threads: Some(1),
+            batch_invariant: true,
+            ..LoadOptions::default()
+        };
+        let engine = Arc::new(Engine::load_with(fixture(model), opts, |_, _| {}).unwrap());
+        let hot = Scheduler::new(
+            engine.clone(),
+            BatchOptions {
+                prefix_caching: true,
+                ..BatchOptions::default()
+            },
+        )
+        .unwrap();
+        let cold = Scheduler::new(engine.clone(), BatchOptions::default()).unwrap();
+        let mut params = engine.params();
+        params.max_new_tokens = 6;
+        params.ignore_eos = true;
+        params.sampling = SamplerConfig::default();
+        let mut ids: Vec<u32> = std::iter::once(1).chain(100..140).collect();
+        let mut expected_cached = 0;
+        let mut reused = 0;
+        for turn in 0..4u32 {
+            let prompt = Prompt::Tokens(ids.clone());
+            let (got, done) = hot.submit(&prompt, &params).unwrap().collect_all().unwrap();
+            let (want, _) = cold
+                .submit(&prompt, &params)
+                .unwrap()
+                .collect_all()
+                .unwrap();
+            let got: Vec<u32> = got.iter().map(|t| t.id).collect();
+            let want: Vec<u32> = want.iter().map(|t| t.id).collect();
+            assert_eq!(got, want, "{model} turn {turn}");
+            assert_eq!(done.cached_tokens, expected_cached, "{model} turn {turn}");
+            reused += expected_cached;
+            // What this turn's cache will hold: its prompt and all but its last token.
+            expected_cached = ids.len() + got.len() - 1;
+            ids.extend(&got);
+            ids.extend((0..20).map(|j| 300 + 20 * turn + j));
+        }
+        // Everything ended and is kept, and nothing is evicted in so large a budget.
+        assert!(hot.wait_idle(Duration::from_secs(10)));
+        let m = hot.metrics();
+        assert_eq!(
+            (m.prefix_cache_queries, m.prefix_cache_hits),
+            (4, 3),
+            "{m:?}"
+        );
+        assert_eq!(m.prefix_cache_tokens, reused as u64);
+        assert_eq!(m.kv_blocks_used, 0);
+        assert!(m.kv_blocks_cached > 0);
+        assert_eq!(cold.metrics().prefix_cache_hits, 0);
+    }
+}
+
+/// Kept caches give their blocks up to requests that need them: a budget of two sequences
+/// serves a third distinct one at once, evicting the least recently kept.
+#[test]
+fn kept_prefixes_are_evicted_when_a_request_needs_their_blocks() {
+    let engine = Arc::new(Engine::load(fixture("models/tiny-f32")).unwrap());
+    let mut params = engine.params();
+    params.max_new_tokens = 4;
+    params.ignore_eos = true;
+    let c = engine.config();
+    let block = mixtral::model::KvCache::block_bytes(
+        c.num_hidden_layers,
+        c.num_key_value_heads,
+        c.head_dim,
+        engine.model().kv_dtype(),
+    );
+    let hot = Scheduler::new(
+        engine.clone(),
+        BatchOptions {
+            kv_memory: Some(2 * block),
+            prefix_caching: true,
+            ..BatchOptions::default()
+        },
+    )
+    .unwrap();
+    for i in 0..5u32 {
+        let ids: Vec<u32> = (0..30).map(|j| 1 + (i * 37 + j) % 1000).collect();
+        let (tokens, done) = hot
+            .submit(&Prompt::Tokens(ids), &params)
+            .unwrap()
+            .collect_all()
+            .unwrap();
+        assert_eq!((tokens.len(), done.cached_tokens), (4, 0));
+        assert!(hot.wait_idle(Duration::from_secs(10)));
+        let m = hot.metrics();
+        assert!(m.kv_blocks_cached + m.kv_blocks_used <= 2, "{m:?}");
+        assert_eq!(m.kv_blocks_cached, (i as usize + 1).min(2), "{m:?}");
+    }
+}

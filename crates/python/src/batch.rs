@@ -75,7 +75,7 @@ impl Batch {
                         GenEvent::Done(Usage {
                             reason: done.reason.as_str(),
                             prompt_tokens,
-                            cached_tokens: 0,
+                            cached_tokens: done.cached_tokens,
                             completion_tokens: done.generated_tokens,
                             prefill_s: done.time_to_first_token.map_or(0.0, |d| d.as_secs_f64()),
                             decode_s: done.total_time.as_secs_f64()

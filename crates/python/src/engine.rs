@@ -201,13 +201,17 @@ impl Engine {
     /// A batch scheduler over this engine: its `generate` and `chat` may be called from many
     /// Python threads at once, and their generations run together, one forward pass per
     /// step for all of them (`mixtral serve`'s scheduler).
-    #[pyo3(signature = (*, max_batch = 16, kv_memory = None, max_queue = 256, prefill_chunk = 128))]
+    #[pyo3(signature = (
+        *, max_batch = 16, kv_memory = None, max_queue = 256, prefill_chunk = 128,
+        prefix_caching = false
+    ))]
     fn batch(
         &self,
         max_batch: usize,
         kv_memory: Option<usize>,
         max_queue: usize,
         prefill_chunk: usize,
+        prefix_caching: bool,
     ) -> PyResult<crate::batch::Batch> {
         crate::batch::Batch::new(
             self.inner.clone(),
@@ -216,6 +220,7 @@ impl Engine {
                 kv_memory,
                 max_queue,
                 prefill_chunk,
+                prefix_caching,
             },
         )
     }

@@ -35,6 +35,30 @@ pub(crate) async fn handler(State(app): State<Arc<App>>) -> Response {
         m.kv_blocks_used as f64,
     );
     metric(
+        "kv_blocks_cached",
+        "gauge",
+        "KV cache blocks held by finished sequences for their prefixes (evicted when needed).",
+        m.kv_blocks_cached as f64,
+    );
+    metric(
+        "prefix_cache_queries_total",
+        "counter",
+        "Requests admitted, each looking for a cached prefix.",
+        m.prefix_cache_queries as f64,
+    );
+    metric(
+        "prefix_cache_hits_total",
+        "counter",
+        "Requests that started from a cached prefix.",
+        m.prefix_cache_hits as f64,
+    );
+    metric(
+        "prefix_cache_tokens_total",
+        "counter",
+        "Prompt tokens taken from cached prefixes instead of computed.",
+        m.prefix_cache_tokens as f64,
+    );
+    metric(
         "kv_blocks_total",
         "gauge",
         "KV cache blocks in the budget.",

@@ -148,7 +148,7 @@ impl Meta {
         if let Some(record) = &self.record {
             record.set(crate::log::Usage {
                 prompt_tokens: self.prompt_tokens,
-                cached_tokens: 0,
+                cached_tokens: done.cached_tokens,
                 completion_tokens: done.generated_tokens,
                 time_to_first_token: done.time_to_first_token,
                 finish_reason: Some(finish_reason(&done.reason)),
@@ -156,11 +156,15 @@ impl Meta {
         }
     }
 
-    fn usage(&self, generated: usize) -> Value {
+    /// OpenAI's `usage`, with `prompt_tokens_details.cached_tokens` (prompt tokens whose
+    /// keys and values an earlier request left in the prefix cache).
+    fn usage(&self, done: &Finished) -> Value {
+        let generated = done.generated_tokens;
         json!({
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": generated,
             "total_tokens": self.prompt_tokens + generated,
+            "prompt_tokens_details": {"cached_tokens": done.cached_tokens},
         })
     }
 
@@ -247,7 +251,7 @@ impl Meta {
             "created": self.created,
             "model": self.app.model,
             "choices": [choice],
-            "usage": self.usage(done.generated_tokens),
+            "usage": self.usage(done),
         })
     }
 
@@ -305,7 +309,7 @@ impl Meta {
     }
 
     /// The usage chunk after the last (`stream_options.include_usage`).
-    fn usage_chunk(&self, generated: usize) -> Value {
+    fn usage_chunk(&self, done: &Finished) -> Value {
         let object = match self.endpoint {
             Endpoint::Chat => "chat.completion.chunk",
             Endpoint::Completions => "text_completion",
@@ -316,7 +320,7 @@ impl Meta {
             "created": self.created,
             "model": self.app.model,
             "choices": [],
-            "usage": self.usage(generated),
+            "usage": self.usage(done),
         })
     }
 }
@@ -358,7 +362,7 @@ impl Events {
                         .chunk(None, false, Some(finish_reason(&done.reason)), self.offset);
                 self.push(&last);
                 if self.meta.include_usage {
-                    let usage = self.meta.usage_chunk(done.generated_tokens);
+                    let usage = self.meta.usage_chunk(&done);
                     self.push(&usage);
                 }
                 self.end();
