@@ -71,18 +71,18 @@ impl Batch {
             for event in rx {
                 let (message, last) = match event {
                     Event::Token(t) => (GenEvent::Token(t), false),
-                    Event::Done(done) => (
-                        GenEvent::Done(Usage {
+                    Event::Done(done) => {
+                        let first = done.time_to_first_token.map_or(0.0, |d| d.as_secs_f64());
+                        let usage = Usage {
                             reason: done.reason.as_str(),
                             prompt_tokens,
                             cached_tokens: done.cached_tokens,
                             completion_tokens: done.generated_tokens,
-                            prefill_s: done.time_to_first_token.map_or(0.0, |d| d.as_secs_f64()),
-                            decode_s: done.total_time.as_secs_f64()
-                                - done.time_to_first_token.map_or(0.0, |d| d.as_secs_f64()),
-                        }),
-                        true,
-                    ),
+                            prefill_s: first,
+                            decode_s: done.total_time.as_secs_f64() - first,
+                        };
+                        (GenEvent::Done(usage), true)
+                    }
                     Event::Error(e) => (GenEvent::Failed(Fail::Engine(e)), true),
                 };
                 if out.send(message).is_err() {
@@ -94,12 +94,7 @@ impl Batch {
                 }
             }
         })?;
-        let stream = Stream::new(worker, Some(slf.clone().unbind().into_any()));
-        if kwargs.stream {
-            Ok(Py::new(py, stream)?.into_any())
-        } else {
-            Ok(Py::new(py, stream.complete(py)?)?.into_any())
-        }
+        Stream::new(worker, Some(slf.clone().unbind().into_any())).into_result(py, kwargs.stream)
     }
 }
 
@@ -145,16 +140,12 @@ impl Batch {
 }
 
 impl Drop for Batch {
-    /// Shuts the scheduler down (its thread finishes the step it is in) with the GIL
-    /// released: that step may be waiting for the GIL itself (a hooked call on the engine).
+    /// Drops the scheduler (which cancels what is left and joins its thread) with the GIL
+    /// released: the thread's current step may be waiting for the GIL itself (a hooked call
+    /// on the same engine).
     fn drop(&mut self) {
         if let Some(scheduler) = self.scheduler.take() {
-            Python::attach(|py| {
-                py.detach(move || {
-                    scheduler.close();
-                    drop(scheduler);
-                })
-            });
+            Python::attach(|py| py.detach(move || drop(scheduler)));
         }
     }
 }

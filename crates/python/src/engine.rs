@@ -349,10 +349,5 @@ fn start(
     )?;
     params.cancel = Some(cancel.clone());
     let job = generation_job(engine.clone(), prompt, params, session);
-    let stream = Stream::new(Worker::spawn(cancel, failure, job)?, None);
-    if kwargs.stream {
-        Ok(Py::new(py, stream)?.into_any())
-    } else {
-        Ok(Py::new(py, stream.complete(py)?)?.into_any())
-    }
+    Stream::new(Worker::spawn(cancel, failure, job)?, None).into_result(py, kwargs.stream)
 }

@@ -332,8 +332,17 @@ impl Stream {
         }
     }
 
+    /// What a `generate` call returns: this stream, or with `stream=False` its completion.
+    pub(crate) fn into_result(self, py: Python<'_>, stream: bool) -> PyResult<Py<PyAny>> {
+        if stream {
+            Ok(Py::new(py, self)?.into_any())
+        } else {
+            Ok(Py::new(py, self.complete(py)?)?.into_any())
+        }
+    }
+
     /// Runs the generation to its end.
-    pub(crate) fn complete(self, py: Python<'_>) -> PyResult<Completion> {
+    fn complete(self, py: Python<'_>) -> PyResult<Completion> {
         let (mut text, mut token_ids, mut logprobs) = (String::new(), vec![], vec![]);
         while let Some(t) = self.next_token(py)? {
             text.push_str(&t.text);

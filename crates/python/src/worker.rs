@@ -132,11 +132,7 @@ impl<T: Send + 'static> Worker<T> {
             }
         };
         loop {
-            // The receiver is moved into the GIL-free closure and back: it is not `Sync`.
-            let (back, got) = py.detach(move || {
-                let got = rx.recv_timeout(POLL);
-                (rx, got)
-            });
+            let (back, got) = recv_detached(py, rx);
             rx = back;
             let message = match got {
                 Ok(message) => Some(message),
@@ -181,14 +177,23 @@ impl<T: Send + 'static> Worker<T> {
     }
 }
 
+/// Waits up to [`POLL`] for a message with the GIL released. The receiver is moved into the
+/// GIL-free closure and handed back: it is not `Sync`, so it cannot be borrowed there.
+fn recv_detached<T: Send>(
+    py: Python<'_>,
+    rx: Receiver<T>,
+) -> (Receiver<T>, Result<T, RecvTimeoutError>) {
+    py.detach(move || {
+        let got = rx.recv_timeout(POLL);
+        (rx, got)
+    })
+}
+
 /// Reads `rx` until its (cancelled) thread has ended, with the GIL released; a second signal
 /// gives up waiting (the thread then ends on its own).
 fn drain<T: Send>(py: Python<'_>, mut rx: Receiver<T>) {
     loop {
-        let (back, got) = py.detach(move || {
-            let got = rx.recv_timeout(POLL);
-            (rx, got)
-        });
+        let (back, got) = recv_detached(py, rx);
         rx = back;
         match got {
             Ok(_) => {}
