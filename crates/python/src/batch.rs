@@ -123,8 +123,9 @@ impl Batch {
         Batch::submit(slf, prompt, GenerateKwargs::parse(kwargs)?)
     }
 
-    /// `{"queued", "active", "kv_blocks_used", "kv_blocks_total", "requests_total",
-    /// "generated_tokens_total"}`.
+    /// `{"queued", "active", "kv_blocks_used", "kv_blocks_cached", "kv_blocks_total",
+    /// "requests_total", "generated_tokens_total", "prefix_cache_queries",
+    /// "prefix_cache_hits", "prefix_cache_tokens"}`.
     #[getter]
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let m = self.scheduler().metrics();
@@ -132,9 +133,13 @@ impl Batch {
         d.set_item("queued", m.queued)?;
         d.set_item("active", m.active)?;
         d.set_item("kv_blocks_used", m.kv_blocks_used)?;
+        d.set_item("kv_blocks_cached", m.kv_blocks_cached)?;
         d.set_item("kv_blocks_total", m.kv_blocks_total)?;
         d.set_item("requests_total", m.requests_total)?;
         d.set_item("generated_tokens_total", m.generated_tokens_total)?;
+        d.set_item("prefix_cache_queries", m.prefix_cache_queries)?;
+        d.set_item("prefix_cache_hits", m.prefix_cache_hits)?;
+        d.set_item("prefix_cache_tokens", m.prefix_cache_tokens)?;
         Ok(d)
     }
 }

@@ -114,3 +114,17 @@ def test_config_and_properties(tiny_bf16):
     assert tiny_bf16.threads == 1
     assert tiny_bf16.eos_token_ids == [2]
     assert "tiny-bf16" in repr(tiny_bf16)
+
+
+def test_a_batch_with_prefix_caching_reuses_a_conversation(tiny_bf16):
+    batch = tiny_bf16.batch(prefix_caching=True)
+    first = list(range(1, 41))
+    one = batch.generate(first, max_tokens=4, temperature=0.0, ignore_eos=True)
+    assert one.usage["cached_tokens"] == 0
+    second = first + one.token_ids + list(range(500, 520))
+    two = batch.generate(second, max_tokens=4, temperature=0.0, ignore_eos=True)
+    # The first turn's prompt and all but its last generated token were cached.
+    assert two.usage["cached_tokens"] == len(first) + len(one.token_ids) - 1
+    m = batch.metrics
+    assert (m["prefix_cache_queries"], m["prefix_cache_hits"]) == (2, 1)
+    assert m["prefix_cache_tokens"] == two.usage["cached_tokens"]
