@@ -40,13 +40,13 @@ impl std::str::FromStr for LogFormat {
 }
 
 /// What a generation reports for its request's line.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub(crate) struct Usage {
     pub prompt_tokens: usize,
     pub cached_tokens: usize,
     pub completion_tokens: usize,
     pub time_to_first_token: Option<Duration>,
-    pub finish_reason: Option<&'static str>,
+    pub finish_reason: &'static str,
 }
 
 /// Where a request's handler leaves its [`Usage`] (a request extension).
@@ -153,9 +153,7 @@ impl Line {
                     if let Some(t) = ttft_ms {
                         line.push_str(&format!(" ttft_ms={t:.1}"));
                     }
-                    if let Some(r) = u.finish_reason {
-                        line.push_str(&format!(" finish_reason={r}"));
-                    }
+                    line.push_str(&format!(" finish_reason={}", u.finish_reason));
                 }
                 line
             }

@@ -151,7 +151,7 @@ impl Meta {
                 cached_tokens: done.cached_tokens,
                 completion_tokens: done.generated_tokens,
                 time_to_first_token: done.time_to_first_token,
-                finish_reason: Some(finish_reason(&done.reason)),
+                finish_reason: finish_reason(&done.reason),
             });
         }
     }
