@@ -22,7 +22,7 @@
 //!   gets alone to about one ulp of the logits' range (one-token and many-token matmuls sum
 //!   in different orders), and bit for bit with [`crate::LoadOptions::batch_invariant`].
 
-use crate::generate::Decoding;
+use crate::generate::{Decoding, reusable_prefix};
 use crate::{CancelToken, Engine, Error, FinishReason, GenerateParams, Prompt, Result, Token};
 use mixtral_model::{BatchItem, BatchScratch, KvCache};
 use std::collections::VecDeque;
@@ -576,11 +576,6 @@ struct Kept {
 /// few shared tokens (BOS, `[INST]`) are not worth it.
 const MIN_REUSE: usize = 16;
 
-/// How many leading ids `a` and `b` share.
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
 /// A request let in at this step, with the kept cache it starts from.
 struct Admitted {
     queued: Queued,
@@ -728,14 +723,12 @@ impl<'e> Worker<'e> {
     }
 
     /// The kept cache sharing the longest prefix with `ids` (at least [`MIN_REUSE`]
-    /// tokens), and how many of its positions to reuse: never the prompt's last token, whose
-    /// logits choose the first new one.
+    /// tokens), and how many of its positions to reuse ([`reusable_prefix`]).
     fn best_prefix(&self, ids: &[u32]) -> Option<(usize, usize)> {
-        let most = ids.len().saturating_sub(1);
         self.kept
             .iter()
             .enumerate()
-            .map(|(i, k)| (i, common_prefix(&k.ids, ids).min(most)))
+            .map(|(i, k)| (i, reusable_prefix(&k.ids, ids)))
             .filter(|&(_, n)| n >= MIN_REUSE)
             .max_by_key(|&(i, n)| (n, self.kept[i].kept_at))
     }

@@ -398,6 +398,19 @@ pub struct Overrides {
     pub stop_strings: Vec<String>,
 }
 
+/// How many positions of a cache holding `cached` a prompt of `prompt` can keep: their common
+/// prefix, but never the prompt's last token, which is always computed again because its
+/// logits choose the first new token. (A session's next turn, and the batch scheduler's
+/// prefix cache.)
+pub(crate) fn reusable_prefix(cached: &[u32], prompt: &[u32]) -> usize {
+    let shared = cached
+        .iter()
+        .zip(prompt)
+        .take_while(|(a, b)| a == b)
+        .count();
+    shared.min(prompt.len().saturating_sub(1))
+}
+
 /// The model's [`mixtral_model::Error::Stopped`] as the facade's [`crate::Error::Cancelled`]:
 /// a [`CancelToken`] set the flag the model checks.
 pub(crate) fn cancelled(e: crate::Error) -> crate::Error {
@@ -632,25 +645,16 @@ impl Engine {
             });
         }
         let decoding = Decoding::new(self, prompt_ids, params)?;
-        // Keep the cached prefix, but always recompute at least the last prompt token: its
-        // logits choose the first new token.
-        let shared = session
-            .ids
-            .iter()
-            .zip(prompt_ids)
-            .take_while(|(a, b)| a == b)
-            .count();
         // A prompt the context cannot hold (or with an id outside the vocabulary) is refused
         // before any of it is computed.
         self.model.check_prompt(prompt_ids)?;
         // A session computed under another intervention is recomputed from the start.
         let steering = params.intervention.fingerprint();
-        let shared = if session.steering == steering {
-            shared
+        let keep = if session.steering == steering {
+            reusable_prefix(&session.ids, prompt_ids)
         } else {
             0
         };
-        let keep = shared.min(prompt_ids.len().saturating_sub(1));
         session.cache.truncate(keep);
         session.ids.truncate(keep);
         let start = Instant::now();
