@@ -13,6 +13,8 @@ use std::sync::OnceLock;
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx2;
+#[cfg(target_arch = "aarch64")]
+pub(crate) mod neon;
 
 /// An instruction set the fast CPU kernels can run with.
 ///
@@ -33,19 +35,39 @@ pub enum Isa {
     /// code.
     #[cfg(target_arch = "x86_64")]
     Avx512Bf16(Detected),
+    /// aarch64 with Advanced SIMD (every aarch64 CPU: Apple silicon, Graviton, Ampere,
+    /// Grace, Cortex-A). 4 f32 lanes per register and 32 registers; every op has a NEON
+    /// kernel, the integer dots of quantized weights multiply with `smull` and add pairs
+    /// with `sadalp`.
+    #[cfg(target_arch = "aarch64")]
+    Neon(Detected),
+    /// [`Isa::Neon`] plus the dot-product extension (`sdot`: sixteen i8 products summed
+    /// four by four into i32 lanes; Apple M1 and later, Graviton 2 and later, Ampere Altra,
+    /// Neoverse N1/V1/V2): the integer dots of quantized weights take it, as x86 takes VNNI.
+    #[cfg(target_arch = "aarch64")]
+    Dotprod(Detected),
+    /// [`Isa::Dotprod`] plus the int8 and bf16 matrix multiplies of ARMv8.6, which CPUs have
+    /// together (Apple M2 and later, Graviton 3 and later, Grace, Neoverse N2/V1/V2):
+    /// `smmla` (a 2×8 by 8×2 i8 product into a 2×2 i32 tile) for the prefill GEMM of
+    /// quantized weights, and `bfmmla` (2×4 by 4×2 bf16) for that of bf16 weights at
+    /// `Precision::Bf16`; both take two tokens by two weight rows per instruction.
+    #[cfg(target_arch = "aarch64")]
+    I8mm(Detected),
 }
 
 /// Proof that the features of the enclosing [`Isa`] variant were detected on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Detected(());
 
-/// Environment variable that caps the detected ISA: `scalar` or `avx2` (for debugging and for
-/// timing one path against another); other values are ignored.
+/// Environment variable that caps the detected ISA at one of [`Isa::available`] by its
+/// [`Isa::name`] (`scalar`; `avx2`, `avx512bf16` on x86-64; `neon`, `dotprod`, `i8mm` on
+/// aarch64), for debugging and for timing one path against another; other values are
+/// ignored.
 pub const ISA_ENV: &str = "MIXTRAL_CPU_ISA";
 
 impl Isa {
     /// The best ISA this CPU supports, detected on the first call and cached; capped by
-    /// `MIXTRAL_CPU_ISA` (`scalar` or `avx2`) when set.
+    /// `MIXTRAL_CPU_ISA` (an [`Isa::name`], e.g. `scalar`, `avx2`, `neon`) when set.
     pub fn detect() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
         *BEST.get_or_init(|| {
@@ -60,7 +82,7 @@ impl Isa {
 
     /// Every ISA this CPU can run, scalar first and best last (what the tests iterate over).
     pub fn available() -> Vec<Isa> {
-        #[allow(unused_mut)] // only x86-64 pushes a second entry
+        #[allow(unused_mut)] // only x86-64 and aarch64 push more entries
         let mut all = vec![Isa::Scalar];
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2")
@@ -77,6 +99,18 @@ impl Isa {
                 all.push(Isa::Avx512Bf16(Detected(())));
             }
         }
+        #[cfg(target_arch = "aarch64")]
+        if std::arch::is_aarch64_feature_detected!("neon") {
+            all.push(Isa::Neon(Detected(())));
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                all.push(Isa::Dotprod(Detected(())));
+                if std::arch::is_aarch64_feature_detected!("i8mm")
+                    && std::arch::is_aarch64_feature_detected!("bf16")
+                {
+                    all.push(Isa::I8mm(Detected(())));
+                }
+            }
+        }
         all
     }
 
@@ -89,6 +123,12 @@ impl Isa {
             Isa::Avx2Fma(_) => "avx2",
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512Bf16(_) => "avx512bf16",
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(_) => "neon",
+            #[cfg(target_arch = "aarch64")]
+            Isa::Dotprod(_) => "dotprod",
+            #[cfg(target_arch = "aarch64")]
+            Isa::I8mm(_) => "i8mm",
         }
     }
 }
@@ -113,6 +153,14 @@ pub trait Elem: Copy + Send + Sync + std::fmt::Debug + sealed::Sealed + 'static 
     /// `#[inline(always)]` body is inlined.
     #[cfg(target_arch = "x86_64")]
     unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+
+    /// Loads 4 consecutive elements from `p` and widens them to f32 lanes.
+    ///
+    /// # Safety
+    /// `p..p+4` must be readable and the CPU must support NEON (an `Isa::Neon` exists);
+    /// callers are `#[target_feature]` functions, into which this body is inlined.
+    #[cfg(target_arch = "aarch64")]
+    unsafe fn load4(p: *const Self) -> std::arch::aarch64::float32x4_t;
 }
 
 mod sealed {
@@ -135,6 +183,13 @@ impl Elem for f32 {
         // SAFETY: the caller guarantees 8 readable f32s and AVX support.
         unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
     }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn load4(p: *const f32) -> std::arch::aarch64::float32x4_t {
+        // SAFETY: the caller guarantees 4 readable f32s and NEON.
+        unsafe { std::arch::aarch64::vld1q_f32(p) }
+    }
 }
 
 impl Elem for half::bf16 {
@@ -155,6 +210,15 @@ impl Elem for half::bf16 {
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
         }
     }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn load4(p: *const half::bf16) -> std::arch::aarch64::float32x4_t {
+        use std::arch::aarch64::*;
+        // SAFETY: the caller guarantees 4 readable bf16s (8 bytes) and NEON. Widening each
+        // u16 to u32 and shifting it into the top half is the exact bf16 → f32 conversion.
+        unsafe { vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(vld1_u16(p.cast::<u16>())))) }
+    }
 }
 
 impl Elem for half::f16 {
@@ -169,5 +233,46 @@ impl Elem for half::f16 {
         use std::arch::x86_64::*;
         // SAFETY: the caller guarantees 8 readable f16s (16 bytes) and F16C.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())) }
+    }
+
+    #[cfg(target_arch = "aarch64")]
+    #[inline(always)]
+    unsafe fn load4(p: *const half::f16) -> std::arch::aarch64::float32x4_t {
+        use std::arch::aarch64::*;
+        // SAFETY: the caller guarantees 4 readable f16s (8 bytes) and NEON. `fcvtl` is base
+        // ARMv8 (no FP16 arithmetic extension needed) and converts exactly, subnormals too.
+        // Inline assembly because its intrinsic (`vcvt_f32_f16`) is newer than our MSRV; it
+        // touches registers only.
+        unsafe {
+            let h = vld1_u16(p.cast::<u16>());
+            let wide: float32x4_t;
+            std::arch::asm!(
+                "fcvtl {wide:v}.4s, {h:v}.4h",
+                wide = lateout(vreg) wide,
+                h = in(vreg) h,
+                options(pure, nomem, nostack, preserves_flags)
+            );
+            wide
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scalar first, then each detected ISA; every aarch64 CPU has NEON. When
+    /// `MIXTRAL_EXPECT_ISAS` is set (CI sets it for each CPU model qemu emulates), the list is
+    /// exactly that: dispatch falls back as far as the CPU requires, and no further.
+    #[test]
+    fn available_isas_follow_the_cpu() {
+        let names: Vec<_> = Isa::available().iter().map(|i| i.name()).collect();
+        println!("isa {}", names.join(","));
+        assert_eq!(names[0], "scalar");
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(names.get(1), Some(&"neon"), "every aarch64 CPU has NEON");
+        if let Ok(want) = std::env::var("MIXTRAL_EXPECT_ISAS") {
+            assert_eq!(names.join(","), want, "ISAs detected on this CPU");
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! A task is one token and one KV head `g`; it owns the output rows of the group's query
 //! heads (`H/G` heads, contiguous in `out`), so tasks never share memory and run on the
 //! caller's threads when there is enough work. Keys are visited in blocks of [`BLOCK`]
-//! positions: scores for the block (each K row loaded once for the group's heads), then the
+//! positions (cut at page ends in a paged cache, so a block's rows are one stride apart): scores for the block (each K row loaded once for the group's heads), then the
 //! running max/sum is rescaled once per block (flash-attention's online softmax), then the
 //! block's value rows are accumulated into the output with the accumulators in registers
 //! across the block ([`Lanes::scores`], [`Lanes::accumulate`]). Nothing is allocated.
@@ -19,6 +19,9 @@ use crate::threads::for_each_row_mut;
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+#[path = "neon.rs"]
+mod neon;
 
 /// KV positions per online-softmax step.
 const BLOCK: usize = 64;
@@ -90,6 +93,9 @@ pub fn attention_kv<T: Elem>(
             #[cfg(target_arch = "x86_64")]
             // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
             Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::run(&job, o) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: every aarch64 SIMD variant exists only after NEON was detected.
+            Isa::Neon(_) | Isa::Dotprod(_) | Isa::I8mm(_) => unsafe { neon::run(&job, o) },
         }
     };
     let span = positions
@@ -318,8 +324,12 @@ impl<T: Elem> Group<'_, T> {
             let (mut max, mut sum) = ([f32::NEG_INFINITY; HEADS], [0f32; HEADS]);
             let mut scores = [[0f32; BLOCK]; HEADS];
             let heads = h0 * dh..(h0 + hn) * dh;
-            for s0 in self.visible.clone().step_by(BLOCK) {
-                let sn = BLOCK.min(self.visible.end - s0);
+            let mut s0 = self.visible.start;
+            while s0 < self.visible.end {
+                // A block never crosses a page: its rows are one stride apart.
+                let sn = BLOCK
+                    .min(self.visible.end - s0)
+                    .min(self.kv.run_end(s0) - s0);
                 for s in s0..s0 + sn {
                     // SAFETY: features per this function's contract.
                     unsafe {
@@ -350,6 +360,7 @@ impl<T: Elem> Group<'_, T> {
                 let v = Rows::new(self.kv.v, first, stride, sn, dh);
                 // SAFETY: features per this function's contract.
                 unsafe { L::accumulate(&mut o[heads.clone()], &alpha, &scores, v) };
+                s0 += sn;
             }
             for h in 0..hn {
                 let inv = 1.0 / sum[h];

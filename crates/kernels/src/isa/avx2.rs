@@ -24,7 +24,8 @@ pub(crate) unsafe fn hsum(v: __m256) -> f32 {
 }
 
 /// `e^x` lane-wise, Cephes' `expf` polynomial (about 2 ulp), inputs clamped to
-/// `[-87.3, 88.7]` so the exponent bits never overflow or go subnormal.
+/// `[-87.3, 88.7]` so the exponent field never goes subnormal; above about 88.38 (where `e^x`
+/// nears f32's largest value) the result is +inf.
 ///
 /// # Safety
 /// Needs AVX2 and FMA.

@@ -230,5 +230,10 @@ fn f32_rows<T: crate::isa::Elem>(
         Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe {
             super::avx2::drive_avx2(p, x, w, out, cols, true)
         },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: every aarch64 SIMD variant exists only after NEON was detected.
+        Isa::Neon(_) | Isa::Dotprod(_) | Isa::I8mm(_) => unsafe {
+            super::neon::drive_neon(p, x, w, out, cols, true)
+        },
     }
 }

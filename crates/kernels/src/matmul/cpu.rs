@@ -40,6 +40,12 @@ mod avx2;
 mod avx512;
 #[path = "batch.rs"]
 mod batch;
+#[cfg(target_arch = "aarch64")]
+#[path = "bfmmla.rs"]
+mod bfmmla;
+#[cfg(target_arch = "aarch64")]
+#[path = "neon.rs"]
+mod neon;
 #[path = "quant.rs"]
 mod quant;
 
@@ -189,6 +195,11 @@ fn gemm_bf16(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order
         // SAFETY: an `Isa::Avx512Bf16` exists only after AVX-512 F/BW/VL and AVX512-BF16
         // were detected.
         Isa::Avx512Bf16(_) if order == Order::Fastest => unsafe { avx512::matmul(p, x, wb, y) },
+        // The same reasoning for `bfmmla`'s 2×2 tiles.
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: an `Isa::I8mm` exists only after NEON and FEAT_BF16 (with dotprod and
+        // i8mm) were detected.
+        Isa::I8mm(_) if order == Order::Fastest => unsafe { bfmmla::matmul(p, x, wb, y) },
         _ => {
             // Taken, not borrowed, so a job this thread runs while waiting cannot collide.
             let mut rounded = ROUNDED.take();
@@ -226,6 +237,11 @@ fn run<T: Elem>(isa: Isa, p: Matmul, x: &[f32], w: &[T], y: &mut [f32], gemv: bo
         // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
         Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe {
             avx2::drive_avx2(p, x, w, &out, cols, gemv)
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: every aarch64 SIMD variant exists only after NEON was detected.
+        Isa::Neon(_) | Isa::Dotprod(_) | Isa::I8mm(_) => unsafe {
+            neon::drive_neon(p, x, w, &out, cols, gemv)
         },
     });
 }

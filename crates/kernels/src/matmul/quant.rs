@@ -56,6 +56,11 @@ pub(super) fn gemv_rows(
         #[cfg(target_arch = "x86_64")]
         // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
         Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { gemv_avx2(x, w, out, cols, &mut b.rows) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: every aarch64 SIMD variant exists only after NEON was detected.
+        Isa::Neon(_) | Isa::Dotprod(_) | Isa::I8mm(_) => unsafe {
+            gemv_neon(x, w, out, cols, &mut b.rows)
+        },
     })
 }
 
@@ -74,6 +79,23 @@ unsafe fn gemv_avx2(
 ) {
     // SAFETY: per this function's contract.
     unsafe { gemv_with::<super::avx2::Avx2>(x, w, out, cols, row) }
+}
+
+/// [`gemv_with`] compiled with NEON.
+///
+/// # Safety
+/// The CPU must support it; only this call writes `cols` of `out`.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn gemv_neon(
+    x: &[f32],
+    w: QuantBlocks<'_>,
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+    row: &mut Vec<f32>,
+) {
+    // SAFETY: per this function's contract.
+    unsafe { gemv_with::<super::neon::Neon>(x, w, out, cols, row) }
 }
 
 /// # Safety
@@ -120,6 +142,12 @@ pub(super) fn gemm(isa: Isa, p: Matmul, x: &[f32], w: QuantBlocks<'_>, y: &mut [
                     Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe {
                         panel_avx2(p, x, w, &out, part, b)
                     },
+                    #[cfg(target_arch = "aarch64")]
+                    // SAFETY: every aarch64 SIMD variant exists only after NEON was detected;
+                    // only this chunk writes `part`.
+                    Isa::Neon(_) | Isa::Dotprod(_) | Isa::I8mm(_) => unsafe {
+                        panel_neon(p, x, w, &out, part, b)
+                    },
                 }
             }
         })
@@ -142,6 +170,24 @@ unsafe fn panel_avx2(
 ) {
     // SAFETY: per this function's contract.
     unsafe { panel_with::<super::avx2::Avx2>(p, x, w, out, cols, b) }
+}
+
+/// [`panel_with`] compiled with NEON.
+///
+/// # Safety
+/// The CPU must support it; only this call writes `cols` of `out`.
+#[cfg(target_arch = "aarch64")]
+#[target_feature(enable = "neon")]
+unsafe fn panel_neon(
+    p: Matmul,
+    x: &[f32],
+    w: QuantBlocks<'_>,
+    out: &SharedOut<'_>,
+    cols: Range<usize>,
+    b: &mut Buffers,
+) {
+    // SAFETY: per this function's contract.
+    unsafe { panel_with::<super::neon::Neon>(p, x, w, out, cols, b) }
 }
 
 /// Output columns `cols` of every row: the weight rows `cols` decoded, then the f32 GEMM.

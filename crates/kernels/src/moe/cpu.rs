@@ -23,6 +23,9 @@ use crate::matmul::{Matmul, Precision};
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+#[path = "neon.rs"]
+mod neon;
 
 /// Most token rows one expert GEMM takes at a time: bounds the scratch (about 30 MiB at
 /// Mixtral's `F = 14336`) while still giving the GEMM blocks of [`MAX_ROWS`] tokens.
@@ -286,5 +289,8 @@ pub fn silu_mul(isa: Isa, gate: &mut [f32], up: &[f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
         Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::silu_mul(gate, up) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: every aarch64 SIMD variant exists only after NEON was detected.
+        Isa::Neon(_) | Isa::Dotprod(_) | Isa::I8mm(_) => unsafe { neon::silu_mul(gate, up) },
     }
 }

@@ -15,9 +15,17 @@
 //!
 //! [`reference`](mod@reference) is the specification (ggml's generic C, transcribed); the x86 kernels
 //! compute the same integer sums with `vpmaddubsw` (AVX2) or `vpdpbusd` (AVX512-VNNI) and
-//! agree with it to f32 round-off of the per-block scaling.
+//! agree with it to f32 round-off of the per-block scaling; the aarch64 kernels compute them
+//! with `smull`/`sadalp` (NEON) or `sdot` (the dot-product extension) and scale them in the
+//! reference's order, so they return its exact bits.
 
+#[cfg(target_arch = "aarch64")]
+mod arm;
+#[cfg(target_arch = "aarch64")]
+mod mmla;
 pub mod reference;
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+mod rows;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 #[cfg(target_arch = "x86_64")]
@@ -163,6 +171,13 @@ pub fn dot_rows<const M: usize>(isa: Isa, dtype: DType, w: &[u8], a: [Acts<'_>; 
         // detected (and AVX2, FMA, F16C before them).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16(_) => unsafe { x86::dot_rows_vnni(dtype, w, a) },
+        // SAFETY: an `Isa::Neon` exists only after NEON was detected.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon(_) => unsafe { arm::dot_rows_neon(dtype, w, a) },
+        // SAFETY: `Isa::Dotprod` and `Isa::I8mm` exist only after NEON and the dot-product
+        // extension were detected.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Dotprod(_) | Isa::I8mm(_) => unsafe { arm::dot_rows_sdot(dtype, w, a) },
     }
 }
 
@@ -186,6 +201,13 @@ pub fn gemv(isa: Isa, dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
         // detected (and AVX2, FMA, F16C before them).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16(_) => unsafe { x86::gemv_vnni(dtype, w, a, y) },
+        // SAFETY: an `Isa::Neon` exists only after NEON was detected.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon(_) => unsafe { arm::gemv_neon(dtype, w, a, y) },
+        // SAFETY: `Isa::Dotprod` and `Isa::I8mm` exist only after NEON and the dot-product
+        // extension were detected.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Dotprod(_) | Isa::I8mm(_) => unsafe { arm::gemv_sdot(dtype, w, a, y) },
     }
 }
 
@@ -214,5 +236,33 @@ pub fn gemm(isa: Isa, dtype: DType, w: &[u8], acts: &QuantizedActs, k: usize, y:
         // detected (and AVX2, FMA, F16C before them).
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512Bf16(_) => unsafe { x86::gemm_vnni(dtype, w, acts, k, y) },
+        // SAFETY: an `Isa::Neon` exists only after NEON was detected.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon(_) => unsafe { arm::gemm_neon(dtype, w, acts, k, y) },
+        // SAFETY: `Isa::Dotprod` and `Isa::I8mm` exist only after NEON and the dot-product
+        // extension were detected.
+        #[cfg(target_arch = "aarch64")]
+        Isa::Dotprod(_) => unsafe { arm::gemm_sdot(dtype, w, acts, k, y) },
+        // SAFETY: an `Isa::I8mm` exists only after NEON, the dot-product extension and i8mm
+        // were detected.
+        #[cfg(target_arch = "aarch64")]
+        Isa::I8mm(_) => unsafe { mmla::gemm_i8mm(dtype, w, acts, k, y) },
     }
+}
+
+/// A Q4_K/Q5_K block's eight 6-bit scales and eight 6-bit mins (bytes 4..16), unpacked as
+/// ggml does with its `kmask` words: `(scales, mins)`, one byte each.
+#[inline(always)]
+pub(crate) fn scales_mins_k4(packed: &[u8; 12]) -> ([u8; 8], u64) {
+    let word = |i: usize| u32::from_le_bytes(packed[4 * i..4 * i + 4].try_into().expect("4"));
+    let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
+    let (u0, u1, u2) = (word(0), word(1), word(2));
+    let sc_lo = u0 & k1;
+    let sc_hi = (u2 & k2) | (((u0 >> 6) & k3) << 4);
+    let m_lo = u1 & k1;
+    let m_hi = ((u2 >> 4) & k2) | (((u1 >> 6) & k3) << 4);
+    let mut scales = [0u8; 8];
+    scales[..4].copy_from_slice(&sc_lo.to_le_bytes());
+    scales[4..].copy_from_slice(&sc_hi.to_le_bytes());
+    (scales, u64::from(m_lo) | (u64::from(m_hi) << 32))
 }

@@ -10,7 +10,8 @@
 //! AVX512-VNNI (`vpdpbusd` on 256-bit vectors). Each kernel takes `M` activation rows, so a
 //! prefill GEMM unpacks each weight block once for `M` tokens.
 
-use super::{Acts, QuantizedActs};
+use super::rows::{self, BlockDot};
+use super::{Acts, QuantizedActs, scales_mins_k4};
 use mixtral_tensor::DType;
 use std::arch::x86_64::*;
 
@@ -110,9 +111,8 @@ pub(crate) unsafe fn dot_rows_avx2<const M: usize>(
     w: &[u8],
     a: [Acts<'_>; M],
 ) -> [f32; M] {
-    let nb = check(dtype, w.len(), &a);
-    // SAFETY: features per this function's contract; lengths checked.
-    unsafe { dot_blocks::<Avx2, M>(dtype, w.as_ptr(), nb, &a) }
+    // SAFETY: features per this function's contract.
+    unsafe { rows::dot_rows::<Avx2, M>(dtype, w, a) }
 }
 
 /// [`super::dot_rows`] with AVX512-VNNI.
@@ -125,9 +125,8 @@ pub(crate) unsafe fn dot_rows_vnni<const M: usize>(
     w: &[u8],
     a: [Acts<'_>; M],
 ) -> [f32; M] {
-    let nb = check(dtype, w.len(), &a);
-    // SAFETY: features per this function's contract; lengths checked.
-    unsafe { dot_blocks::<Vnni, M>(dtype, w.as_ptr(), nb, &a) }
+    // SAFETY: features per this function's contract.
+    unsafe { rows::dot_rows::<Vnni, M>(dtype, w, a) }
 }
 
 /// [`super::gemv`] with AVX2.
@@ -137,7 +136,7 @@ pub(crate) unsafe fn dot_rows_vnni<const M: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(crate) unsafe fn gemv_avx2(dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
     // SAFETY: features per this function's contract.
-    unsafe { gemv::<Avx2>(dtype, w, a, y) }
+    unsafe { rows::gemv::<Avx2>(dtype, w, a, y) }
 }
 
 /// [`super::gemv`] with AVX512-VNNI.
@@ -147,7 +146,7 @@ pub(crate) unsafe fn gemv_avx2(dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 pub(crate) unsafe fn gemv_vnni(dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
     // SAFETY: features per this function's contract.
-    unsafe { gemv::<Vnni>(dtype, w, a, y) }
+    unsafe { rows::gemv::<Vnni>(dtype, w, a, y) }
 }
 
 /// [`super::gemm`] with AVX2.
@@ -163,7 +162,7 @@ pub(crate) unsafe fn gemm_avx2(
     y: &mut [f32],
 ) {
     // SAFETY: features per this function's contract.
-    unsafe { gemm::<Avx2>(dtype, w, acts, k, y) }
+    unsafe { rows::gemm::<Avx2>(dtype, w, acts, k, y) }
 }
 
 /// [`super::gemm`] with AVX512-VNNI.
@@ -179,127 +178,44 @@ pub(crate) unsafe fn gemm_vnni(
     y: &mut [f32],
 ) {
     // SAFETY: features per this function's contract.
-    unsafe { gemm::<Vnni>(dtype, w, acts, k, y) }
+    unsafe { rows::gemm::<Vnni>(dtype, w, acts, k, y) }
 }
 
-/// `y[t, j] = Σ w_j · a_t` for the rows of `w` and of `acts`, tokens four at a time (each
-/// weight block unpacked once per four tokens), lengths checked once.
-///
-/// # Safety
-/// `D`'s target features and AVX2, FMA, F16C must be available.
-#[inline(always)]
-unsafe fn gemm<D: Dot8>(dtype: DType, w: &[u8], acts: &QuantizedActs, k: usize, y: &mut [f32]) {
-    if k == 0 || y.is_empty() {
-        y.fill(0.0);
-        return;
-    }
-    let rows = acts.qs.len() / k;
-    let n = y.len() / rows.max(1);
-    assert!(
-        rows * k == acts.qs.len() && rows * n == y.len() && n > 0,
-        "gemm {dtype} shape"
-    );
-    let rb = w.len() / n;
-    assert_eq!(rb * n, w.len(), "{dtype}: {} bytes for {n} rows", w.len());
-    let mut t0 = 0;
-    // SAFETY: features per the caller's contract; shapes checked above, each `Acts` is
-    // checked by `check` inside `tokens`.
-    unsafe {
-        if D::AVX512 {
-            while t0 + 8 <= rows {
-                tokens::<D, 8>(dtype, w, rb, acts, k, t0, y, n);
-                t0 += 8;
-            }
-        }
-        while t0 + 4 <= rows {
-            tokens::<D, 4>(dtype, w, rb, acts, k, t0, y, n);
-            t0 += 4;
-        }
-        match rows - t0 {
-            3 => tokens::<D, 3>(dtype, w, rb, acts, k, t0, y, n),
-            2 => tokens::<D, 2>(dtype, w, rb, acts, k, t0, y, n),
-            1 => tokens::<D, 1>(dtype, w, rb, acts, k, t0, y, n),
-            _ => {}
-        }
+impl BlockDot for Avx2 {
+    const EIGHT_TOKENS: bool = false;
+
+    #[inline(always)]
+    unsafe fn blocks<const M: usize>(
+        dtype: DType,
+        w: *const u8,
+        nb: usize,
+        a: &[Acts<'_>; M],
+    ) -> [f32; M] {
+        // SAFETY: per the trait's contract.
+        unsafe { dot_blocks::<Self, M>(dtype, w, nb, a) }
     }
 }
 
-/// Tokens `t0..t0 + M` of [`gemm`] against every weight row.
-///
-/// # Safety
-/// As [`gemm`], whose checks hold.
-#[inline(always)]
-#[expect(clippy::too_many_arguments, reason = "the GEMM's shape, spelled out")]
-unsafe fn tokens<D: Dot8, const M: usize>(
-    dtype: DType,
-    w: &[u8],
-    rb: usize,
-    acts: &QuantizedActs,
-    k: usize,
-    t0: usize,
-    y: &mut [f32],
-    n: usize,
-) {
-    let mut a = [acts.row(0, k); M];
-    for (t, at) in a.iter_mut().enumerate() {
-        *at = acts.row((t0 + t) * k, k);
-    }
-    let nb = check(dtype, rb, &a);
-    for j in 0..n {
-        // SAFETY: row `j` is `rb` bytes inside `w` (checked by the caller), `nb` blocks.
-        let r = unsafe { dot_blocks::<D, M>(dtype, w.as_ptr().add(j * rb), nb, &a) };
-        for t in 0..M {
-            y[(t0 + t) * n + j] = r[t];
-        }
-    }
-}
+impl BlockDot for Vnni {
+    const EIGHT_TOKENS: bool = true;
 
-/// `y[j] = Σ w_j · a` over the rows of `w`, lengths checked once for all rows.
-///
-/// # Safety
-/// `D`'s target features and AVX2, FMA, F16C must be available.
-#[inline(always)]
-unsafe fn gemv<D: Dot8>(dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
-    if y.is_empty() {
-        return;
+    #[inline(always)]
+    unsafe fn blocks<const M: usize>(
+        dtype: DType,
+        w: *const u8,
+        nb: usize,
+        a: &[Acts<'_>; M],
+    ) -> [f32; M] {
+        // SAFETY: per the trait's contract.
+        unsafe { dot_blocks::<Self, M>(dtype, w, nb, a) }
     }
-    let rb = w.len() / y.len();
-    assert_eq!(
-        rb * y.len(),
-        w.len(),
-        "{dtype}: {} bytes for {} rows",
-        w.len(),
-        y.len()
-    );
-    let nb = check(dtype, rb, &[a]);
-    for (j, yj) in y.iter_mut().enumerate() {
-        // SAFETY: row `j` is `rb` bytes inside `w`, `nb` blocks (checked); features per the
-        // caller's contract.
-        *yj = unsafe { dot_blocks::<D, 1>(dtype, w.as_ptr().add(j * rb), nb, &[a])[0] };
-    }
-}
-
-/// Checks that `dtype` has a dot, that `row_bytes` are whole blocks and that every row of
-/// activations has as many blocks; returns the block count.
-#[inline(always)]
-fn check<const M: usize>(dtype: DType, row_bytes: usize, a: &[Acts<'_>; M]) -> usize {
-    let (bl, bb) = (dtype.block_len(), dtype.block_bytes());
-    let kind = super::acts_kind(dtype);
-    assert!(kind.is_some(), "{dtype} has no integer dot");
-    let nb = row_bytes / bb;
-    assert_eq!(nb * bb, row_bytes, "{dtype} row of whole blocks");
-    for a in a {
-        assert!(Some(a.kind) == kind && a.qs.len() == nb * bl && a.d.len() == nb);
-        assert!(a.kind == super::ActsKind::Q8_0 || a.bsums.len() == nb * 16);
-    }
-    nb
 }
 
 /// One weight row (`nb` blocks at `w`) against `M` rows of activations.
 ///
 /// # Safety
 /// `D`'s target features and AVX2, FMA, F16C must be available; `w` holds `nb` blocks and
-/// the rows of `a` `nb` blocks each ([`check`]).
+/// the rows of `a` `nb` blocks each ([`rows::check`]).
 #[inline(always)]
 unsafe fn dot_blocks<D: Dot8, const M: usize>(
     dtype: DType,
@@ -325,7 +241,7 @@ unsafe fn dot_blocks<D: Dot8, const M: usize>(
             DType::Q4_K => q45_k::<D, M, false>(w, nb, a),
             DType::Q5_K => q45_k::<D, M, true>(w, nb, a),
             DType::Q6_K => q6_k::<D, M>(w, nb, a),
-            _ => unreachable!("checked by `check`"),
+            _ => unreachable!("checked by `rows::check`"),
         };
         // A loop, not `map`: a closure would not inherit the target features.
         let mut out = [0f32; M];
@@ -422,23 +338,6 @@ unsafe fn q4_0<D: Dot8, const M: usize>(w: *const u8, nb: usize, a: &[Acts<'_>; 
         }
         acc
     }
-}
-
-/// A Q4_K/Q5_K block's eight 6-bit scales and eight 6-bit mins (bytes 4..16), unpacked as
-/// ggml does with its `kmask` words: `(scales, mins)`, one byte each.
-#[inline(always)]
-pub(super) fn scales_mins_k4(packed: &[u8; 12]) -> ([u8; 8], u64) {
-    let word = |i: usize| u32::from_le_bytes(packed[4 * i..4 * i + 4].try_into().expect("4"));
-    let (k1, k2, k3) = (0x3f3f_3f3fu32, 0x0f0f_0f0fu32, 0x0303_0303u32);
-    let (u0, u1, u2) = (word(0), word(1), word(2));
-    let sc_lo = u0 & k1;
-    let sc_hi = (u2 & k2) | (((u0 >> 6) & k3) << 4);
-    let m_lo = u1 & k1;
-    let m_hi = ((u2 >> 4) & k2) | (((u1 >> 6) & k3) << 4);
-    let mut scales = [0u8; 8];
-    scales[..4].copy_from_slice(&sc_lo.to_le_bytes());
-    scales[4..].copy_from_slice(&sc_hi.to_le_bytes());
-    (scales, u64::from(m_lo) | (u64::from(m_hi) << 32))
 }
 
 /// `Σ_j m_j · (bsums[2j] + bsums[2j+1])` lanes of one Q8_K block against packed mins.

@@ -11,7 +11,8 @@
 //! nibbles) and `64..128` (high nibbles), each with two bits from one 32-byte `qh` run.
 
 use super::Acts;
-use super::x86::{f16_at, hsum, load32, mins_lanes, scales_mins_k4};
+use super::scales_mins_k4;
+use super::x86::{f16_at, hsum, load32, mins_lanes};
 use std::arch::x86_64::*;
 
 /// The sum of the sixteen lanes.

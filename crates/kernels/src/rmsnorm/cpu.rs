@@ -9,6 +9,9 @@ use crate::{Isa, Weight};
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+#[path = "neon.rs"]
+mod neon;
 
 /// `y[r] = x[r] · (1 / sqrt(mean(x[r]²) + eps)) · w`: same contract as
 /// [`reference::rms_norm`](super::reference::rms_norm); the sum of squares is accumulated
@@ -40,6 +43,9 @@ fn rows<T: Elem>(isa: Isa, p: RmsNorm, x: &[f32], w: &[T], y: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
         Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::row(p.eps, xr, w, yr) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: every aarch64 SIMD variant exists only after NEON was detected.
+        Isa::Neon(_) | Isa::Dotprod(_) | Isa::I8mm(_) => unsafe { neon::row(p.eps, xr, w, yr) },
     };
     for_each_row_mut(y, p.cols, p.cols, |i, yr| {
         row((&x[i * p.cols..(i + 1) * p.cols], yr))

@@ -13,6 +13,9 @@ use crate::threads::for_each_row_mut;
 #[cfg(target_arch = "x86_64")]
 #[path = "avx2.rs"]
 mod avx2;
+#[cfg(target_arch = "aarch64")]
+#[path = "neon.rs"]
+mod neon;
 
 /// `cos` and `sin` of every rotation angle for positions `0..positions`, `[positions, Dh/2]`
 /// each. Built once per model (queries and keys share it: it depends only on `Dh` and
@@ -98,6 +101,11 @@ pub fn rope(isa: Isa, p: Rope, table: &RopeTable, positions: &[usize], x: &mut [
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
                 Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { avx2::rotate(head, cos, sin) },
+                #[cfg(target_arch = "aarch64")]
+                // SAFETY: every aarch64 SIMD variant exists only after NEON was detected.
+                Isa::Neon(_) | Isa::Dotprod(_) | Isa::I8mm(_) => unsafe {
+                    neon::rotate(head, cos, sin)
+                },
             }
         }
     };

@@ -42,7 +42,68 @@ fn check(p: Attention, positions: &[usize], cached: usize, seed: u64) -> Result<
     }
     half_precision::<half::f16>(p, positions, cached, &q, (&kh, &vh), capacity)?;
     half_precision::<half::bf16>(p, positions, cached, &q, (&kh, &vh), capacity)?;
+    for page in [1, 3, 16, 64] {
+        paged_layout(p, positions, cached, &q, (&k, &v), page, seed, &want)?;
+    }
     Ok(())
+}
+
+/// The same keys and values in pages of `page` positions, in a shuffled order among spare
+/// NaN pages (a read through the wrong page poisons the result): the reference gives the
+/// contiguous result's bits (it sums in the same order), every ISA is within tolerance of it.
+#[expect(clippy::too_many_arguments, reason = "one test case's parts")]
+fn paged_layout(
+    p: Attention,
+    positions: &[usize],
+    cached: usize,
+    q: &[f32],
+    (k, v): (&[f32], &[f32]),
+    page: usize,
+    seed: u64,
+    want: &[f32],
+) -> Result<(), String> {
+    let used = cached.div_ceil(page);
+    let n_pages = used * 2 + 1;
+    // Page i of the sequence goes to slot table[i]: a seeded shuffle of the pool's slots.
+    let mut slots: Vec<u32> = (0..n_pages as u32).collect();
+    let mut x = seed | 1;
+    for i in (1..slots.len()).rev() {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        slots.swap(i, (x % (i as u64 + 1)) as usize);
+    }
+    let table = &slots[..used];
+    let (kp, vp) = (
+        paged(p, k, page, table, n_pages),
+        paged(p, v, page, table, n_pages),
+    );
+    let kv = Kv::paged(p, &kp, &vp, cached, table, page);
+    let what = format!("{p:?} pages of {page}, cached {cached}");
+    let got = run(q.len(), |o| reference::attention_kv(p, q, positions, kv, o));
+    if got != want {
+        return Err(format!("{what}: the reference differs when paged"));
+    }
+    for isa in Isa::available() {
+        let got = run(q.len(), |o| cpu::attention_kv(isa, p, q, positions, kv, o));
+        Tol::reduction_f32(cached.max(p.head_dim)).check(&format!("{what} {isa}"), &got, want)?;
+    }
+    Ok(())
+}
+
+/// `[S, G·Dh]` rows laid out in `n_pages` pages of `[G, page, Dh]`, run `i` of `page`
+/// positions in page `table[i]`; everything else NaN.
+fn paged(p: Attention, rows: &[f32], page: usize, table: &[u32], n_pages: usize) -> Vec<f32> {
+    let (g_n, dh) = (p.n_kv_heads, p.head_dim);
+    let stride = g_n * page * dh;
+    let mut out = vec![f32::NAN; n_pages * stride];
+    for (s, row) in rows.chunks_exact(g_n * dh).enumerate() {
+        for (g, head) in row.chunks_exact(dh).enumerate() {
+            let at = table[s / page] as usize * stride + (g * page + s % page) * dh;
+            out[at..at + dh].copy_from_slice(head);
+        }
+    }
+    out
 }
 
 /// The same cache rounded to f16 or bf16 (the model's half-precision KV cache): every ISA
@@ -167,4 +228,20 @@ fn attention_vector_paths_for_head_widths_and_group_sizes() {
         };
         check(p, &[150, 151], 152, i as u64).unwrap();
     }
+}
+
+#[test]
+#[should_panic(expected = "page 2 ends at")]
+fn a_page_table_naming_a_page_past_the_cache_is_refused() {
+    let p = Attention {
+        n_heads: 1,
+        n_kv_heads: 1,
+        head_dim: 4,
+        window: None,
+    };
+    // Two pages of 2 positions hold 16 floats; the table's second entry names a third.
+    let (k, v) = (vec![0f32; 16], vec![0f32; 16]);
+    let kv = Kv::paged(p, &k, &v, 3, &[0, 2], 2);
+    let mut out = vec![0f32; 4];
+    cpu::attention_kv(Isa::Scalar, p, &[1.0; 4], &[2], kv, &mut out);
 }

@@ -91,6 +91,59 @@ proptest! {
     }
 }
 
+/// The aarch64 kernels (NEON, `sdot`, and `smmla` in the GEMM) sum each block's integers
+/// exactly and scale them in the reference's order: every output is the reference's bits.
+#[cfg(target_arch = "aarch64")]
+fn check_bits(t: DType, blocks: usize, rows: usize, n: usize, seed: u64) -> Result<(), String> {
+    let k = blocks * t.block_len();
+    let w: Vec<u8> = (0..n as u64)
+        .flat_map(|j| random_blocks(t, blocks, seed ^ (j << 32)))
+        .collect();
+    let x = activations(rows * k, (seed % 4) as u8, seed ^ 0xb175);
+    let mut acts = QuantizedActs::default();
+    acts.quantize_rows(acts_kind(t).unwrap(), &x, k);
+    let rb = w.len() / n;
+    let want: Vec<f32> = (0..rows * n)
+        .map(|i| qdot::reference::dot(t, &w[i % n * rb..][..rb], acts.row(i / n * k, k)))
+        .collect();
+    for isa in Isa::available().into_iter().filter(|i| *i != Isa::Scalar) {
+        let mut got = vec![0f32; rows * n];
+        qdot::gemm(isa, t, &w, &acts, k, &mut got);
+        let mut gemv = vec![0f32; n];
+        qdot::gemv(isa, t, &w, acts.row(0, k), &mut gemv);
+        for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+            if g.to_bits() != r.to_bits()
+                || gemv
+                    .get(i)
+                    .is_some_and(|v| v.to_bits() != want[i].to_bits())
+            {
+                return Err(format!(
+                    "{t} {isa} blocks {blocks} rows {rows} n {n} seed {seed}: output {i}: \
+                     gemm {g}, gemv {:?}, reference {r}",
+                    gemv.get(i)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(target_arch = "aarch64")]
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn aarch64_integer_dots_return_the_reference_bits(
+        t in prop::sample::select(DOT_TYPES.to_vec()),
+        blocks in 1usize..=3,
+        rows in 1usize..=7,
+        n in 1usize..=5,
+        seed in any::<u64>(),
+    ) {
+        check_bits(t, blocks, rows, n, seed).map_err(TestCaseError::fail)?;
+    }
+}
+
 #[test]
 fn q4_k_scales_and_mins_of_every_bit_pattern() {
     // The x86 kernels unpack the 6-bit scales word-wise; a one-hot weight per sub-block and
