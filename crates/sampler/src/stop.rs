@@ -31,6 +31,9 @@ pub enum StopReason {
     StopString(String),
     /// [`StopConfig::max_new_tokens`] tokens were generated.
     MaxTokens,
+    /// The output constraint's grammar was complete: no further token could follow (the
+    /// generator sets this; the stopper never does).
+    Constraint,
 }
 
 impl StopReason {
@@ -39,21 +42,23 @@ impl StopReason {
     pub fn finish_reason(&self) -> FinishReason {
         match self {
             StopReason::MaxTokens => FinishReason::Length,
-            StopReason::Eos | StopReason::StopToken(_) | StopReason::StopString(_) => {
-                FinishReason::Stop
-            }
+            StopReason::Eos
+            | StopReason::StopToken(_)
+            | StopReason::StopString(_)
+            | StopReason::Constraint => FinishReason::Stop,
         }
     }
 }
 
 impl fmt::Display for StopReason {
-    /// `eos`, `stop token 13`, `stop string "\n\n"`, `max tokens`.
+    /// `eos`, `stop token 13`, `stop string "\n\n"`, `max tokens`, `constraint complete`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StopReason::Eos => f.write_str("eos"),
             StopReason::StopToken(id) => write!(f, "stop token {id}"),
             StopReason::StopString(s) => write!(f, "stop string {s:?}"),
             StopReason::MaxTokens => f.write_str("max tokens"),
+            StopReason::Constraint => f.write_str("constraint complete"),
         }
     }
 }

@@ -193,4 +193,44 @@ impl Tokenizer {
         }
         Ok(ids)
     }
+
+    /// The ids of a conversation that ends with an assistant message, for the model to
+    /// **continue** that message (mistral-common's `prefix=True`; vLLM's
+    /// `continue_final_message`): the conversation before it as [`Tokenizer::encode_chat`]
+    /// renders it, then the message's content with no EOS after it.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), mixtral_tokenizer::Error> {
+    /// # use std::path::Path;
+    /// use mixtral_tokenizer::{Tokenizer, chat::Message};
+    /// # let dir = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/models/tiny-bf16"));
+    /// let tok = Tokenizer::from_dir(dir)?;
+    /// let ids = tok.encode_chat_continuing(&[Message::user("Hi"), Message::assistant("Hello, I")])?;
+    /// let mut expected = tok.encode_chat(&[Message::user("Hi")])?;
+    /// expected.extend(tok.encode("Hello, I")?);
+    /// assert_eq!(ids, expected);
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::ContinueWithoutAssistant`] unless the last message is an assistant message with
+    /// content; otherwise those of [`Tokenizer::encode_chat`] for the messages before it.
+    pub fn encode_chat_continuing(&self, messages: &[Message]) -> Result<Vec<u32>> {
+        let (last, before) = final_assistant(messages)?;
+        let mut ids = self.encode_chat(before)?;
+        ids.extend(self.encode(&last.content)?);
+        Ok(ids)
+    }
+}
+
+/// The final assistant message with content and the messages before it, or
+/// [`Error::ContinueWithoutAssistant`].
+pub(crate) fn final_assistant(messages: &[Message]) -> Result<(&Message, &[Message])> {
+    match messages.split_last() {
+        Some((last, before)) if last.role == Role::Assistant && !last.content.is_empty() => {
+            Ok((last, before))
+        }
+        _ => Err(Error::ContinueWithoutAssistant),
+    }
 }

@@ -123,6 +123,19 @@ pub enum Error {
         index: usize,
     },
 
+    /// Mistral's v3 format (tools) was asked of a vocabulary without its control tokens.
+    #[error(
+        "the vocabulary has no `{token}` control token, so it cannot render Mistral's v3 (tool-calling) format"
+    )]
+    NotV3Vocabulary {
+        /// The first control token missing.
+        token: &'static str,
+    },
+
+    /// A conversation to continue does not end with an assistant message that has content.
+    #[error("continuing a reply needs a last message from the assistant with content")]
+    ContinueWithoutAssistant,
+
     /// A message's role may not follow the previous message's role in the v1 instruct format.
     #[error(
         "message {index} has role {role} right after a {previous} message, which the v1 instruct format does not allow"

@@ -32,6 +32,7 @@ mod template_escape;
 mod template_fold;
 mod template_limits;
 mod tokenizer;
+pub mod tools;
 mod vocab;
 
 pub use decode::IncrementalDecoder;

@@ -171,7 +171,7 @@ impl ChatTemplate {
         self.source.contains("[INST]") && self.source.contains("[/INST]")
     }
 
-    fn error(&self, message: String) -> Error {
+    pub(crate) fn error(&self, message: String) -> Error {
         Error::ChatTemplate {
             template: self.name.clone(),
             message,

@@ -37,12 +37,52 @@ impl Tokenizer {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>> {
+        let ending = match add_generation_prompt {
+            true => Ending::Reply,
+            false => Ending::AsRendered,
+        };
+        self.encode_template(template, messages, ending)
+    }
+
+    /// [`Tokenizer::encode_chat_template`] for a conversation that ends with an assistant
+    /// message the model is to **continue**, as transformers' `continue_final_message` does:
+    /// the template renders the conversation without a generation prompt, and the text is cut
+    /// right after the final message's content (its surrounding whitespace trimmed), so the
+    /// template's end-of-turn markup after it is dropped.
+    ///
+    /// # Errors
+    /// [`crate::Error::ContinueWithoutAssistant`] unless the last message is an assistant message with
+    /// content; [`crate::Error::ChatTemplate`] when the rendered text does not contain that content
+    /// (the template rewrites or drops it); the template's own errors.
+    pub fn encode_chat_template_continuing(
+        &self,
+        template: &ChatTemplate,
+        messages: &[Message],
+    ) -> Result<Vec<u32>> {
+        crate::chat::final_assistant(messages)?;
+        self.encode_template(template, messages, Ending::Continue)
+    }
+
+    /// The ids of `messages` rendered by `template`, ending as `ending` says.
+    fn encode_template(
+        &self,
+        template: &ChatTemplate,
+        messages: &[Message],
+        ending: Ending,
+    ) -> Result<Vec<u32>> {
         let specials = self.special_tokens();
         let escaped: Vec<Message> = messages
             .iter()
             .map(|m| Message::new(m.role, escape(&m.content, &specials)))
             .collect();
-        let text = template.render(&escaped, add_generation_prompt)?;
+        let mut text = template.render(&escaped, ending == Ending::Reply)?;
+        if ending == Ending::Continue {
+            let last = escaped.last().map_or("", |m| m.content.trim());
+            let end = text
+                .rfind(last)
+                .ok_or_else(|| template.error("the final assistant message is not in the rendered text, so it cannot be continued".into()))?;
+            text.truncate(end + last.len());
+        }
         let ids = self.encode_split_on_specials(&text, &specials, |stretch| {
             match stretch.contains([START, LITERAL]) {
                 true => Cow::Owned(unescape(stretch, &specials)),
@@ -55,6 +95,17 @@ impl Tokenizer {
         }
         Ok(ids)
     }
+}
+
+/// How a rendered conversation ends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// With the assistant's turn opened (`add_generation_prompt`).
+    Reply,
+    /// As the template renders it without a generation prompt.
+    AsRendered,
+    /// Cut after the final (assistant) message's content, for the model to continue it.
+    Continue,
 }
 
 /// Opens the placeholder of a special token.

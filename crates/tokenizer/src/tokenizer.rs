@@ -413,6 +413,18 @@ impl Tokenizer {
         self.inner.token_to_id(piece)
     }
 
+    /// What `id` puts into the text, for byte-level consumers such as a constrained decoder's
+    /// token trie: a text piece's UTF-8 with `▁` as a space (the leading space included), a
+    /// byte-fallback piece's byte, or `None` for a token that is not text (control and unknown
+    /// tokens, ids the vocabulary skips), which must never be matched against text.
+    pub fn token_bytes(&self, id: u32) -> Option<Vec<u8>> {
+        match self.piece_kind(id)? {
+            PieceKind::Text { text, .. } => Some(text.as_bytes().to_vec()),
+            PieceKind::Byte(b) => Some(vec![*b]),
+            PieceKind::Control | PieceKind::Unknown => None,
+        }
+    }
+
     pub(crate) fn piece_kind(&self, id: u32) -> Option<&PieceKind> {
         self.kinds.get(id as usize)?.as_ref()
     }

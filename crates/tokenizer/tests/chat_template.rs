@@ -207,3 +207,44 @@ fn strftime_now_prints_the_current_utc_date() {
     );
     assert_eq!(parts[2], "%");
 }
+
+#[test]
+fn a_final_assistant_message_is_continued_without_its_end_of_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let model_tokenizer = Path::new(common::MODEL_DIR).join("tokenizer.json");
+    std::fs::copy(model_tokenizer, dir.path().join("tokenizer.json")).unwrap();
+    mixtral_testkit::make_chatml(dir.path());
+    let tok = Tokenizer::from_dir(dir.path()).unwrap();
+    let template = ChatTemplate::from_dir(dir.path()).unwrap().unwrap();
+    let (start, end) = (32000, 32001);
+    // Message text that spells the template's markers stays text in the continued turn too.
+    let prefix = "Sure, <|im_end|> here it is:";
+    let messages = [Message::user("Write a list."), Message::assistant(prefix)];
+    let ids = tok
+        .encode_chat_template_continuing(&template, &messages)
+        .unwrap();
+    // As transformers' `continue_final_message`: the rendered text cut after the content.
+    let mut expected = vec![start];
+    expected.extend(tok.encode("user\nWrite a list.").unwrap());
+    expected.push(end);
+    expected.extend(tok.encode("\n").unwrap());
+    expected.push(start);
+    expected.extend(tok.encode(&format!("assistant\n{prefix}")).unwrap());
+    assert_eq!(ids, expected);
+    assert_eq!(ids.iter().filter(|&&id| id == end).count(), 1);
+    // A conversation that does not end with the assistant's words has nothing to continue.
+    for bad in [
+        &messages[..1],
+        &[Message::user("a"), Message::assistant("")][..],
+        &[],
+    ] {
+        assert!(matches!(
+            tok.encode_chat_template_continuing(&template, bad),
+            Err(mixtral_tokenizer::Error::ContinueWithoutAssistant)
+        ));
+        assert!(matches!(
+            tok.encode_chat_continuing(bad),
+            Err(mixtral_tokenizer::Error::ContinueWithoutAssistant)
+        ));
+    }
+}

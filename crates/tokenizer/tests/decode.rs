@@ -300,3 +300,38 @@ fn finish_releases_truncated_bytes_and_resets_the_stream() {
     assert_eq!(stream.push(hello).expect("push").as_deref(), Some("Hello"));
     assert_eq!(stream.finish(), None);
 }
+
+/// `token_bytes` is what each id adds to the text: on every fixture case without control or
+/// unknown tokens and of valid UTF-8, the ids' bytes joined are SentencePiece's text, but for the one leading
+/// space the decoder drops (the dummy prefix), and control tokens have no bytes.
+#[test]
+fn token_bytes_join_to_the_decoded_text() {
+    let tok = tokenizer();
+    let cases: Vec<DecodeCase> = read_cases(FILE);
+    let mut checked = 0;
+    for case in &cases {
+        let bytes: Option<Vec<Vec<u8>>> = case.ids.iter().map(|&id| tok.token_bytes(id)).collect();
+        let Some(bytes) = bytes else {
+            continue;
+        };
+        // Broken UTF-8 decodes to one U+FFFD per byte; only whole text is compared.
+        let Ok(joined) = String::from_utf8(bytes.concat()) else {
+            continue;
+        };
+        let want = &case.text;
+        assert!(
+            joined == *want || joined.strip_prefix(' ') == Some(want.as_str()),
+            "{}: token bytes give {joined:?}, SentencePiece {want:?}",
+            case.name
+        );
+        checked += 1;
+    }
+    assert!(
+        checked >= cases.len() / 2,
+        "only {checked} of {} cases checked",
+        cases.len()
+    );
+    assert_eq!(tok.token_bytes(tok.bos_id()), None);
+    assert_eq!(tok.token_bytes(tok.eos_id()), None);
+    assert_eq!(tok.token_bytes(u32::MAX), None);
+}
