@@ -170,6 +170,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// A KV page pool could not be made, or had no page for a cache that needed one.
+    #[error("kv pool: {0}")]
+    KvPool(&'static str),
     /// The device has no path for an option or call: refused, never ignored.
     #[error("{feature} is not supported on {device}: {reason}")]
     Unsupported {

@@ -414,6 +414,32 @@ impl Model {
         }
     }
 
+    /// An empty cache that takes its pages from `pool` as it grows and gives them back when
+    /// dropped (a scheduler's sequences: their budget is the pool).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`](crate::Error::Unsupported) on a GPU (its caches are device
+    /// buffers of their own); [`Error::KvPool`](crate::Error::KvPool) when the pool was made
+    /// for another shape or element type.
+    pub fn new_paged_cache(&self, pool: &crate::KvPool) -> Result<KvCache> {
+        match &self.exec {
+            Exec::Cpu(_) => {
+                let kv = crate::kv_cache::HostKv::paged(pool);
+                if !kv.fits(&self.config) || kv.dtype() != self.kv_dtype {
+                    return Err(crate::Error::KvPool(
+                        "the pool was made for another model shape or KV dtype",
+                    ));
+                }
+                Ok(KvCache::from_store(Store::Host(kv, None)))
+            }
+            Exec::Cuda(_) => Err(crate::Error::Unsupported {
+                feature: "a paged KV cache".into(),
+                device: self.device().to_string(),
+                reason: "GPU caches are device buffers of their own (the scheduler reserves them)",
+            }),
+        }
+    }
+
     /// Checks a whole prompt for an empty cache before any of it runs: non-empty, every id
     /// in the vocabulary, fitting the context (the errors a forward call would give).
     pub fn check_prompt(&self, tokens: &[u32]) -> Result<()> {

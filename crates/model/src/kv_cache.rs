@@ -5,6 +5,8 @@
 /// context costs memory only once it is used.
 pub(crate) const BLOCK_POSITIONS: usize = 256;
 
+use crate::Result;
+use crate::kv_pool::{KvPool, PAGE_POSITIONS};
 use half::{bf16, f16};
 use mixtral_kernels::attention::Kv;
 
@@ -50,7 +52,7 @@ impl std::str::FromStr for KvDType {
 
 /// One layer's keys or values in the cache's element type.
 #[derive(Clone, Debug)]
-enum Store {
+pub(crate) enum Store {
     F32(Vec<f32>),
     F16(Vec<f16>),
     Bf16(Vec<bf16>),
@@ -62,6 +64,15 @@ impl Store {
             KvDType::F32 => Store::F32(Vec::new()),
             KvDType::F16 => Store::F16(Vec::new()),
             KvDType::Bf16 => Store::Bf16(Vec::new()),
+        }
+    }
+
+    /// `n` zeros, zero-allocated (the operating system maps the memory as it is written).
+    pub(crate) fn zeroed(dtype: KvDType, n: usize) -> Store {
+        match dtype {
+            KvDType::F32 => Store::F32(vec![0.0; n]),
+            KvDType::F16 => Store::F16(bytemuck::zeroed_vec(n)),
+            KvDType::Bf16 => Store::Bf16(bytemuck::zeroed_vec(n)),
         }
     }
 
@@ -157,7 +168,55 @@ pub(crate) struct HostKv {
     n_kv_heads: usize,
     head_dim: usize,
     dtype: KvDType,
-    layers: Vec<LayerKv>,
+    body: Body,
+}
+
+/// Where a host cache keeps its rows.
+#[derive(Debug)]
+enum Body {
+    /// Buffers of its own, grown by reallocation (a session's cache).
+    Owned(Vec<LayerKv>),
+    /// Pages of a shared pool (a scheduler's sequences).
+    Paged(PagedKv),
+}
+
+/// A cache's pages in a [`KvPool`], and the positions each layer holds.
+struct PagedKv {
+    pool: KvPool,
+    /// Page of each run of [`PAGE_POSITIONS`] positions.
+    table: Vec<u32>,
+    /// Positions written per layer (committed or not).
+    filled: Vec<usize>,
+}
+
+impl std::fmt::Debug for PagedKv {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PagedKv")
+            .field("pages", &self.table.len())
+            .field("filled", &self.filled.first())
+            .finish()
+    }
+}
+
+impl Drop for PagedKv {
+    fn drop(&mut self) {
+        self.pool.lock().give_back(&self.table);
+    }
+}
+
+impl PagedKv {
+    /// Pages enough for `positions` positions, taken from the pool now.
+    fn reserve(&mut self, positions: usize) -> Result<()> {
+        let need = positions.div_ceil(PAGE_POSITIONS);
+        if self.table.len() < need {
+            let mut pool = self.pool.lock();
+            while self.table.len() < need {
+                let page = pool.take()?;
+                self.table.push(page);
+            }
+        }
+        Ok(())
+    }
 }
 
 impl HostKv {
@@ -178,13 +237,32 @@ impl HostKv {
             n_kv_heads,
             head_dim,
             dtype,
-            layers: vec![layer; n_layers],
+            body: Body::Owned(vec![layer; n_layers]),
+        }
+    }
+
+    /// An empty cache taking its pages from `pool` as it grows.
+    pub(crate) fn paged(pool: &KvPool) -> HostKv {
+        let p = pool.lock();
+        HostKv {
+            n_kv_heads: p.n_kv_heads,
+            head_dim: p.head_dim,
+            dtype: p.dtype,
+            body: Body::Paged(PagedKv {
+                pool: pool.clone(),
+                table: vec![],
+                filled: vec![0; p.n_layers],
+            }),
         }
     }
 
     /// Whether this cache has `c`'s layers and key/value shape.
     pub(crate) fn fits(&self, c: &crate::Config) -> bool {
-        self.layers.len() == c.num_hidden_layers
+        let layers = match &self.body {
+            Body::Owned(layers) => layers.len(),
+            Body::Paged(p) => p.filled.len(),
+        };
+        layers == c.num_hidden_layers
             && self.n_kv_heads == c.num_key_value_heads
             && self.head_dim == c.head_dim
     }
@@ -196,39 +274,84 @@ impl HostKv {
 
     /// Forgets every position from `len` on.
     pub(crate) fn truncate(&mut self, len: usize) {
-        for layer in &mut self.layers {
-            layer.filled = layer.filled.min(len);
+        match &mut self.body {
+            Body::Owned(layers) => {
+                for layer in layers {
+                    layer.filled = layer.filled.min(len);
+                }
+            }
+            // Pages past `len` stay the cache's: it is about to grow into them again.
+            Body::Paged(p) => p.filled.iter_mut().for_each(|f| *f = (*f).min(len)),
         }
     }
 
     /// Makes room for `positions` positions in every layer now, in whole blocks, so that
     /// filling them never reallocates (what a scheduler does when it admits a sequence under
     /// a memory budget of [`KvCache::block_bytes`] blocks).
-    pub(crate) fn reserve(&mut self, positions: usize) {
+    ///
+    /// # Errors
+    /// [`crate::Error::KvPool`] when a paged cache's pool has no free page left.
+    pub(crate) fn reserve(&mut self, positions: usize) -> Result<()> {
         let (g_n, dh) = (self.n_kv_heads, self.head_dim);
-        for kv in &mut self.layers {
-            if kv.capacity < positions {
-                kv.grow(g_n, dh, positions);
+        match &mut self.body {
+            Body::Owned(layers) => {
+                for kv in layers {
+                    if kv.capacity < positions {
+                        kv.grow(g_n, dh, positions);
+                    }
+                }
+                Ok(())
             }
+            Body::Paged(p) => p.reserve(positions),
         }
     }
 
     /// Bytes currently reserved for keys and values.
     pub(crate) fn reserved_bytes(&self) -> usize {
-        self.layers.iter().map(|l| l.k.bytes() + l.v.bytes()).sum()
+        match &self.body {
+            Body::Owned(layers) => layers.iter().map(|l| l.k.bytes() + l.v.bytes()).sum(),
+            Body::Paged(p) => {
+                p.table.len()
+                    * KvPool::page_bytes(p.filled.len(), self.n_kv_heads, self.head_dim, self.dtype)
+            }
+        }
     }
 
     /// Appends rows of keys and values (`[T, G·Dh]`, as the projections produce them) to
     /// `layer` (uncommitted until [`KvCache::commit`]).
-    pub(crate) fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) {
+    ///
+    /// # Errors
+    /// [`crate::Error::KvPool`] when a paged cache needs a page its pool does not have.
+    pub(crate) fn append(&mut self, layer: usize, k: &[f32], v: &[f32]) -> Result<()> {
         let (g_n, dh) = (self.n_kv_heads, self.head_dim);
         let width = g_n * dh;
         assert_eq!(k.len(), v.len(), "kv cache: k and v lengths differ");
         if width == 0 {
-            return;
+            return Ok(());
         }
         let rows = k.len() / width;
-        let kv = &mut self.layers[layer];
+        let layers = match &mut self.body {
+            Body::Owned(layers) => layers,
+            Body::Paged(p) => {
+                let filled = p.filled[layer];
+                p.reserve(filled + rows)?;
+                let mut pool = p.pool.lock();
+                let stride = pool.stride;
+                let (ks, vs) = &mut pool.layers[layer];
+                for (dst, src) in [(ks, k), (vs, v)] {
+                    for (r, row) in src.chunks_exact(width).enumerate() {
+                        let s = filled + r;
+                        let page = p.table[s / PAGE_POSITIONS] as usize * stride;
+                        for (g, head) in row.chunks_exact(dh).enumerate() {
+                            dst.write(page + (g * PAGE_POSITIONS + s % PAGE_POSITIONS) * dh, head);
+                        }
+                    }
+                }
+                p.filled[layer] += rows;
+                return Ok(());
+            }
+        };
+        let kv = &mut layers[layer];
         if kv.capacity < kv.filled + rows {
             kv.grow(g_n, dh, kv.filled + rows);
         }
@@ -240,11 +363,40 @@ impl HostKv {
             }
         }
         kv.filled += rows;
+        Ok(())
     }
 
-    /// Keys and values of `layer` for every position appended so far.
-    pub(crate) fn layer(&self, layer: usize) -> LayerView<'_> {
-        let kv = &self.layers[layer];
+    /// Calls `f` with the keys and values of `layer` for every position appended so far
+    /// (a paged cache's pool is locked meanwhile).
+    pub(crate) fn with_layer<R>(&self, layer: usize, f: impl FnOnce(LayerView<'_>) -> R) -> R {
+        let p = match &self.body {
+            Body::Owned(layers) => return f(self.owned_view(&layers[layer])),
+            Body::Paged(p) => p,
+        };
+        let pool = p.pool.lock();
+        let attention = mixtral_kernels::attention::Attention {
+            n_heads: self.n_kv_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            window: None,
+        };
+        let (len, table) = (p.filled[layer], &p.table[..]);
+        f(match &pool.layers[layer] {
+            (Store::F32(k), Store::F32(v)) => {
+                LayerView::F32(Kv::paged(attention, k, v, len, table, PAGE_POSITIONS))
+            }
+            (Store::F16(k), Store::F16(v)) => {
+                LayerView::F16(Kv::paged(attention, k, v, len, table, PAGE_POSITIONS))
+            }
+            (Store::Bf16(k), Store::Bf16(v)) => {
+                LayerView::Bf16(Kv::paged(attention, k, v, len, table, PAGE_POSITIONS))
+            }
+            _ => unreachable!("keys and values share the pool's dtype"),
+        })
+    }
+
+    /// Keys and values of one layer of an owned cache for every position appended so far.
+    fn owned_view<'a>(&self, kv: &'a LayerKv) -> LayerView<'a> {
         let (len, row_stride, group_stride) =
             (kv.filled, self.head_dim, kv.capacity * self.head_dim);
         match (&kv.k, &kv.v) {
@@ -254,6 +406,7 @@ impl HostKv {
                 len,
                 row_stride,
                 group_stride,
+                pages: None,
             }),
             (Store::F16(k), Store::F16(v)) => LayerView::F16(Kv {
                 k,
@@ -261,6 +414,7 @@ impl HostKv {
                 len,
                 row_stride,
                 group_stride,
+                pages: None,
             }),
             (Store::Bf16(k), Store::Bf16(v)) => LayerView::Bf16(Kv {
                 k,
@@ -268,6 +422,7 @@ impl HostKv {
                 len,
                 row_stride,
                 group_stride,
+                pages: None,
             }),
             _ => unreachable!("keys and values share the cache's dtype"),
         }
@@ -297,13 +452,13 @@ mod tests {
             let mut c = HostKv::new(1, 1, 2, dtype);
             // 1 + 2⁻¹⁰ + 2⁻¹² rounds to 1 + 2⁻¹⁰ in f16 and to 1 in bf16.
             let x = 1.0 + 2f32.powi(-10) + 2f32.powi(-12);
-            c.append(0, &[x, -2.0], &[0.5, x]);
+            c.append(0, &[x, -2.0], &[0.5, x]).unwrap();
             assert_eq!(c.reserved_bytes(), 2 * BLOCK_POSITIONS * 2 * 2);
-            let first = match c.layer(0) {
+            let first = c.with_layer(0, |view| match view {
                 LayerView::F16(kv) => kv.k[0].to_f32(),
                 LayerView::Bf16(kv) => kv.k[0].to_f32(),
                 LayerView::F32(_) => unreachable!(),
-            };
+            });
             assert_eq!(first, want, "{dtype:?}");
         }
     }
@@ -313,43 +468,89 @@ mod tests {
         let mut c = HostKv::new(2, 2, 2, KvDType::F32);
         assert_eq!(c.reserved_bytes(), 0);
         for layer in 0..2 {
-            c.append(layer, &[1.0; 12], &[2.0; 12]);
+            c.append(layer, &[1.0; 12], &[2.0; 12]).unwrap();
         }
         assert_eq!(c.reserved_bytes(), 2 * 2 * BLOCK_POSITIONS * 4 * 4);
         c.truncate(1);
-        assert_eq!(c.layer(1).len(), 1);
+        assert_eq!(c.with_layer(1, |v| v.len()), 1);
+    }
+
+    /// Rows of position `s`, KV head `g` (`Dh` = 2), and `[T, G·Dh]` rows for `range`.
+    fn row(s: usize, g: usize) -> [f32; 2] {
+        [(s * 10 + g) as f32, -((s * 10 + g) as f32)]
+    }
+
+    fn rows(g_n: usize, range: std::ops::Range<usize>) -> Vec<f32> {
+        range
+            .flat_map(|s| (0..g_n).flat_map(move |g| row(s, g)))
+            .collect()
+    }
+
+    /// Appends positions 0..200 then 200..300 (outgrowing a block and several pages).
+    fn fill(c: &mut HostKv, g_n: usize) {
+        for range in [0..200, 200..300] {
+            let k = rows(g_n, range.clone());
+            let v: Vec<f32> = k.iter().map(|x| x + 0.5).collect();
+            c.append(0, &k, &v).unwrap();
+        }
+    }
+
+    /// Every position's rows read back where attention reads them.
+    fn check_rows(c: &HostKv, g_n: usize, dh: usize) {
+        c.with_layer(0, |view| {
+            let LayerView::F32(kv) = view else {
+                panic!("an f32 cache")
+            };
+            assert_eq!((kv.len, kv.row_stride), (300, dh));
+            for s in [0, 63, 64, 199, 200, 299] {
+                for g in 0..g_n {
+                    let at = kv.offset(g, s);
+                    assert_eq!(kv.k[at..at + dh], row(s, g), "k s {s} g {g}");
+                    assert_eq!(
+                        kv.v[at..at + dh],
+                        row(s, g).map(|x| x + 0.5),
+                        "v s {s} g {g}"
+                    );
+                }
+            }
+        });
     }
 
     #[test]
     fn each_head_is_one_run_of_positions_across_growth() {
-        // G = 3, Dh = 2; 200 then 100 positions: the second append outgrows one block.
         let (g_n, dh) = (3, 2);
-        let row = |s: usize, g: usize| [(s * 10 + g) as f32, -((s * 10 + g) as f32)];
-        let rows = |range: std::ops::Range<usize>| -> Vec<f32> {
-            range
-                .flat_map(|s| (0..g_n).flat_map(move |g| row(s, g)))
-                .collect()
-        };
         let mut c = HostKv::new(1, g_n, dh, KvDType::F32);
+        fill(&mut c, g_n);
+        check_rows(&c, g_n, dh);
+    }
+
+    /// Two caches growing side by side in one pool interleave their pages; each reads back
+    /// its own rows, the pool runs out with an error rather than a panic, and dropping a
+    /// cache frees its pages.
+    #[test]
+    fn paged_caches_share_a_pool_and_give_their_pages_back() {
+        let (g_n, dh) = (3, 2);
+        let pool = KvPool::with_shape((1, g_n, dh), KvDType::F32, 10).unwrap();
+        let (mut a, mut b) = (HostKv::paged(&pool), HostKv::paged(&pool));
         for range in [0..200, 200..300] {
-            let k = rows(range.clone());
-            let v: Vec<f32> = k.iter().map(|x| x + 0.5).collect();
-            c.append(0, &k, &v);
-        }
-        let LayerView::F32(kv) = c.layer(0) else {
-            panic!("an f32 cache")
-        };
-        assert_eq!((kv.len, kv.row_stride), (300, dh));
-        for s in [0, 199, 200, 299] {
-            for g in 0..g_n {
-                let at = kv.offset(g, s);
-                assert_eq!(kv.k[at..at + dh], row(s, g), "k s {s} g {g}");
-                assert_eq!(
-                    kv.v[at..at + dh],
-                    row(s, g).map(|x| x + 0.5),
-                    "v s {s} g {g}"
-                );
+            for c in [&mut a, &mut b] {
+                let k = rows(g_n, range.clone());
+                let v: Vec<f32> = k.iter().map(|x| x + 0.5).collect();
+                c.append(0, &k, &v).unwrap();
             }
         }
+        check_rows(&a, g_n, dh);
+        check_rows(&b, g_n, dh);
+        assert_eq!(pool.free_pages(), 0);
+        assert_eq!(
+            a.reserved_bytes(),
+            5 * KvPool::page_bytes(1, g_n, dh, KvDType::F32)
+        );
+        let err = a
+            .append(0, &rows(g_n, 300..400), &rows(g_n, 300..400))
+            .unwrap_err();
+        assert!(matches!(err, crate::Error::KvPool(_)), "{err}");
+        drop(b);
+        assert_eq!(pool.free_pages(), 5);
     }
 }

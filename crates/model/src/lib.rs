@@ -38,6 +38,7 @@ mod gguf_config;
 mod graph;
 mod input;
 mod kv_cache;
+mod kv_pool;
 mod mistral_config;
 pub mod names;
 mod ops;
@@ -55,6 +56,7 @@ pub use forward::{
     BatchItem, BatchScratch, DeviceId, ForwardOptions, Logits, Model, Output, Placement, Recorded,
 };
 pub use kv_cache::{KvDType, LayerView};
+pub use kv_pool::{KvPool, PAGE_POSITIONS};
 pub use ops::Kernels;
 pub use routing::{LayerRouting, RoutingTrace};
 pub use steer::{ForceRouting, Intervention, RouterHook, RouterLogits};

@@ -199,14 +199,16 @@ impl Device for Cpu {
         // Each sequence's keys and values go to its own cache, and its queries attend to it.
         for Seq { kv, rows, .. } in seqs.iter_mut() {
             let (a, b) = (rows.start, rows.end);
-            kv.append(l, &io.k[a * kvd..b * kvd], &io.v[a * kvd..b * kvd]);
-            self.kernels.attention(
-                p,
-                &io.q[a * qd..b * qd],
-                &positions[a..b],
-                kv.layer(l),
-                &mut out[a * qd..b * qd],
-            );
+            kv.append(l, &io.k[a * kvd..b * kvd], &io.v[a * kvd..b * kvd])?;
+            kv.with_layer(l, |view| {
+                self.kernels.attention(
+                    p,
+                    &io.q[a * qd..b * qd],
+                    &positions[a..b],
+                    view,
+                    &mut out[a * qd..b * qd],
+                )
+            });
         }
         Ok(())
     }
@@ -317,8 +319,7 @@ impl KvStore for HostKv {
     }
 
     fn reserve(&mut self, positions: usize) -> Result<()> {
-        HostKv::reserve(self, positions);
-        Ok(())
+        HostKv::reserve(self, positions)
     }
 
     fn reserved_bytes(&self) -> usize {
