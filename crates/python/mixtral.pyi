@@ -5,7 +5,7 @@ within one layer. Arrays are NumPy arrays that own the engine's buffers (no copy
 """
 
 from os import PathLike
-from typing import Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, TypedDict, Union, overload
+from typing import Any, Callable, Dict, Iterator, List, Literal, Optional, Sequence, Tuple, TypedDict, Union, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -152,13 +152,20 @@ class Engine:
         stop_token_ids: Optional[Sequence[int]] = None,
         ignore_eos: bool = False,
         top_logprobs: int = 0,
+        json_schema: Union[Dict[str, Any], str, None] = None,
+        regex: Optional[str] = None,
+        choice: Optional[Sequence[str]] = None,
+        grammar: Optional[str] = None,
         interventions: Optional[Sequence[Intervention]] = None,
         on_router: Optional[RouterHook] = None,
         stream: Literal[False] = False,
     ) -> Completion:
         """Generates after `prompt`. Unset sampling options come from the model's
         generation_config.json (as the CLI's); the same seed gives the CLI's tokens.
-        Interventions and `on_router` apply to the prompt and to every generated token."""
+        Interventions and `on_router` apply to the prompt and to every generated token.
+        At most one of `json_schema` (a JSON Schema), `regex`, `choice` (a list of strings) and
+        `grammar` (llguidance's Lark syntax) constrains the output: every token is masked by
+        it (structured outputs); a bad one raises InvalidInputError."""
     @overload
     def generate(
         self,
@@ -175,6 +182,10 @@ class Engine:
         stop_token_ids: Optional[Sequence[int]] = None,
         ignore_eos: bool = False,
         top_logprobs: int = 0,
+        json_schema: Union[Dict[str, Any], str, None] = None,
+        regex: Optional[str] = None,
+        choice: Optional[Sequence[str]] = None,
+        grammar: Optional[str] = None,
         interventions: Optional[Sequence[Intervention]] = None,
         on_router: Optional[RouterHook] = None,
         stream: Literal[True],
@@ -209,6 +220,7 @@ class Engine:
         max_queue: int = 256,
         prefill_chunk: int = 128,
         prefix_caching: bool = False,
+        reserve_max_tokens: bool = False,
     ) -> "Batch":
         """A batch scheduler over this engine, for generations from many threads at once."""
     @property

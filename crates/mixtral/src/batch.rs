@@ -8,11 +8,19 @@
 //!   chunks of [`BatchOptions::prefill_chunk`] beside the others' decode steps (a long prompt
 //!   does not stall them), and it leaves the step it finishes. A cancelled request, or one
 //!   whose receiver is gone, frees its cache at once.
-//! - **Memory.** Keys and values are budgeted in blocks of [`KvCache::BLOCK_POSITIONS`]
-//!   positions out of [`BatchOptions::kv_memory`]. A request is admitted when the blocks for
-//!   its prompt plus its `max_new_tokens` (capped at the context) are free, and reserves them
-//!   then, so a running sequence never runs out and is never evicted; until they are free it
-//!   waits in the queue. A request that could never fit is refused when submitted.
+//! - **Memory.** Keys and values are budgeted in blocks out of [`BatchOptions::kv_memory`]:
+//!   on the CPU, pages of [`mixtral_model::PAGE_POSITIONS`] positions of one [`KvPool`] that
+//!   every sequence's cache takes from (attention reads them through a page table), on a GPU
+//!   blocks of [`KvCache::BLOCK_POSITIONS`] of each sequence's own buffers. A request is admitted when the blocks for
+//!   its prompt and first token are free, and takes more as it grows. When a step's growth
+//!   does not fit, kept prefixes are evicted first, then the most recently admitted running
+//!   sequence is **preempted**: its blocks are freed and it waits, ahead of every queued
+//!   request, to be readmitted, when its prompt and the tokens it had generated are computed
+//!   again (vLLM's recompute preemption) and it goes on from where it stopped, with its
+//!   sampler's state: its client sees a delay, nothing else ([`Metrics::preemptions`]).
+//!   [`BatchOptions::reserve_max_tokens`] reserves prompt plus `max_new_tokens` at
+//!   admission instead (nothing is ever preempted; fewer sequences fit). A request that could
+//!   never fit alone is refused when submitted.
 //! - **Prefixes.** A finished sequence's cache is kept (its blocks counted apart, in
 //!   [`Metrics::kv_blocks_cached`]) until a request needs the blocks; a request whose prompt
 //!   shares at least 16 leading tokens with a kept cache takes it over and prefills only
@@ -24,7 +32,7 @@
 
 use crate::generate::{Decoding, reusable_prefix};
 use crate::{CancelToken, Engine, Error, FinishReason, GenerateParams, Prompt, Result, Token};
-use mixtral_model::{BatchItem, BatchScratch, KvCache};
+use mixtral_model::{BatchItem, BatchScratch, KvCache, KvPool, PAGE_POSITIONS};
 use std::collections::VecDeque;
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -51,6 +59,11 @@ pub struct BatchOptions {
     /// fragments, and a 64-client load test's resident memory went 30% past its KV budget
     /// (docs/architecture.md, "Batching").
     pub prefix_caching: bool,
+    /// Reserve each request's prompt plus `max_new_tokens` (capped at the context) when it is
+    /// admitted, as the scheduler did before it could preempt: a running sequence never
+    /// waits for memory, but a budget holds as many sequences as fit at their longest. Off
+    /// by default: sequences take blocks as they grow.
+    pub reserve_max_tokens: bool,
 }
 
 impl Default for BatchOptions {
@@ -61,6 +74,7 @@ impl Default for BatchOptions {
             max_queue: 256,
             prefill_chunk: 128,
             prefix_caching: false,
+            reserve_max_tokens: false,
         }
     }
 }
@@ -176,6 +190,12 @@ pub struct Metrics {
     pub kv_blocks_total: usize,
     /// Bytes per KV block.
     pub kv_block_bytes: usize,
+    /// Positions per KV block (a page of the CPU's pool, [`mixtral_model::PAGE_POSITIONS`];
+    /// [`KvCache::BLOCK_POSITIONS`] on a GPU).
+    pub kv_block_positions: usize,
+    /// Running sequences preempted since the start (their blocks freed for others, their
+    /// tokens computed again when readmitted).
+    pub preemptions: u64,
     /// Requests submitted since the start.
     pub requests_total: u64,
     /// Requests that ended (finished, cancelled or failed); counted at the end of the
@@ -197,7 +217,10 @@ struct Queued {
     params: GenerateParams,
     sink: Sink,
     cancel: CancelToken,
+    /// Blocks it takes when admitted.
     blocks: usize,
+    /// Blocks it may hold at its longest (prompt plus `max_new_tokens`, within the context).
+    max_blocks: usize,
     submitted: Instant,
 }
 
@@ -218,7 +241,11 @@ struct Shared {
     idle: Condvar,
     opts: BatchOptions,
     block_bytes: usize,
+    /// Positions per block.
+    block_positions: usize,
     total_blocks: usize,
+    /// The CPU's pages, `total_blocks` of them (`None` on a GPU).
+    pool: Option<KvPool>,
     context: usize,
 }
 
@@ -295,16 +322,24 @@ impl Scheduler {
         }
         let c = engine.config();
         let model = engine.model();
-        let block_bytes = KvCache::block_bytes(
-            c.num_hidden_layers,
-            c.num_key_value_heads,
-            c.head_dim,
-            model.kv_dtype(),
-        )
-        .max(1);
+        let shape = (c.num_hidden_layers, c.num_key_value_heads, c.head_dim);
+        // On the CPU the budget is a pool of pages every sequence takes from; a GPU's caches
+        // are device buffers of their own, budgeted in blocks.
+        let paged = model.device() == mixtral_model::DeviceId::Cpu;
+        let (block_bytes, block_positions) = match paged {
+            true => (
+                KvPool::page_bytes(shape.0, shape.1, shape.2, model.kv_dtype()),
+                PAGE_POSITIONS,
+            ),
+            false => (
+                KvCache::block_bytes(shape.0, shape.1, shape.2, model.kv_dtype()),
+                KvCache::BLOCK_POSITIONS,
+            ),
+        };
+        let block_bytes = block_bytes.max(1);
         let context = c.max_position_embeddings;
         let kv_memory = opts.kv_memory.unwrap_or_else(|| {
-            let per_seq = context.min(4096).div_ceil(KvCache::BLOCK_POSITIONS);
+            let per_seq = context.min(4096).div_ceil(block_positions);
             opts.max_batch
                 .saturating_mul(per_seq)
                 .saturating_mul(block_bytes)
@@ -313,9 +348,13 @@ impl Scheduler {
         if total_blocks == 0 {
             return Err(Error::InvalidOption {
                 option: "kv_memory",
-                reason: "smaller than one KV block (KvCache::block_bytes)",
+                reason: "smaller than one KV block (Metrics::kv_block_bytes)",
             });
         }
+        let pool = match paged {
+            true => Some(KvPool::new(c, model.kv_dtype(), total_blocks)?),
+            false => None,
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -324,6 +363,7 @@ impl Scheduler {
                 metrics: Metrics {
                     kv_blocks_total: total_blocks,
                     kv_block_bytes: block_bytes,
+                    kv_block_positions: block_positions,
                     ..Metrics::default()
                 },
             }),
@@ -331,7 +371,9 @@ impl Scheduler {
             idle: Condvar::new(),
             opts,
             block_bytes,
+            block_positions,
             total_blocks,
+            pool,
             context,
         });
         let thread = {
@@ -391,13 +433,19 @@ impl Scheduler {
             .len()
             .saturating_add(params.max_new_tokens)
             .min(self.shared.context);
-        let blocks = positions.div_ceil(KvCache::BLOCK_POSITIONS);
-        if blocks > self.shared.total_blocks {
+        let bp = self.shared.block_positions;
+        let max_blocks = positions.div_ceil(bp);
+        if max_blocks > self.shared.total_blocks {
             return Err(Error::KvBudget {
-                needed: blocks.saturating_mul(self.shared.block_bytes),
+                needed: max_blocks.saturating_mul(self.shared.block_bytes),
                 budget: self.shared.total_blocks * self.shared.block_bytes,
             });
         }
+        // The prompt and its first token's position; the rest is taken as it is generated.
+        let blocks = match self.shared.opts.reserve_max_tokens {
+            true => max_blocks,
+            false => (ids.len() + 1).min(self.shared.context).div_ceil(bp),
+        };
         if !self.is_running() {
             // Only a bug ends the thread early (a panic in a kernel): say so, never queue.
             return Err(Error::Batch("the scheduler's thread has stopped".into()));
@@ -418,6 +466,7 @@ impl Scheduler {
             sink,
             cancel: cancel.clone(),
             blocks,
+            max_blocks,
             submitted: Instant::now(),
         });
         state.metrics.requests_total += 1;
@@ -529,21 +578,56 @@ enum Plan {
 /// A running sequence.
 struct Running<'e> {
     prompt: Vec<u32>,
+    /// After a preemption: the prompt and the generated tokens that were in its cache, to
+    /// compute again before it decodes on (`None`: the prompt).
+    recompute: Option<Vec<u32>>,
     cache: KvCache,
-    /// Prompt tokens prefilled so far (the cached ones included).
+    /// Tokens of [`Running::feed`] prefilled so far (the cached ones included).
     prefilled: usize,
     /// Prompt tokens taken from a kept cache.
     cached: usize,
     decoding: Decoding<'e>,
     sink: Sink,
     cancel: CancelToken,
+    /// Blocks its cache holds.
     blocks: usize,
+    /// Blocks it may hold at its longest.
+    max_blocks: usize,
     submitted: Instant,
     first_token: Option<Duration>,
     generated: usize,
 }
 
 impl Running<'_> {
+    /// The tokens to prefill: the prompt, or after a preemption what its cache held.
+    fn feed(&self) -> &[u32] {
+        self.recompute.as_deref().unwrap_or(&self.prompt)
+    }
+
+    /// Whether prefilling `rows` ends the prompt and so samples the first token (not when it
+    /// ends a preempted sequence's recomputation: its next token is already chosen).
+    fn wants_logits(&self, rows: &std::ops::Range<usize>) -> bool {
+        rows.end == self.feed().len() && self.decoding.pending.is_none()
+    }
+
+    /// What it contributes to the next step.
+    fn plan(&self, chunk: usize) -> Plan {
+        let feed = self.feed().len();
+        match self.decoding.pending {
+            Some(id) if self.prefilled == feed => Plan::Decode([id]),
+            _ => Plan::Prefill(self.prefilled..(self.prefilled + chunk).min(feed)),
+        }
+    }
+
+    /// Blocks of `bp` positions its cache needs to run `plan`.
+    fn blocks_for(&self, plan: &Plan, bp: usize) -> usize {
+        let positions = match plan {
+            Plan::Prefill(rows) => rows.end,
+            Plan::Decode(_) => self.cache.len() + 1,
+        };
+        positions.div_ceil(bp)
+    }
+
     /// Sends `event`; false if the receiver is gone.
     fn send(&mut self, event: Event) -> bool {
         (self.sink)(event)
@@ -590,6 +674,8 @@ struct Worker<'e> {
     engine: &'e Engine,
     shared: &'e Shared,
     running: Vec<Running<'e>>,
+    /// Preempted sequences waiting to be readmitted, oldest submission first.
+    preempted: Vec<Running<'e>>,
     /// Finished sequences' caches, for their prefixes.
     kept: Vec<Kept>,
     /// Steps run (the clock `Kept::kept_at` reads).
@@ -605,6 +691,7 @@ impl<'e> Worker<'e> {
             engine,
             shared,
             running: vec![],
+            preempted: vec![],
             kept: vec![],
             steps: 0,
             scratch: BatchScratch::default(),
@@ -614,9 +701,15 @@ impl<'e> Worker<'e> {
 
     fn run(mut self) {
         loop {
+            // Outside the lock: reserving zero-fills memory, and a failure takes the lock.
+            self.readmit();
             let (admitted, cancelled) = {
                 let mut state = self.shared.lock();
-                while state.queue.is_empty() && self.running.is_empty() && !state.closing {
+                while state.queue.is_empty()
+                    && self.running.is_empty()
+                    && self.preempted.is_empty()
+                    && !state.closing
+                {
                     // Nothing to cancel: a `cancel_all` now must not reach later requests.
                     state.cancel_all = false;
                     self.publish(&mut state);
@@ -629,14 +722,18 @@ impl<'e> Worker<'e> {
                 }
                 if state.cancel_all {
                     state.cancel_all = false;
-                    for q in &self.running {
+                    for q in self.running.iter().chain(&self.preempted) {
                         q.cancel.cancel();
                     }
                     for q in &state.queue {
                         q.cancel.cancel();
                     }
                 }
-                if state.closing && state.queue.is_empty() && self.running.is_empty() {
+                if state.closing
+                    && state.queue.is_empty()
+                    && self.running.is_empty()
+                    && self.preempted.is_empty()
+                {
                     self.publish(&mut state);
                     self.shared.idle.notify_all();
                     return;
@@ -671,9 +768,12 @@ impl<'e> Worker<'e> {
         }
         state.queue = keep;
         let total = self.shared.total_blocks;
-        let mut used: usize = self.running.iter().map(|r| r.blocks).sum();
+        let mut used = self.committed();
         let mut admitted = vec![];
-        while self.running.len() + admitted.len() < self.shared.opts.max_batch {
+        // Preempted sequences go first: a new request waits until they are back.
+        while self.preempted.is_empty()
+            && self.running.len() + admitted.len() < self.shared.opts.max_batch
+        {
             let Some(front) = state.queue.front() else {
                 break;
             };
@@ -789,16 +889,17 @@ impl<'e> Worker<'e> {
                         cache.truncate(n);
                         (cache, n)
                     }
-                    None => (self.engine.model().new_cache(), 0),
+                    None => (self.new_cache()?, 0),
                 };
                 // On a GPU this is where device memory runs out: the request fails alone.
-                cache.reserve(a.blocks * KvCache::BLOCK_POSITIONS)?;
+                cache.reserve(a.blocks * self.shared.block_positions)?;
                 Ok((decoding, cache, cached))
             });
             match start {
                 Ok((decoding, cache, cached)) => {
                     self.running.push(Running {
                         prompt: q.ids,
+                        recompute: None,
                         cache,
                         prefilled: cached,
                         cached,
@@ -806,6 +907,7 @@ impl<'e> Worker<'e> {
                         sink: q.sink,
                         cancel: q.cancel,
                         blocks: a.blocks,
+                        max_blocks: q.max_blocks,
                         submitted: q.submitted,
                         first_token: None,
                         generated: 0,
@@ -823,7 +925,8 @@ impl<'e> Worker<'e> {
     /// Ends every running sequence that was cancelled, freeing its cache now.
     fn drop_cancelled(&mut self) {
         let mut ended = 0;
-        self.running.retain_mut(|r| {
+        let (running, preempted) = (&mut self.running, &mut self.preempted);
+        let mut retain = |r: &mut Running<'_>| {
             if r.cancel.is_cancelled() {
                 let done = r.finished(FinishReason::Interrupted);
                 r.send(Event::Done(done));
@@ -832,7 +935,9 @@ impl<'e> Worker<'e> {
             } else {
                 true
             }
-        });
+        };
+        running.retain_mut(&mut retain);
+        preempted.retain_mut(&mut retain);
         if ended > 0 {
             self.shared.lock().metrics.requests_finished += ended;
         }
@@ -841,15 +946,10 @@ impl<'e> Worker<'e> {
     /// One forward call over every running sequence: its pending token, or its next prompt
     /// chunk. Then each sequence that got logits samples its next token.
     fn step(&mut self) {
-        let chunk = self.shared.opts.prefill_chunk;
-        let plans: Vec<Plan> = self
-            .running
-            .iter()
-            .map(|r| match r.decoding.pending {
-                Some(id) => Plan::Decode([id]),
-                None => Plan::Prefill(r.prefilled..(r.prefilled + chunk).min(r.prompt.len())),
-            })
-            .collect();
+        let plans = match self.grow() {
+            Ok(plans) => plans,
+            Err(e) => return self.fail_all(e),
+        };
         let prompt_tokens: u64 = plans
             .iter()
             .map(|p| match p {
@@ -858,15 +958,7 @@ impl<'e> Worker<'e> {
             })
             .sum();
         if let Err(e) = self.forward(&plans) {
-            // Inputs are checked at submission, so this is a bug or an exhausted machine:
-            // every sequence of the step fails, the scheduler goes on.
-            let e = Arc::new(e);
-            let n = self.running.len() as u64;
-            for mut r in self.running.drain(..) {
-                r.send(Event::Error(e.clone()));
-            }
-            self.shared.lock().metrics.requests_finished += n;
-            return;
+            return self.fail_all(e);
         }
         let (generated, ended) = self.sample(plans);
         self.steps += 1;
@@ -877,6 +969,125 @@ impl<'e> Worker<'e> {
         m.generated_tokens_total += generated;
         m.requests_finished += ended;
         self.window.0 += generated;
+    }
+
+    /// Fails every running sequence with `e`: inputs are checked at submission, so this is a
+    /// bug or an exhausted machine; the scheduler goes on.
+    fn fail_all(&mut self, e: Error) {
+        let e = Arc::new(e);
+        let n = self.running.len() as u64;
+        for mut r in self.running.drain(..) {
+            r.send(Event::Error(e.clone()));
+        }
+        self.shared.lock().metrics.requests_finished += n;
+    }
+
+    /// The step's plans, with the blocks each running sequence needs for them taken: from
+    /// the free ones, then from kept prefixes (least recently kept first), then by
+    /// preempting running sequences, most recently admitted first, until the rest fit. The
+    /// oldest always fits: no request is admitted that could not run alone.
+    fn grow(&mut self) -> Result<Vec<Plan>> {
+        let (chunk, bp) = (self.shared.opts.prefill_chunk, self.shared.block_positions);
+        let total = self.shared.total_blocks;
+        loop {
+            let plans: Vec<Plan> = self.running.iter().map(|r| r.plan(chunk)).collect();
+            let needs: Vec<usize> = self
+                .running
+                .iter()
+                .zip(&plans)
+                .map(|(r, p)| r.blocks.max(r.blocks_for(p, bp).min(r.max_blocks)))
+                .collect();
+            // (The same sum as `committed`, kept per sequence to reserve below.)
+            let need: usize = needs.iter().sum();
+            while need + self.kept_blocks() > total && self.evict_oldest().is_some() {}
+            if need <= total || self.running.len() == 1 {
+                for (r, n) in self.running.iter_mut().zip(needs) {
+                    if n > r.blocks {
+                        r.cache.reserve(n * bp)?;
+                        r.blocks = n;
+                    }
+                }
+                return Ok(plans);
+            }
+            self.preempt_newest();
+        }
+    }
+
+    /// Blocks the running sequences hold or take at their next step: what admission must
+    /// leave them (admitting into blocks a running sequence is about to take would only
+    /// preempt the newcomer at once).
+    fn committed(&self) -> usize {
+        let (chunk, bp) = (self.shared.opts.prefill_chunk, self.shared.block_positions);
+        self.running
+            .iter()
+            .map(|r| {
+                r.blocks
+                    .max(r.blocks_for(&r.plan(chunk), bp).min(r.max_blocks))
+            })
+            .sum()
+    }
+
+    /// An empty cache: on the pool's pages on the CPU.
+    fn new_cache(&self) -> Result<KvCache> {
+        let model = self.engine.model();
+        Ok(match &self.shared.pool {
+            Some(pool) => model.new_paged_cache(pool)?,
+            None => model.new_cache(),
+        })
+    }
+
+    /// Frees the most recently admitted running sequence's blocks; it waits in
+    /// [`Worker::preempted`] to be computed again.
+    fn preempt_newest(&mut self) {
+        let Some(mut r) = self.running.pop() else {
+            return;
+        };
+        // What its cache held: the prompt while prefilling it, else the prompt and every
+        // generated token but the pending one (run at its next decode step).
+        if r.decoding.pending.is_some() {
+            let ids = r.decoding.ids();
+            r.recompute = Some(ids[..ids.len() - 1].to_vec());
+        }
+        // Dropping its cache gives its pages back; an empty one holds none.
+        match self.new_cache() {
+            Ok(cache) => r.cache = cache,
+            Err(e) => {
+                r.send(Event::Error(Arc::new(e)));
+                self.shared.lock().metrics.requests_finished += 1;
+                return;
+            }
+        }
+        r.prefilled = 0;
+        r.blocks = 0;
+        let at = self
+            .preempted
+            .partition_point(|p| p.submitted <= r.submitted);
+        self.preempted.insert(at, r);
+        self.shared.lock().metrics.preemptions += 1;
+    }
+
+    /// Moves preempted sequences back into the batch, oldest first, while their blocks (for
+    /// what they compute again, and the next token) are free.
+    fn readmit(&mut self) {
+        let total = self.shared.total_blocks;
+        while let Some(r) = self.preempted.first() {
+            let used = self.committed();
+            let blocks = (r.feed().len() + 1)
+                .div_ceil(self.shared.block_positions)
+                .min(r.max_blocks);
+            while used + blocks + self.kept_blocks() > total && self.evict_oldest().is_some() {}
+            if self.running.len() >= self.shared.opts.max_batch || used + blocks > total {
+                return;
+            }
+            let mut r = self.preempted.remove(0);
+            if let Err(e) = r.cache.reserve(blocks * self.shared.block_positions) {
+                r.send(Event::Error(Arc::new(e.into())));
+                self.shared.lock().metrics.requests_finished += 1;
+                continue;
+            }
+            r.blocks = blocks;
+            self.running.push(r);
+        }
     }
 
     /// The step's one forward call; the logits stay in the scratch (read by `sample`).
@@ -891,11 +1102,15 @@ impl<'e> Worker<'e> {
                     cache: &mut r.cache,
                     logits: true,
                 },
-                Plan::Prefill(rows) => BatchItem {
-                    tokens: &r.prompt[rows.clone()],
-                    cache: &mut r.cache,
-                    logits: rows.end == r.prompt.len(),
-                },
+                Plan::Prefill(rows) => {
+                    let logits = r.wants_logits(rows);
+                    let feed = r.recompute.as_deref().unwrap_or(&r.prompt);
+                    BatchItem {
+                        tokens: &feed[rows.clone()],
+                        cache: &mut r.cache,
+                        logits,
+                    }
+                }
             })
             .collect();
         let (model, scratch) = (self.engine.model(), &mut self.scratch);
@@ -922,7 +1137,7 @@ impl<'e> Worker<'e> {
                 }
                 Plan::Prefill(chunk) => {
                     r.prefilled = chunk.end;
-                    chunk.end == r.prompt.len()
+                    r.wants_logits(&chunk)
                 }
             };
             let mut keep = true;
@@ -967,7 +1182,8 @@ impl<'e> Worker<'e> {
     /// Publishes the queue, batch and memory gauges, and the generation rate.
     fn publish(&mut self, state: &mut State) {
         let m = &mut state.metrics;
-        m.queued = state.queue.len();
+        // Preempted sequences wait too (for their blocks, ahead of the queue).
+        m.queued = state.queue.len() + self.preempted.len();
         m.active = self.running.len();
         m.kv_blocks_used = self.running.iter().map(|r| r.blocks).sum();
         m.kv_blocks_cached = self.kept_blocks();

@@ -151,7 +151,8 @@ pub fn chat_template(
 
 /// `messages` as token ids: rendered by `template` (the special tokens it prints, BOS
 /// included, become ids; the same text inside a message stays text) or, without one, by the
-/// mistral-common-exact `[INST]` renderer.
+/// mistral-common-exact `[INST]` renderer. A conversation that ends with an assistant message
+/// is rendered for the model to continue that message (no end of turn after it).
 ///
 /// # Errors
 /// The template's own errors (it may refuse a conversation, e.g. roles that do not
@@ -161,8 +162,15 @@ pub fn encode_chat(
     template: Option<&ChatTemplate>,
     messages: &[Message],
 ) -> Result<Vec<u32>> {
-    Ok(match template {
-        Some(t) => tokenizer.encode_chat_template(t, messages, true)?,
-        None => tokenizer.encode_chat(messages)?,
+    // A conversation that ends with the assistant's words asks the model to go on with them
+    // (a prefill, or a reply cut short), not to answer them.
+    let continuing = messages
+        .last()
+        .is_some_and(|m| m.role == mixtral_tokenizer::chat::Role::Assistant);
+    Ok(match (template, continuing) {
+        (Some(t), false) => tokenizer.encode_chat_template(t, messages, true)?,
+        (Some(t), true) => tokenizer.encode_chat_template_continuing(t, messages)?,
+        (None, false) => tokenizer.encode_chat(messages)?,
+        (None, true) => tokenizer.encode_chat_continuing(messages)?,
     })
 }

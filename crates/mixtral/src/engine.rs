@@ -191,6 +191,8 @@ pub struct Engine {
     dir: PathBuf,
     /// Tells this engine's sessions from other engines'.
     pub(crate) id: u64,
+    /// Output constraints' parser factory, built on the first constrained request.
+    pub(crate) guides: crate::constraint::Guides,
 }
 
 impl std::fmt::Debug for Engine {
@@ -313,6 +315,7 @@ impl Engine {
                 static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
                 NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             },
+            guides: Default::default(),
         })
     }
 

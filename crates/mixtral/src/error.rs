@@ -115,6 +115,13 @@ pub enum Error {
         /// Its type.
         dtype: mixtral_tensor::DType,
     },
+    /// A [`crate::Constraint`] could not be compiled (a malformed schema, regex or grammar, or
+    /// one past llguidance's size and time limits), or its parser failed while generating.
+    #[error("output constraint: {0}")]
+    Constraint(String),
+    /// A conversation with tools, or a `tool_choice`, that cannot be served as given.
+    #[error("tool calls: {0}")]
+    ToolConversation(&'static str),
     /// A load option is out of range.
     #[error("invalid option `{option}`: {reason}")]
     InvalidOption {
@@ -172,6 +179,8 @@ impl Error {
             Error::Tokenizer(_)
             | Error::Sampler(_)
             | Error::InvalidOption { .. }
+            | Error::Constraint(_)
+            | Error::ToolConversation(_)
             | Error::AlreadyQuantized { .. } => ErrorKind::InvalidInput,
             Error::KvBudget { .. } | Error::PromptTooLong { .. } => ErrorKind::InvalidInput,
             Error::NoTokenizer { .. }

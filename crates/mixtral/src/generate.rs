@@ -1,6 +1,7 @@
 //! Streaming generation: `Session` (a sequence's KV cache and ids), `Generation` (an iterator
 //! of tokens with their text), and the parameters that steer it.
 
+use crate::constraint::{Constraint, Guide};
 use crate::{Engine, Result};
 use mixtral_model::{ForwardOptions, Intervention, KvCache};
 use mixtral_sampler::{Sampled, Sampler, SamplerConfig, StopConfig, StopReason, Stopper};
@@ -22,6 +23,14 @@ pub enum Prompt {
     Tokens(Vec<u32>),
     /// A conversation in the Mixtral instruct format (BOS, `[INST] … [/INST]` turns).
     Chat(Vec<Message>),
+    /// A conversation with tools the model may call, and their calls and results
+    /// ([`crate::tools`] says how each vocabulary renders them).
+    Tools {
+        /// The conversation.
+        messages: Vec<crate::ToolMessage>,
+        /// The functions the model may call (none: only the history's calls are rendered).
+        tools: Vec<crate::Tool>,
+    },
 }
 
 /// Stops a generation from any thread: [`Engine::generate`] checks it before every layer of
@@ -78,6 +87,9 @@ pub struct GenerateParams {
     pub intervention: Intervention,
     /// Stops the generation from another thread, the prompt's prefill included.
     pub cancel: Option<CancelToken>,
+    /// What the generated text must match (JSON Schema, regex, choices, grammar); `None`
+    /// leaves it free. See [`Constraint`].
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateParams {
@@ -92,6 +104,7 @@ impl Default for GenerateParams {
             ignore_eos: false,
             intervention: Intervention::default(),
             cancel: None,
+            constraint: None,
         }
     }
 }
@@ -99,6 +112,12 @@ impl Default for GenerateParams {
 /// Builder methods: `GenerateParams::default().max_new_tokens(64).temperature(0.7).seed(1)`,
 /// or the same on [`Engine::params`]. Ranges are checked when generation starts.
 impl GenerateParams {
+    /// What the generated text must match ([`Constraint`]).
+    pub fn constraint(mut self, constraint: Constraint) -> GenerateParams {
+        self.constraint = Some(constraint);
+        self
+    }
+
     /// Most tokens to generate.
     pub fn max_new_tokens(mut self, n: usize) -> GenerateParams {
         self.max_new_tokens = n;
@@ -303,6 +322,8 @@ pub(crate) struct Decoding<'e> {
     /// The last sampled token, not yet run through the model.
     pub(crate) pending: Option<u32>,
     pub(crate) finish: Option<FinishReason>,
+    /// The output constraint's state, and the masked logits it samples from.
+    guide: Option<(Guide, Vec<f32>)>,
 }
 
 impl<'e> Decoding<'e> {
@@ -323,6 +344,16 @@ impl<'e> Decoding<'e> {
             stop_strings: params.stop_strings.clone(),
             max_new_tokens: Some(params.max_new_tokens),
         })?;
+        let guide = match &params.constraint {
+            None => None,
+            Some(c) => {
+                let tokenizer = engine.require_tokenizer()?;
+                let guide = engine
+                    .guides
+                    .guide(c, tokenizer, engine.config().vocab_size)?;
+                Some((guide, Vec::new()))
+            }
+        };
         Ok(Decoding {
             sampler,
             stopper,
@@ -331,7 +362,13 @@ impl<'e> Decoding<'e> {
             prompt_tokens: prompt_ids.len(),
             pending: None,
             finish: None,
+            guide,
         })
+    }
+
+    /// The prompt's ids and those generated so far.
+    pub(crate) fn ids(&self) -> &[u32] {
+        &self.history
     }
 
     /// Ids generated so far.
@@ -343,11 +380,22 @@ impl<'e> Decoding<'e> {
     /// with a context of `context`. Sets `finish` when it ends the sequence, and `pending`
     /// when it must be run through the model to choose another.
     pub(crate) fn next(&mut self, logits: &[f32], cached: usize, context: usize) -> Result<Token> {
+        let logits = match &mut self.guide {
+            Some((guide, masked)) => {
+                guide.mask(logits, masked)?;
+                &masked[..]
+            }
+            None => logits,
+        };
         let Sampled {
             token: id,
             logprob,
             top,
         } = self.sampler.sample(logits, &self.history)?;
+        let complete = match &mut self.guide {
+            Some((guide, _)) => guide.advance(id)?,
+            None => false,
+        };
         self.history.push(id);
         let piece = match &mut self.decoder {
             Some(d) => d.push(id)?.unwrap_or_default(),
@@ -356,6 +404,11 @@ impl<'e> Decoding<'e> {
         let mut step = self.stopper.push(id, &piece);
         match step.stop {
             Some(reason) => self.finish = Some(FinishReason::Stop(reason)),
+            // The constraint's grammar is complete: nothing more may follow.
+            None if complete => {
+                step.text.push_str(&self.stopper.flush());
+                self.finish = Some(FinishReason::Stop(StopReason::Constraint));
+            }
             // This token would sit at position `cached`: past the context, it cannot be run
             // to choose another. It is still returned, with any text held back for it.
             None if cached >= context => {
@@ -482,6 +535,12 @@ impl Engine {
                 self.chat_template.as_ref(),
                 messages,
             )?,
+            Prompt::Tools { messages, tools } => crate::tools::encode_tool_chat(
+                self.require_tokenizer()?,
+                self.chat_template.as_ref(),
+                messages,
+                tools,
+            )?,
         })
     }
 
@@ -494,6 +553,7 @@ impl Engine {
             Prompt::Chat(messages) => messages
                 .iter()
                 .fold(0usize, |n, m| n.saturating_add(m.content.len())),
+            Prompt::Tools { messages, tools } => crate::tools::text_bytes(messages, tools),
         };
         let context = self.config().max_position_embeddings;
         let per_token = self.max_token_bytes.max(1);
@@ -566,6 +626,29 @@ impl Engine {
         })?;
         session.ids.push(id);
         Ok(())
+    }
+
+    /// Compiles `constraint` against this engine's vocabulary without generating: what a
+    /// server does to refuse a bad schema, regex or grammar before queueing the request.
+    ///
+    /// # Errors
+    /// [`crate::Error::Constraint`] for a constraint llguidance cannot compile (or one past
+    /// its limits), [`crate::Error::NoTokenizer`] without a tokenizer.
+    pub fn check_constraint(&self, constraint: &Constraint) -> Result<()> {
+        let tokenizer = self.require_tokenizer()?;
+        self.guides
+            .guide(constraint, tokenizer, self.config().vocab_size)
+            .map(drop)
+    }
+
+    /// How this model's vocabulary writes tool calls: Mistral's v3 tokens or the text
+    /// markers ([`crate::tools`]); what [`crate::tools::tool_call_constraint`] and
+    /// [`crate::tools::ToolCallParser`] take.
+    ///
+    /// # Errors
+    /// [`crate::Error::NoTokenizer`] without a tokenizer.
+    pub fn tool_format(&self) -> Result<crate::tools::ToolFormat> {
+        Ok(crate::tools::ToolFormat::of(self.require_tokenizer()?))
     }
 
     /// Starts generating from `prompt` in a fresh session.

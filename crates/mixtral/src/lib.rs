@@ -36,6 +36,7 @@
 mod batch;
 pub mod bench;
 mod chat_format;
+mod constraint;
 mod defaults;
 mod engine;
 mod error;
@@ -43,11 +44,13 @@ mod generate;
 pub mod gguf_vocab;
 pub mod hub;
 mod quantize;
+pub mod tools;
 
 pub use batch::{BatchOptions, Event, Finished, Metrics, RequestHandle, Scheduler, Sink};
 pub use chat_format::{
     ChatFormat, GGUF_TEMPLATE_KEY, chat_template, encode_chat, model_chat_template,
 };
+pub use constraint::Constraint;
 pub use defaults::Defaults;
 pub use engine::{Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS, Precision};
 pub use error::{Error, ErrorKind, Result};
@@ -61,6 +64,7 @@ pub use mixtral_model::{
 pub use mixtral_sampler::SamplerConfig;
 pub use mixtral_tokenizer::chat::{Message, Role};
 pub use quantize::{QuantScheme, QuantizeReport, quantize_to_gguf};
+pub use tools::{Tool, ToolCall, ToolChoice, ToolMessage};
 
 pub use mixtral_kernels as kernels;
 pub use mixtral_model as model;

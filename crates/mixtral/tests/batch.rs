@@ -404,13 +404,7 @@ fn kept_prefixes_are_evicted_when_a_request_needs_their_blocks() {
     let mut params = engine.params();
     params.max_new_tokens = 4;
     params.ignore_eos = true;
-    let c = engine.config();
-    let block = mixtral::model::KvCache::block_bytes(
-        c.num_hidden_layers,
-        c.num_key_value_heads,
-        c.head_dim,
-        engine.model().kv_dtype(),
-    );
+    let block = scheduler_block_bytes(&engine);
     let hot = Scheduler::new(
         engine.clone(),
         BatchOptions {
@@ -432,5 +426,97 @@ fn kept_prefixes_are_evicted_when_a_request_needs_their_blocks() {
         let m = hot.metrics();
         assert!(m.kv_blocks_cached + m.kv_blocks_used <= 2, "{m:?}");
         assert_eq!(m.kv_blocks_cached, (i as usize + 1).min(2), "{m:?}");
+    }
+}
+
+/// A budget that holds two sequences at their longest serves 16 at once: each takes blocks
+/// as it grows, and when they run out the newest is preempted and computed again later.
+/// Every request still gets exactly the tokens it gets alone (a batch-invariant engine, so
+/// recomputing a cache by prefill gives the bits decoding gave), preemption happened, and
+/// the budget held throughout. Reserving `max_tokens` up front instead never preempts and
+/// runs at most two at a time.
+#[test]
+fn sequences_grow_into_the_budget_and_the_newest_is_preempted_when_it_runs_out() {
+    let opts = LoadOptions {
+        threads: Some(1),
+        batch_invariant: true,
+        ..LoadOptions::default()
+    };
+    let engine = Arc::new(Engine::load_with(fixture("models/tiny-bf16"), opts, |_, _| {}).unwrap());
+    let m = Scheduler::new(engine.clone(), BatchOptions::default())
+        .unwrap()
+        .metrics();
+    let (block, bp) = (m.kv_block_bytes, m.kv_block_positions);
+    let mut params = engine.params();
+    params.ignore_eos = true;
+    params.sampling = SamplerConfig::default();
+    // Each sequence starts in one block and ends in several: 40 prompt tokens, 260 generated.
+    params.max_new_tokens = 260;
+    let longest = 300usize.div_ceil(bp);
+    assert!(longest >= 2 && 41 <= bp, "blocks of {bp} positions");
+    let prompts: Vec<Vec<u32>> = (0..16u32)
+        .map(|i| (0..40).map(|j| 1 + (i * 131 + j * 7) % 30000).collect())
+        .collect();
+    let alone: Vec<Vec<u32>> = prompts
+        .iter()
+        .map(|p| {
+            engine
+                .generate(&Prompt::Tokens(p.clone()), &params)
+                .unwrap()
+                .map(|t| t.unwrap().id)
+                .collect()
+        })
+        .collect();
+    for reserve_max_tokens in [false, true] {
+        let scheduler = Scheduler::new(
+            engine.clone(),
+            BatchOptions {
+                max_batch: 16,
+                kv_memory: Some(2 * longest * block),
+                prefill_chunk: 64,
+                reserve_max_tokens,
+                ..BatchOptions::default()
+            },
+        )
+        .unwrap();
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| {
+                scheduler
+                    .submit(&Prompt::Tokens(p.clone()), &params)
+                    .unwrap()
+            })
+            .collect();
+        let done = AtomicBool::new(false);
+        let peak_active = std::thread::scope(|s| {
+            let watcher = s.spawn(|| {
+                let mut peak = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let m = scheduler.metrics();
+                    assert!(m.kv_blocks_used <= m.kv_blocks_total, "{m:?}");
+                    peak = peak.max(m.active);
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                peak
+            });
+            for (i, (h, want)) in handles.into_iter().zip(&alone).enumerate() {
+                let (tokens, done) = h.collect_all().unwrap();
+                let got: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+                assert_eq!(&got, want, "request {i} (reserve {reserve_max_tokens})");
+                assert_eq!(done.generated_tokens, 260);
+            }
+            done.store(true, Ordering::Relaxed);
+            watcher.join().unwrap()
+        });
+        assert!(scheduler.wait_idle(Duration::from_secs(10)));
+        let m = scheduler.metrics();
+        assert_eq!((m.requests_finished, m.kv_blocks_used), (16, 0), "{m:?}");
+        if reserve_max_tokens {
+            assert_eq!(m.preemptions, 0, "{m:?}");
+            assert!(peak_active <= 2, "{peak_active} running in reserved mode");
+        } else {
+            assert!(m.preemptions > 0, "{m:?}");
+            assert!(peak_active > 2, "{peak_active} running: growth admits more");
+        }
     }
 }

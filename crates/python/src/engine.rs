@@ -203,8 +203,12 @@ impl Engine {
     /// step for all of them (`mixtral serve`'s scheduler).
     #[pyo3(signature = (
         *, max_batch = 16, kv_memory = None, max_queue = 256, prefill_chunk = 128,
-        prefix_caching = false
+        prefix_caching = false, reserve_max_tokens = false
     ))]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "Python keyword arguments, one per BatchOptions field"
+    )]
     fn batch(
         &self,
         max_batch: usize,
@@ -212,6 +216,7 @@ impl Engine {
         max_queue: usize,
         prefill_chunk: usize,
         prefix_caching: bool,
+        reserve_max_tokens: bool,
     ) -> PyResult<crate::batch::Batch> {
         crate::batch::Batch::new(
             self.inner.clone(),
@@ -221,6 +226,7 @@ impl Engine {
                 max_queue,
                 prefill_chunk,
                 prefix_caching,
+                reserve_max_tokens,
             },
         )
     }

@@ -57,6 +57,8 @@ pub(crate) struct Sampling {
     pub overrides: Overrides,
     pub stop_token_ids: Vec<u32>,
     pub top_logprobs: usize,
+    /// `json_schema=`, `regex=`, `choice=` or `grammar=`.
+    pub constraint: Option<mixtral::Constraint>,
 }
 
 impl Sampling {
@@ -68,8 +70,33 @@ impl Sampling {
         });
         p.sampling.top_logprobs = self.top_logprobs;
         p.stop_token_ids = self.stop_token_ids.clone();
+        p.constraint = self.constraint.clone();
         p
     }
+}
+
+/// An output constraint keyword argument: `json_schema=` (a dict, or a JSON string),
+/// `regex=` (a str), `choice=` (a list of str) or `grammar=` (a Lark grammar, a str).
+fn constraint(name: &str, value: &Bound<'_, PyAny>) -> PyResult<mixtral::Constraint> {
+    use mixtral::Constraint;
+    Ok(match name {
+        "json_schema" => {
+            let text: String = match value.cast::<PyString>() {
+                Ok(s) => s.extract()?,
+                Err(_) => value
+                    .py()
+                    .import("json")?
+                    .call_method1("dumps", (value,))?
+                    .extract()?,
+            };
+            let schema = serde_json::from_str(&text)
+                .map_err(|e| invalid(format!("json_schema is not JSON: {e}")))?;
+            Constraint::JsonSchema(schema)
+        }
+        "regex" => Constraint::Regex(value.extract()?),
+        "choice" => Constraint::Choice(value.extract()?),
+        _ => Constraint::Lark(value.extract()?),
+    })
 }
 
 /// `stop=`: one string or a sequence of them.
@@ -102,7 +129,7 @@ impl GenerateKwargs {
     /// The names accepted, for the error on any other.
     const NAMES: &'static str = "max_tokens, temperature, top_p, top_k, min_p, \
         repetition_penalty, seed, stop, stop_token_ids, ignore_eos, top_logprobs, \
-        interventions, on_router, stream";
+        json_schema, regex, choice, grammar, interventions, on_router, stream";
 
     pub(crate) fn parse(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<GenerateKwargs> {
         let mut k = GenerateKwargs {
@@ -138,6 +165,15 @@ impl GenerateKwargs {
                         .unwrap_or_default()
                 }
                 "ignore_eos" => o.ignore_eos = value.extract().map_err(arg)?,
+                "json_schema" | "regex" | "choice" | "grammar" if value.is_none() => {}
+                "json_schema" | "regex" | "choice" | "grammar" => {
+                    if k.sampling.constraint.is_some() {
+                        return Err(invalid(
+                            "give one of json_schema, regex, choice and grammar".to_string(),
+                        ));
+                    }
+                    k.sampling.constraint = Some(constraint(&name, &value).map_err(arg)?);
+                }
                 "top_logprobs" => k.sampling.top_logprobs = value.extract().map_err(arg)?,
                 "stream" => k.stream = value.extract().map_err(arg)?,
                 "interventions" => k.interventions = (!value.is_none()).then(|| value.unbind()),

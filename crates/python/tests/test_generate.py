@@ -128,3 +128,37 @@ def test_a_batch_with_prefix_caching_reuses_a_conversation(tiny_bf16):
     m = batch.metrics
     assert (m["prefix_cache_queries"], m["prefix_cache_hits"]) == (2, 1)
     assert m["prefix_cache_tokens"] == two.usage["cached_tokens"]
+
+
+def test_constraints_hold_on_a_random_model(tiny_bf16):
+    # Only constrained decoding makes random weights write these.
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 0, "maximum": 9}, "ok": {"type": "boolean"}},
+        "required": ["n", "ok"],
+        "additionalProperties": False,
+    }
+    for seed in range(4):
+        done = tiny_bf16.generate("JSON:", json_schema=schema, temperature=1.0, seed=seed, max_tokens=200)
+        value = json.loads(done.text)
+        assert set(value) == {"n", "ok"} and 0 <= value["n"] <= 9 and isinstance(value["ok"], bool)
+        assert done.finish_reason == "stop"
+        text = tiny_bf16.generate("Code:", regex=r"[A-Z]{2}[0-9]{2}", temperature=1.0, seed=seed).text
+        assert len(text) == 4 and text[:2].isupper() and text[2:].isdigit(), text
+        text = tiny_bf16.chat(
+            [{"role": "user", "content": "Pick"}], choice=["left", "right"], temperature=1.0, seed=seed
+        ).text
+        assert text in ("left", "right")
+    streamed = "".join(
+        e.text for e in tiny_bf16.generate("JSON:", json_schema=json.dumps(schema), seed=1, temperature=1.0, stream=True)
+    )
+    json.loads(streamed)
+
+
+def test_bad_constraints_are_invalid_input(tiny_bf16):
+    with pytest.raises(mixtral.InvalidInputError, match="output constraint"):
+        tiny_bf16.generate("x", regex="(unclosed")
+    with pytest.raises(mixtral.InvalidInputError, match="one of"):
+        tiny_bf16.generate("x", regex="a", choice=["a"])
+    with pytest.raises(TypeError):
+        tiny_bf16.generate("x", choice="not a list")

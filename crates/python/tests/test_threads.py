@@ -104,6 +104,10 @@ class interrupt_after:
         self.timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
 
     def __enter__(self):
+        # Python's own Ctrl-C handler, for the block: a process started in the background
+        # by a non-interactive shell (nohup, `&`) inherits SIGINT ignored, and Python then
+        # never raises KeyboardInterrupt at all.
+        self.previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         self.start = time.perf_counter()
         self.timer.start()
         return self
@@ -111,6 +115,7 @@ class interrupt_after:
     def __exit__(self, *exc):
         self.timer.cancel()
         self.elapsed = time.perf_counter() - self.start
+        signal.signal(signal.SIGINT, self.previous)
 
 
 main_thread_only = pytest.mark.skipif(
