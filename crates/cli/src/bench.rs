@@ -29,9 +29,39 @@ pub(crate) struct Args {
     /// time to first token at each.
     #[arg(long, value_delimiter = ',')]
     concurrency: Option<Vec<usize>>,
+    /// With --concurrency: the scheduler's KV budget (`mixtral serve --kv-memory`), e.g.
+    /// `256M`.
+    #[arg(long, value_parser = crate::serve::parse_bytes, requires = "concurrency")]
+    kv_memory: Option<usize>,
+    /// With --concurrency: reserve prompt plus generated tokens at admission
+    /// (`mixtral serve --reserve-max-tokens`) rather than growing and preempting.
+    #[arg(long, requires = "concurrency")]
+    reserve_max_tokens: bool,
+    /// Decode under this JSON Schema (a file), as `response_format` `json_schema` does: the
+    /// cost of constrained decoding is the decode figure against a run without it. The
+    /// answer ends when the schema's JSON is complete, so give a schema whose answers are
+    /// long (e.g. an array with a large `minItems`).
+    #[arg(long, value_name = "FILE")]
+    json_schema: Option<std::path::PathBuf>,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
+}
+
+/// The largest schema file `--json-schema` reads.
+const MAX_SCHEMA_BYTES: u64 = 1 << 20;
+
+/// The schema `--json-schema` names, read with a size bound.
+fn read_schema(path: &std::path::Path) -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_SCHEMA_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 > MAX_SCHEMA_BYTES {
+        return Err(format!("{}: more than {MAX_SCHEMA_BYTES} bytes", path.display()).into());
+    }
+    Ok(serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))?)
 }
 
 /// The most competing threads `--contend` starts.
@@ -96,7 +126,11 @@ fn concurrency(
     let precision = format!("{:?}", engine.model().precision()).to_lowercase();
     let kv = format!("{:?}", engine.model().kv_dtype()).to_lowercase();
     let repeat = args.repeat.max(1);
-    let results = crate::bench_batch::run(engine, prompt, params, levels, repeat)?;
+    let setup = crate::bench_batch::Setup {
+        kv_memory: args.kv_memory,
+        reserve_max_tokens: args.reserve_max_tokens,
+    };
+    let results = crate::bench_batch::run(engine, prompt, params, levels, repeat, setup)?;
     let base = results[0].decode_tokens_per_s;
     if args.json {
         let rows: Vec<_> = results
@@ -108,12 +142,15 @@ fn concurrency(
                     "decode_tokens_per_s": l.decode_tokens_per_s,
                     "decode_vs_first": l.decode_tokens_per_s / base,
                     "ttft_s": l.ttft.as_secs_f64(),
+                    "total_tokens_per_s": l.total_tokens_per_s,
+                    "preemptions": l.preemptions,
                 })
             })
             .collect();
         let out = serde_json::json!({
             "model": model, "device": "cpu", "threads": threads, "precision": precision, "kv_dtype": kv,
             "prompt_len": args.prompt_len, "gen": args.gen_tokens, "repeat": repeat,
+            "kv_memory": args.kv_memory, "reserve_max_tokens": args.reserve_max_tokens,
             "levels": rows,
         });
         println!("{out}");
@@ -124,15 +161,19 @@ fn concurrency(
             "requests     {} prompt tokens + {} generated each, median of {repeat}",
             args.prompt_len, args.gen_tokens
         );
-        println!("concurrency  prefill tok/s  decode tok/s  decode ×  TTFT");
+        println!(
+            "concurrency  prefill tok/s  decode tok/s  decode ×  TTFT      all tok/s  preempted"
+        );
         for l in &results {
             println!(
-                "{:>11}  {:>13.1}  {:>12.1}  {:>7.2}×  {:.3} s",
+                "{:>11}  {:>13.1}  {:>12.1}  {:>7.2}×  {:.3} s  {:>9.1}  {:>9}",
                 l.concurrency,
                 l.prefill_tokens_per_s,
                 l.decode_tokens_per_s,
                 l.decode_tokens_per_s / base,
-                l.ttft.as_secs_f64()
+                l.ttft.as_secs_f64(),
+                l.total_tokens_per_s,
+                l.preemptions
             );
         }
     }
@@ -185,6 +226,9 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     params.sampling = SamplerConfig::default();
     params.max_new_tokens = gen_len;
     params.ignore_eos = true;
+    if let Some(path) = &args.json_schema {
+        params.constraint = Some(mixtral::Constraint::JsonSchema(read_schema(path)?));
+    }
     if let Some(levels) = &args.concurrency {
         if levels.is_empty() || levels.iter().any(|&n| n == 0 || n > 1024) {
             return Err("--concurrency: a list of 1 to 1024 (e.g. 1,4,8,16)".into());
@@ -272,12 +316,14 @@ fn print_json(engine: &mixtral::Engine, args: &Args, m: &Measured) {
     let out = serde_json::json!({
         "model": engine.dir().display().to_string(),
         "device": engine.device().to_string(),
+        "cpu_isa": cpu_isa(engine),
         "prompt_len": m.stats.prompt_tokens,
         "gen": m.stats.generated_tokens,
         "threads": engine.threads(),
         "repeat": args.repeat.max(1),
         "precision": format!("{:?}", engine.model().precision()).to_lowercase(),
         "kv_dtype": format!("{:?}", engine.model().kv_dtype()).to_lowercase(),
+        "json_schema": args.json_schema.as_ref().map(|p| p.display().to_string()),
         "contend": args.contend,
         "preemptions": m.preemptions,
         "prefill_tokens_per_s": m.prefill,
@@ -291,16 +337,36 @@ fn print_json(engine: &mixtral::Engine, args: &Args, m: &Measured) {
     println!("{out}");
 }
 
+/// The instruction set the CPU kernels run with (`avx512bf16`, `avx2`, `i8mm`, `neon`, ...),
+/// or `None` on a GPU.
+fn cpu_isa(engine: &mixtral::Engine) -> Option<&'static str> {
+    (engine.device() == mixtral::Device::Cpu).then(|| mixtral::kernels::Isa::detect().name())
+}
+
 /// The report for people.
 fn print_text(engine: &mixtral::Engine, args: &Args, m: &Measured) {
     let (prefill, decode, floor, preemptions) = (m.prefill, m.decode, m.floor, m.preemptions);
     println!("model         {}", engine.dir().display());
     println!("threads       {}", engine.threads());
+    if let Some(isa) = cpu_isa(engine) {
+        println!(
+            "cpu kernels   {isa} (of {}; {} caps it)",
+            mixtral::kernels::Isa::available()
+                .iter()
+                .map(|i| i.name())
+                .collect::<Vec<_>>()
+                .join(", "),
+            mixtral::kernels::isa::ISA_ENV
+        );
+    }
     println!(
         "precision     {} (activations of the matmuls), KV cache {}",
         format!("{:?}", engine.model().precision()).to_lowercase(),
         format!("{:?}", engine.model().kv_dtype()).to_lowercase()
     );
+    if let Some(path) = &args.json_schema {
+        println!("constraint    JSON Schema {}", path.display());
+    }
     if args.contend > 0 {
         println!(
             "competition   {} busy threads in another process; {preemptions} regions found a helper preempted",

@@ -18,6 +18,20 @@ pub(crate) struct Level {
     pub decode_tokens_per_s: f64,
     /// Mean time to first token.
     pub ttft: Duration,
+    /// Every generated token / the time from submission to the last request's end: what a
+    /// KV budget's admission policy changes (sequences waiting for memory count).
+    pub total_tokens_per_s: f64,
+    /// Sequences preempted per run (their blocks taken for others, recomputed later).
+    pub preemptions: f64,
+}
+
+/// How the scheduler is set up for the runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Setup {
+    /// `--kv-memory`.
+    pub kv_memory: Option<usize>,
+    /// `--reserve-max-tokens`.
+    pub reserve_max_tokens: bool,
 }
 
 /// Runs each level `repeat` times after one untimed warm-up run.
@@ -27,18 +41,23 @@ pub(crate) fn run(
     params: &GenerateParams,
     levels: &[usize],
     repeat: usize,
+    setup: Setup,
 ) -> Result<Vec<Level>, Box<dyn std::error::Error>> {
     let max = levels.iter().copied().max().unwrap_or(1);
     let opts = BatchOptions {
         max_batch: max,
         max_queue: max,
+        kv_memory: setup.kv_memory,
+        reserve_max_tokens: setup.reserve_max_tokens,
         ..BatchOptions::default()
     };
     let scheduler = Scheduler::new(Arc::new(engine), opts)?;
     let mut out = vec![];
     for &n in levels {
         let (mut pp, mut tg, mut first) = (vec![], vec![], vec![]);
+        let (mut total, mut preempted) = (vec![], vec![]);
         for run in 0..=repeat {
+            let preemptions = scheduler.metrics().preemptions;
             let handles = (0..n)
                 .map(|i| scheduler.submit(&Prompt::Tokens(prompts(i)), params))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -58,6 +77,9 @@ pub(crate) fn run(
                 .max()
                 .unwrap_or_default();
             let end = done.iter().map(|f| f.total_time).max().unwrap_or_default();
+            let all: usize = done.iter().map(|f| f.generated_tokens).sum();
+            total.push(all as f64 / end.as_secs_f64());
+            preempted.push((scheduler.metrics().preemptions - preemptions) as f64);
             pp.push(prompt as f64 / last_first.as_secs_f64());
             tg.push(generated as f64 / (end - last_first).as_secs_f64());
             let ttfts: Vec<f64> = done
@@ -72,6 +94,8 @@ pub(crate) fn run(
             prefill_tokens_per_s: median(pp),
             decode_tokens_per_s: median(tg),
             ttft: Duration::from_secs_f64(median(first)),
+            total_tokens_per_s: median(total),
+            preemptions: median(preempted),
         });
     }
     Ok(out)

@@ -59,6 +59,12 @@ pub(crate) struct Args {
     /// exceed --kv-memory by up to a third under heavy churn (heap fragmentation).
     #[arg(long)]
     prefix_caching: bool,
+    /// Reserve each request's prompt plus max_tokens of KV memory when it starts. By
+    /// default sequences take memory as they grow, and when it runs out the newest is
+    /// preempted (its tokens computed again later): more run at once, none waits for memory
+    /// mid-answer with this flag.
+    #[arg(long)]
+    reserve_max_tokens: bool,
     /// The access log on standard error, a line per request once its response is sent:
     /// `text` (key=value pairs), `json` or `off`.
     #[arg(long, default_value = "text")]
@@ -148,7 +154,7 @@ const MAX_TIMEOUT_S: u64 = 86_400;
 const MAX_CONNECTIONS: usize = 1 << 20;
 
 /// `123`, `64K`, `512M`, `2G` (powers of 1024).
-fn parse_bytes(s: &str) -> Result<usize, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
     let (digits, scale) = match s.char_indices().last() {
         Some((i, c)) if c.is_ascii_alphabetic() => {
@@ -184,6 +190,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         max_queue: args.max_queue,
         prefill_chunk: args.prefill_chunk,
         prefix_caching: args.prefix_caching,
+        reserve_max_tokens: args.reserve_max_tokens,
     };
     let scheduler = Arc::new(Scheduler::new(engine, opts)?);
     // A repo id names the model as vLLM names it (`mistralai/Mixtral-8x7B-Instruct-v0.1`); a

@@ -301,9 +301,10 @@ fn bad_input_fails_with_one_clear_line() {
         &mixtral(&["generate", "--chat", bad.to_str().unwrap()]),
         "chat.json",
     );
+    // A last assistant message is continued; an empty one has nothing to continue.
     std::fs::write(
         &bad,
-        r#"[{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]"#,
+        r#"[{"role": "user", "content": "hi"}, {"role": "assistant", "content": ""}]"#,
     )
     .unwrap();
     assert_fails_cleanly(

@@ -75,6 +75,127 @@ fn the_openai_client_gets_what_generate_gives() {
     assert!(stdout.contains("checks passed"), "{stdout}");
 }
 
+/// Structured outputs through the `openai` client, validated by `jsonschema`
+/// (`tests/serve/structured_outputs.py`): a random-weight model's answers under
+/// `response_format` `json_schema` validate 20 of 20, `parse()` with a Pydantic model works,
+/// `json_object`, `guided_regex`, `guided_choice` and `guided_grammar` hold, and bad
+/// constraints are 400s naming their field.
+#[test]
+fn structured_outputs_hold_for_the_openai_client() {
+    let Some(python) = mixtral_testkit::python_with("MIXTRAL_OPENAI_PYTHON", "openai, jsonschema")
+    else {
+        eprintln!(
+            "note: no Python with `openai` and `jsonschema` (set MIXTRAL_OPENAI_PYTHON); skipped"
+        );
+        return;
+    };
+    let server = Server::start(&["--model", &tiny()]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/serve/structured_outputs.py"
+    );
+    let out = std::process::Command::new(python)
+        .args([script, &server.url(), "tiny-bf16"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\nstderr: {}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr()
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+/// Tool calls through the `openai` client (`tests/serve/tool_calls.py`): a random-weight
+/// model with a v1 vocabulary, under a named `tool_choice` or `required`, makes calls whose
+/// arguments validate (`jsonschema`), streamed or not; the agent loop (call with `content:
+/// null`, `tool` result, next turn) is read back; bad tool requests are 400s naming their
+/// field.
+#[test]
+fn tool_calls_hold_for_the_openai_client() {
+    let Some(python) = mixtral_testkit::python_with("MIXTRAL_OPENAI_PYTHON", "openai, jsonschema")
+    else {
+        eprintln!(
+            "note: no Python with `openai` and `jsonschema` (set MIXTRAL_OPENAI_PYTHON); skipped"
+        );
+        return;
+    };
+    let server = Server::start(&["--model", &tiny()]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/serve/tool_calls.py");
+    let out = std::process::Command::new(python)
+        .args([script, &server.url(), "tiny-bf16"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\nstderr: {}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr()
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+/// LangChain (`tests/serve/langchain_tools.py`): `bind_tools` with a named tool,
+/// `with_structured_output` by JSON schema and by function calling, and a tool loop, on a
+/// random-weight model.
+#[test]
+fn langchain_binds_tools_and_structured_output() {
+    let Some(python) = mixtral_testkit::python_with("MIXTRAL_OPENAI_PYTHON", "langchain_openai")
+    else {
+        eprintln!("note: no Python with `langchain_openai` (set MIXTRAL_OPENAI_PYTHON); skipped");
+        return;
+    };
+    let server = Server::start(&["--model", &tiny()]);
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/serve/langchain_tools.py"
+    );
+    let out = std::process::Command::new(python)
+        .args([script, &server.url(), "tiny-bf16"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\nstderr: {}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr()
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
+/// A conversation that ends with an assistant message is continued, not answered: the
+/// server's answer equals `mixtral generate --chat` on the same messages, and the prompt holds
+/// the assistant's words (more tokens than the conversation without them, no end of turn).
+#[test]
+fn a_chat_that_ends_with_the_assistant_continues_its_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = json!({"role": "user", "content": "Count to five."});
+    let assistant = json!({"role": "assistant", "content": "One, two,"});
+    let write = |name: &str, messages: Value| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, messages.to_string()).unwrap();
+        path.display().to_string()
+    };
+    let continued = generate(&["--chat", &write("c.json", json!([user, assistant]))], 8);
+    let answered = generate(&["--chat", &write("a.json", json!([user]))], 8);
+    let server = Server::start(&["--model", &tiny()]);
+    let body = json!({"messages": [user, assistant], "max_tokens": 8, "temperature": 0});
+    let r = server.post("/v1/chat/completions", &body.to_string());
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["message"]["content"], continued["text"]);
+    assert_eq!(v["usage"]["prompt_tokens"], continued["prompt_tokens"]);
+    let (with, without) = (
+        continued["prompt_tokens"].as_u64().unwrap(),
+        answered["prompt_tokens"].as_u64().unwrap(),
+    );
+    assert!(with > without, "{with} vs {without}");
+}
+
 /// A bad request: path, body, status, the `param` and `code` its error names.
 type Case<'a> = (&'a str, String, u16, Option<&'a str>, Option<&'a str>);
 

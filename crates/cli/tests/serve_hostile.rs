@@ -346,13 +346,15 @@ fn fields_the_server_does_not_honour_are_refused_and_logit_bias_is_honoured() {
     let cases = [
         (
             "/v1/chat/completions",
-            format!(r#"{{{msgs}, "response_format": {{"type": "json_object"}}}}"#),
+            format!(
+                r#"{{{msgs}, "response_format": {{"type": "json_schema", "json_schema": {{"name": "x", "schema": {{}}, "examples": []}}}}}}"#
+            ),
             "response_format",
         ),
         (
             "/v1/chat/completions",
-            format!(r#"{{{msgs}, "tools": [{tool}]}}"#),
-            "tools",
+            format!(r#"{{{msgs}, "tools": [{{"type": "web"}}]}}"#),
+            "tools[0].type",
         ),
         (
             "/v1/chat/completions",
@@ -361,8 +363,14 @@ fn fields_the_server_does_not_honour_are_refused_and_logit_bias_is_honoured() {
         ),
         (
             "/v1/chat/completions",
-            format!(r#"{{{msgs}, "parallel_tool_calls": false}}"#),
+            format!(r#"{{{msgs}, "tools": [{tool}], "parallel_tool_calls": "no"}}"#),
             "parallel_tool_calls",
+        ),
+        // Tools are a chat field.
+        (
+            "/v1/completions",
+            format!(r#"{{"prompt": "a", "tools": [{tool}]}}"#),
+            "tools",
         ),
         (
             "/v1/chat/completions",

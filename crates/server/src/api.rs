@@ -4,7 +4,8 @@
 
 pub use crate::endpoint::Endpoint;
 use crate::error::ApiError;
-use mixtral::{Engine, GenerateParams, Message, Prompt, Role};
+use mixtral::tools::ToolMessage;
+use mixtral::{Engine, GenerateParams, Prompt};
 use serde_json::{Map, Value};
 
 /// The most strings `stop` may hold (OpenAI's limit).
@@ -43,8 +44,8 @@ const COMPLETION_FIELDS: &[&str] = &["prompt", "echo"];
 
 /// Refuses any field the server does not honour, so that a client never gets a silently
 /// different answer from what it asked for (OpenAI refuses unknown fields too). A null
-/// field is as good as absent, and a few fields are accepted at the value that asks for
-/// nothing: `response_format` `{"type": "text"}`, `tools: []`, `tool_choice: "none"`.
+/// field is as good as absent. The output constraints ([`crate::guided::FIELDS`]) and the
+/// tool fields ([`crate::tools::FIELDS`]) are checked where they are read.
 fn refuse_unknown(obj: &Map<String, Value>, endpoint: Endpoint) -> Result<(), ApiError> {
     let own = match endpoint {
         Endpoint::Chat => CHAT_FIELDS,
@@ -54,12 +55,8 @@ fn refuse_unknown(obj: &Map<String, Value>, endpoint: Endpoint) -> Result<(), Ap
         let honoured = value.is_null()
             || COMMON_FIELDS.contains(&name.as_str())
             || own.contains(&name.as_str())
-            || match (endpoint, name.as_str()) {
-                (Endpoint::Chat, "response_format") => value["type"] == "text",
-                (Endpoint::Chat, "tools") => value.as_array().is_some_and(Vec::is_empty),
-                (Endpoint::Chat, "tool_choice") => value == "none",
-                _ => false,
-            };
+            || crate::guided::FIELDS.contains(&name.as_str())
+            || (endpoint == Endpoint::Chat && crate::tools::FIELDS.contains(&name.as_str()));
         if !honoured {
             let name = crate::error::clip(name);
             return Err(ApiError::invalid(
@@ -134,6 +131,10 @@ pub struct Job {
     pub logprobs: bool,
     /// The model the request names, if it names one.
     pub model: Option<String>,
+    /// The field that set `params.constraint` (a compile error is reported against it).
+    pub constraint_field: Option<&'static str>,
+    /// How to read tool calls from the output, when the request offers tools.
+    pub tool_format: Option<mixtral::tools::ToolFormat>,
 }
 
 /// Parses and checks a request body for `endpoint`.
@@ -150,11 +151,45 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
         Some(Value::String(m)) => Some(m.clone()),
         Some(_) => return Err(ApiError::invalid(Some("model"), "`model` must be a string")),
     };
+    let tools = match endpoint {
+        Endpoint::Chat => crate::tools::request(&obj)?,
+        Endpoint::Completions => crate::tools::ToolRequest::default(),
+    };
     let prompt = match endpoint {
-        Endpoint::Chat => Prompt::Chat(messages(&obj)?),
+        Endpoint::Chat => crate::tools::prompt(messages(&obj)?, &tools),
         Endpoint::Completions => completion_prompt(&obj)?,
     };
     let mut params = generate_params(engine, &obj)?;
+    let mut constraint = crate::guided::constraint(endpoint, &obj)?;
+    let tool_format = match tools.parses_calls() {
+        true => Some(
+            engine
+                .tool_format()
+                .map_err(|e| ApiError::from_engine(&e).for_endpoint(endpoint))?,
+        ),
+        false => None,
+    };
+    if let Some(format) = tool_format {
+        let calls = mixtral::tools::tool_call_constraint(
+            format,
+            &tools.tools,
+            &tools.choice,
+            tools.parallel,
+        )
+        .map_err(|e| ApiError::invalid(Some("tool_choice"), e.to_string()))?;
+        match (calls, &constraint) {
+            (Some(_), Some((field, _))) => {
+                return Err(ApiError::invalid(
+                    Some(field),
+                    format!("`{field}` and `tool_choice` both constrain the output: give one"),
+                ));
+            }
+            (Some(calls), None) => constraint = Some(("tool_choice", calls)),
+            (None, _) => {}
+        }
+    }
+    let constraint_field = constraint.as_ref().map(|(field, _)| *field);
+    params.constraint = constraint.map(|(_, c)| c);
     let stream = f.boolean("stream")?.unwrap_or(false);
     let include_usage = match obj.get("stream_options") {
         None | Some(Value::Null) => false,
@@ -178,6 +213,8 @@ pub fn parse(engine: &Engine, endpoint: Endpoint, body: &[u8]) -> Result<Job, Ap
         include_usage,
         logprobs,
         model,
+        constraint_field,
+        tool_format,
     })
 }
 
@@ -362,8 +399,10 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// `messages`: a non-empty array of `{role, content}`, the content a string or an array of
-/// text parts.
-fn messages(obj: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
+/// text parts; an assistant's may be `null` beside `tool_calls`, and a `tool` message names
+/// the call it answers (`tool_call_id`). Beside `tool_calls`, an assistant's text is not
+/// rendered, as mistral-common's v3 format renders such a turn.
+pub(crate) fn messages(obj: &Map<String, Value>) -> Result<Vec<ToolMessage>, ApiError> {
     let list = match obj.get("messages") {
         None | Some(Value::Null) => {
             return Err(ApiError::invalid(
@@ -383,57 +422,88 @@ fn messages(obj: &Map<String, Value>) -> Result<Vec<Message>, ApiError> {
     list.iter()
         .enumerate()
         .map(|(i, m)| {
-            let at = |field: &str| format!("messages[{i}].{field}");
             let Value::Object(m) = m else {
                 return Err(ApiError::invalid(
                     Some(&format!("messages[{i}]")),
                     format!("`messages[{i}]` must be an object, got {}", kind(m)),
                 ));
             };
-            let role = match m.get("role") {
-                Some(Value::String(r)) => match r.as_str() {
-                    "system" | "developer" => Role::System,
-                    "user" => Role::User,
-                    "assistant" => Role::Assistant,
-                    other => {
-                        return Err(ApiError::invalid(
-                            Some(&at("role")),
-                            format!(
-                                "unknown role `{other}` in `{}` (expected system, user or \
-                                 assistant)",
-                                at("role")
-                            ),
-                        ));
-                    }
-                },
-                Some(v) => return Err(Fields::wrong(&at("role"), "a string", v)),
-                None => {
-                    return Err(ApiError::invalid(
-                        Some(&at("role")),
-                        format!("`{}` is required", at("role")),
-                    ));
-                }
-            };
-            let content = match m.get("content") {
-                Some(Value::String(s)) => s.clone(),
-                Some(Value::Array(parts)) => text_parts(parts, &at("content"))?,
-                Some(v) => {
-                    return Err(Fields::wrong(
-                        &at("content"),
-                        "a string or an array of text parts",
-                        v,
-                    ));
-                }
-                None => {
-                    return Err(ApiError::invalid(
-                        Some(&at("content")),
-                        format!("`{}` is required", at("content")),
-                    ));
-                }
-            };
-            Ok(Message::new(role, content))
+            message(i, m)
         })
         .collect()
+}
+
+/// `messages[i]`.
+fn message(i: usize, m: &Map<String, Value>) -> Result<ToolMessage, ApiError> {
+    let at = |field: &str| format!("messages[{i}].{field}");
+    let role = match m.get("role") {
+        Some(Value::String(r)) => r.as_str(),
+        Some(v) => return Err(Fields::wrong(&at("role"), "a string", v)),
+        None => {
+            return Err(ApiError::invalid(
+                Some(&at("role")),
+                format!("`{}` is required", at("role")),
+            ));
+        }
+    };
+    if !matches!(role, "system" | "developer" | "user" | "assistant" | "tool") {
+        return Err(ApiError::invalid(
+            Some(&at("role")),
+            format!(
+                "unknown role `{}` in `{}` (expected system, user, assistant or tool)",
+                crate::error::clip(role),
+                at("role")
+            ),
+        ));
+    }
+    if role == "assistant"
+        && let Some(calls) = m.get("tool_calls").filter(|v| !v.is_null())
+    {
+        let list = calls
+            .as_array()
+            .ok_or_else(|| Fields::wrong(&at("tool_calls"), "an array", calls))?;
+        return Ok(ToolMessage::ToolCalls(crate::tools::tool_calls(
+            list,
+            &at("tool_calls"),
+        )?));
+    }
+    let content = match m.get("content") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => text_parts(parts, &at("content"))?,
+        Some(v) if !v.is_null() => {
+            return Err(Fields::wrong(
+                &at("content"),
+                "a string or an array of text parts",
+                v,
+            ));
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                Some(&at("content")),
+                format!("`{}` is required", at("content")),
+            ));
+        }
+    };
+    Ok(match role {
+        "system" | "developer" => ToolMessage::System(content),
+        "user" => ToolMessage::User(content),
+        "assistant" => ToolMessage::Assistant(content),
+        _ => match m.get("tool_call_id") {
+            Some(Value::String(id)) if !id.is_empty() => ToolMessage::ToolResult {
+                call_id: id.clone(),
+                content,
+            },
+            _ => {
+                return Err(ApiError::invalid(
+                    Some(&at("tool_call_id")),
+                    format!(
+                        "`{}` must name the call this result answers",
+                        at("tool_call_id")
+                    ),
+                ));
+            }
+        },
+    })
 }
 
 /// `[{"type": "text", "text": "…"}, …]` joined.

@@ -176,7 +176,9 @@ impl ApiError {
                 ApiError::invalid(Some("prompt"), e.to_string())
             }
             E::Tokenizer(_) => ApiError::invalid(Some("messages"), e.to_string()),
-            E::Sampler(_) | E::InvalidOption { .. } => ApiError::invalid(None, e.to_string()),
+            E::Sampler(_) | E::InvalidOption { .. } | E::Constraint(_) => {
+                ApiError::invalid(None, e.to_string())
+            }
             _ => ApiError::internal(e.to_string()),
         }
     }

@@ -43,11 +43,13 @@ pub mod api;
 mod body;
 mod endpoint;
 pub mod error;
+mod guided;
 mod listen;
 mod log;
 mod metrics;
 mod options;
 mod respond;
+mod tools;
 
 pub use log::LogFormat;
 pub use options::{Options, REQUEST_MEMORY_FACTOR};

@@ -59,6 +59,12 @@ pub(crate) async fn handler(State(app): State<Arc<App>>) -> Response {
         m.prefix_cache_tokens as f64,
     );
     metric(
+        "preemptions_total",
+        "counter",
+        "Running sequences preempted for memory (recomputed when readmitted).",
+        m.preemptions as f64,
+    );
+    metric(
         "kv_blocks_total",
         "gauge",
         "KV cache blocks in the budget.",

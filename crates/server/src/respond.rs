@@ -7,6 +7,7 @@ use crate::error::ApiError;
 use axum::extract::Request;
 use axum::response::sse::{Event as Sse, KeepAlive};
 use axum::response::{IntoResponse, Response};
+use mixtral::tools::{ParsedCall, ParsedOutput, ToolCallParser, ToolFormat};
 use mixtral::{CancelToken, Event, Finished, Sink, Token};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -36,6 +37,25 @@ fn finish_reason(reason: &mixtral::FinishReason) -> &'static str {
     }
 }
 
+/// `finish_reason` of an output that made `calls`: `tool_calls` when the model ended its
+/// turn (a call cut off by the token limit is still `length`).
+fn finish_with_calls(reason: &mixtral::FinishReason, calls: &[ParsedCall]) -> &'static str {
+    match finish_reason(reason) {
+        "stop" if !calls.is_empty() => "tool_calls",
+        other => other,
+    }
+}
+
+/// A call as OpenAI writes it: `{"id", "type": "function", "function": {"name",
+/// "arguments"}}`, the arguments as JSON text.
+fn call_json(call: &ParsedCall) -> Value {
+    json!({
+        "id": call.id,
+        "type": "function",
+        "function": {"name": call.name, "arguments": call.arguments},
+    })
+}
+
 /// What every response of one request names.
 struct Meta {
     app: Arc<App>,
@@ -48,6 +68,8 @@ struct Meta {
     include_usage: bool,
     /// Where the access log line learns the request's tokens.
     record: Option<crate::log::Record>,
+    /// How to read tool calls from the output, when the request offers tools.
+    tool_format: Option<ToolFormat>,
 }
 
 pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, req: Request) -> Response {
@@ -79,6 +101,8 @@ pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, req: Request) ->
         include_usage,
         logprobs,
         model,
+        constraint_field,
+        tool_format,
     } = job;
     if let Some(model) = model.filter(|m| *m != app.model) {
         // As OpenAI and vLLM answer: a client naming another model would otherwise get this
@@ -90,7 +114,16 @@ pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, req: Request) ->
     let sink: Sink = Box::new(move |event| tx.send(event).is_ok());
     let cancel = match app.scheduler.submit_with(ids, &params, sink) {
         Ok(cancel) => CancelOnDrop(cancel),
-        Err(e) => return app.error(ApiError::from_engine(&e).for_endpoint(endpoint)),
+        Err(e) => {
+            let error = match (&e, constraint_field) {
+                // Compiled here, by the scheduler's check: the error names the request's field.
+                (mixtral::Error::Constraint(_), Some(field)) => {
+                    ApiError::invalid(Some(field), e.to_string())
+                }
+                _ => ApiError::from_engine(&e).for_endpoint(endpoint),
+            };
+            return app.error(error);
+        }
     };
     let prefix = match endpoint {
         Endpoint::Chat => "chatcmpl",
@@ -107,9 +140,11 @@ pub(crate) async fn complete(app: Arc<App>, endpoint: Endpoint, req: Request) ->
         logprobs,
         include_usage,
         record,
+        tool_format,
     };
     if stream {
         let events = Events {
+            parser: tool_format.map(ToolCallParser::new),
             rx,
             meta,
             out: VecDeque::new(),
@@ -133,8 +168,9 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>, _cancel: CancelOn
         match event {
             Event::Token(t) => tokens.push(t),
             Event::Done(done) => {
-                meta.log(&done);
-                return axum::Json(meta.whole(&tokens, &done)).into_response();
+                let (body, finish) = meta.whole(&tokens, &done);
+                meta.log(&done, finish);
+                return axum::Json(body).into_response();
             }
             Event::Error(e) => return meta.app.error(ApiError::internal(e.to_string())),
         }
@@ -144,14 +180,15 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>, _cancel: CancelOn
 
 impl Meta {
     /// Tells the access log what the request cost.
-    fn log(&self, done: &Finished) {
+    /// `finish` is the response's `finish_reason` (`tool_calls` when the output was calls).
+    fn log(&self, done: &Finished, finish: &'static str) {
         if let Some(record) = &self.record {
             record.set(crate::log::Usage {
                 prompt_tokens: self.prompt_tokens,
                 cached_tokens: done.cached_tokens,
                 completion_tokens: done.generated_tokens,
                 time_to_first_token: done.time_to_first_token,
-                finish_reason: finish_reason(&done.reason),
+                finish_reason: finish,
             });
         }
     }
@@ -221,20 +258,38 @@ impl Meta {
         })
     }
 
-    /// The non-streamed response.
-    fn whole(&self, tokens: &[Token], done: &Finished) -> Value {
-        let text: String = tokens.iter().map(|t| t.text.as_str()).collect();
-        let finish = finish_reason(&done.reason);
+    /// The non-streamed response, and its `finish_reason`.
+    fn whole(&self, tokens: &[Token], done: &Finished) -> (Value, &'static str) {
+        let (text, calls) = match self.tool_format {
+            Some(format) => {
+                let mut parser = ToolCallParser::new(format);
+                let mut text: String = tokens.iter().map(|t| parser.push(t.id, &t.text)).collect();
+                let ParsedOutput { content, calls } = parser.finish();
+                text.push_str(&content);
+                (text, calls)
+            }
+            None => (tokens.iter().map(|t| t.text.as_str()).collect(), vec![]),
+        };
+        let finish = finish_with_calls(&done.reason, &calls);
         let (object, choice) = match self.endpoint {
-            Endpoint::Chat => (
-                "chat.completion",
-                json!({
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": self.chat_logprobs(tokens),
-                    "finish_reason": finish,
-                }),
-            ),
+            Endpoint::Chat => {
+                let mut message = json!({"role": "assistant", "content": text});
+                if !calls.is_empty() {
+                    if text.is_empty() {
+                        message["content"] = Value::Null;
+                    }
+                    message["tool_calls"] = calls.iter().map(call_json).collect();
+                }
+                (
+                    "chat.completion",
+                    json!({
+                        "index": 0,
+                        "message": message,
+                        "logprobs": self.chat_logprobs(tokens),
+                        "finish_reason": finish,
+                    }),
+                )
+            }
             Endpoint::Completions => (
                 "text_completion",
                 json!({
@@ -245,14 +300,15 @@ impl Meta {
                 }),
             ),
         };
-        json!({
+        let body = json!({
             "id": self.id,
             "object": object,
             "created": self.created,
             "model": self.app.model,
             "choices": [choice],
             "usage": self.usage(done),
-        })
+        });
+        (body, finish)
     }
 
     /// One streamed chunk: a token (`token`), the first chunk of a chat (`role`), or the
@@ -260,12 +316,12 @@ impl Meta {
     fn chunk(
         &self,
         token: Option<&Token>,
+        text: &str,
         first: bool,
         finish: Option<&str>,
         offset: usize,
     ) -> Value {
         let tokens = token.map(std::slice::from_ref).unwrap_or_default();
-        let text = token.map_or("", |t| t.text.as_str());
         let (object, choice) = match self.endpoint {
             Endpoint::Chat => {
                 let delta = match (first, finish) {
@@ -329,6 +385,8 @@ impl Meta {
 /// (the client went away) cancels the request.
 struct Events {
     rx: UnboundedReceiver<Event>,
+    /// Splits tool calls from text, when the request offers tools.
+    parser: Option<ToolCallParser>,
     meta: Meta,
     out: VecDeque<Sse>,
     started: bool,
@@ -345,21 +403,44 @@ impl Events {
 
     fn on(&mut self, event: Event) {
         if !self.started && self.meta.endpoint == Endpoint::Chat {
-            let first = self.meta.chunk(None, true, None, 0);
+            let first = self.meta.chunk(None, "", true, None, 0);
             self.push(&first);
         }
         self.started = true;
         match event {
             Event::Token(t) => {
-                let chunk = self.meta.chunk(Some(&t), false, None, self.offset);
-                self.offset += t.text.chars().count();
+                let text = match &mut self.parser {
+                    Some(parser) => parser.push(t.id, &t.text),
+                    None => t.text.clone(),
+                };
+                // A token held back as a possible call says nothing yet (unless its
+                // log-probability was asked for).
+                if text.is_empty() && self.parser.is_some() && !self.meta.logprobs {
+                    return;
+                }
+                let chunk = self.meta.chunk(Some(&t), &text, false, None, self.offset);
+                self.offset += text.chars().count();
                 self.push(&chunk);
             }
             Event::Done(done) => {
-                self.meta.log(&done);
-                let last =
-                    self.meta
-                        .chunk(None, false, Some(finish_reason(&done.reason)), self.offset);
+                let parsed = self.parser.take().map(ToolCallParser::finish);
+                let ParsedOutput { content, calls } = parsed.unwrap_or_default();
+                if !content.is_empty() {
+                    let chunk = self.meta.chunk(None, &content, false, None, self.offset);
+                    self.push(&chunk);
+                }
+                for (index, call) in calls.iter().enumerate() {
+                    // A whole call per delta: clients join a call's `arguments` fragments,
+                    // and one fragment is a valid sequence of them.
+                    let mut delta = call_json(call);
+                    delta["index"] = json!(index);
+                    let mut chunk = self.meta.chunk(None, "", false, None, self.offset);
+                    chunk["choices"][0]["delta"] = json!({"tool_calls": [delta]});
+                    self.push(&chunk);
+                }
+                let finish = finish_with_calls(&done.reason, &calls);
+                self.meta.log(&done, finish);
+                let last = self.meta.chunk(None, "", false, Some(finish), self.offset);
                 self.push(&last);
                 if self.meta.include_usage {
                     let usage = self.meta.usage_chunk(&done);
