@@ -219,7 +219,7 @@ class Engine:
         kv_memory: Optional[int] = None,
         max_queue: int = 256,
         prefill_chunk: int = 128,
-        prefix_caching: bool = False,
+        prefix_caching: Optional[bool] = None,
         reserve_max_tokens: bool = False,
     ) -> "Batch":
         """A batch scheduler over this engine, for generations from many threads at once."""

@@ -49,6 +49,9 @@ pub(crate) fn run(
         max_queue: max,
         kv_memory: setup.kv_memory,
         reserve_max_tokens: setup.reserve_max_tokens,
+        // Every run sends the same prompts: from the cache, the timed runs would compute
+        // nothing of them.
+        prefix_caching: Some(false),
         ..BatchOptions::default()
     };
     let scheduler = Scheduler::new(Arc::new(engine), opts)?;

@@ -54,11 +54,11 @@ pub(crate) struct Args {
     /// for any; comma-separated or repeated. Default: requests from web pages are refused.
     #[arg(long = "cors-origin", value_delimiter = ',')]
     cors_origins: Vec<String>,
-    /// Keep finished requests' keys and values for later requests that begin with the same
-    /// tokens (a chat's next turn then computes only the new turn). Resident memory can
-    /// exceed --kv-memory by up to a third under heavy churn (heap fragmentation).
-    #[arg(long)]
-    prefix_caching: bool,
+    /// Share the keys and values of whole 64-token pages between requests that begin with
+    /// the same tokens (a system prompt, a chat's earlier turns), and keep pages no request
+    /// holds until their memory is needed: `auto` (on the CPU, off on a GPU), `on` or `off`.
+    #[arg(long, value_enum, default_value_t = Toggle::Auto)]
+    prefix_caching: Toggle,
     /// Reserve each request's prompt plus max_tokens of KV memory when it starts. By
     /// default sequences take memory as they grow, and when it runs out the newest is
     /// preempted (its tokens computed again later): more run at once, none waits for memory
@@ -153,6 +153,25 @@ const MAX_TIMEOUT_S: u64 = 86_400;
 /// The most `--max-connections` (a file descriptor each).
 const MAX_CONNECTIONS: usize = 1 << 20;
 
+/// A feature on, off, or chosen for the device.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub(crate) enum Toggle {
+    Auto,
+    On,
+    Off,
+}
+
+impl Toggle {
+    /// `None` for `auto`.
+    fn as_option(self) -> Option<bool> {
+        match self {
+            Toggle::Auto => None,
+            Toggle::On => Some(true),
+            Toggle::Off => Some(false),
+        }
+    }
+}
+
 /// `123`, `64K`, `512M`, `2G` (powers of 1024).
 pub(crate) fn parse_bytes(s: &str) -> Result<usize, String> {
     let s = s.trim();
@@ -189,7 +208,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         kv_memory: args.kv_memory,
         max_queue: args.max_queue,
         prefill_chunk: args.prefill_chunk,
-        prefix_caching: args.prefix_caching,
+        prefix_caching: args.prefix_caching.as_option(),
         reserve_max_tokens: args.reserve_max_tokens,
     };
     let scheduler = Arc::new(Scheduler::new(engine, opts)?);
@@ -222,8 +241,12 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             );
         }
         eprintln!(
-            "serving {name} (max batch {}, KV budget {} blocks of {} bytes); Ctrl-C stops",
-            args.max_batch, m.kv_blocks_total, m.kv_block_bytes
+            "serving {name} (max batch {}, KV budget {} blocks of {} bytes, prefix caching \
+             {}); Ctrl-C stops",
+            args.max_batch,
+            m.kv_blocks_total,
+            m.kv_block_bytes,
+            if m.prefix_caching { "on" } else { "off" }
         );
         println!("listening on http://{addr}");
         std::io::stdout().flush()?;

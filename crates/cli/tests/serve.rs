@@ -690,10 +690,12 @@ fn a_growing_conversation_is_served_from_the_prefix_cache() {
         "--log-format",
         "json",
         "--prefix-caching",
+        "on",
     ]);
-    let mut messages = vec![
-        json!({"role": "user", "content": "Tell me a long story about a lighthouse keeper and the ships that pass by at night."}),
-    ];
+    // Long enough for several whole 64-token pages.
+    let story =
+        "Tell me a long story about a lighthouse keeper and the ships that pass by at night. ";
+    let mut messages = vec![json!({"role": "user", "content": story.repeat(8)})];
     let mut cached = vec![];
     let mut prompt = vec![];
     for turn in ["And then?", "How does it end?", ""] {
@@ -718,14 +720,19 @@ fn a_growing_conversation_is_served_from_the_prefix_cache() {
         messages.push(json!({"role": "assistant", "content": answer.trim().to_string() + "."}));
         messages.push(json!({"role": "user", "content": turn}));
     }
-    // Each turn after the first reuses at least the previous turn's prompt (the cache holds
-    // it and the answer; the re-rendered answer may tokenize differently from the generated
-    // ids, so only the prompt is certain), and never the new prompt's last token, which is
-    // run again for its logits.
+    // Each turn after the first reuses at least the whole pages of the previous turn's
+    // prompt (the cache holds it and the answer; the re-rendered answer may tokenize
+    // differently from the generated ids, so only the prompt is certain), in whole pages,
+    // and never the new prompt's last token, which is run again for its logits.
     assert_eq!(cached[0], 0);
     for t in 1..3 {
-        assert!(cached[t] >= prompt[t - 1] - 1, "{cached:?} {prompt:?}");
+        assert!(prompt[t - 1] >= 128, "{prompt:?}");
+        assert!(
+            cached[t] >= prompt[t - 1] / 64 * 64,
+            "{cached:?} {prompt:?}"
+        );
         assert!(cached[t] < prompt[t], "{cached:?} {prompt:?}");
+        assert_eq!(cached[t] % 64, 0, "{cached:?}");
     }
     assert_eq!(server.metric("mixtral_prefix_cache_hits_total"), 2.0);
     assert_eq!(

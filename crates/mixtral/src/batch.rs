@@ -11,26 +11,30 @@
 //! - **Memory.** Keys and values are budgeted in blocks out of [`BatchOptions::kv_memory`]:
 //!   on the CPU, pages of [`mixtral_model::PAGE_POSITIONS`] positions of one [`KvPool`] that
 //!   every sequence's cache takes from (attention reads them through a page table), on a GPU
-//!   blocks of [`KvCache::BLOCK_POSITIONS`] of each sequence's own buffers. A request is admitted when the blocks for
-//!   its prompt and first token are free, and takes more as it grows. When a step's growth
-//!   does not fit, kept prefixes are evicted first, then the most recently admitted running
-//!   sequence is **preempted**: its blocks are freed and it waits, ahead of every queued
+//!   blocks of [`KvCache::BLOCK_POSITIONS`] of each sequence's own buffers. A request is
+//!   admitted when the blocks for its prompt and first token are free, and takes more as it
+//!   grows. When a step's growth does not fit, cached pages are evicted first, then the most
+//!   recently admitted running sequence is **preempted**: its blocks are freed and it waits, ahead of every queued
 //!   request, to be readmitted, when its prompt and the tokens it had generated are computed
 //!   again (vLLM's recompute preemption) and it goes on from where it stopped, with its
 //!   sampler's state: its client sees a delay, nothing else ([`Metrics::preemptions`]).
 //!   [`BatchOptions::reserve_max_tokens`] reserves prompt plus `max_new_tokens` at
 //!   admission instead (nothing is ever preempted; fewer sequences fit). A request that could
 //!   never fit alone is refused when submitted.
-//! - **Prefixes.** A finished sequence's cache is kept (its blocks counted apart, in
-//!   [`Metrics::kv_blocks_cached`]) until a request needs the blocks; a request whose prompt
-//!   shares at least 16 leading tokens with a kept cache takes it over and prefills only
-//!   the rest ([`BatchOptions::prefix_caching`], [`Finished::cached_tokens`]).
+//! - **Prefixes** (on the CPU). Every step, each sequence publishes its whole pages: indexed
+//!   by a hash of their tokens and of the pages before them. A request whose prompt begins
+//!   with the tokens of published pages takes those pages (shared, reference-counted: with
+//!   a sequence still running, or kept after it ended) and computes only the rest. Pages no
+//!   sequence holds stay cached ([`Metrics::kv_blocks_cached`]) until a page is needed,
+//!   evicted least recently released first ([`BatchOptions::prefix_caching`],
+//!   [`Finished::cached_tokens`]; vLLM's automatic prefix caching). A preempted sequence
+//!   readmitted starts from whatever of its own pages is still cached.
 //! - **Same tokens as alone.** Each sequence samples from its own logits row with its own
 //!   sampler and seed, through the code [`Engine::generate`] uses. The rows match the ones it
 //!   gets alone to about one ulp of the logits' range (one-token and many-token matmuls sum
 //!   in different orders), and bit for bit with [`crate::LoadOptions::batch_invariant`].
 
-use crate::generate::{Decoding, reusable_prefix};
+use crate::generate::Decoding;
 use crate::{CancelToken, Engine, Error, FinishReason, GenerateParams, Prompt, Result, Token};
 use mixtral_model::{BatchItem, BatchScratch, KvCache, KvPool, PAGE_POSITIONS};
 use std::collections::VecDeque;
@@ -51,14 +55,13 @@ pub struct BatchOptions {
     pub max_queue: usize,
     /// Prompt tokens a joining sequence prefills per step.
     pub prefill_chunk: usize,
-    /// Keep a finished sequence's keys and values while their blocks are not needed, and
-    /// start a later request whose prompt begins with the same tokens from them (a chat's
-    /// next turn computes only the new turn). Kept caches are evicted least recently kept
-    /// first when a request needs their blocks. Off by default for now: the blocks are
-    /// counted, but with kept caches living among the running ones' allocations the heap
-    /// fragments, and a 64-client load test's resident memory went 30% past its KV budget
-    /// (docs/architecture.md, "Batching").
-    pub prefix_caching: bool,
+    /// Share keys and values of whole pages between requests whose prompts begin with the
+    /// same tokens (a system prompt, a chat's earlier turns), and keep pages no sequence
+    /// holds until their memory is needed. `None` (the default): on where the budget is a
+    /// page pool (the CPU), off on a GPU; `Some(true)` on a GPU is refused (its caches are
+    /// device buffers of their own, not pages yet). Greedy tokens are the same either way
+    /// (bit for bit with a batch-invariant engine).
+    pub prefix_caching: Option<bool>,
     /// Reserve each request's prompt plus `max_new_tokens` (capped at the context) when it is
     /// admitted, as the scheduler did before it could preempt: a running sequence never
     /// waits for memory, but a budget holds as many sequences as fit at their longest. Off
@@ -73,7 +76,7 @@ impl Default for BatchOptions {
             kv_memory: None,
             max_queue: 256,
             prefill_chunk: 128,
-            prefix_caching: false,
+            prefix_caching: None,
             reserve_max_tokens: false,
         }
     }
@@ -175,11 +178,14 @@ pub struct Metrics {
     pub queued: usize,
     /// Sequences running.
     pub active: usize,
-    /// KV blocks reserved by running sequences.
+    /// KV blocks held by running sequences (a page several share counts once).
     pub kv_blocks_used: usize,
-    /// KV blocks held by finished sequences' caches kept for their prefixes (free for the
-    /// taking: evicted when a request needs them).
+    /// KV pages that no sequence holds, kept for the prefixes they hold (free for the
+    /// taking: evicted when a sequence needs a page).
     pub kv_blocks_cached: usize,
+    /// Whether prefix caching is on ([`BatchOptions::prefix_caching`] resolved for the
+    /// device).
+    pub prefix_caching: bool,
     /// Requests admitted since the start (each looked for a cached prefix).
     pub prefix_cache_queries: u64,
     /// Requests that started from a cached prefix.
@@ -246,6 +252,8 @@ struct Shared {
     total_blocks: usize,
     /// The CPU's pages, `total_blocks` of them (`None` on a GPU).
     pool: Option<KvPool>,
+    /// [`BatchOptions::prefix_caching`] resolved: only with a pool.
+    prefix_caching: bool,
     context: usize,
 }
 
@@ -355,6 +363,16 @@ impl Scheduler {
             true => Some(KvPool::new(c, model.kv_dtype(), total_blocks)?),
             false => None,
         };
+        let prefix_caching = match (opts.prefix_caching, paged) {
+            (Some(true), false) => {
+                return Err(Error::InvalidOption {
+                    option: "prefix_caching",
+                    reason: "needs the CPU's KV page pool (a GPU's caches are not paged yet)",
+                });
+            }
+            (Some(on), _) => on,
+            (None, paged) => paged,
+        };
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -364,6 +382,7 @@ impl Scheduler {
                     kv_blocks_total: total_blocks,
                     kv_block_bytes: block_bytes,
                     kv_block_positions: block_positions,
+                    prefix_caching,
                     ..Metrics::default()
                 },
             }),
@@ -374,6 +393,7 @@ impl Scheduler {
             block_positions,
             total_blocks,
             pool,
+            prefix_caching,
             context,
         });
         let thread = {
@@ -584,7 +604,7 @@ struct Running<'e> {
     cache: KvCache,
     /// Tokens of [`Running::feed`] prefilled so far (the cached ones included).
     prefilled: usize,
-    /// Prompt tokens taken from a kept cache.
+    /// Prompt tokens taken from cached pages.
     cached: usize,
     decoding: Decoding<'e>,
     sink: Sink,
@@ -619,13 +639,14 @@ impl Running<'_> {
         }
     }
 
-    /// Blocks of `bp` positions its cache needs to run `plan`.
-    fn blocks_for(&self, plan: &Plan, bp: usize) -> usize {
+    /// Blocks of `bp` positions its cache needs to run `plan` (never more than it may hold
+    /// at its longest).
+    fn needs(&self, plan: &Plan, bp: usize) -> usize {
         let positions = match plan {
             Plan::Prefill(rows) => rows.end,
             Plan::Decode(_) => self.cache.len() + 1,
         };
-        positions.div_ceil(bp)
+        positions.div_ceil(bp).min(self.max_blocks)
     }
 
     /// Sends `event`; false if the receiver is gone.
@@ -645,26 +666,9 @@ impl Running<'_> {
     }
 }
 
-/// A finished sequence's cache, kept for the prefix it holds
-/// ([`BatchOptions::prefix_caching`]).
-struct Kept {
-    /// The ids whose keys and values it holds, position by position.
-    ids: Vec<u32>,
-    cache: KvCache,
-    blocks: usize,
-    /// The step it was kept at: the least recent is evicted first.
-    kept_at: u64,
-}
-
-/// The shortest shared prefix reused: a kept cache handed to a request leaves the pool, so a
-/// few shared tokens (BOS, `[INST]`) are not worth it.
-const MIN_REUSE: usize = 16;
-
-/// A request let in at this step, with the kept cache it starts from.
+/// A request let in at this step.
 struct Admitted {
     queued: Queued,
-    /// The kept cache and how many of its positions the prompt reuses.
-    reuse: Option<(Kept, usize)>,
     /// Blocks it holds while it runs.
     blocks: usize,
 }
@@ -676,10 +680,6 @@ struct Worker<'e> {
     running: Vec<Running<'e>>,
     /// Preempted sequences waiting to be readmitted, oldest submission first.
     preempted: Vec<Running<'e>>,
-    /// Finished sequences' caches, for their prefixes.
-    kept: Vec<Kept>,
-    /// Steps run (the clock `Kept::kept_at` reads).
-    steps: u64,
     scratch: BatchScratch,
     /// Tokens generated in the current rate window, and when it began.
     window: (u64, Instant),
@@ -692,8 +692,6 @@ impl<'e> Worker<'e> {
             shared,
             running: vec![],
             preempted: vec![],
-            kept: vec![],
-            steps: 0,
             scratch: BatchScratch::default(),
             window: (0, Instant::now()),
         }
@@ -754,9 +752,8 @@ impl<'e> Worker<'e> {
     }
 
     /// Under the lock: the queued requests that start now (first come first served, while
-    /// the batch has room and their blocks are free), each with the kept cache whose prefix
-    /// it reuses, and those cancelled while queued. Kept caches are evicted (least recently
-    /// kept first) only when that lets the request at the front in.
+    /// the batch has room and their blocks are free, counting every block a request's
+    /// prompt needs even if cached pages will serve some), and those cancelled while queued.
     fn take_admitted(&mut self, state: &mut State) -> (Vec<Admitted>, Vec<Queued>) {
         let (mut keep, mut cancelled) = (VecDeque::new(), vec![]);
         for q in state.queue.drain(..) {
@@ -767,8 +764,7 @@ impl<'e> Worker<'e> {
             }
         }
         state.queue = keep;
-        let total = self.shared.total_blocks;
-        let mut used = self.committed();
+        let mut available = self.available().saturating_sub(self.growth());
         let mut admitted = vec![];
         // Preempted sequences go first: a new request waits until they are back.
         while self.preempted.is_empty()
@@ -777,90 +773,56 @@ impl<'e> Worker<'e> {
             let Some(front) = state.queue.front() else {
                 break;
             };
-            if used + front.blocks > total {
+            if front.blocks > available {
                 break; // Waits for running sequences to free blocks (first come, first served).
             }
-            let mut reuse = self
-                .best_prefix(&front.ids)
-                .map(|(i, n)| (self.kept.swap_remove(i), n));
-            // A cache evicted for this request: its memory is handed to the request rather
-            // than freed and allocated again. (It saves the allocation; it did not cure the
-            // heap fragmentation that keeps prefix caching off by default.)
-            let mut spare: Option<Kept> = None;
-            let blocks = loop {
-                let have = reuse.as_ref().map(|(k, _)| k).or(spare.as_ref());
-                let blocks = front.blocks.max(have.map_or(0, |k| k.blocks));
-                if used + blocks + self.kept_blocks() <= total {
-                    break blocks;
-                }
-                match self.evict_oldest() {
-                    Some(k) if reuse.is_none() => spare = Some(k),
-                    Some(_) => {}
-                    // Nothing left to evict, and the cache in hand is larger than the request
-                    // needs: let it go (`front.blocks` fits, checked above).
-                    None => {
-                        if spare.take().is_none() {
-                            reuse = None;
-                        }
-                    }
-                }
-            };
-            used += blocks;
-            let m = &mut state.metrics;
-            m.prefix_cache_queries += u64::from(self.shared.opts.prefix_caching);
-            if let Some((_, n)) = &reuse {
-                m.prefix_cache_hits += 1;
-                m.prefix_cache_tokens += *n as u64;
-            }
-            let reuse = reuse.or(spare.map(|k| (k, 0)));
-            admitted.extend(state.queue.pop_front().map(|queued| Admitted {
-                queued,
-                reuse,
-                blocks,
-            }));
+            available -= front.blocks;
+            let blocks = front.blocks;
+            admitted.extend(
+                state
+                    .queue
+                    .pop_front()
+                    .map(|queued| Admitted { queued, blocks }),
+            );
         }
         (admitted, cancelled)
     }
 
-    /// The kept cache sharing the longest prefix with `ids` (at least [`MIN_REUSE`]
-    /// tokens), and how many of its positions to reuse ([`reusable_prefix`]).
-    fn best_prefix(&self, ids: &[u32]) -> Option<(usize, usize)> {
-        self.kept
-            .iter()
-            .enumerate()
-            .map(|(i, k)| (i, reusable_prefix(&k.ids, ids)))
-            .filter(|&(_, n)| n >= MIN_REUSE)
-            .max_by_key(|&(i, n)| (n, self.kept[i].kept_at))
-    }
-
-    fn kept_blocks(&self) -> usize {
-        self.kept.iter().map(|k| k.blocks).sum()
-    }
-
-    /// Takes the least recently kept cache out of the pool.
-    fn evict_oldest(&mut self) -> Option<Kept> {
-        let i = (0..self.kept.len()).min_by_key(|&i| self.kept[i].kept_at)?;
-        Some(self.kept.swap_remove(i))
-    }
-
-    /// Keeps a finished sequence's cache for its prefix.
-    fn keep(&mut self, r: Running<'_>) {
-        let positions = r.cache.len();
-        if !self.shared.opts.prefix_caching || positions < MIN_REUSE {
-            return;
+    /// Blocks no running sequence holds: the pool's free and cached pages, or on a GPU the
+    /// budget less what the running sequences reserved.
+    fn available(&self) -> usize {
+        match &self.shared.pool {
+            Some(pool) => pool.free_pages(),
+            None => {
+                let used: usize = self.running.iter().map(|r| r.blocks).sum();
+                self.shared.total_blocks.saturating_sub(used)
+            }
         }
-        let mut ids = r.prompt;
-        ids.extend_from_slice(r.decoding.generated());
-        ids.truncate(positions);
-        let mut cache = r.cache;
-        // Its activations and logits (a prefill chunk's: megabytes) are not KV blocks.
-        cache.release_scratch();
-        self.kept.push(Kept {
-            ids,
-            cache,
-            blocks: r.blocks,
-            kept_at: self.steps,
-        });
+    }
+
+    /// Blocks the running sequences take at their next step: what admission must leave
+    /// them (admitting into blocks a running sequence is about to take would only preempt
+    /// the newcomer at once).
+    fn growth(&self) -> usize {
+        let (chunk, bp) = (self.shared.opts.prefill_chunk, self.shared.block_positions);
+        self.running
+            .iter()
+            .map(|r| r.needs(&r.plan(chunk), bp).saturating_sub(r.blocks))
+            .sum()
+    }
+
+    /// A cache for `ids` (a prompt, or what a preempted sequence computes again): with
+    /// prefix caching, starting from the published pages that hold its longest run of whole
+    /// pages, leaving at least `compute` tokens to run; returns it and the positions it
+    /// holds.
+    fn cache_for(&self, ids: &[u32], compute: usize) -> Result<(KvCache, usize)> {
+        match &self.shared.pool {
+            Some(pool) if self.shared.prefix_caching => {
+                let max = ids.len().saturating_sub(compute);
+                Ok(self.engine.model().new_paged_cache_from(pool, ids, max)?)
+            }
+            _ => Ok((self.new_cache()?, 0)),
+        }
     }
 
     /// Outside the lock (reserving a cache zero-fills it, which takes a while for a long
@@ -883,14 +845,15 @@ impl<'e> Worker<'e> {
         for a in admitted {
             let mut q = a.queued;
             let start = Decoding::new(self.engine, &q.ids, &q.params).and_then(|decoding| {
-                let (mut cache, cached) = match a.reuse {
-                    Some((kept, n)) => {
-                        let mut cache = kept.cache;
-                        cache.truncate(n);
-                        (cache, n)
-                    }
-                    None => (self.new_cache()?, 0),
-                };
+                // The prompt's last token is always computed: its logits choose the first.
+                let (mut cache, cached) = self.cache_for(&q.ids, 1)?;
+                if self.shared.prefix_caching {
+                    let mut state = self.shared.lock();
+                    let m = &mut state.metrics;
+                    m.prefix_cache_queries += 1;
+                    m.prefix_cache_hits += u64::from(cached > 0);
+                    m.prefix_cache_tokens += cached as u64;
+                }
                 // On a GPU this is where device memory runs out: the request fails alone.
                 cache.reserve(a.blocks * self.shared.block_positions)?;
                 Ok((decoding, cache, cached))
@@ -961,7 +924,6 @@ impl<'e> Worker<'e> {
             return self.fail_all(e);
         }
         let (generated, ended) = self.sample(plans);
-        self.steps += 1;
         let mut state = self.shared.lock();
         let m = &mut state.metrics;
         m.steps_total += 1;
@@ -983,25 +945,16 @@ impl<'e> Worker<'e> {
     }
 
     /// The step's plans, with the blocks each running sequence needs for them taken: from
-    /// the free ones, then from kept prefixes (least recently kept first), then by
+    /// the free ones, then from cached pages (least recently released first), then by
     /// preempting running sequences, most recently admitted first, until the rest fit. The
     /// oldest always fits: no request is admitted that could not run alone.
     fn grow(&mut self) -> Result<Vec<Plan>> {
         let (chunk, bp) = (self.shared.opts.prefill_chunk, self.shared.block_positions);
-        let total = self.shared.total_blocks;
         loop {
             let plans: Vec<Plan> = self.running.iter().map(|r| r.plan(chunk)).collect();
-            let needs: Vec<usize> = self
-                .running
-                .iter()
-                .zip(&plans)
-                .map(|(r, p)| r.blocks.max(r.blocks_for(p, bp).min(r.max_blocks)))
-                .collect();
-            // (The same sum as `committed`, kept per sequence to reserve below.)
-            let need: usize = needs.iter().sum();
-            while need + self.kept_blocks() > total && self.evict_oldest().is_some() {}
-            if need <= total || self.running.len() == 1 {
-                for (r, n) in self.running.iter_mut().zip(needs) {
+            if self.growth() <= self.available() || self.running.len() == 1 {
+                for (r, plan) in self.running.iter_mut().zip(&plans) {
+                    let n = r.needs(plan, bp);
                     if n > r.blocks {
                         r.cache.reserve(n * bp)?;
                         r.blocks = n;
@@ -1011,20 +964,6 @@ impl<'e> Worker<'e> {
             }
             self.preempt_newest();
         }
-    }
-
-    /// Blocks the running sequences hold or take at their next step: what admission must
-    /// leave them (admitting into blocks a running sequence is about to take would only
-    /// preempt the newcomer at once).
-    fn committed(&self) -> usize {
-        let (chunk, bp) = (self.shared.opts.prefill_chunk, self.shared.block_positions);
-        self.running
-            .iter()
-            .map(|r| {
-                r.blocks
-                    .max(r.blocks_for(&r.plan(chunk), bp).min(r.max_blocks))
-            })
-            .sum()
     }
 
     /// An empty cache: on the pool's pages on the CPU.
@@ -1067,23 +1006,38 @@ impl<'e> Worker<'e> {
     }
 
     /// Moves preempted sequences back into the batch, oldest first, while their blocks (for
-    /// what they compute again, and the next token) are free.
+    /// what they compute again, and the next token) are free. With prefix caching each
+    /// starts from what of its pages is still cached.
     fn readmit(&mut self) {
-        let total = self.shared.total_blocks;
         while let Some(r) = self.preempted.first() {
-            let used = self.committed();
             let blocks = (r.feed().len() + 1)
                 .div_ceil(self.shared.block_positions)
                 .min(r.max_blocks);
-            while used + blocks + self.kept_blocks() > total && self.evict_oldest().is_some() {}
-            if self.running.len() >= self.shared.opts.max_batch || used + blocks > total {
+            if self.running.len() >= self.shared.opts.max_batch
+                || blocks > self.available().saturating_sub(self.growth())
+            {
                 return;
             }
             let mut r = self.preempted.remove(0);
-            if let Err(e) = r.cache.reserve(blocks * self.shared.block_positions) {
-                r.send(Event::Error(Arc::new(e.into())));
-                self.shared.lock().metrics.requests_finished += 1;
-                continue;
+            // A sequence preempted mid-prompt computes its last prompt token for its logits;
+            // one with a pending token has chosen it and runs it at its next decode.
+            let compute = usize::from(r.decoding.pending.is_none());
+            let cache = self
+                .cache_for(r.feed(), compute)
+                .and_then(|(mut cache, held)| {
+                    cache.reserve(blocks * self.shared.block_positions)?;
+                    Ok((cache, held))
+                });
+            match cache {
+                Ok((cache, held)) => {
+                    r.cache = cache;
+                    r.prefilled = held;
+                }
+                Err(e) => {
+                    r.send(Event::Error(Arc::new(e)));
+                    self.shared.lock().metrics.requests_finished += 1;
+                    continue;
+                }
             }
             r.blocks = blocks;
             self.running.push(r);
@@ -1125,7 +1079,7 @@ impl<'e> Worker<'e> {
         let v = self.engine.config().vocab_size;
         let mut rows = self.scratch.logits().chunks_exact(v);
         let (mut generated, mut ended) = (0u64, 0u64);
-        // Sequences that finished: their caches are kept once the logits are read.
+        // Sequences that finished: their caches are dropped once the logits are read.
         let mut finished = vec![];
         let mut i = 0;
         for plan in plans {
@@ -1173,9 +1127,13 @@ impl<'e> Worker<'e> {
                 ended += 1;
             }
         }
-        for r in finished {
-            self.keep(r);
+        if self.shared.prefix_caching {
+            // Every whole page computed so far, for requests that begin the same way.
+            for r in finished.iter_mut().chain(self.running.iter_mut()) {
+                r.cache.publish_prefix(r.decoding.ids());
+            }
         }
+        drop(finished);
         (generated, ended)
     }
 
@@ -1185,8 +1143,8 @@ impl<'e> Worker<'e> {
         // Preempted sequences wait too (for their blocks, ahead of the queue).
         m.queued = state.queue.len() + self.preempted.len();
         m.active = self.running.len();
-        m.kv_blocks_used = self.running.iter().map(|r| r.blocks).sum();
-        m.kv_blocks_cached = self.kept_blocks();
+        m.kv_blocks_used = self.shared.total_blocks - self.available();
+        m.kv_blocks_cached = self.shared.pool.as_ref().map_or(0, KvPool::cached_pages);
         let elapsed = self.window.1.elapsed();
         if elapsed >= Duration::from_secs(2) {
             m.generated_tokens_per_s = self.window.0 as f64 / elapsed.as_secs_f64();

@@ -333,55 +333,69 @@ fn cancel_all_when_idle_spares_later_requests_and_bad_options_are_refused() {
     }
 }
 
+/// A batch-invariant engine on one thread, with greedy parameters for `max_new_tokens`.
+fn invariant_engine(model: &str, max_new_tokens: usize) -> (Arc<Engine>, GenerateParams) {
+    let opts = LoadOptions {
+        threads: Some(1),
+        batch_invariant: true,
+        ..LoadOptions::default()
+    };
+    let engine = Arc::new(Engine::load_with(fixture(model), opts, |_, _| {}).unwrap());
+    let mut params = engine.params();
+    params.max_new_tokens = max_new_tokens;
+    params.ignore_eos = true;
+    params.sampling = SamplerConfig::default();
+    (engine, params)
+}
+
+fn with_prefix_caching(engine: &Arc<Engine>, on: bool, kv_memory: Option<usize>) -> Scheduler {
+    let opts = BatchOptions {
+        prefix_caching: Some(on),
+        kv_memory,
+        ..BatchOptions::default()
+    };
+    Scheduler::new(engine.clone(), opts).unwrap()
+}
+
+fn ids_of(tokens: &[mixtral::Token]) -> Vec<u32> {
+    tokens.iter().map(|t| t.id).collect()
+}
+
 /// A conversation's turns, each its predecessor's prompt and answer plus new tokens, on a
-/// scheduler with the prefix cache and one without: each later turn starts from the cache
-/// (every position of the previous turn run through the model: its prompt and all but its
-/// last token), and gets the same tokens as the cold one. Batch-invariant engines, so "the
-/// same" is bit for bit whatever the prefix's chunking was.
+/// scheduler with the prefix cache and one without: each later turn starts from the whole
+/// 64-token pages of what the previous turn computed (its prompt and all but its last
+/// token), and gets the same tokens as the cold one. Batch-invariant engines, so "the same"
+/// is bit for bit whatever the prefix's chunking was.
 #[test]
-fn a_growing_conversation_reuses_its_prefix_and_gets_the_same_tokens() {
+fn a_growing_conversation_reuses_its_whole_pages_and_gets_the_same_tokens() {
     for model in ["models/tiny-bf16", "models/tiny-f32"] {
-        let opts = LoadOptions {
-            threads: Some(1),
-            batch_invariant: true,
-            ..LoadOptions::default()
-        };
-        let engine = Arc::new(Engine::load_with(fixture(model), opts, |_, _| {}).unwrap());
-        let hot = Scheduler::new(
-            engine.clone(),
-            BatchOptions {
-                prefix_caching: true,
-                ..BatchOptions::default()
-            },
-        )
-        .unwrap();
-        let cold = Scheduler::new(engine.clone(), BatchOptions::default()).unwrap();
-        let mut params = engine.params();
-        params.max_new_tokens = 6;
-        params.ignore_eos = true;
-        params.sampling = SamplerConfig::default();
-        let mut ids: Vec<u32> = std::iter::once(1).chain(100..140).collect();
-        let mut expected_cached = 0;
-        let mut reused = 0;
+        let (engine, params) = invariant_engine(model, 6);
+        let hot = with_prefix_caching(&engine, true, None);
+        let cold = with_prefix_caching(&engine, false, None);
+        let page = hot.metrics().kv_block_positions;
+        assert_eq!(page, 64);
+        let mut ids: Vec<u32> = std::iter::once(1).chain(100..200).collect();
+        let (mut expected_cached, mut reused) = (0, 0);
         for turn in 0..4u32 {
             let prompt = Prompt::Tokens(ids.clone());
             let (got, done) = hot.submit(&prompt, &params).unwrap().collect_all().unwrap();
-            let (want, _) = cold
+            let (want, cold_done) = cold
                 .submit(&prompt, &params)
                 .unwrap()
                 .collect_all()
                 .unwrap();
-            let got: Vec<u32> = got.iter().map(|t| t.id).collect();
-            let want: Vec<u32> = want.iter().map(|t| t.id).collect();
-            assert_eq!(got, want, "{model} turn {turn}");
+            let got = ids_of(&got);
+            assert_eq!(got, ids_of(&want), "{model} turn {turn}");
             assert_eq!(done.cached_tokens, expected_cached, "{model} turn {turn}");
+            assert_eq!(cold_done.cached_tokens, 0);
             reused += expected_cached;
-            // What this turn's cache will hold: its prompt and all but its last token.
-            expected_cached = ids.len() + got.len() - 1;
+            // What this turn's cache holds, in whole pages: its prompt and all but its last
+            // token.
+            expected_cached = (ids.len() + got.len() - 1) / page * page;
             ids.extend(&got);
-            ids.extend((0..20).map(|j| 300 + 20 * turn + j));
+            ids.extend((0..40).map(|j| 300 + 40 * turn + j));
         }
-        // Everything ended and is kept, and nothing is evicted in so large a budget.
+        assert!(reused >= 64 + 128 + 192, "{reused}");
         assert!(hot.wait_idle(Duration::from_secs(10)));
         let m = hot.metrics();
         assert_eq!(
@@ -390,43 +404,109 @@ fn a_growing_conversation_reuses_its_prefix_and_gets_the_same_tokens() {
             "{m:?}"
         );
         assert_eq!(m.prefix_cache_tokens, reused as u64);
+        // Nothing runs; the last turn's three whole pages (two of them shared with the
+        // turns before) stay cached in so large a budget, the partial ones were freed.
         assert_eq!(m.kv_blocks_used, 0);
-        assert!(m.kv_blocks_cached > 0);
+        assert_eq!(m.kv_blocks_cached, 3, "{m:?}");
+        assert!(m.prefix_caching && !cold.metrics().prefix_caching);
         assert_eq!(cold.metrics().prefix_cache_hits, 0);
     }
 }
 
-/// Kept caches give their blocks up to requests that need them: a budget of two sequences
-/// serves a third distinct one at once, evicting the least recently kept.
+/// A request that arrives while another with the same system prompt is still running
+/// shares that one's published pages (two sequences, one copy of the prefix) and gets the
+/// tokens it gets alone.
 #[test]
-fn kept_prefixes_are_evicted_when_a_request_needs_their_blocks() {
-    let engine = Arc::new(Engine::load(fixture("models/tiny-f32")).unwrap());
-    let mut params = engine.params();
-    params.max_new_tokens = 4;
-    params.ignore_eos = true;
-    let block = scheduler_block_bytes(&engine);
-    let hot = Scheduler::new(
-        engine.clone(),
-        BatchOptions {
-            kv_memory: Some(2 * block),
-            prefix_caching: true,
-            ..BatchOptions::default()
-        },
-    )
-    .unwrap();
-    for i in 0..5u32 {
-        let ids: Vec<u32> = (0..30).map(|j| 1 + (i * 37 + j) % 1000).collect();
+fn a_running_request_shares_its_prefix_with_a_newcomer() {
+    let (engine, mut params) = invariant_engine("models/tiny-bf16", 40);
+    let hot = with_prefix_caching(&engine, true, None);
+    let system: Vec<u32> = std::iter::once(1).chain(1000..1130).collect();
+    let first: Vec<u32> = system.iter().copied().chain([7, 8, 9]).collect();
+    let second: Vec<u32> = system.iter().copied().chain([17, 18]).collect();
+    let alone = |ids: &Vec<u32>, params: &GenerateParams| -> Vec<u32> {
+        engine
+            .generate(&Prompt::Tokens(ids.clone()), params)
+            .unwrap()
+            .map(|t| t.unwrap().id)
+            .collect()
+    };
+    let long = {
+        let mut p = params.clone();
+        p.max_new_tokens = 400;
+        p
+    };
+    let running = hot.submit(&Prompt::Tokens(first.clone()), &long).unwrap();
+    // Wait until the first has decoded: its prompt's pages are published.
+    let mut running = running.into_iter();
+    assert!(matches!(running.next(), Some(Event::Token(_))));
+    params.max_new_tokens = 8;
+    let (got, done) = hot
+        .submit(&Prompt::Tokens(second.clone()), &params)
+        .unwrap()
+        .collect_all()
+        .unwrap();
+    assert_eq!(
+        done.cached_tokens, 128,
+        "two whole pages of the system prompt"
+    );
+    assert_eq!(ids_of(&got), alone(&second, &params));
+    let rest: Vec<u32> = running
+        .filter_map(|e| match e {
+            Event::Token(t) => Some(t.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rest.len(), 399);
+    assert_eq!(&alone(&first, &long)[1..], &rest[..]);
+}
+
+/// Cached pages give their memory up to requests that need it, least recently released
+/// first: in a budget of four pages, distinct two-page requests one after another leave the
+/// last three cached (each takes a free page and the oldest cached one), a hit renews its
+/// page, and a request for an evicted prefix computes it again.
+#[test]
+fn cached_pages_are_evicted_least_recently_released_first() {
+    let (engine, params) = invariant_engine("models/tiny-f32", 4);
+    let page = Scheduler::new(engine.clone(), BatchOptions::default())
+        .unwrap()
+        .metrics()
+        .kv_block_bytes;
+    let hot = with_prefix_caching(&engine, true, Some(4 * page));
+    let prompt = |i: u32| -> Vec<u32> { (0..100).map(|j| 1 + (i * 337 + j) % 1000).collect() };
+    for i in 0..4u32 {
         let (tokens, done) = hot
-            .submit(&Prompt::Tokens(ids), &params)
+            .submit(&Prompt::Tokens(prompt(i)), &params)
             .unwrap()
             .collect_all()
             .unwrap();
-        assert_eq!((tokens.len(), done.cached_tokens), (4, 0));
+        assert_eq!((tokens.len(), done.cached_tokens), (4, 0), "request {i}");
         assert!(hot.wait_idle(Duration::from_secs(10)));
         let m = hot.metrics();
-        assert!(m.kv_blocks_cached + m.kv_blocks_used <= 2, "{m:?}");
-        assert_eq!(m.kv_blocks_cached, (i as usize + 1).min(2), "{m:?}");
+        // 100 + 3 positions computed: one whole page published each; the partial second
+        // page is freed, not cached.
+        assert_eq!(m.kv_blocks_used, 0, "{m:?}");
+        assert_eq!(m.kv_blocks_cached, (i as usize + 1).min(3), "{m:?}");
     }
+    // The newest prefix is still cached.
+    let (_, done) = hot
+        .submit(&Prompt::Tokens(prompt(3)), &params)
+        .unwrap()
+        .collect_all()
+        .unwrap();
+    assert_eq!(done.cached_tokens, 64);
+    // Four more distinct requests: prompt 3's page, released before theirs, goes third.
+    for i in 4..8u32 {
+        hot.submit(&Prompt::Tokens(prompt(i)), &params)
+            .unwrap()
+            .collect_all()
+            .unwrap();
+    }
+    let (_, done) = hot
+        .submit(&Prompt::Tokens(prompt(3)), &params)
+        .unwrap()
+        .collect_all()
+        .unwrap();
+    assert_eq!(done.cached_tokens, 0, "evicted");
 }
 
 /// A budget that holds two sequences at their longest serves 16 at once: each takes blocks

@@ -115,6 +115,17 @@ impl KvCache {
         self.kv_mut().reserve(positions)
     }
 
+    /// Publishes the whole pages of a paged cache's positions (`ids` are their tokens, from
+    /// position 0; at least [`KvCache::len`] of them are read) so that other caches of its
+    /// pool start from them ([`crate::Model::new_paged_cache_from`]). A cache of its own
+    /// has nothing to share: a no-op.
+    pub fn publish_prefix(&mut self, ids: &[u32]) {
+        let len = self.len;
+        if let Store::Host(kv, _) = &mut self.store {
+            kv.publish(ids, len);
+        }
+    }
+
     /// Frees the working memory a forward call left in the cache (activations, logits),
     /// keeping the keys and values: for a cache kept idle, whose blocks are all a budget
     /// counts. The next call allocates them again.

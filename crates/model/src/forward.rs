@@ -440,6 +440,27 @@ impl Model {
         }
     }
 
+    /// [`Model::new_paged_cache`], starting from the pages of `pool` that other caches
+    /// published ([`KvCache::publish_prefix`]) holding the longest run of whole pages of
+    /// `ids`, at most `max_positions` positions; returns the cache and the positions it
+    /// holds, whose keys and values need no computing.
+    ///
+    /// # Errors
+    /// As [`Model::new_paged_cache`].
+    pub fn new_paged_cache_from(
+        &self,
+        pool: &crate::KvPool,
+        ids: &[u32],
+        max_positions: usize,
+    ) -> Result<(KvCache, usize)> {
+        // The checks and the refusal on a GPU, once.
+        drop(self.new_paged_cache(pool)?);
+        let (kv, held) = crate::kv_cache::HostKv::paged_from(pool, ids, max_positions);
+        let mut cache = KvCache::from_store(Store::Host(kv, None));
+        cache.commit(held);
+        Ok((cache, held))
+    }
+
     /// Checks a whole prompt for an empty cache before any of it runs: non-empty, every id
     /// in the vocabulary, fitting the context (the errors a forward call would give).
     pub fn check_prompt(&self, tokens: &[u32]) -> Result<()> {

@@ -99,6 +99,15 @@ impl Store {
         }
     }
 
+    /// Copies `src` to `dst` within the store (a page copied before it is written).
+    pub(crate) fn copy_within(&mut self, src: std::ops::Range<usize>, dst: usize) {
+        match self {
+            Store::F32(v) => v.copy_within(src, dst),
+            Store::F16(v) => v.copy_within(src, dst),
+            Store::Bf16(v) => v.copy_within(src, dst),
+        }
+    }
+
     /// A buffer of `len` elements holding, for each of `heads` runs, the first `n` elements of
     /// the run at `from · h` moved to `to · h`.
     fn regrow(&mut self, len: usize, heads: usize, (from, to, n): (usize, usize, usize)) {
@@ -187,6 +196,9 @@ struct PagedKv {
     table: Vec<u32>,
     /// Positions written per layer (committed or not).
     filled: Vec<usize>,
+    /// The prefix hash of each leading page whose tokens are known (published, or taken
+    /// from the index): page `i`'s covers pages `0..=i`.
+    hashes: Vec<u64>,
 }
 
 impl std::fmt::Debug for PagedKv {
@@ -200,7 +212,8 @@ impl std::fmt::Debug for PagedKv {
 
 impl Drop for PagedKv {
     fn drop(&mut self) {
-        self.pool.lock().give_back(&self.table);
+        // The last page first: a cached prefix is evicted from its end.
+        self.pool.lock().release(self.table.iter().rev().copied());
     }
 }
 
@@ -217,7 +230,64 @@ impl PagedKv {
         }
         Ok(())
     }
+
+    /// Gives the cache pages of its own for the positions `range` is about to write: a page
+    /// another cache holds, or the index points at, is copied first (copy on write).
+    fn own(&mut self, range: std::ops::Range<usize>) -> Result<()> {
+        if range.is_empty() {
+            return Ok(());
+        }
+        let mut pool = self.pool.lock();
+        for i in range.start / PAGE_POSITIONS..=(range.end - 1) / PAGE_POSITIONS {
+            let old = self.table[i];
+            if pool.is_shared(old) {
+                let new = pool.take()?;
+                pool.copy_page(old, new);
+                pool.release([old]);
+                self.table[i] = new;
+                self.hashes.truncate(i);
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes every whole page of the first `len` positions not yet published, `ids`
+    /// being their tokens.
+    fn publish(&mut self, ids: &[u32], len: usize) {
+        let whole = len.min(ids.len()) / PAGE_POSITIONS;
+        if self.hashes.len() >= whole {
+            return;
+        }
+        let mut pool = self.pool.lock();
+        for i in self.hashes.len()..whole {
+            let tokens = &ids[i * PAGE_POSITIONS..(i + 1) * PAGE_POSITIONS];
+            let parent = i.checked_sub(1);
+            let hash = pool.hash(parent.map_or(ROOT, |p| self.hashes[p]), tokens);
+            pool.publish(self.table[i], hash, parent.map(|p| self.table[p]), tokens);
+            self.hashes.push(hash);
+        }
+    }
+
+    /// Takes the published pages that hold the longest run of whole pages of `ids`, at most
+    /// `max_pages`; returns how many.
+    fn take_prefix(&mut self, ids: &[u32], max_pages: usize) -> usize {
+        let mut pool = self.pool.lock();
+        for (i, tokens) in ids.chunks_exact(PAGE_POSITIONS).take(max_pages).enumerate() {
+            let parent = i.checked_sub(1);
+            let hash = pool.hash(parent.map_or(ROOT, |p| self.hashes[p]), tokens);
+            let Some(page) = pool.lookup(hash, parent.map(|p| self.table[p]), tokens) else {
+                break;
+            };
+            pool.acquire(page);
+            self.table.push(page);
+            self.hashes.push(hash);
+        }
+        self.table.len()
+    }
 }
+
+/// The parent hash of a first page.
+const ROOT: u64 = 0;
 
 impl HostKv {
     /// An empty cache storing keys and values as `dtype`.
@@ -252,7 +322,29 @@ impl HostKv {
                 pool: pool.clone(),
                 table: vec![],
                 filled: vec![0; p.n_layers],
+                hashes: vec![],
             }),
+        }
+    }
+
+    /// A cache taking its pages from `pool`, starting with the published pages that hold
+    /// the longest run of whole pages of `ids` (at most `max_positions` positions); returns
+    /// it and the positions it holds.
+    pub(crate) fn paged_from(pool: &KvPool, ids: &[u32], max_positions: usize) -> (HostKv, usize) {
+        let mut kv = HostKv::paged(pool);
+        let Body::Paged(p) = &mut kv.body else {
+            unreachable!("a paged cache")
+        };
+        let held = p.take_prefix(ids, max_positions / PAGE_POSITIONS) * PAGE_POSITIONS;
+        p.filled.iter_mut().for_each(|f| *f = held);
+        (kv, held)
+    }
+
+    /// Publishes the whole pages of the first `len` positions, whose tokens are `ids`, for
+    /// other caches of the pool to take (a no-op for a cache of its own).
+    pub(crate) fn publish(&mut self, ids: &[u32], len: usize) {
+        if let Body::Paged(p) = &mut self.body {
+            p.publish(ids, len);
         }
     }
 
@@ -280,8 +372,12 @@ impl HostKv {
                     layer.filled = layer.filled.min(len);
                 }
             }
-            // Pages past `len` stay the cache's: it is about to grow into them again.
-            Body::Paged(p) => p.filled.iter_mut().for_each(|f| *f = (*f).min(len)),
+            // Pages past `len` stay the cache's: it is about to grow into them again (a
+            // published one is copied first, see `PagedKv::own`).
+            Body::Paged(p) => {
+                p.filled.iter_mut().for_each(|f| *f = (*f).min(len));
+                p.hashes.truncate(len / PAGE_POSITIONS);
+            }
         }
     }
 
@@ -335,6 +431,7 @@ impl HostKv {
             Body::Paged(p) => {
                 let filled = p.filled[layer];
                 p.reserve(filled + rows)?;
+                p.own(filled..filled + rows)?;
                 let mut pool = p.pool.lock();
                 let stride = pool.stride;
                 let (ks, vs) = &mut pool.layers[layer];
@@ -552,5 +649,123 @@ mod tests {
         assert!(matches!(err, crate::Error::KvPool(_)), "{err}");
         drop(b);
         assert_eq!(pool.free_pages(), 5);
+    }
+
+    /// `n` positions of rows for a cache of `g_n` heads of `Dh` = 2, appended in one call.
+    fn append_range(c: &mut HostKv, g_n: usize, range: std::ops::Range<usize>) {
+        let k = rows(g_n, range);
+        let v: Vec<f32> = k.iter().map(|x| x + 0.5).collect();
+        c.append(0, &k, &v).unwrap();
+    }
+
+    /// The key of position `s`, head 0, as a cache reads it.
+    fn key_at(c: &HostKv, s: usize) -> f32 {
+        c.with_layer(0, |view| {
+            let LayerView::F32(kv) = view else {
+                panic!("an f32 cache")
+            };
+            kv.k[kv.offset(0, s)]
+        })
+    }
+
+    /// A published page is found by a cache whose tokens begin the same way, shared rather
+    /// than copied, and read back as the publisher wrote it; different tokens, or the same
+    /// tokens after a different first page, miss.
+    #[test]
+    fn published_pages_are_shared_by_caches_that_begin_the_same_way() {
+        let (g_n, dh) = (2, 2);
+        let pool = KvPool::with_shape((1, g_n, dh), KvDType::F32, 8).unwrap();
+        let ids: Vec<u32> = (0..200).collect();
+        let mut a = HostKv::paged(&pool);
+        append_range(&mut a, g_n, 0..150);
+        a.publish(&ids, 150);
+        assert_eq!(pool.free_pages(), 8 - 3);
+        // Two whole pages, capped by what the caller allows.
+        let (b, held) = HostKv::paged_from(&pool, &ids, 199);
+        assert_eq!(held, 128);
+        assert_eq!(pool.free_pages(), 8 - 3, "shared, not copied");
+        for s in [0, 63, 64, 127] {
+            assert_eq!(key_at(&b, s), row(s, 0)[0], "position {s}");
+        }
+        assert_eq!(HostKv::paged_from(&pool, &ids, 100).1, 64);
+        let mut other = ids.clone();
+        other[70] = 9999;
+        assert_eq!(HostKv::paged_from(&pool, &other, 199).1, 64);
+        other[3] = 9999;
+        assert_eq!(HostKv::paged_from(&pool, &other, 199).1, 0);
+        drop((a, b));
+        // Both published pages stay cached; the partial third is free.
+        assert_eq!((pool.free_pages(), pool.cached_pages()), (8, 2));
+        assert_eq!(HostKv::paged_from(&pool, &ids, 199).1, 128);
+    }
+
+    /// A cache that truncates into a shared page and writes again copies the page first:
+    /// the other holder, and the index, still read the original.
+    #[test]
+    fn writing_into_a_shared_page_copies_it_first() {
+        let (g_n, dh) = (1, 2);
+        let pool = KvPool::with_shape((1, g_n, dh), KvDType::F32, 4).unwrap();
+        let ids: Vec<u32> = (0..64).collect();
+        let mut a = HostKv::paged(&pool);
+        append_range(&mut a, g_n, 0..64);
+        a.publish(&ids, 64);
+        let (mut b, held) = HostKv::paged_from(&pool, &ids, 64);
+        assert_eq!(held, 64);
+        b.truncate(10);
+        append_range(&mut b, g_n, 1000..1054);
+        assert_eq!(key_at(&b, 10), row(1000, 0)[0]);
+        assert_eq!(key_at(&b, 9), row(9, 0)[0], "copied before the write");
+        assert_eq!(
+            key_at(&a, 10),
+            row(10, 0)[0],
+            "the publisher's page untouched"
+        );
+        assert_eq!(pool.free_pages(), 2);
+        drop(a);
+        let (c, held) = HostKv::paged_from(&pool, &ids, 64);
+        assert_eq!(held, 64);
+        assert_eq!(key_at(&c, 10), row(10, 0)[0], "the index's page untouched");
+        // The pool running dry while copying is an error, not a panic.
+        let mut d = HostKv::paged(&pool);
+        append_range(&mut d, g_n, 0..128);
+        assert_eq!(pool.free_pages(), 0);
+        let (mut e, _) = HostKv::paged_from(&pool, &ids, 64);
+        e.truncate(5);
+        let k = rows(g_n, 5..6);
+        assert!(matches!(e.append(0, &k, &k), Err(crate::Error::KvPool(_))));
+    }
+
+    /// When pages run out a free page is taken first, then the least recently released
+    /// cached one (a prefix's last page before its first), and an evicted page misses.
+    #[test]
+    fn cached_pages_are_evicted_oldest_first() {
+        let (g_n, dh) = (1, 2);
+        let pool = KvPool::with_shape((1, g_n, dh), KvDType::F32, 3).unwrap();
+        let first: Vec<u32> = (0..128).collect();
+        let second: Vec<u32> = (1000..1064).collect();
+        let mut a = HostKv::paged(&pool);
+        append_range(&mut a, g_n, 0..128);
+        a.publish(&first, 128);
+        drop(a); // Its second page is released first, so it is evicted first.
+        let mut b = HostKv::paged(&pool);
+        append_range(&mut b, g_n, 0..64);
+        assert_eq!(pool.cached_pages(), 2, "a free page was taken first");
+        append_range(&mut b, g_n, 64..128);
+        assert_eq!(pool.cached_pages(), 1);
+        assert_eq!(
+            HostKv::paged_from(&pool, &first, 128).1,
+            64,
+            "the first page stayed"
+        );
+        b.publish(
+            &second.iter().chain(&second).copied().collect::<Vec<_>>(),
+            64,
+        );
+        drop(b);
+        // Take every page: the first page of `first` is evicted and reused.
+        let mut c = HostKv::paged(&pool);
+        append_range(&mut c, g_n, 0..192);
+        drop(c);
+        assert_eq!(HostKv::paged_from(&pool, &first, 128).1, 0);
     }
 }

@@ -9,9 +9,22 @@
 //! so resident memory never exceeds the budget, and a cache grows without copying.
 //! The buffer is zero-allocated: the operating system maps its memory as pages are first
 //! written, so an idle budget costs address space, not memory.
+//!
+//! **Prefix caching.** A page filled with 64 committed positions can be *published*: indexed
+//! by a hash of its tokens and of the page before it, so that another cache whose tokens
+//! begin the same way takes the page instead of computing it again (vLLM's automatic prefix
+//! caching). Pages are reference-counted: a published page that no cache holds any more
+//! stays cached, evicted least recently released first when a page is needed. A cache never
+//! writes into a page another holds or the index points at: it copies the page first.
+//!
+//! The hash is SipHash keyed at random per pool (std's `RandomState`), so a client cannot
+//! craft prompts whose pages collide; and a match also compares the tokens and the previous
+//! page, so even a collision gives a miss, never another prompt's keys.
 
 use crate::kv_cache::Store;
 use crate::{Config, Error, KvDType, Result};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Positions per page. 64 is the attention kernels' online-softmax block, so a page never
@@ -28,6 +41,7 @@ impl std::fmt::Debug for KvPool {
         f.debug_struct("KvPool")
             .field("pages", &p.pages)
             .field("free", &p.free.len())
+            .field("cached", &p.lru.len())
             .field("dtype", &p.dtype)
             .finish()
     }
@@ -45,6 +59,31 @@ pub(crate) struct Pool {
     /// `(k, v)` per layer, `pages · stride` elements each.
     pub(crate) layers: Vec<(Store, Store)>,
     free: Vec<u32>,
+    /// Caches holding each page.
+    refs: Vec<u32>,
+    /// What each published page holds (`None`: unpublished).
+    keys: Vec<Option<PageKey>>,
+    /// Published pages by their hash.
+    index: HashMap<u64, u32>,
+    /// Published pages no cache holds, by the tick they were released at (oldest first).
+    lru: BTreeMap<u64, u32>,
+    /// The tick each page in `lru` was released at.
+    released_at: Vec<u64>,
+    /// Times each page was taken: a key names its parent by page and generation, so a
+    /// child of an evicted page never matches the page's next contents.
+    generation: Vec<u32>,
+    clock: u64,
+    hasher: std::hash::RandomState,
+}
+
+/// What a published page holds: its tokens, the page before it (`None` for a first page)
+/// and its hash, which covers both and the cache's root (see [`Pool::publish`]).
+#[derive(Debug)]
+struct PageKey {
+    hash: u64,
+    /// The page before it, and that page's generation.
+    parent: Option<(u32, u32)>,
+    tokens: Box<[u32]>,
 }
 
 impl KvPool {
@@ -95,6 +134,14 @@ impl KvPool {
             layers,
             // Popped from the end: page 0 first.
             free: (0..pages as u32).rev().collect(),
+            refs: vec![0; pages],
+            keys: (0..pages).map(|_| None).collect(),
+            index: HashMap::new(),
+            lru: BTreeMap::new(),
+            released_at: vec![0; pages],
+            generation: vec![0; pages],
+            clock: 0,
+            hasher: std::hash::RandomState::new(),
         }))))
     }
 
@@ -113,9 +160,14 @@ impl KvPool {
         self.lock().pages
     }
 
-    /// Pages no cache holds.
+    /// Pages no cache holds, cached ones included (they are evicted when needed).
     pub fn free_pages(&self) -> usize {
-        self.lock().free.len()
+        self.lock().available()
+    }
+
+    /// Published pages no cache holds: kept for later prefixes until a page is needed.
+    pub fn cached_pages(&self) -> usize {
+        self.lock().lru.len()
     }
 
     /// The pool's state. A panic while it was held (a bug in a kernel) leaves only pages'
@@ -126,15 +178,112 @@ impl KvPool {
 }
 
 impl Pool {
-    /// A free page, or an error naming how many were wanted.
-    pub(crate) fn take(&mut self) -> Result<u32> {
-        self.free.pop().ok_or(Error::KvPool(
-            "no free page: the scheduler's budget is larger than its pool",
-        ))
+    /// Pages a cache can take: the free ones and the cached ones no cache holds.
+    pub(crate) fn available(&self) -> usize {
+        self.free.len() + self.lru.len()
     }
 
-    /// Pages back to the free list.
-    pub(crate) fn give_back(&mut self, pages: &[u32]) {
-        self.free.extend_from_slice(pages);
+    /// A page for the caller alone: a free one, else the least recently released cached
+    /// one, unpublished first.
+    pub(crate) fn take(&mut self) -> Result<u32> {
+        let page = match self.free.pop() {
+            Some(page) => page,
+            None => {
+                let (_, page) = self.lru.pop_first().ok_or(Error::KvPool(
+                    "no free page: the scheduler's budget is larger than its pool",
+                ))?;
+                self.unpublish(page);
+                page
+            }
+        };
+        self.refs[page as usize] = 1;
+        self.generation[page as usize] = self.generation[page as usize].wrapping_add(1);
+        Ok(page)
+    }
+
+    /// One more holder of `page` (a published page found by [`Pool::lookup`]).
+    pub(crate) fn acquire(&mut self, page: u32) {
+        let p = page as usize;
+        if self.refs[p] == 0 {
+            self.lru.remove(&self.released_at[p]);
+        }
+        self.refs[p] += 1;
+    }
+
+    /// One holder fewer of each page, released in order: a page no cache holds stays
+    /// cached if it is published, and is free otherwise. A cache releases its last page
+    /// first, so a prefix is evicted from its end and its first pages, the ones most
+    /// shared, last.
+    pub(crate) fn release(&mut self, pages: impl IntoIterator<Item = u32>) {
+        for page in pages {
+            let p = page as usize;
+            self.refs[p] = self.refs[p].saturating_sub(1);
+            if self.refs[p] > 0 {
+                continue;
+            }
+            if self.keys[p].is_some() {
+                self.clock += 1;
+                self.released_at[p] = self.clock;
+                self.lru.insert(self.clock, page);
+            } else {
+                self.free.push(page);
+            }
+        }
+    }
+
+    /// Whether writing into `page` would change what another cache or the index reads.
+    pub(crate) fn is_shared(&self, page: u32) -> bool {
+        self.refs[page as usize] > 1 || self.keys[page as usize].is_some()
+    }
+
+    /// The hash of a page of `tokens` after the page hashed `parent` (`root` for a first
+    /// page: the cache's salt, so that only caches of the same root share pages).
+    pub(crate) fn hash(&self, parent: u64, tokens: &[u32]) -> u64 {
+        self.hasher.hash_one((parent, tokens))
+    }
+
+    /// The published page holding `tokens` after `parent` (a page of the caller's, or
+    /// `None` for a first page) whose hash is `hash`.
+    pub(crate) fn lookup(&self, hash: u64, parent: Option<u32>, tokens: &[u32]) -> Option<u32> {
+        let page = *self.index.get(&hash)?;
+        let key = self.keys[page as usize].as_ref()?;
+        (key.parent == self.with_generation(parent) && *key.tokens == *tokens).then_some(page)
+    }
+
+    /// Indexes `page`, which holds `tokens` after `parent`, under `hash`. A page of the same
+    /// hash already indexed (the same tokens computed twice, or a collision) keeps its place,
+    /// and `page` stays unpublished.
+    pub(crate) fn publish(&mut self, page: u32, hash: u64, parent: Option<u32>, tokens: &[u32]) {
+        if self.index.contains_key(&hash) || self.keys[page as usize].is_some() {
+            return;
+        }
+        self.index.insert(hash, page);
+        self.keys[page as usize] = Some(PageKey {
+            hash,
+            parent: self.with_generation(parent),
+            tokens: tokens.into(),
+        });
+    }
+
+    fn with_generation(&self, page: Option<u32>) -> Option<(u32, u32)> {
+        page.map(|p| (p, self.generation[p as usize]))
+    }
+
+    /// Takes `page` out of the index (it is about to hold something else).
+    fn unpublish(&mut self, page: u32) {
+        if let Some(key) = self.keys[page as usize].take()
+            && self.index.get(&key.hash) == Some(&page)
+        {
+            self.index.remove(&key.hash);
+        }
+    }
+
+    /// Copies every layer's keys and values of page `from` into page `to`.
+    pub(crate) fn copy_page(&mut self, from: u32, to: u32) {
+        let (stride, from, to) = (self.stride, from as usize, to as usize);
+        for (k, v) in &mut self.layers {
+            k.copy_within(from * stride..(from + 1) * stride, to * stride);
+            v.copy_within(from * stride..(from + 1) * stride, to * stride);
+        }
     }
 }

@@ -124,8 +124,8 @@ impl Batch {
     }
 
     /// `{"queued", "active", "kv_blocks_used", "kv_blocks_cached", "kv_blocks_total",
-    /// "requests_total", "generated_tokens_total", "prefix_cache_queries",
-    /// "prefix_cache_hits", "prefix_cache_tokens"}`.
+    /// "requests_total", "generated_tokens_total", "prefix_caching", "prefix_cache_queries",
+    /// "prefix_cache_hits", "prefix_cache_tokens", "preemptions"}`.
     #[getter]
     fn metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let m = self.scheduler().metrics();
@@ -137,6 +137,8 @@ impl Batch {
         d.set_item("kv_blocks_total", m.kv_blocks_total)?;
         d.set_item("requests_total", m.requests_total)?;
         d.set_item("generated_tokens_total", m.generated_tokens_total)?;
+        d.set_item("prefix_caching", m.prefix_caching)?;
+        d.set_item("preemptions", m.preemptions)?;
         d.set_item("prefix_cache_queries", m.prefix_cache_queries)?;
         d.set_item("prefix_cache_hits", m.prefix_cache_hits)?;
         d.set_item("prefix_cache_tokens", m.prefix_cache_tokens)?;

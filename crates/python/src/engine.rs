@@ -203,7 +203,7 @@ impl Engine {
     /// step for all of them (`mixtral serve`'s scheduler).
     #[pyo3(signature = (
         *, max_batch = 16, kv_memory = None, max_queue = 256, prefill_chunk = 128,
-        prefix_caching = false, reserve_max_tokens = false
+        prefix_caching = None, reserve_max_tokens = false
     ))]
     #[expect(
         clippy::too_many_arguments,
@@ -215,7 +215,7 @@ impl Engine {
         kv_memory: Option<usize>,
         max_queue: usize,
         prefill_chunk: usize,
-        prefix_caching: bool,
+        prefix_caching: Option<bool>,
         reserve_max_tokens: bool,
     ) -> PyResult<crate::batch::Batch> {
         crate::batch::Batch::new(

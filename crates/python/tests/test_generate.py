@@ -118,14 +118,22 @@ def test_config_and_properties(tiny_bf16):
 
 def test_a_batch_with_prefix_caching_reuses_a_conversation(tiny_bf16):
     batch = tiny_bf16.batch(prefix_caching=True)
-    first = list(range(1, 41))
+    first = list(range(1, 131))
     one = batch.generate(first, max_tokens=4, temperature=0.0, ignore_eos=True)
     assert one.usage["cached_tokens"] == 0
     second = first + one.token_ids + list(range(500, 520))
     two = batch.generate(second, max_tokens=4, temperature=0.0, ignore_eos=True)
-    # The first turn's prompt and all but its last generated token were cached.
-    assert two.usage["cached_tokens"] == len(first) + len(one.token_ids) - 1
+    # The whole 64-token pages of what the first turn computed: its prompt and all but
+    # its last generated token.
+    assert two.usage["cached_tokens"] == (len(first) + len(one.token_ids) - 1) // 64 * 64
+    assert two.usage["cached_tokens"] == 128
+    alone = tiny_bf16.batch(prefix_caching=False).generate(
+        second, max_tokens=4, temperature=0.0, ignore_eos=True
+    )
+    assert alone.usage["cached_tokens"] == 0
+    assert alone.token_ids == two.token_ids
     m = batch.metrics
+    assert m["prefix_caching"]
     assert (m["prefix_cache_queries"], m["prefix_cache_hits"]) == (2, 1)
     assert m["prefix_cache_tokens"] == two.usage["cached_tokens"]
 

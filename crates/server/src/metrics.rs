@@ -31,13 +31,13 @@ pub(crate) async fn handler(State(app): State<Arc<App>>) -> Response {
     metric(
         "kv_blocks_used",
         "gauge",
-        "KV cache blocks reserved by running sequences.",
+        "KV cache blocks held by running sequences (a shared page counts once).",
         m.kv_blocks_used as f64,
     );
     metric(
         "kv_blocks_cached",
         "gauge",
-        "KV cache blocks held by finished sequences for their prefixes (evicted when needed).",
+        "KV cache pages no sequence holds, kept for their prefixes (evicted when needed).",
         m.kv_blocks_cached as f64,
     );
     metric(
