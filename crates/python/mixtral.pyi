@@ -156,6 +156,7 @@ class Engine:
         regex: Optional[str] = None,
         choice: Optional[Sequence[str]] = None,
         grammar: Optional[str] = None,
+        cache_salt: Optional[str] = None,
         interventions: Optional[Sequence[Intervention]] = None,
         on_router: Optional[RouterHook] = None,
         stream: Literal[False] = False,
@@ -165,7 +166,9 @@ class Engine:
         Interventions and `on_router` apply to the prompt and to every generated token.
         At most one of `json_schema` (a JSON Schema), `regex`, `choice` (a list of strings) and
         `grammar` (llguidance's Lark syntax) constrains the output: every token is masked by
-        it (structured outputs); a bad one raises InvalidInputError."""
+        it (structured outputs); a bad one raises InvalidInputError. In a `batch()`,
+        `cache_salt` (1 to 256 bytes) shares cached prefixes only with requests of the same
+        salt."""
     @overload
     def generate(
         self,
@@ -186,6 +189,7 @@ class Engine:
         regex: Optional[str] = None,
         choice: Optional[Sequence[str]] = None,
         grammar: Optional[str] = None,
+        cache_salt: Optional[str] = None,
         interventions: Optional[Sequence[Intervention]] = None,
         on_router: Optional[RouterHook] = None,
         stream: Literal[True],

@@ -138,6 +138,57 @@ fn tool_calls_hold_for_the_openai_client() {
     assert!(stdout.contains("checks passed"), "{stdout}");
 }
 
+/// Paged KV through the `openai` client (`tests/serve/paged_kv.py`): a budget that holds two
+/// sequences at their longest serves 16 concurrent clients, each getting the tokens a
+/// one-at-a-time server gives (both batch-invariant: bit for bit), with preemptions.
+#[test]
+fn paged_kv_serves_sixteen_clients_in_a_two_sequence_budget() {
+    let Some(python) = openai_python() else {
+        eprintln!("note: no Python with the `openai` package (set MIXTRAL_OPENAI_PYTHON); skipped");
+        return;
+    };
+    let (prompt, max_tokens) = (40usize, 100usize);
+    let alone = Server::start(&[
+        "--model",
+        &tiny(),
+        "--batch-invariant",
+        "--max-batch",
+        "1",
+        "--prefix-caching",
+        "off",
+    ]);
+    let block = alone.metric("mixtral_kv_block_bytes") as usize;
+    let longest = (prompt + max_tokens).div_ceil(64);
+    let budget = (2 * longest * block).to_string();
+    let tight = Server::start(&[
+        "--model",
+        &tiny(),
+        "--batch-invariant",
+        "--kv-memory",
+        &budget,
+    ]);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/serve/paged_kv.py");
+    let out = std::process::Command::new(python)
+        .args([
+            script,
+            &tight.url(),
+            &alone.url(),
+            "tiny-bf16",
+            &prompt.to_string(),
+            &max_tokens.to_string(),
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\nstderr: {}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        tight.stderr()
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
 /// LangChain (`tests/serve/langchain_tools.py`): `bind_tools` with a named tool,
 /// `with_structured_output` by JSON schema and by function calling, and a tool loop, on a
 /// random-weight model.
@@ -682,6 +733,33 @@ fn a_request_for_another_model_is_a_404_naming_the_served_one() {
     }
 }
 
+/// `cache_salt` (vLLM's): the same prompt under another salt, or none, reuses nothing; under
+/// the same salt it does; a salt that is not a string of 1 to 256 bytes is a 400 naming it.
+#[test]
+fn cache_salts_keep_tenants_apart() {
+    let server = Server::start(&["--model", &tiny()]);
+    let prompt = "lighthouse ".repeat(100);
+    let cached = |salt: Value| {
+        let body = json!({"prompt": prompt, "max_tokens": 2, "cache_salt": salt});
+        let r = server.post("/v1/completions", &body.to_string());
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(cached(json!("tenant-a")), 0);
+    assert_eq!(cached(json!("tenant-b")), 0);
+    assert_eq!(cached(Value::Null), 0);
+    assert!(cached(json!("tenant-a")) >= 64);
+    assert!(cached(Value::Null) >= 64);
+    for bad in [json!(""), json!("x".repeat(257)), json!(7), json!(["a"])] {
+        let body = json!({"prompt": "Hi", "max_tokens": 2, "cache_salt": bad});
+        let r = server.post("/v1/completions", &body.to_string());
+        assert_eq!(r.status, 400, "{}", r.body);
+        assert_eq!(r.json()["error"]["param"], "cache_salt", "{}", r.body);
+    }
+}
+
 #[test]
 fn a_growing_conversation_is_served_from_the_prefix_cache() {
     let server = Server::start(&[
@@ -691,6 +769,14 @@ fn a_growing_conversation_is_served_from_the_prefix_cache() {
         "json",
         "--prefix-caching",
         "on",
+        "--batch-invariant",
+    ]);
+    let cold = Server::start(&[
+        "--model",
+        &tiny(),
+        "--prefix-caching",
+        "off",
+        "--batch-invariant",
     ]);
     // Long enough for several whole 64-token pages.
     let story =
@@ -704,6 +790,14 @@ fn a_growing_conversation_is_served_from_the_prefix_cache() {
         let r = server.post("/v1/chat/completions", &body.to_string());
         assert_eq!(r.status, 200, "{}", r.body);
         let v = r.json();
+        // A cold server's answer to the same conversation, bit for bit (batch-invariant).
+        let c = cold.post("/v1/chat/completions", &body.to_string());
+        assert_eq!(c.status, 200, "{}", c.body);
+        assert_eq!(c.json()["choices"], v["choices"], "turn {}", prompt.len());
+        assert_eq!(
+            c.json()["usage"]["prompt_tokens_details"]["cached_tokens"],
+            0
+        );
         cached.push(
             v["usage"]["prompt_tokens_details"]["cached_tokens"]
                 .as_u64()
@@ -735,6 +829,15 @@ fn a_growing_conversation_is_served_from_the_prefix_cache() {
         assert_eq!(cached[t] % 64, 0, "{cached:?}");
     }
     assert_eq!(server.metric("mixtral_prefix_cache_hits_total"), 2.0);
+    // Computed: every prompt token but the cached ones (the new turn and the rest of the
+    // last partial page), which the cold server computed in full.
+    let total: u64 = prompt.iter().sum();
+    let reused: u64 = cached.iter().sum();
+    assert_eq!(
+        server.metric("mixtral_prompt_tokens_total"),
+        (total - reused) as f64
+    );
+    assert_eq!(cold.metric("mixtral_prompt_tokens_total"), total as f64);
     assert_eq!(
         server.metric("mixtral_prefix_cache_tokens_total"),
         (cached[1] + cached[2]) as f64

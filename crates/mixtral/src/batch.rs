@@ -606,6 +606,8 @@ struct Running<'e> {
     prefilled: usize,
     /// Prompt tokens taken from cached pages.
     cached: usize,
+    /// [`GenerateParams::cache_salt`]: the pages it shares.
+    salt: Option<String>,
     decoding: Decoding<'e>,
     sink: Sink,
     cancel: CancelToken,
@@ -813,13 +815,22 @@ impl<'e> Worker<'e> {
 
     /// A cache for `ids` (a prompt, or what a preempted sequence computes again): with
     /// prefix caching, starting from the published pages that hold its longest run of whole
-    /// pages, leaving at least `compute` tokens to run; returns it and the positions it
-    /// holds.
-    fn cache_for(&self, ids: &[u32], compute: usize) -> Result<(KvCache, usize)> {
+    /// pages published under the same `salt`, leaving at least `compute` tokens to run;
+    /// returns it and the positions it holds.
+    fn cache_for(
+        &self,
+        ids: &[u32],
+        compute: usize,
+        salt: Option<&str>,
+    ) -> Result<(KvCache, usize)> {
         match &self.shared.pool {
             Some(pool) if self.shared.prefix_caching => {
                 let max = ids.len().saturating_sub(compute);
-                Ok(self.engine.model().new_paged_cache_from(pool, ids, max)?)
+                let salt = salt.unwrap_or_default().as_bytes();
+                Ok(self
+                    .engine
+                    .model()
+                    .new_paged_cache_from(pool, ids, max, salt)?)
             }
             _ => Ok((self.new_cache()?, 0)),
         }
@@ -846,7 +857,8 @@ impl<'e> Worker<'e> {
             let mut q = a.queued;
             let start = Decoding::new(self.engine, &q.ids, &q.params).and_then(|decoding| {
                 // The prompt's last token is always computed: its logits choose the first.
-                let (mut cache, cached) = self.cache_for(&q.ids, 1)?;
+                let salt = q.params.cache_salt.as_deref();
+                let (mut cache, cached) = self.cache_for(&q.ids, 1, salt)?;
                 if self.shared.prefix_caching {
                     let mut state = self.shared.lock();
                     let m = &mut state.metrics;
@@ -866,6 +878,7 @@ impl<'e> Worker<'e> {
                         cache,
                         prefilled: cached,
                         cached,
+                        salt: q.params.cache_salt.clone(),
                         decoding,
                         sink: q.sink,
                         cancel: q.cancel,
@@ -1023,7 +1036,7 @@ impl<'e> Worker<'e> {
             // one with a pending token has chosen it and runs it at its next decode.
             let compute = usize::from(r.decoding.pending.is_none());
             let cache = self
-                .cache_for(r.feed(), compute)
+                .cache_for(r.feed(), compute, r.salt.as_deref())
                 .and_then(|(mut cache, held)| {
                     cache.reserve(blocks * self.shared.block_positions)?;
                     Ok((cache, held))

@@ -90,7 +90,15 @@ pub struct GenerateParams {
     /// What the generated text must match (JSON Schema, regex, choices, grammar); `None`
     /// leaves it free. See [`Constraint`].
     pub constraint: Option<Constraint>,
+    /// With a [`crate::Scheduler`]'s prefix caching: only requests with the same salt share
+    /// cached pages (vLLM's `cache_salt`), so a tenant cannot time whether another's prompt
+    /// is cached. `None` shares with every request without one. At most
+    /// [`MAX_CACHE_SALT_BYTES`] bytes, not empty.
+    pub cache_salt: Option<String>,
 }
+
+/// The longest [`GenerateParams::cache_salt`].
+pub const MAX_CACHE_SALT_BYTES: usize = 256;
 
 impl Default for GenerateParams {
     /// Greedy, 256 new tokens at most, no stop strings, no steering. [`Engine::params`] gives
@@ -105,6 +113,7 @@ impl Default for GenerateParams {
             intervention: Intervention::default(),
             cancel: None,
             constraint: None,
+            cache_salt: None,
         }
     }
 }
@@ -334,6 +343,14 @@ impl<'e> Decoding<'e> {
         params: &GenerateParams,
     ) -> Result<Decoding<'e>> {
         let sampler = Sampler::new(params.sampling.clone())?;
+        if let Some(salt) = &params.cache_salt
+            && (salt.is_empty() || salt.len() > MAX_CACHE_SALT_BYTES)
+        {
+            return Err(crate::Error::InvalidOption {
+                option: "cache_salt",
+                reason: "must be 1 to 256 bytes",
+            });
+        }
         let stopper = Stopper::new(StopConfig {
             eos_token_ids: if params.ignore_eos {
                 vec![]

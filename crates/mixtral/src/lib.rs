@@ -55,7 +55,8 @@ pub use defaults::Defaults;
 pub use engine::{Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS, Precision};
 pub use error::{Error, ErrorKind, Result};
 pub use generate::{
-    CancelToken, FinishReason, GenerateParams, Generation, Overrides, Prompt, Session, Stats, Token,
+    CancelToken, FinishReason, GenerateParams, Generation, MAX_CACHE_SALT_BYTES, Overrides, Prompt,
+    Session, Stats, Token,
 };
 pub use gguf_vocab::{find_tokenizer, load_tokenizer};
 pub use mixtral_model::{

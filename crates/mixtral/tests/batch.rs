@@ -460,6 +460,40 @@ fn a_running_request_shares_its_prefix_with_a_newcomer() {
     assert_eq!(&alone(&first, &long)[1..], &rest[..]);
 }
 
+/// `cache_salt`: requests share cached pages only with requests of the same salt (none
+/// being a salt of its own), and a bad salt is refused at submission.
+#[test]
+fn salts_keep_cached_prefixes_apart() {
+    let (engine, params) = invariant_engine("models/tiny-f32", 4);
+    let hot = with_prefix_caching(&engine, true, None);
+    let prompt = Prompt::Tokens(std::iter::once(1).chain(200..330).collect());
+    let run = |salt: Option<&str>| {
+        let mut p = params.clone();
+        p.cache_salt = salt.map(str::to_string);
+        let (tokens, done) = hot.submit(&prompt, &p).unwrap().collect_all().unwrap();
+        (ids_of(&tokens), done.cached_tokens)
+    };
+    let (first, cached) = run(Some("alice"));
+    assert_eq!(cached, 0);
+    for (salt, want) in [
+        (Some("bob"), 0),
+        (None, 0),
+        (Some("alice"), 128),
+        (None, 128),
+    ] {
+        let (tokens, cached) = run(salt);
+        assert_eq!(cached, want, "salt {salt:?}");
+        assert_eq!(tokens, first, "salt {salt:?}");
+    }
+    for bad in [String::new(), "x".repeat(mixtral::MAX_CACHE_SALT_BYTES + 1)] {
+        let mut p = params.clone();
+        p.cache_salt = Some(bad);
+        let err = hot.submit(&prompt, &p).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
+        assert!(err.to_string().contains("cache_salt"), "{err}");
+    }
+}
+
 /// Cached pages give their memory up to requests that need it, least recently released
 /// first: in a budget of four pages, distinct two-page requests one after another leave the
 /// last three cached (each takes a free page and the oldest cached one), a hit renews its

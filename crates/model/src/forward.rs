@@ -443,7 +443,8 @@ impl Model {
     /// [`Model::new_paged_cache`], starting from the pages of `pool` that other caches
     /// published ([`KvCache::publish_prefix`]) holding the longest run of whole pages of
     /// `ids`, at most `max_positions` positions; returns the cache and the positions it
-    /// holds, whose keys and values need no computing.
+    /// holds, whose keys and values need no computing. Only caches made with the same
+    /// `salt` share pages (empty: no salt).
     ///
     /// # Errors
     /// As [`Model::new_paged_cache`].
@@ -452,10 +453,11 @@ impl Model {
         pool: &crate::KvPool,
         ids: &[u32],
         max_positions: usize,
+        salt: &[u8],
     ) -> Result<(KvCache, usize)> {
         // The checks and the refusal on a GPU, once.
         drop(self.new_paged_cache(pool)?);
-        let (kv, held) = crate::kv_cache::HostKv::paged_from(pool, ids, max_positions);
+        let (kv, held) = crate::kv_cache::HostKv::paged_from(pool, ids, max_positions, salt);
         let mut cache = KvCache::from_store(Store::Host(kv, None));
         cache.commit(held);
         Ok((cache, held))

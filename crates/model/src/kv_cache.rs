@@ -199,6 +199,8 @@ struct PagedKv {
     /// The prefix hash of each leading page whose tokens are known (published, or taken
     /// from the index): page `i`'s covers pages `0..=i`.
     hashes: Vec<u64>,
+    /// The parent hash of the first page ([`crate::kv_pool::Pool::root`] of the salt).
+    root: u64,
 }
 
 impl std::fmt::Debug for PagedKv {
@@ -262,7 +264,7 @@ impl PagedKv {
         for i in self.hashes.len()..whole {
             let tokens = &ids[i * PAGE_POSITIONS..(i + 1) * PAGE_POSITIONS];
             let parent = i.checked_sub(1);
-            let hash = pool.hash(parent.map_or(ROOT, |p| self.hashes[p]), tokens);
+            let hash = pool.hash(parent.map_or(self.root, |p| self.hashes[p]), tokens);
             pool.publish(self.table[i], hash, parent.map(|p| self.table[p]), tokens);
             self.hashes.push(hash);
         }
@@ -274,7 +276,7 @@ impl PagedKv {
         let mut pool = self.pool.lock();
         for (i, tokens) in ids.chunks_exact(PAGE_POSITIONS).take(max_pages).enumerate() {
             let parent = i.checked_sub(1);
-            let hash = pool.hash(parent.map_or(ROOT, |p| self.hashes[p]), tokens);
+            let hash = pool.hash(parent.map_or(self.root, |p| self.hashes[p]), tokens);
             let Some(page) = pool.lookup(hash, parent.map(|p| self.table[p]), tokens) else {
                 break;
             };
@@ -285,9 +287,6 @@ impl PagedKv {
         self.table.len()
     }
 }
-
-/// The parent hash of a first page.
-const ROOT: u64 = 0;
 
 impl HostKv {
     /// An empty cache storing keys and values as `dtype`.
@@ -323,18 +322,25 @@ impl HostKv {
                 table: vec![],
                 filled: vec![0; p.n_layers],
                 hashes: vec![],
+                root: p.root(&[]),
             }),
         }
     }
 
     /// A cache taking its pages from `pool`, starting with the published pages that hold
-    /// the longest run of whole pages of `ids` (at most `max_positions` positions); returns
-    /// it and the positions it holds.
-    pub(crate) fn paged_from(pool: &KvPool, ids: &[u32], max_positions: usize) -> (HostKv, usize) {
+    /// the longest run of whole pages of `ids` (at most `max_positions` positions) that
+    /// caches of the same `salt` published; returns it and the positions it holds.
+    pub(crate) fn paged_from(
+        pool: &KvPool,
+        ids: &[u32],
+        max_positions: usize,
+        salt: &[u8],
+    ) -> (HostKv, usize) {
         let mut kv = HostKv::paged(pool);
         let Body::Paged(p) = &mut kv.body else {
             unreachable!("a paged cache")
         };
+        p.root = pool.lock().root(salt);
         let held = p.take_prefix(ids, max_positions / PAGE_POSITIONS) * PAGE_POSITIONS;
         p.filled.iter_mut().for_each(|f| *f = held);
         (kv, held)
@@ -681,22 +687,31 @@ mod tests {
         a.publish(&ids, 150);
         assert_eq!(pool.free_pages(), 8 - 3);
         // Two whole pages, capped by what the caller allows.
-        let (b, held) = HostKv::paged_from(&pool, &ids, 199);
+        let (b, held) = HostKv::paged_from(&pool, &ids, 199, &[]);
         assert_eq!(held, 128);
         assert_eq!(pool.free_pages(), 8 - 3, "shared, not copied");
         for s in [0, 63, 64, 127] {
             assert_eq!(key_at(&b, s), row(s, 0)[0], "position {s}");
         }
-        assert_eq!(HostKv::paged_from(&pool, &ids, 100).1, 64);
+        assert_eq!(HostKv::paged_from(&pool, &ids, 100, &[]).1, 64);
         let mut other = ids.clone();
         other[70] = 9999;
-        assert_eq!(HostKv::paged_from(&pool, &other, 199).1, 64);
+        assert_eq!(HostKv::paged_from(&pool, &other, 199, &[]).1, 64);
         other[3] = 9999;
-        assert_eq!(HostKv::paged_from(&pool, &other, 199).1, 0);
+        assert_eq!(HostKv::paged_from(&pool, &other, 199, &[]).1, 0);
+        // Another salt shares nothing; a salted cache's pages are for its salt only.
+        assert_eq!(HostKv::paged_from(&pool, &ids, 199, b"tenant").1, 0);
+        let (mut salted, _) = HostKv::paged_from(&pool, &other, 199, b"tenant");
+        append_range(&mut salted, g_n, 0..64);
+        salted.publish(&other, 64);
+        assert_eq!(HostKv::paged_from(&pool, &other, 199, &[]).1, 0);
+        assert_eq!(HostKv::paged_from(&pool, &other, 199, b"tenant").1, 64);
+        drop(salted);
         drop((a, b));
-        // Both published pages stay cached; the partial third is free.
-        assert_eq!((pool.free_pages(), pool.cached_pages()), (8, 2));
-        assert_eq!(HostKv::paged_from(&pool, &ids, 199).1, 128);
+        // The three published pages (two unsalted, one salted) stay cached; the partial
+        // third of `a` is free.
+        assert_eq!((pool.free_pages(), pool.cached_pages()), (8, 3));
+        assert_eq!(HostKv::paged_from(&pool, &ids, 199, &[]).1, 128);
     }
 
     /// A cache that truncates into a shared page and writes again copies the page first:
@@ -709,7 +724,7 @@ mod tests {
         let mut a = HostKv::paged(&pool);
         append_range(&mut a, g_n, 0..64);
         a.publish(&ids, 64);
-        let (mut b, held) = HostKv::paged_from(&pool, &ids, 64);
+        let (mut b, held) = HostKv::paged_from(&pool, &ids, 64, &[]);
         assert_eq!(held, 64);
         b.truncate(10);
         append_range(&mut b, g_n, 1000..1054);
@@ -722,14 +737,14 @@ mod tests {
         );
         assert_eq!(pool.free_pages(), 2);
         drop(a);
-        let (c, held) = HostKv::paged_from(&pool, &ids, 64);
+        let (c, held) = HostKv::paged_from(&pool, &ids, 64, &[]);
         assert_eq!(held, 64);
         assert_eq!(key_at(&c, 10), row(10, 0)[0], "the index's page untouched");
         // The pool running dry while copying is an error, not a panic.
         let mut d = HostKv::paged(&pool);
         append_range(&mut d, g_n, 0..128);
         assert_eq!(pool.free_pages(), 0);
-        let (mut e, _) = HostKv::paged_from(&pool, &ids, 64);
+        let (mut e, _) = HostKv::paged_from(&pool, &ids, 64, &[]);
         e.truncate(5);
         let k = rows(g_n, 5..6);
         assert!(matches!(e.append(0, &k, &k), Err(crate::Error::KvPool(_))));
@@ -753,7 +768,7 @@ mod tests {
         append_range(&mut b, g_n, 64..128);
         assert_eq!(pool.cached_pages(), 1);
         assert_eq!(
-            HostKv::paged_from(&pool, &first, 128).1,
+            HostKv::paged_from(&pool, &first, 128, &[]).1,
             64,
             "the first page stayed"
         );
@@ -766,6 +781,6 @@ mod tests {
         let mut c = HostKv::paged(&pool);
         append_range(&mut c, g_n, 0..192);
         drop(c);
-        assert_eq!(HostKv::paged_from(&pool, &first, 128).1, 0);
+        assert_eq!(HostKv::paged_from(&pool, &first, 128, &[]).1, 0);
     }
 }

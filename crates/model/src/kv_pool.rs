@@ -236,6 +236,15 @@ impl Pool {
         self.refs[page as usize] > 1 || self.keys[page as usize].is_some()
     }
 
+    /// The parent hash of a cache's first page: the same for every cache without a salt,
+    /// and one per salt (so caches of different salts never share a page).
+    pub(crate) fn root(&self, salt: &[u8]) -> u64 {
+        match salt {
+            [] => 0,
+            salt => self.hasher.hash_one(("cache salt", salt)),
+        }
+    }
+
     /// The hash of a page of `tokens` after the page hashed `parent` (`root` for a first
     /// page: the cache's salt, so that only caches of the same root share pages).
     pub(crate) fn hash(&self, parent: u64, tokens: &[u32]) -> u64 {

@@ -59,6 +59,8 @@ pub(crate) struct Sampling {
     pub top_logprobs: usize,
     /// `json_schema=`, `regex=`, `choice=` or `grammar=`.
     pub constraint: Option<mixtral::Constraint>,
+    /// `cache_salt=`: a batch's requests share cached prefixes only with the same salt.
+    pub cache_salt: Option<String>,
 }
 
 impl Sampling {
@@ -71,6 +73,7 @@ impl Sampling {
         p.sampling.top_logprobs = self.top_logprobs;
         p.stop_token_ids = self.stop_token_ids.clone();
         p.constraint = self.constraint.clone();
+        p.cache_salt = self.cache_salt.clone();
         p
     }
 }
@@ -129,7 +132,7 @@ impl GenerateKwargs {
     /// The names accepted, for the error on any other.
     const NAMES: &'static str = "max_tokens, temperature, top_p, top_k, min_p, \
         repetition_penalty, seed, stop, stop_token_ids, ignore_eos, top_logprobs, \
-        json_schema, regex, choice, grammar, interventions, on_router, stream";
+        json_schema, regex, choice, grammar, cache_salt, interventions, on_router, stream";
 
     pub(crate) fn parse(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<GenerateKwargs> {
         let mut k = GenerateKwargs {
@@ -175,6 +178,7 @@ impl GenerateKwargs {
                     k.sampling.constraint = Some(constraint(&name, &value).map_err(arg)?);
                 }
                 "top_logprobs" => k.sampling.top_logprobs = value.extract().map_err(arg)?,
+                "cache_salt" => k.sampling.cache_salt = value.extract().map_err(arg)?,
                 "stream" => k.stream = value.extract().map_err(arg)?,
                 "interventions" => k.interventions = (!value.is_none()).then(|| value.unbind()),
                 "on_router" => k.on_router = callable(&value)?,

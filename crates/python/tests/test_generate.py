@@ -132,9 +132,14 @@ def test_a_batch_with_prefix_caching_reuses_a_conversation(tiny_bf16):
     )
     assert alone.usage["cached_tokens"] == 0
     assert alone.token_ids == two.token_ids
+    salted = batch.generate(second, max_tokens=4, temperature=0.0, ignore_eos=True, cache_salt="t1")
+    assert salted.usage["cached_tokens"] == 0
+    assert salted.token_ids == two.token_ids
+    with pytest.raises(mixtral.InvalidInputError, match="cache_salt"):
+        batch.generate(second, max_tokens=4, cache_salt="")
     m = batch.metrics
     assert m["prefix_caching"]
-    assert (m["prefix_cache_queries"], m["prefix_cache_hits"]) == (2, 1)
+    assert (m["prefix_cache_queries"], m["prefix_cache_hits"]) == (3, 1)
     assert m["prefix_cache_tokens"] == two.usage["cached_tokens"]
 
 

@@ -34,6 +34,8 @@ const COMMON_FIELDS: &[&str] = &[
     "ignore_eos",
     // An end-user id for the operator's logs; nothing to do with the answer.
     "user",
+    // vLLM's: only requests with the same salt share cached prefixes.
+    "cache_salt",
 ];
 
 /// The fields only `/v1/chat/completions` honours.
@@ -273,7 +275,27 @@ fn generate_params(engine: &Engine, obj: &Map<String, Value>) -> Result<Generate
     params.sampling.logit_bias = logit_bias(obj, engine.config().vocab_size)?;
     params.stop_strings = stop(obj)?;
     params.ignore_eos = f.boolean("ignore_eos")?.unwrap_or(false);
+    params.cache_salt = cache_salt(&f)?;
     Ok(params)
+}
+
+/// `cache_salt`: a non-empty string of at most [`mixtral::MAX_CACHE_SALT_BYTES`] bytes.
+fn cache_salt(f: &Fields<'_>) -> Result<Option<String>, ApiError> {
+    let Some(v) = f.get("cache_salt") else {
+        return Ok(None);
+    };
+    match v.as_str() {
+        Some(s) if !s.is_empty() && s.len() <= mixtral::MAX_CACHE_SALT_BYTES => {
+            Ok(Some(s.to_string()))
+        }
+        _ => Err(ApiError::invalid(
+            Some("cache_salt"),
+            format!(
+                "`cache_salt` must be a non-empty string of at most {} bytes",
+                mixtral::MAX_CACHE_SALT_BYTES
+            ),
+        )),
+    }
 }
 
 /// Whether log-probabilities are asked for, and how many alternatives per token.
