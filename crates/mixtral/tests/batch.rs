@@ -460,6 +460,37 @@ fn a_running_request_shares_its_prefix_with_a_newcomer() {
     assert_eq!(&alone(&first, &long)[1..], &rest[..]);
 }
 
+/// Two requests with the same system prompt admitted in one step compute its first page
+/// twice; the second to publish holds the first's copy instead, so its own later pages
+/// stay findable: its conversation's next turn reuses all of them.
+#[test]
+fn a_prefix_computed_twice_at_once_keeps_the_chain_findable() {
+    let (engine, params) = invariant_engine("models/tiny-bf16", 4);
+    let hot = with_prefix_caching(&engine, true, None);
+    let system: Vec<u32> = std::iter::once(1).chain(1000..1100).collect();
+    let a: Vec<u32> = system.iter().copied().chain(7..40).collect();
+    let b: Vec<u32> = system.iter().copied().chain(50..90).collect();
+    // A long request keeps the scheduler busy so that both arrive before the next
+    // admission.
+    let busy: Vec<u32> = std::iter::once(1).chain(2000..2400).collect();
+    let busy = hot.submit(&Prompt::Tokens(busy), &params).unwrap();
+    let ha = hot.submit(&Prompt::Tokens(a), &params).unwrap();
+    let hb = hot.submit(&Prompt::Tokens(b.clone()), &params).unwrap();
+    let (_, _) = ha.collect_all().unwrap();
+    let (got, _) = hb.collect_all().unwrap();
+    busy.collect_all().unwrap();
+    let mut next = b.clone();
+    next.extend(ids_of(&got));
+    next.extend(500..520);
+    let (_, done) = hot
+        .submit(&Prompt::Tokens(next), &params)
+        .unwrap()
+        .collect_all()
+        .unwrap();
+    // b computed 141 + 3 positions: two whole pages.
+    assert_eq!(done.cached_tokens, 128);
+}
+
 /// `cache_salt`: requests share cached pages only with requests of the same salt (none
 /// being a salt of its own), and a bad salt is refused at submission.
 #[test]

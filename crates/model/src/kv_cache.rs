@@ -254,7 +254,12 @@ impl PagedKv {
     }
 
     /// Publishes every whole page of the first `len` positions not yet published, `ids`
-    /// being their tokens.
+    /// being their tokens. A page another cache already published with the same tokens
+    /// after the same pages (two requests computed a shared prefix at once) is taken in
+    /// place of this cache's copy, which is freed: so the cache's later pages hang off an
+    /// indexed parent and can be found, and the prefix is held once. (Whole committed pages
+    /// are never written again, so the swap changes nothing the cache reads, but the copy's
+    /// last bits where the two were computed in different batches.)
     fn publish(&mut self, ids: &[u32], len: usize) {
         let whole = len.min(ids.len()) / PAGE_POSITIONS;
         if self.hashes.len() >= whole {
@@ -265,7 +270,16 @@ impl PagedKv {
             let tokens = &ids[i * PAGE_POSITIONS..(i + 1) * PAGE_POSITIONS];
             let parent = i.checked_sub(1);
             let hash = pool.hash(parent.map_or(self.root, |p| self.hashes[p]), tokens);
-            pool.publish(self.table[i], hash, parent.map(|p| self.table[p]), tokens);
+            let parent = parent.map(|p| self.table[p]);
+            match pool.lookup(hash, parent, tokens) {
+                Some(twin) if twin != self.table[i] => {
+                    pool.acquire(twin);
+                    pool.release([self.table[i]]);
+                    self.table[i] = twin;
+                }
+                Some(_) => {}
+                None => pool.publish(self.table[i], hash, parent, tokens),
+            }
             self.hashes.push(hash);
         }
     }
@@ -782,5 +796,29 @@ mod tests {
         append_range(&mut c, g_n, 0..192);
         drop(c);
         assert_eq!(HostKv::paged_from(&pool, &first, 128, &[]).1, 0);
+    }
+
+    /// Two caches that computed the same first page at once: the second to publish takes
+    /// the first's page and frees its own, so its next page hangs off an indexed parent and
+    /// a third cache finds both pages.
+    #[test]
+    fn a_page_computed_twice_is_held_once() {
+        let (g_n, dh) = (1, 2);
+        let pool = KvPool::with_shape((1, g_n, dh), KvDType::F32, 6).unwrap();
+        let ids: Vec<u32> = (0..128).collect();
+        let (mut a, mut b) = (HostKv::paged(&pool), HostKv::paged(&pool));
+        append_range(&mut a, g_n, 0..64);
+        append_range(&mut b, g_n, 0..64);
+        assert_eq!(pool.free_pages(), 4);
+        a.publish(&ids, 64);
+        b.publish(&ids, 64);
+        assert_eq!(pool.free_pages(), 5, "b's copy freed");
+        append_range(&mut b, g_n, 64..128);
+        b.publish(&ids, 128);
+        drop(a);
+        let (c, held) = HostKv::paged_from(&pool, &ids, 128, &[]);
+        assert_eq!(held, 128);
+        assert_eq!(key_at(&c, 100), row(100, 0)[0]);
+        assert_eq!(key_at(&b, 10), row(10, 0)[0]);
     }
 }
