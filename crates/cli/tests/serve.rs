@@ -19,6 +19,25 @@ fn openai_python() -> Option<String> {
     mixtral_testkit::python_with("MIXTRAL_OPENAI_PYTHON", "openai")
 }
 
+/// Runs `python tests/serve/SCRIPT ARGS…` (a client script that prints one line per check
+/// and "N checks passed") and asserts it passed, showing `server`'s log if not.
+fn run_client(python: &str, script: &str, args: &[&str], server: &Server) {
+    let path = format!("{}/tests/serve/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = std::process::Command::new(python)
+        .arg(path)
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\nstderr: {}\nserver: {}",
+        String::from_utf8_lossy(&out.stderr),
+        server.stderr()
+    );
+    assert!(stdout.contains("checks passed"), "{stdout}");
+}
+
 /// `mixtral generate --json` on the same prompt, greedy.
 fn generate(prompt_args: &[&str], max: usize) -> Value {
     let max = max.to_string();
@@ -61,18 +80,8 @@ fn the_openai_client_gets_what_generate_gives() {
     let exp_file = dir.path().join("expected.json");
     std::fs::write(&exp_file, expected.to_string()).unwrap();
     let server = Server::start(&["--model", &tiny()]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/serve/openai_client.py");
-    let out = std::process::Command::new(python)
-        .args([script, &server.url(), exp_file.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("checks passed"), "{stdout}");
+    let args = [&*server.url(), exp_file.to_str().unwrap()];
+    run_client(&python, "openai_client.py", &args, &server);
 }
 
 /// Structured outputs through the `openai` client, validated by `jsonschema`
@@ -90,22 +99,12 @@ fn structured_outputs_hold_for_the_openai_client() {
         return;
     };
     let server = Server::start(&["--model", &tiny()]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/serve/structured_outputs.py"
+    run_client(
+        &python,
+        "structured_outputs.py",
+        &[&server.url(), "tiny-bf16"],
+        &server,
     );
-    let out = std::process::Command::new(python)
-        .args([script, &server.url(), "tiny-bf16"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\nstderr: {}\nserver: {}",
-        String::from_utf8_lossy(&out.stderr),
-        server.stderr()
-    );
-    assert!(stdout.contains("checks passed"), "{stdout}");
 }
 
 /// Tool calls through the `openai` client (`tests/serve/tool_calls.py`): a random-weight
@@ -123,19 +122,12 @@ fn tool_calls_hold_for_the_openai_client() {
         return;
     };
     let server = Server::start(&["--model", &tiny()]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/serve/tool_calls.py");
-    let out = std::process::Command::new(python)
-        .args([script, &server.url(), "tiny-bf16"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\nstderr: {}\nserver: {}",
-        String::from_utf8_lossy(&out.stderr),
-        server.stderr()
+    run_client(
+        &python,
+        "tool_calls.py",
+        &[&server.url(), "tiny-bf16"],
+        &server,
     );
-    assert!(stdout.contains("checks passed"), "{stdout}");
 }
 
 /// Paged KV through the `openai` client (`tests/serve/paged_kv.py`): a budget that holds two
@@ -167,26 +159,15 @@ fn paged_kv_serves_sixteen_clients_in_a_two_sequence_budget() {
         "--kv-memory",
         &budget,
     ]);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/serve/paged_kv.py");
-    let out = std::process::Command::new(python)
-        .args([
-            script,
-            &tight.url(),
-            &alone.url(),
-            "tiny-bf16",
-            &prompt.to_string(),
-            &max_tokens.to_string(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\nstderr: {}\nserver: {}",
-        String::from_utf8_lossy(&out.stderr),
-        tight.stderr()
-    );
-    assert!(stdout.contains("checks passed"), "{stdout}");
+    let (prompt, max_tokens) = (prompt.to_string(), max_tokens.to_string());
+    let args = [
+        &*tight.url(),
+        &alone.url(),
+        "tiny-bf16",
+        &prompt,
+        &max_tokens,
+    ];
+    run_client(&python, "paged_kv.py", &args, &tight);
 }
 
 /// LangChain (`tests/serve/langchain_tools.py`): `bind_tools` with a named tool,
@@ -200,22 +181,12 @@ fn langchain_binds_tools_and_structured_output() {
         return;
     };
     let server = Server::start(&["--model", &tiny()]);
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/serve/langchain_tools.py"
+    run_client(
+        &python,
+        "langchain_tools.py",
+        &[&server.url(), "tiny-bf16"],
+        &server,
     );
-    let out = std::process::Command::new(python)
-        .args([script, &server.url(), "tiny-bf16"])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\nstderr: {}\nserver: {}",
-        String::from_utf8_lossy(&out.stderr),
-        server.stderr()
-    );
-    assert!(stdout.contains("checks passed"), "{stdout}");
 }
 
 /// A conversation that ends with an assistant message is continued, not answered: the
