@@ -704,6 +704,31 @@ fn a_request_for_another_model_is_a_404_naming_the_served_one() {
     }
 }
 
+/// Prefix caching through the `openai` client (`tests/serve/prefix_cache.py`): each request
+/// of a growing conversation after the first computes only its new turn (and the rest of a
+/// partial page), by its `cached_tokens` and the server's prompt-token counter, and answers
+/// what a server without the cache answers (both batch-invariant: bit for bit).
+#[test]
+fn the_openai_client_sees_a_conversation_served_from_the_prefix_cache() {
+    let Some(python) = openai_python() else {
+        eprintln!("note: no Python with the `openai` package (set MIXTRAL_OPENAI_PYTHON); skipped");
+        return;
+    };
+    let start = |caching: &str| {
+        let args = [
+            "--model",
+            &tiny(),
+            "--batch-invariant",
+            "--prefix-caching",
+            caching,
+        ];
+        Server::start(&args)
+    };
+    let (hot, cold) = (start("on"), start("off"));
+    let args = [&*hot.url(), &cold.url(), "tiny-bf16"];
+    run_client(&python, "prefix_cache.py", &args, &hot);
+}
+
 /// `cache_salt` (vLLM's): the same prompt under another salt, or none, reuses nothing; under
 /// the same salt it does; a salt that is not a string of 1 to 256 bytes is a 400 naming it.
 #[test]
