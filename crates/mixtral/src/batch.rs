@@ -668,13 +668,6 @@ impl Running<'_> {
     }
 }
 
-/// A request let in at this step.
-struct Admitted {
-    queued: Queued,
-    /// Blocks it holds while it runs.
-    blocks: usize,
-}
-
 /// The scheduler's thread.
 struct Worker<'e> {
     engine: &'e Engine,
@@ -756,7 +749,7 @@ impl<'e> Worker<'e> {
     /// Under the lock: the queued requests that start now (first come first served, while
     /// the batch has room and their blocks are free, counting every block a request's
     /// prompt needs even if cached pages will serve some), and those cancelled while queued.
-    fn take_admitted(&mut self, state: &mut State) -> (Vec<Admitted>, Vec<Queued>) {
+    fn take_admitted(&mut self, state: &mut State) -> (Vec<Queued>, Vec<Queued>) {
         let (mut keep, mut cancelled) = (VecDeque::new(), vec![]);
         for q in state.queue.drain(..) {
             if q.cancel.is_cancelled() {
@@ -779,13 +772,7 @@ impl<'e> Worker<'e> {
                 break; // Waits for running sequences to free blocks (first come, first served).
             }
             available -= front.blocks;
-            let blocks = front.blocks;
-            admitted.extend(
-                state
-                    .queue
-                    .pop_front()
-                    .map(|queued| Admitted { queued, blocks }),
-            );
+            admitted.extend(state.queue.pop_front());
         }
         (admitted, cancelled)
     }
@@ -839,7 +826,7 @@ impl<'e> Worker<'e> {
     /// Outside the lock (reserving a cache zero-fills it, which takes a while for a long
     /// context): ends the cancelled requests and starts the admitted ones. Returns how many
     /// ended.
-    fn start(&mut self, admitted: Vec<Admitted>, cancelled: Vec<Queued>) -> u64 {
+    fn start(&mut self, admitted: Vec<Queued>, cancelled: Vec<Queued>) -> u64 {
         let mut ended = 0;
         for mut q in cancelled {
             let done = Finished {
@@ -853,8 +840,7 @@ impl<'e> Worker<'e> {
             (q.sink)(Event::Done(done));
             ended += 1;
         }
-        for a in admitted {
-            let mut q = a.queued;
+        for mut q in admitted {
             let start = Decoding::new(self.engine, &q.ids, &q.params).and_then(|decoding| {
                 // The prompt's last token is always computed: its logits choose the first.
                 let salt = q.params.cache_salt.as_deref();
@@ -867,7 +853,7 @@ impl<'e> Worker<'e> {
                     m.prefix_cache_tokens += cached as u64;
                 }
                 // On a GPU this is where device memory runs out: the request fails alone.
-                cache.reserve(a.blocks * self.shared.block_positions)?;
+                cache.reserve(q.blocks * self.shared.block_positions)?;
                 Ok((decoding, cache, cached))
             });
             match start {
@@ -882,7 +868,7 @@ impl<'e> Worker<'e> {
                         decoding,
                         sink: q.sink,
                         cancel: q.cancel,
-                        blocks: a.blocks,
+                        blocks: q.blocks,
                         max_blocks: q.max_blocks,
                         submitted: q.submitted,
                         first_token: None,

@@ -470,8 +470,7 @@ pub struct Overrides {
 
 /// How many positions of a cache holding `cached` a prompt of `prompt` can keep: their common
 /// prefix, but never the prompt's last token, which is always computed again because its
-/// logits choose the first new token. (A session's next turn, and the batch scheduler's
-/// prefix cache.)
+/// logits choose the first new token (a session's next turn).
 pub(crate) fn reusable_prefix(cached: &[u32], prompt: &[u32]) -> usize {
     let shared = cached
         .iter()

@@ -126,16 +126,6 @@ impl KvCache {
         }
     }
 
-    /// Frees the working memory a forward call left in the cache (activations, logits),
-    /// keeping the keys and values: for a cache kept idle, whose blocks are all a budget
-    /// counts. The next call allocates them again.
-    pub fn release_scratch(&mut self) {
-        self.logits = Vec::new();
-        if let Store::Host(_, acts) = &mut self.store {
-            *acts = None;
-        }
-    }
-
     /// Positions per block: caches grow (and [`KvCache::reserve`] reserves) in whole blocks.
     pub const BLOCK_POSITIONS: usize = BLOCK_POSITIONS;
 
