@@ -13,11 +13,12 @@ use half::{bf16, f16};
 use mixtral_kernels::attention::{self, Attention};
 use mixtral_kernels::matmul::{Matmul, Precision, cpu, reference};
 use mixtral_kernels::moe::{self, Expert, Moe, cpu::MoeScratch};
+use mixtral_kernels::qdot::interleave;
 use mixtral_kernels::quantize;
 use mixtral_kernels::rmsnorm::{self, RmsNorm};
 use mixtral_kernels::rope::{self, Rope, cpu::RopeTable};
 use mixtral_kernels::router::{self, Router};
-use mixtral_kernels::{Isa, QuantBlocks, Weight};
+use mixtral_kernels::{BlockLayout, Isa, QuantBlocks, Weight};
 use mixtral_tensor::DType;
 use rayon::prelude::*;
 use std::hint::black_box;
@@ -173,10 +174,10 @@ fn quantized_words(dtype: DType, n: usize, k: usize) -> Words {
 fn quant_group(c: &mut Criterion, dtype: DType, p: Matmul) {
     let words = quantized_words(dtype, p.n, p.k);
     let len = quantize::quantized_bytes(dtype, p.n * p.k).expect("whole blocks");
-    let w = Weight::Quant(QuantBlocks {
+    let w = Weight::Quant(QuantBlocks::new(
         dtype,
-        bytes: &bytemuck::cast_slice(&words.0)[..len],
-    });
+        &bytemuck::cast_slice(&words.0)[..len],
+    ));
     let x = activations(p.rows * p.k);
     let mut y = vec![0f32; p.rows * p.n];
     let t = dtype.name().to_lowercase();
@@ -200,6 +201,24 @@ fn quant_group(c: &mut Criterion, dtype: DType, p: Matmul) {
             }
             g.bench_function(format!("cpu-{isa}-{label}"), |b| {
                 b.iter(|| cpu::matmul_at(isa, precision, p, black_box(&x), w, &mut y))
+            });
+        }
+        if interleave::fits(dtype, p.n, p.k) {
+            let mut packed = vec![0u8; len];
+            interleave::interleave(
+                dtype,
+                &bytemuck::cast_slice(&words.0)[..len],
+                len / p.n,
+                &mut packed,
+            );
+            let w = Weight::Quant(QuantBlocks {
+                layout: BlockLayout::Rows8 {
+                    blocks: p.k / dtype.block_len(),
+                },
+                ..QuantBlocks::new(dtype, &packed)
+            });
+            g.bench_function(format!("cpu-{isa}-int8-rows8"), |b| {
+                b.iter(|| cpu::matmul_at(isa, Precision::Int8, p, black_box(&x), w, &mut y))
             });
         }
     }

@@ -28,4 +28,4 @@ pub mod threads;
 mod weight;
 
 pub use isa::Isa;
-pub use weight::{QuantBlocks, Weight};
+pub use weight::{BlockLayout, QuantBlocks, Weight};

@@ -1,6 +1,7 @@
 //! `Weight`: a borrowed, typed view of a weight matrix in any dtype the kernels accept.
 
 use crate::dequant::{MAX_BLOCK, dequantize_block};
+use crate::qdot::interleave::{self, MAX_BLOCK_BYTES, ROWS};
 use half::{bf16, f16};
 use mixtral_tensor::{DType, Tensor};
 
@@ -9,8 +10,35 @@ use mixtral_tensor::{DType, Tensor};
 pub struct QuantBlocks<'a> {
     /// The block type ([`DType::is_quantized`]).
     pub dtype: DType,
-    /// The blocks, as stored.
+    /// The blocks.
     pub bytes: &'a [u8],
+    /// Their order.
+    pub layout: BlockLayout,
+}
+
+/// The order of a quantized weight's blocks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BlockLayout {
+    /// As files store them: row after row.
+    #[default]
+    Rows,
+    /// Rows interleaved eight at a time, block by block ([`crate::qdot::interleave`]), made
+    /// at load for the CPU's integer kernels; rows of `blocks` blocks.
+    Rows8 {
+        /// Blocks per row.
+        blocks: usize,
+    },
+}
+
+impl<'a> QuantBlocks<'a> {
+    /// Blocks as files store them, row after row.
+    pub fn new(dtype: DType, bytes: &'a [u8]) -> QuantBlocks<'a> {
+        QuantBlocks {
+            dtype,
+            bytes,
+            layout: BlockLayout::Rows,
+        }
+    }
 }
 
 impl QuantBlocks<'_> {
@@ -31,14 +59,25 @@ impl QuantBlocks<'_> {
         let mut buf = [0f32; MAX_BLOCK];
         let (mut at, end) = (start, start + out.len());
         assert!(end <= self.len(), "{} values of {}", end, self.len());
+        let mut put_back = [0u8; MAX_BLOCK_BYTES];
         while at < end {
             let (block, within) = (at / bl, at % bl);
             let n = (bl - within).min(end - at);
             let dst = &mut out[at - start..at - start + n];
+            let stored = match self.layout {
+                BlockLayout::Rows => &self.bytes[block * bb..][..bb],
+                BlockLayout::Rows8 { blocks } => {
+                    let (row, b) = (block / blocks, block % blocks);
+                    let group =
+                        &self.bytes[(row / ROWS) * ROWS * blocks * bb..][..ROWS * blocks * bb];
+                    interleave::block_of(self.dtype, group, row % ROWS, b, &mut put_back[..bb]);
+                    &put_back[..bb]
+                }
+            };
             if within == 0 && n == bl {
-                dequantize_block(self.dtype, &self.bytes[block * bb..][..bb], dst);
+                dequantize_block(self.dtype, stored, dst);
             } else {
-                dequantize_block(self.dtype, &self.bytes[block * bb..][..bb], &mut buf[..bl]);
+                dequantize_block(self.dtype, stored, &mut buf[..bl]);
                 dst.copy_from_slice(&buf[within..within + n]);
             }
             at += n;
@@ -69,10 +108,7 @@ impl<'a> Weight<'a> {
         Ok(match t.dtype() {
             DType::BF16 => Weight::BF16(t.as_slice()?),
             DType::F16 => Weight::F16(t.as_slice()?),
-            d if d.is_quantized() => Weight::Quant(QuantBlocks {
-                dtype: d,
-                bytes: t.as_bytes(),
-            }),
+            d if d.is_quantized() => Weight::Quant(QuantBlocks::new(d, t.as_bytes())),
             // Asking for f32 reports the dtype mismatch for integer tensors.
             _ => Weight::F32(t.as_slice()?),
         })

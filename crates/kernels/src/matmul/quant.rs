@@ -10,9 +10,10 @@
 //! blocks themselves are the next step.
 
 use super::{Matmul, Scalar, Tiles, drive};
+use crate::qdot::interleave::ROWS;
 use crate::qdot::{self, QuantizedActs};
 use crate::threads::{SharedOut, for_each_range};
-use crate::{Isa, QuantBlocks};
+use crate::{BlockLayout, Isa, QuantBlocks};
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -253,7 +254,20 @@ pub(super) fn gemv_rows_int8(
     let (rb, a) = (row_bytes(w, k), acts.row(0, k));
     // SAFETY: these columns belong to `cols`, which only this call writes.
     let y = unsafe { out.cols(0, cols.clone()) };
-    qdot::gemv(isa, w.dtype, &w.bytes[cols.start * rb..cols.end * rb], a, y);
+    let wr = &w.bytes[cols.start * rb..cols.end * rb];
+    match w.layout {
+        BlockLayout::Rows => qdot::gemv(isa, w.dtype, wr, a, y),
+        BlockLayout::Rows8 { .. } => {
+            assert!(whole_groups(&cols), "{cols:?}: interleaved rows split");
+            qdot::gemv_interleaved(isa, w.dtype, wr, a, y)
+        }
+    }
+}
+
+/// Whether `cols` are whole groups of interleaved rows: the GEMV's chunks start on multiples
+/// of its row tile (8) and end on one or at the weight's last row (a multiple of 8 too).
+fn whole_groups(cols: &Range<usize>) -> bool {
+    cols.start.is_multiple_of(ROWS) && cols.end.is_multiple_of(ROWS)
 }
 
 /// `y = x Wᵀ` for `rows > 1` tokens with 8-bit activations: every row of `x` quantized once
@@ -275,7 +289,13 @@ pub(super) fn gemm_int8(isa: Isa, p: Matmul, x: &[f32], w: QuantBlocks<'_>, y: &
             let panel = j0..(j0 + INT8_PANEL_ROWS).min(cols.end);
             part.resize(p.rows * panel.len(), 0.0);
             let wp = &w.bytes[panel.start * rb..panel.end * rb];
-            qdot::gemm(isa, w.dtype, wp, &acts, p.k, &mut part);
+            match w.layout {
+                BlockLayout::Rows => qdot::gemm(isa, w.dtype, wp, &acts, p.k, &mut part),
+                BlockLayout::Rows8 { .. } => {
+                    assert!(whole_groups(&panel), "{panel:?}: interleaved rows split");
+                    qdot::gemm_interleaved(isa, w.dtype, wp, &acts, p.k, &mut part)
+                }
+            }
             for (t, row) in part.chunks_exact(panel.len()).enumerate() {
                 // SAFETY: the columns `panel` lie in `cols`, which only this chunk writes.
                 unsafe { out.cols(t, panel.clone()) }.copy_from_slice(row);

@@ -49,9 +49,14 @@ pub fn matmul_int8(p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32]) {
     let mut acts = qdot::QuantizedActs::default();
     for r in 0..p.rows {
         qdot::reference::quantize(kind, &x[r * p.k..(r + 1) * p.k], &mut acts);
-        for j in 0..p.n {
+        let yr = &mut y[r * p.n..(r + 1) * p.n];
+        if let crate::BlockLayout::Rows8 { .. } = q.layout {
+            qdot::interleave::gemv(q.dtype, q.bytes, acts.row(0, p.k), yr);
+            continue;
+        }
+        for (j, yj) in yr.iter_mut().enumerate() {
             let wj = &q.bytes[j * row_bytes..(j + 1) * row_bytes];
-            y[r * p.n + j] = qdot::reference::dot(q.dtype, wj, acts.row(0, p.k));
+            *yj = qdot::reference::dot(q.dtype, wj, acts.row(0, p.k));
         }
     }
 }

@@ -21,11 +21,14 @@
 
 #[cfg(target_arch = "aarch64")]
 mod arm;
+pub mod interleave;
 #[cfg(target_arch = "aarch64")]
 mod mmla;
 pub mod reference;
 #[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
 mod rows;
+#[cfg(target_arch = "x86_64")]
+mod rows8;
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86;
 #[cfg(target_arch = "x86_64")]
@@ -247,6 +250,53 @@ pub fn gemm(isa: Isa, dtype: DType, w: &[u8], acts: &QuantizedActs, k: usize, y:
         // were detected.
         #[cfg(target_arch = "aarch64")]
         Isa::I8mm(_) => unsafe { mmla::gemm_i8mm(dtype, w, acts, k, y) },
+    }
+}
+
+/// [`gemv`] on rows interleaved eight at a time ([`interleave`]): `y.len()` rows, a multiple
+/// of eight. The AVX2 kernels (also on AVX-512 machines: no 512-bit twin yet) take eight rows
+/// per register; every other ISA runs the reference twin.
+///
+/// # Panics
+/// If `dtype` has no interleaved layout or a length disagrees.
+pub fn gemv_interleaved(isa: Isa, dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
+    match isa {
+        // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { rows8::gemv_avx2(dtype, w, a, y) },
+        _ => interleave::gemv(dtype, w, a, y),
+    }
+}
+
+/// [`gemm`] on rows interleaved eight at a time ([`interleave`]): tiles of eight rows by four
+/// tokens on AVX2, the reference twin row by row elsewhere.
+///
+/// # Panics
+/// If `dtype` has no interleaved layout or a length disagrees.
+pub fn gemm_interleaved(
+    isa: Isa,
+    dtype: DType,
+    w: &[u8],
+    acts: &QuantizedActs,
+    k: usize,
+    y: &mut [f32],
+) {
+    match isa {
+        // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe { rows8::gemm_avx2(dtype, w, acts, k, y) },
+        _ => {
+            if k == 0 || y.is_empty() {
+                y.fill(0.0);
+                return;
+            }
+            let rows = acts.qs.len() / k;
+            let n = y.len() / rows.max(1);
+            assert_eq!(rows * n, y.len(), "gemm {dtype} shape");
+            for (t, yt) in y.chunks_exact_mut(n).enumerate() {
+                interleave::gemv(dtype, w, acts.row(t * k, k), yt);
+            }
+        }
     }
 }
 

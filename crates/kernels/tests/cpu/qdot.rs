@@ -224,10 +224,7 @@ fn types_without_an_integer_dot_stay_exact_at_int8() {
     }
     let t = DType::Q3_K;
     let w = random_blocks(t, 3, 11);
-    let w = Weight::Quant(mixtral_kernels::QuantBlocks {
-        dtype: t,
-        bytes: &w,
-    });
+    let w = Weight::Quant(mixtral_kernels::QuantBlocks::new(t, &w));
     let x = uniform(256, 12);
     let p = Matmul {
         rows: 1,
@@ -238,5 +235,81 @@ fn types_without_an_integer_dot_stay_exact_at_int8() {
         let exact = run(3, |y| cpu::matmul_at(isa, Precision::F32, p, &x, w, y));
         let int8 = run(3, |y| cpu::matmul_at(isa, Precision::Int8, p, &x, w, y));
         assert_eq!(exact, int8, "{isa}");
+    }
+}
+
+/// The interleaved layout ([`qdot::interleave`]): a round trip gives the rows back, and every
+/// ISA's GEMV and GEMM on it (tiles of eight rows by up to four tokens) match the reference dot
+/// of the rows as stored.
+fn check_interleaved(
+    t: DType,
+    groups: usize,
+    blocks: usize,
+    m: usize,
+    style: u8,
+    seed: u64,
+) -> Result<(), String> {
+    use qdot::interleave;
+    let (k, n) = (blocks * t.block_len(), groups * interleave::ROWS);
+    let rb = blocks * t.block_bytes();
+    let w = random_blocks(t, n * blocks, seed);
+    let mut packed = vec![0u8; w.len()];
+    interleave::interleave(t, &w, rb, &mut packed);
+    let mut back = vec![0u8; w.len()];
+    interleave::deinterleave(t, &packed, rb, &mut back);
+    if back != w {
+        return Err(format!("{t}: the round trip changed the rows"));
+    }
+    let x = activations(m * k, style, seed ^ 0x1a7e);
+    let mut acts = QuantizedActs::default();
+    acts.quantize_rows(acts_kind(t).unwrap(), &x, k);
+    let mut wd = vec![0f32; n * k];
+    dequantize(t, &w, &mut wd);
+    let mut want = vec![0f32; m * n];
+    let mut bound = vec![0f32; m * n];
+    for r in 0..m {
+        for j in 0..n {
+            want[r * n + j] = qdot::reference::dot(t, &w[j * rb..(j + 1) * rb], acts.row(r * k, k));
+            let (wj, xr) = (&wd[j * k..(j + 1) * k], &x[r * k..(r + 1) * k]);
+            bound[r * n + j] = 1e-5 * wj.iter().zip(xr).map(|(w, x)| (w * x).abs()).sum::<f32>()
+                + f32::MIN_POSITIVE;
+        }
+    }
+    for isa in Isa::available() {
+        let mut got = vec![0f32; m * n];
+        qdot::gemm_interleaved(isa, t, &packed, &acts, k, &mut got);
+        let mut gemv = vec![0f32; n];
+        qdot::gemv_interleaved(isa, t, &packed, acts.row(0, k), &mut gemv);
+        let checks = got.iter().zip(&want).zip(&bound).enumerate();
+        let gemv_checks = gemv.iter().zip(&want[..n]).zip(&bound[..n]).enumerate();
+        for (what, (i, ((g, w), b))) in checks
+            .map(|c| ("gemm", c))
+            .chain(gemv_checks.map(|c| ("gemv", c)))
+        {
+            let err = (g - w).abs();
+            if err.is_nan() || err > *b {
+                return Err(format!(
+                    "{t} {isa} {what} groups {groups} blocks {blocks} m {m} style {style} seed {seed}: \
+                     output {i} got {g} want {w}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn interleaved_dots_match_the_reference(
+        t in prop::sample::select(vec![DType::Q8_0, DType::Q4_K]),
+        groups in 1usize..=3,
+        blocks in 1usize..=3,
+        m in 1usize..=9,
+        style in 0u8..4,
+        seed in any::<u64>(),
+    ) {
+        check_interleaved(t, groups, blocks, m, style, seed).map_err(TestCaseError::fail)?;
     }
 }

@@ -160,10 +160,7 @@ pub(crate) fn random_blocks(t: DType, blocks: usize, seed: u64) -> Vec<u8> {
 fn check(t: DType, p: Matmul, seed: u64) -> Result<(), String> {
     let x = uniform(p.rows * p.k, seed);
     let bytes = random_blocks(t, p.n * p.k / t.block_len(), seed ^ 0xb10c);
-    let w = Weight::Quant(QuantBlocks {
-        dtype: t,
-        bytes: &bytes,
-    });
+    let w = Weight::Quant(QuantBlocks::new(t, &bytes));
     let want = run(p.rows * p.n, |y| reference::matmul(p, &x, w, y));
     let scale = want.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
     let tol = Tol::reduction_f32(p.k);

@@ -1,0 +1,168 @@
+//! The CPU layout made at load ([`BlockLayout::Rows8`](crate::BlockLayout::Rows8)): weight
+//! rows interleaved eight at a time, block by block, so that one 256-bit register holds four
+//! consecutive quants of each of eight rows. An integer dot then broadcasts four activation
+//! quants to every lane, and each i32 lane sums one row: the eight rows' results come out in
+//! one register, with no horizontal sums, and a block's eight scales load as one vector.
+//! (llama.cpp's `CPU_REPACK` buffers do the same for its AVX2 kernels.)
+//!
+//! The layout keeps every byte and the size: a group of eight rows takes `8 · row_bytes`
+//! bytes, and block `b` of the group (its eight rows' blocks `b`) is one run of
+//! `8 · block_bytes`:
+//!
+//! - **Q8_0** (272 bytes): the eight `d` (f16), then for `i` in 0..8 and row `r` in 0..8 the
+//!   quants `4i..4i+4` of row `r`.
+//! - **Q4_K** (1152 bytes): the eight `d`, the eight `dmin` (f16), the 12 packed scale bytes as
+//!   three little-endian words per row, word-major (`word w` of rows 0..8, then `w + 1`), then
+//!   for chunk `c` in 0..4, `i` in 0..8 and row `r` in 0..8 the quant bytes `32c+4i..32c+4i+4`
+//!   of row `r` (low nibbles: values `64c+4i..`, sub-block `2c`; high nibbles: values
+//!   `64c+32+4i..`, sub-block `2c+1`). The words let the 6-bit scales of all eight rows be
+//!   unpacked with ggml's masks in one vector each.
+//!
+//! [`interleave`] and [`deinterleave`] are exact inverses; [`dot`] is the reference twin of the
+//! interleaved kernels: the blocks put back and dotted by [`super::reference::dot`].
+
+use super::Acts;
+use mixtral_tensor::DType;
+
+/// Rows per interleaved group.
+pub const ROWS: usize = 8;
+
+/// Bytes of the largest block of a type with the layout (Q4_K).
+pub const MAX_BLOCK_BYTES: usize = 144;
+
+/// Whether `dtype` has an interleaved layout (and integer kernels for it).
+pub fn interleaves(dtype: DType) -> bool {
+    matches!(dtype, DType::Q8_0 | DType::Q4_K)
+}
+
+/// Whether a `[n, k]` weight of `dtype` can be interleaved: a type with the layout, rows of
+/// whole blocks and a row count that is a multiple of [`ROWS`].
+pub fn fits(dtype: DType, n: usize, k: usize) -> bool {
+    interleaves(dtype) && n > 0 && n.is_multiple_of(ROWS) && k.is_multiple_of(dtype.block_len())
+}
+
+/// Byte moves of one block of each of eight rows: `(offset in the row's block, offset in the
+/// group's block run, length)`, applied to row `r` at `r · len` past the run offset.
+fn moves(dtype: DType) -> &'static [(usize, usize, usize)] {
+    // Q8_0: d, then 8 runs of 4 quants.
+    const Q8_0: [(usize, usize, usize); 9] = [
+        (0, 0, 2),
+        (2, 16, 4),
+        (6, 48, 4),
+        (10, 80, 4),
+        (14, 112, 4),
+        (18, 144, 4),
+        (22, 176, 4),
+        (26, 208, 4),
+        (30, 240, 4),
+    ];
+    // Q4_K: d, dmin, 3 scale words, 32 runs of 4 quant bytes.
+    const Q4_K: [(usize, usize, usize); 37] = {
+        let mut m = [(0, 0, 0); 37];
+        m[0] = (0, 0, 2);
+        m[1] = (2, 16, 2);
+        let mut w = 0;
+        while w < 3 {
+            m[2 + w] = (4 + 4 * w, 32 + 32 * w, 4);
+            w += 1;
+        }
+        let mut j = 0;
+        while j < 32 {
+            m[5 + j] = (16 + 4 * j, 128 + 32 * j, 4);
+            j += 1;
+        }
+        m
+    };
+    match dtype {
+        DType::Q8_0 => &Q8_0,
+        DType::Q4_K => &Q4_K,
+        other => panic!("{other} has no interleaved layout"),
+    }
+}
+
+/// `dst` (`src.len()` bytes) = the rows of `src` (`row_bytes` each, a multiple of [`ROWS`]
+/// rows of whole `dtype` blocks) interleaved.
+///
+/// # Panics
+/// If `dtype` has no interleaved layout or the lengths disagree.
+pub fn interleave(dtype: DType, src: &[u8], row_bytes: usize, dst: &mut [u8]) {
+    convert(dtype, src, row_bytes, dst, true)
+}
+
+/// The inverse of [`interleave`].
+///
+/// # Panics
+/// As [`interleave`].
+pub fn deinterleave(dtype: DType, src: &[u8], row_bytes: usize, dst: &mut [u8]) {
+    convert(dtype, src, row_bytes, dst, false)
+}
+
+fn convert(dtype: DType, src: &[u8], row_bytes: usize, dst: &mut [u8], forward: bool) {
+    let bb = dtype.block_bytes();
+    assert!(
+        row_bytes > 0 && row_bytes.is_multiple_of(bb),
+        "{dtype} rows of whole blocks"
+    );
+    assert_eq!(src.len(), dst.len(), "{dtype} interleave lengths");
+    assert!(
+        src.len().is_multiple_of(ROWS * row_bytes),
+        "{dtype} groups of {ROWS} rows"
+    );
+    let group = ROWS * row_bytes;
+    for (gs, gd) in src.chunks_exact(group).zip(dst.chunks_exact_mut(group)) {
+        for b in 0..row_bytes / bb {
+            let run = b * ROWS * bb;
+            for r in 0..ROWS {
+                let block = r * row_bytes + b * bb;
+                for &(from, to, len) in moves(dtype) {
+                    let (row_at, run_at) = (block + from, run + to + r * len);
+                    if forward {
+                        gd[run_at..run_at + len].copy_from_slice(&gs[row_at..row_at + len]);
+                    } else {
+                        gd[row_at..row_at + len].copy_from_slice(&gs[run_at..run_at + len]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Block `b` of row `r` of an interleaved group (`ROWS` rows), put back
+/// in its stored form into `out` (`block_bytes` long).
+pub fn block_of(dtype: DType, group: &[u8], r: usize, b: usize, out: &mut [u8]) {
+    let bb = dtype.block_bytes();
+    let run = b * ROWS * bb;
+    assert!(r < ROWS && run + ROWS * bb <= group.len() && out.len() == bb);
+    for &(from, to, len) in moves(dtype) {
+        let at = run + to + r * len;
+        out[from..from + len].copy_from_slice(&group[at..at + len]);
+    }
+}
+
+/// The reference twin of the interleaved kernels: `y[j] = Σ w_j · a` for the interleaved rows
+/// in `w` (`y.len()` rows, a multiple of [`ROWS`]), each block put back and dotted by
+/// [`super::reference::dot`].
+///
+/// # Panics
+/// If `dtype` has no interleaved layout or a length disagrees.
+pub fn gemv(dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
+    let n = y.len();
+    if n == 0 {
+        return;
+    }
+    let rb = w.len() / n;
+    assert!(
+        rb * n == w.len() && n.is_multiple_of(ROWS),
+        "{dtype} interleaved shape"
+    );
+    let mut row = vec![0u8; rb];
+    let bb = dtype.block_bytes();
+    for (g, group) in w.chunks_exact(ROWS * rb).enumerate() {
+        for r in 0..ROWS {
+            for (b, out) in row.chunks_exact_mut(bb).enumerate() {
+                block_of(dtype, group, r, b, out);
+            }
+            y[g * ROWS + r] = super::reference::dot(dtype, &row, a);
+        }
+    }
+}
