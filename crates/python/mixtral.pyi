@@ -132,10 +132,12 @@ class Engine:
         batch_invariant: bool = False,
         prefault: bool = True,
         chat_format: Literal["auto", "mistral", "template"] = "auto",
+        repack: Optional[bool] = None,
     ) -> None:
         """Loads a Hugging Face or Mistral directory, a `.gguf` file, a `.safetensors` file
         with its config beside it, or a Hugging Face repo id (as the CLI's `--model`).
-        `device`: "cpu", "cuda" or "cuda:N". Defaults as the CLI's."""
+        `device`: "cpu", "cuda" or "cuda:N". `repack`: the CLI's `--repack` (None: auto).
+        Defaults as the CLI's."""
     @overload
     def generate(
         self,

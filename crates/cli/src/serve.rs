@@ -163,7 +163,7 @@ pub(crate) enum Toggle {
 
 impl Toggle {
     /// `None` for `auto`.
-    fn as_option(self) -> Option<bool> {
+    pub(crate) fn as_option(self) -> Option<bool> {
         match self {
             Toggle::Auto => None,
             Toggle::On => Some(true),

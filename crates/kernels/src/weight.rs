@@ -3,7 +3,7 @@
 use crate::dequant::{MAX_BLOCK, dequantize_block};
 use crate::qdot::interleave::{self, MAX_BLOCK_BYTES, ROWS};
 use half::{bf16, f16};
-use mixtral_tensor::{DType, Tensor};
+use mixtral_tensor::{DType, Layout, Tensor};
 
 /// The blocks of a block-quantized weight (ggml's types): `bytes` holds whole blocks of `dtype`.
 #[derive(Clone, Copy, Debug)]
@@ -108,7 +108,16 @@ impl<'a> Weight<'a> {
         Ok(match t.dtype() {
             DType::BF16 => Weight::BF16(t.as_slice()?),
             DType::F16 => Weight::F16(t.as_slice()?),
-            d if d.is_quantized() => Weight::Quant(QuantBlocks::new(d, t.as_bytes())),
+            d if d.is_quantized() => Weight::Quant(QuantBlocks {
+                layout: match t.layout() {
+                    Layout::RowMajor => BlockLayout::Rows,
+                    // `Tensor::relaid` admits only matrices of whole rows here.
+                    Layout::Rows8 => BlockLayout::Rows8 {
+                        blocks: t.dims().last().copied().unwrap_or(0) / d.block_len(),
+                    },
+                },
+                ..QuantBlocks::new(d, t.as_bytes())
+            }),
             // Asking for f32 reports the dtype mismatch for integer tensors.
             _ => Weight::F32(t.as_slice()?),
         })

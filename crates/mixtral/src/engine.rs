@@ -158,6 +158,11 @@ pub struct LoadOptions {
     pub batch_invariant: bool,
     /// How conversations are rendered ([`crate::ChatFormat`]).
     pub chat_format: crate::ChatFormat,
+    /// Copy quantized matrices into the CPU kernels' interleaved layout at load
+    /// ([`mixtral_model::Placement::repack`]): `None` where it is measured faster (int8
+    /// precision on AVX2), `Some(false)` to keep the file's layout, `Some(true)` to force it
+    /// (an error on a GPU).
+    pub repack: Option<bool>,
 }
 
 impl Default for LoadOptions {
@@ -173,6 +178,7 @@ impl Default for LoadOptions {
             kv_dtype: None,
             batch_invariant: false,
             chat_format: crate::ChatFormat::Auto,
+            repack: None,
         }
     }
 }
@@ -298,6 +304,7 @@ impl Engine {
             kv_dtype: opts.kv_dtype,
             batch_invariant: opts.batch_invariant,
             prefault: opts.prefault,
+            repack: opts.repack,
         };
         let model = Model::place(ckpt, placement, &mut |done, total| {
             progress(done as u64, total as u64)

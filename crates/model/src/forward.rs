@@ -177,6 +177,11 @@ pub struct Placement {
     /// page them in (the CPU reads weights where they are mapped; a GPU reads them once to
     /// upload them, which pages them in anyway).
     pub prefault: bool,
+    /// Copy the quantized matrices into the CPU kernels' interleaved layout at load
+    /// ([`mixtral_kernels::qdot::interleave`]; Q8_0 and Q4_K), releasing the file's pages as
+    /// each is done. `None`: on where it is measured faster (int8 precision on AVX2), off
+    /// elsewhere. CPU only: `Some(true)` on a GPU is unsupported.
+    pub repack: Option<bool>,
 }
 
 /// The device a [`Model`] runs on, with its copy of the weights where it needs one.
@@ -236,6 +241,24 @@ impl Model {
         })
     }
 
+    /// The same model with its quantized matrices in the CPU kernels' interleaved layout
+    /// ([`Placement::repack`]; `progress(done, total)` in bytes), the file's pages of each
+    /// released once it is copied. Matrices without the layout stay as they are.
+    pub fn with_interleaved_weights(
+        mut self,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Model> {
+        if let Exec::Cuda(_) = self.exec {
+            return Err(crate::Error::Unsupported {
+                feature: "repacking weights".into(),
+                device: self.device().to_string(),
+                reason: "the interleaved layout is the CPU kernels'; the GPU holds its own copy",
+            });
+        }
+        crate::repack::interleave_weights(&mut self.weights, progress)?;
+        Ok(self)
+    }
+
     /// Opens a model directory ([`Checkpoint::open`]) and builds the model.
     pub fn open(dir: impl AsRef<std::path::Path>) -> Result<Model> {
         Model::new(Checkpoint::open(dir)?)
@@ -254,19 +277,27 @@ impl Model {
         let quantized = has_quantized_weights(&model.weights);
         match placement.device {
             DeviceId::Cpu => {
-                if placement.prefault {
-                    prefault(&model.weights, progress);
-                }
                 let precision = placement.precision.unwrap_or(match quantized {
                     true => Precision::Int8,
                     false => Precision::F32,
                 });
+                let isa = Isa::detect();
+                let repack = placement
+                    .repack
+                    .unwrap_or(precision == Precision::Int8 && crate::repack::pays(isa));
+                let mut model = model;
+                if repack {
+                    model = model.with_interleaved_weights(progress)?;
+                }
+                if placement.prefault {
+                    prefault(&model.weights, progress);
+                }
                 let kv = placement.kv_dtype.unwrap_or(match precision {
                     Precision::F32 => KvDType::F32,
                     _ => KvDType::F16,
                 });
                 Ok(model
-                    .with_kernels(Kernels::cpu(Isa::detect(), precision))
+                    .with_kernels(Kernels::cpu(isa, precision))
                     .with_kv_dtype(kv)
                     .with_batch_invariance(placement.batch_invariant))
             }
@@ -282,6 +313,14 @@ impl Model {
                                      (accumulating in f32); use --precision bf16 or auto",
                         });
                     }
+                }
+                if placement.repack == Some(true) {
+                    return Err(crate::Error::Unsupported {
+                        feature: "repacking weights".into(),
+                        device,
+                        reason: "the interleaved layout is the CPU kernels'; the GPU uploads \
+                                 weights in its own",
+                    });
                 }
                 if placement.batch_invariant {
                     return Err(crate::Error::Unsupported {

@@ -42,6 +42,7 @@ mod kv_pool;
 mod mistral_config;
 pub mod names;
 mod ops;
+mod repack;
 mod routing;
 pub mod steer;
 mod weights;

@@ -158,13 +158,28 @@ fn gguf_int8_activations_stay_within_the_activation_quantizing_tolerance() {
     // stores only its last position's logits: KL and the clean maximum use the positions
     // whose logits are stored; argmax and the router use every position.
     let exp = expected();
+    // Each ISA's kernels on the file's layout and on the interleaved one made at load.
+    let cases = Isa::available()
+        .into_iter()
+        .flat_map(|isa| [(isa, false), (isa, true)]);
     for (file, path, refs) in files() {
         let (kl_max, argmax_min, router_min, clean_max) = int8_bounds(file);
-        for isa in Isa::available() {
-            let what = format!("{file} [{isa} int8]");
-            let model = Model::open(&path)
+        for (isa, interleaved) in cases.clone() {
+            let layout = if interleaved { " interleaved" } else { "" };
+            let what = format!("{file} [{isa} int8{layout}]");
+            let mut model = Model::open(&path)
                 .unwrap()
                 .with_kernels(Kernels::CpuInt8(isa));
+            if interleaved {
+                model = model.with_interleaved_weights(&mut |_, _| {}).unwrap();
+                let relaid = model
+                    .weights()
+                    .tensors()
+                    .iter()
+                    .filter(|t| t.layout() == mixtral_tensor::Layout::Rows8)
+                    .count();
+                assert!(relaid > 0, "{what}: nothing interleaved");
+            }
             let v = model.config().vocab_size;
             let (mut kls, mut argmax_agree, mut positions) = (Vec::new(), 0usize, 0usize);
             let (mut router_agree, mut router_total, mut clean_worst) = (0usize, 0usize, 0f32);

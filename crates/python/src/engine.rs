@@ -38,7 +38,8 @@ impl Engine {
     #[new]
     #[pyo3(signature = (
         model, *, device = "cpu", precision = "auto", threads = None, kv_dtype = None,
-        quantize = None, batch_invariant = false, prefault = true, chat_format = "auto"
+        quantize = None, batch_invariant = false, prefault = true, chat_format = "auto",
+        repack = None
     ))]
     #[expect(
         clippy::too_many_arguments,
@@ -55,6 +56,7 @@ impl Engine {
         batch_invariant: bool,
         prefault: bool,
         chat_format: &str,
+        repack: Option<bool>,
     ) -> PyResult<Engine> {
         let opts = LoadOptions {
             device: parse("device", device)?,
@@ -65,6 +67,7 @@ impl Engine {
             kv_dtype: kv_dtype.map(|k| parse("kv_dtype", k)).transpose()?,
             batch_invariant,
             chat_format: parse("chat_format", chat_format)?,
+            repack,
         };
         // Loading checks no token: Ctrl-C returns at once and the thread finishes (and drops
         // the engine) on its own.

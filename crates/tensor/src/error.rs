@@ -191,6 +191,14 @@ pub enum Error {
     /// A mutable view was asked of a tensor whose storage is shared or read-only.
     #[error("tensor storage is shared or memory-mapped and cannot be written")]
     NotWritable,
+    /// A tensor's bytes cannot take (or, interleaved, give views in) another layout.
+    #[error("a {dtype} tensor of shape {shape} has no rows-interleaved layout or views of one")]
+    Relayout {
+        /// The tensor's dtype.
+        dtype: DType,
+        /// Its shape.
+        shape: crate::Shape,
+    },
 }
 
 /// The result type of this crate.

@@ -46,4 +46,4 @@ pub use save::{save, write_file_replacing};
 pub use shape::Shape;
 pub use storage::{AlignedBytes, Storage};
 pub use store::{INDEX_FILE, SINGLE_FILE, TensorFile, TensorStore};
-pub use tensor::Tensor;
+pub use tensor::{Layout, Tensor};

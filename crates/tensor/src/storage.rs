@@ -48,6 +48,30 @@ impl Storage {
         }
     }
 
+    /// Hands a mapped range's whole pages back to the kernel (`madvise(MADV_DONTNEED)`):
+    /// they leave this process's resident memory, and a later read faults them in again from
+    /// the file. For a tensor whose bytes were copied elsewhere (the CPU's load-time
+    /// layout), so that the copy does not double the weights' footprint. Owned storage, and
+    /// any error (the advice is only advice), are a no-op.
+    pub fn release_pages(&self) {
+        let Storage::Mapped { map, range } = self else {
+            return;
+        };
+        const PAGE: usize = 4096;
+        let (start, end) = (range.start.next_multiple_of(PAGE), range.end / PAGE * PAGE);
+        if start >= end {
+            return;
+        }
+        #[cfg(unix)]
+        // SAFETY: the map is read-only and file-backed: after MADV_DONTNEED a read faults the
+        // same bytes back in from the file, so every outstanding `&[u8]` into it (other tensors
+        // sharing these pages included) still reads what it read before. The range lies inside
+        // the map (a sub-range of a tensor's bytes, rounded inwards to pages).
+        let _ = unsafe {
+            map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+        };
+    }
+
     /// Byte offset of the data within its buffer (for error messages).
     pub(crate) fn offset(&self) -> usize {
         match self {

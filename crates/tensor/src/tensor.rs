@@ -21,6 +21,19 @@ pub struct Tensor {
     dtype: DType,
     shape: Shape,
     storage: Storage,
+    layout: Layout,
+}
+
+/// The order of a tensor's bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Layout {
+    /// Row-major: the order every file stores.
+    #[default]
+    RowMajor,
+    /// A block-quantized matrix whose rows are interleaved eight at a time, block by block:
+    /// the CPU kernels' layout made at load (`mixtral_kernels::qdot::interleave`). Same bytes
+    /// and size; only the kernels read it, so row views and conversions refuse it.
+    Rows8,
 }
 
 impl Tensor {
@@ -40,6 +53,7 @@ impl Tensor {
             dtype: T::DTYPE,
             shape,
             storage: Storage::Owned(Arc::new(buf)),
+            layout: Layout::RowMajor,
         })
     }
 
@@ -57,6 +71,7 @@ impl Tensor {
             dtype,
             shape,
             storage: Storage::Owned(Arc::new(AlignedBytes::zeroed(bytes))),
+            layout: Layout::RowMajor,
         })
     }
 
@@ -76,7 +91,31 @@ impl Tensor {
             dtype,
             shape,
             storage,
+            layout: Layout::RowMajor,
         })
+    }
+
+    /// This tensor's shape and dtype over `storage` (its bytes in `layout`), which must be
+    /// the same size. A [`Layout::Rows8`] tensor must be a block-quantized matrix of a
+    /// multiple of eight rows.
+    pub fn relaid(&self, storage: Storage, layout: Layout) -> Result<Tensor> {
+        let mut t = Tensor::from_storage(self.dtype, self.shape.clone(), storage)?;
+        if layout == Layout::Rows8 {
+            let dims = self.dims();
+            if !self.dtype.is_quantized() || dims.len() != 2 || !dims[0].is_multiple_of(8) {
+                return Err(Error::Relayout {
+                    dtype: self.dtype,
+                    shape: self.shape.clone(),
+                });
+            }
+        }
+        t.layout = layout;
+        Ok(t)
+    }
+
+    /// The order of the bytes.
+    pub fn layout(&self) -> Layout {
+        self.layout
     }
 
     /// The element type.
@@ -151,6 +190,12 @@ impl Tensor {
     /// Rows `start..start + len` of the outermost dimension. A mapped tensor's rows borrow the
     /// same mapping; an owned tensor's rows are copied.
     pub fn narrow_outer(&self, start: usize, len: usize) -> Result<Tensor> {
+        if self.layout != Layout::RowMajor {
+            return Err(Error::Relayout {
+                dtype: self.dtype,
+                shape: self.shape.clone(),
+            });
+        }
         let dims = self.dims();
         let outer = dims.first().copied().unwrap_or(1);
         if dims.is_empty() || start.checked_add(len).is_none_or(|end| end > outer) {

@@ -22,7 +22,8 @@
 //! interleaved kernels: the blocks put back and dotted by [`super::reference::dot`].
 
 use super::Acts;
-use mixtral_tensor::DType;
+use mixtral_tensor::{AlignedBytes, DType, Layout, Storage, Tensor};
+use std::sync::Arc;
 
 /// Rows per interleaved group.
 pub const ROWS: usize = 8;
@@ -165,4 +166,27 @@ pub fn gemv(dtype: DType, w: &[u8], a: Acts<'_>, y: &mut [f32]) {
             y[g * ROWS + r] = super::reference::dot(dtype, &row, a);
         }
     }
+}
+
+/// `t` with its rows interleaved ([`Layout::Rows8`]): a new owned tensor, its groups of rows
+/// copied in parallel. `None` when `t` does not [`fits`] (or already is interleaved): it
+/// then stays as it is.
+pub fn interleaved(t: &Tensor) -> mixtral_tensor::Result<Option<Tensor>> {
+    let (dtype, dims) = (t.dtype(), t.dims());
+    let &[n, k] = dims else {
+        return Ok(None);
+    };
+    if t.layout() != Layout::RowMajor || !fits(dtype, n, k) {
+        return Ok(None);
+    }
+    let src = t.as_bytes();
+    let rb = src.len() / n;
+    let group = ROWS * rb;
+    let mut buf = AlignedBytes::zeroed(src.len());
+    crate::threads::for_each_row_mut(buf.as_bytes_mut(), group, group, |g, out| {
+        interleave(dtype, &src[g * group..(g + 1) * group], rb, out)
+    });
+    Ok(Some(
+        t.relaid(Storage::Owned(Arc::new(buf)), Layout::Rows8)?,
+    ))
 }
