@@ -234,6 +234,7 @@ fn quantized(c: &mut Criterion) {
     quant_group(c, DType::Q4_K, mm(1, 4096, 14336));
     quant_group(c, DType::Q4_K, mm(128, 14336, 4096));
     quant_group(c, DType::Q8_0, mm(128, 14336, 4096));
+    quant_group(c, DType::Q6_K, mm(128, 4096, 14336));
 }
 
 fn gemm(c: &mut Criterion) {

@@ -6,7 +6,7 @@
 use crate::{Result, Weights};
 use mixtral_kernels::Isa;
 use mixtral_kernels::qdot::interleave;
-use mixtral_tensor::Tensor;
+use mixtral_tensor::{DType, Tensor};
 
 /// Whether the interleaved layout is the faster one with `isa`'s kernels: measured on AVX2
 /// (Zen 3: prefill and decode both faster, docs/performance.md). AVX-512 machines keep their
@@ -14,6 +14,14 @@ use mixtral_tensor::Tensor;
 /// other ISA has interleaved kernels (their twin is the scalar reference).
 pub(crate) fn pays(isa: Isa) -> bool {
     matches!(isa, Isa::Avx2Fma(_))
+}
+
+/// The types interleaved at load: those whose interleaved GEMV and GEMM both beat the
+/// row-major ones (kernel benchmark, Zen 3, docs/performance.md). Q6_K's interleaved GEMM is
+/// 1.45x faster but its GEMV 1.3x slower (its 6-bit values are rebuilt from two registers for
+/// one token), so Q4_K_M files keep their Q6_K matrices as stored.
+fn repacked_at_load(dtype: DType) -> bool {
+    matches!(dtype, DType::Q8_0 | DType::Q4_K)
 }
 
 /// The matrices a matmul reads whole: attention projections, experts and an untied output
@@ -44,7 +52,7 @@ pub(crate) fn interleave_weights(
     let mut tensors = matmul_weights(weights);
     tensors.retain(|t| {
         let d = t.dims();
-        d.len() == 2 && interleave::fits(t.dtype(), d[0], d[1])
+        d.len() == 2 && repacked_at_load(t.dtype()) && interleave::fits(t.dtype(), d[0], d[1])
     });
     let total: usize = tensors.iter().map(|t| t.as_bytes().len()).sum();
     let mut done = 0;

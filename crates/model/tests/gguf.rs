@@ -179,6 +179,11 @@ fn gguf_int8_activations_stay_within_the_activation_quantizing_tolerance() {
                     .filter(|t| t.layout() == mixtral_tensor::Layout::Rows8)
                     .count();
                 assert!(relaid > 0, "{what}: nothing interleaved");
+                // The embedding is read a row per token: it stays as stored.
+                assert_eq!(
+                    model.weights().embed.layout(),
+                    mixtral_tensor::Layout::RowMajor
+                );
             }
             let v = model.config().vocab_size;
             let (mut kls, mut argmax_agree, mut positions) = (Vec::new(), 0usize, 0usize);

@@ -17,6 +17,10 @@
 //!   of row `r` (low nibbles: values `64c+4i..`, sub-block `2c`; high nibbles: values
 //!   `64c+32+4i..`, sub-block `2c+1`). The words let the 6-bit scales of all eight rows be
 //!   unpacked with ggml's masks in one vector each.
+//! - **Q6_K** (1680 bytes): the eight `d` (f16), the sixteen i8 scales as pairs (for pair `p`
+//!   in 0..8 and row `r`, scales `2p, 2p+1` of row `r`), then the low-nibble bytes (for `j` in
+//!   0..32 and row `r`, bytes `4j..4j+4` of row `r`'s 128), then the high-pair bytes (for `j`
+//!   in 0..16 and row `r`, bytes `4j..4j+4` of its 64).
 //!
 //! [`interleave`] and [`deinterleave`] are exact inverses; [`dot`] is the reference twin of the
 //! interleaved kernels: the blocks put back and dotted by [`super::reference::dot`].
@@ -28,12 +32,12 @@ use std::sync::Arc;
 /// Rows per interleaved group.
 pub const ROWS: usize = 8;
 
-/// Bytes of the largest block of a type with the layout (Q4_K).
-pub const MAX_BLOCK_BYTES: usize = 144;
+/// Bytes of the largest block of a type with the layout (Q6_K).
+pub const MAX_BLOCK_BYTES: usize = 210;
 
 /// Whether `dtype` has an interleaved layout (and integer kernels for it).
 pub fn interleaves(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_K)
+    matches!(dtype, DType::Q8_0 | DType::Q4_K | DType::Q6_K)
 }
 
 /// Whether a `[n, k]` weight of `dtype` can be interleaved: a type with the layout, rows of
@@ -74,9 +78,31 @@ fn moves(dtype: DType) -> &'static [(usize, usize, usize)] {
         }
         m
     };
+    // Q6_K: d, 8 scale pairs, 32 runs of 4 low-nibble bytes, 16 runs of 4 high-pair bytes.
+    const Q6_K: [(usize, usize, usize); 57] = {
+        let mut m = [(0, 0, 0); 57];
+        m[0] = (208, 0, 2);
+        let mut p = 0;
+        while p < 8 {
+            m[1 + p] = (192 + 2 * p, 16 + 16 * p, 2);
+            p += 1;
+        }
+        let mut j = 0;
+        while j < 32 {
+            m[9 + j] = (4 * j, 144 + 32 * j, 4);
+            j += 1;
+        }
+        let mut j = 0;
+        while j < 16 {
+            m[41 + j] = (128 + 4 * j, 1168 + 32 * j, 4);
+            j += 1;
+        }
+        m
+    };
     match dtype {
         DType::Q8_0 => &Q8_0,
         DType::Q4_K => &Q4_K,
+        DType::Q6_K => &Q6_K,
         other => panic!("{other} has no interleaved layout"),
     }
 }

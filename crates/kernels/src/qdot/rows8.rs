@@ -1,4 +1,4 @@
-//! AVX2 integer dots on the interleaved layout ([`super::interleave`]): eight weight rows per
+//! AVX2 integer dots on the interleaved layout ([`super::interleave`]; Q8_0, Q4_K, Q6_K): eight weight rows per
 //! register, four activation quants broadcast to every lane, each i32 lane one row. A tile is
 //! eight rows by `M` tokens (up to four), so each weight register is unpacked once for `M`
 //! tokens and each activation broadcast serves eight rows; results leave as one vector of
@@ -135,6 +135,7 @@ unsafe fn group<const M: usize>(
         match dtype {
             DType::Q8_0 => q8_0::<M>(g, nb, a),
             DType::Q4_K => q4_k::<M>(g, nb, a),
+            DType::Q6_K => q6_k::<M>(g, nb, a),
             other => unreachable!("{other} was checked to interleave"),
         }
     }
@@ -274,5 +275,185 @@ unsafe fn q4_k<const M: usize>(g: *const u8, nb: usize, a: &[Acts<'_>; M]) -> [_
             }
         }
         acc
+    }
+}
+
+/// `pshufb` control copying the i16 at byte `first` of each i32 lane into both of its
+/// halves: one scale of a pair, as a `vpmaddwd` pair.
+#[inline(always)]
+unsafe fn dup_i16(first: i8) -> __m256i {
+    // SAFETY: AVX per the caller's contract.
+    unsafe {
+        let (a, b) = (first, first + 1);
+        let half = _mm_setr_epi8(
+            a,
+            b,
+            a,
+            b,
+            4 + a,
+            4 + b,
+            4 + a,
+            4 + b,
+            8 + a,
+            8 + b,
+            8 + a,
+            8 + b,
+            12 + a,
+            12 + b,
+            12 + a,
+            12 + b,
+        );
+        _mm256_setr_m128i(half, half)
+    }
+}
+
+/// Q6_K: per block run, the eight `d`, the scale pairs, then per half (128 values) and
+/// quarter `j` (32 values: two sub-blocks of 16) the 6-bit values of registers rebuilt from
+/// one low-nibble and one high-pair register. Values are unsigned (`q`, not `q − 32`):
+/// products stay within `vpmaddubsw`'s operands, two registers add in i16 (2 · 2 · 63 · 127
+/// = 32 004), and the `−32` comes off once per block through the activation sums.
+#[inline(always)]
+unsafe fn q6_k<const M: usize>(g: *const u8, nb: usize, a: &[Acts<'_>; M]) -> [__m256; M] {
+    // SAFETY: `nb` runs of 1680 bytes at `g`, `nb` blocks (quants and sums) in every row of `a`.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); M];
+        let (m4, m30) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
+        let dup = [dup_i16(0), dup_i16(2)];
+        for b in 0..nb {
+            let p = g.add(1680 * b);
+            let d = _mm256_cvtph_ps(_mm_loadu_si128(p.cast()));
+            let pairs = p.add(16);
+            let mut lanes = [_mm256_setzero_si256(); M];
+            if M == 1 {
+                lanes[0] = q6_k_one(p, &a[0].qs[256 * b..256 * (b + 1)], &dup, m4, m30);
+            }
+            for h in 0..2 * usize::from(M > 1) {
+                let (ql, qh) = (p.add(144 + 512 * h), p.add(1168 + 256 * h));
+                for is in 0..2 {
+                    for j in 0..4 {
+                        // Sub-block `8h + is + 2j`: values `128h + 32j + 16is..+16`.
+                        let s = 8 * h + is + 2 * j;
+                        let pv =
+                            _mm256_cvtepi8_epi16(_mm_loadu_si128(pairs.add(16 * (s / 2)).cast()));
+                        let sc = _mm256_shuffle_epi8(pv, dup[s % 2]);
+                        let mut sums = [_mm256_setzero_si256(); M];
+                        for ii in 0..4 {
+                            let i = 4 * is + ii;
+                            let lo = load32(ql.add(32 * (i + 8 * (j % 2))));
+                            let hb = load32(qh.add(32 * i));
+                            let nib = if j < 2 {
+                                _mm256_and_si256(lo, m4)
+                            } else {
+                                _mm256_and_si256(_mm256_srli_epi16(lo, 4), m4)
+                            };
+                            let high = match j {
+                                0 => _mm256_slli_epi16(hb, 4),
+                                1 => _mm256_slli_epi16(hb, 2),
+                                2 => hb,
+                                _ => _mm256_srli_epi16(hb, 2),
+                            };
+                            let v = _mm256_or_si256(nib, _mm256_and_si256(high, m30));
+                            for t in 0..M {
+                                let at = 256 * b + 128 * h + 32 * j + 4 * i;
+                                let x = broadcast4(a[t].qs.as_ptr().add(at));
+                                sums[t] = _mm256_add_epi16(sums[t], _mm256_maddubs_epi16(v, x));
+                            }
+                            if ii % 2 == 1 {
+                                for t in 0..M {
+                                    lanes[t] =
+                                        _mm256_add_epi32(lanes[t], _mm256_madd_epi16(sums[t], sc));
+                                    sums[t] = _mm256_setzero_si256();
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            for t in 0..M {
+                // 32 · Σ_s scale_s · (sum of sub-block s's 16 activation quants).
+                let bsums = a[t].bsums.as_ptr().add(16 * b);
+                let mut offset = _mm256_setzero_si256();
+                for q in 0..8 {
+                    let pv = _mm256_cvtepi8_epi16(_mm_loadu_si128(pairs.add(16 * q).cast()));
+                    let sums = _mm256_set1_epi32(bsums.add(2 * q).cast::<i32>().read_unaligned());
+                    offset = _mm256_add_epi32(offset, _mm256_madd_epi16(pv, sums));
+                }
+                let l = _mm256_sub_epi32(lanes[t], _mm256_slli_epi32(offset, 5));
+                let da = _mm256_set1_ps(*a[t].d.get_unchecked(b));
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, da), _mm256_cvtepi32_ps(l), acc[t]);
+            }
+        }
+        acc
+    }
+}
+
+/// One token's integer lanes of one Q6_K block run at `p` (the GEMV): each register pair is
+/// loaded and unpacked once into its four quarters' values, which feed four sums at once
+/// (the GEMM's quarter-outer order would unpack every register four times for one token).
+///
+/// # Safety
+/// AVX2 must be available; `p` holds one 1680-byte block run and `x` is 256 quants.
+#[inline(always)]
+unsafe fn q6_k_one(
+    p: *const u8,
+    x: &[i8],
+    dup: &[__m256i; 2],
+    m4: __m256i,
+    m30: __m256i,
+) -> __m256i {
+    // SAFETY: per this function's contract.
+    unsafe {
+        let pairs = p.add(16);
+        let mut lanes = _mm256_setzero_si256();
+        for h in 0..2 {
+            let (ql, qh) = (p.add(144 + 512 * h), p.add(1168 + 256 * h));
+            for is in 0..2 {
+                let mut sums = [_mm256_setzero_si256(); 4];
+                for ii in 0..4 {
+                    let i = 4 * is + ii;
+                    let (qa, qb, hb) = (
+                        load32(ql.add(32 * i)),
+                        load32(ql.add(32 * (i + 8))),
+                        load32(qh.add(32 * i)),
+                    );
+                    let v = [
+                        _mm256_or_si256(
+                            _mm256_and_si256(qa, m4),
+                            _mm256_and_si256(_mm256_slli_epi16(hb, 4), m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(qb, m4),
+                            _mm256_and_si256(_mm256_slli_epi16(hb, 2), m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(qa, 4), m4),
+                            _mm256_and_si256(hb, m30),
+                        ),
+                        _mm256_or_si256(
+                            _mm256_and_si256(_mm256_srli_epi16(qb, 4), m4),
+                            _mm256_and_si256(_mm256_srli_epi16(hb, 2), m30),
+                        ),
+                    ];
+                    for j in 0..4 {
+                        let xb = broadcast4(x.as_ptr().add(128 * h + 32 * j + 4 * i));
+                        sums[j] = _mm256_add_epi16(sums[j], _mm256_maddubs_epi16(v[j], xb));
+                    }
+                    if ii % 2 == 1 {
+                        // The scales are rebuilt here, not held: sixteen live registers
+                        // would spill.
+                        for (j, sum) in sums.iter_mut().enumerate() {
+                            let s = 8 * h + is + 2 * j;
+                            let pv = _mm256_cvtepi8_epi16(_mm_loadu_si128(
+                                pairs.add(16 * (s / 2)).cast(),
+                            ));
+                            let sc = _mm256_shuffle_epi8(pv, dup[s % 2]);
+                            lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(*sum, sc));
+                            *sum = _mm256_setzero_si256();
+                        }
+                    }
+                }
+            }
+        }
+        lanes
     }
 }

@@ -303,7 +303,7 @@ proptest! {
 
     #[test]
     fn interleaved_dots_match_the_reference(
-        t in prop::sample::select(vec![DType::Q8_0, DType::Q4_K]),
+        t in prop::sample::select(vec![DType::Q8_0, DType::Q4_K, DType::Q6_K]),
         groups in 1usize..=3,
         blocks in 1usize..=3,
         m in 1usize..=9,
