@@ -13,7 +13,13 @@ use mixtral_tensor::{DType, Tensor};
 /// 512-bit row-major kernels until the interleaved ones are measured against them there; no
 /// other ISA has interleaved kernels (their twin is the scalar reference).
 pub(crate) fn pays(isa: Isa) -> bool {
-    matches!(isa, Isa::Avx2Fma(_))
+    #[cfg(target_arch = "x86_64")]
+    return matches!(isa, Isa::Avx2Fma(_));
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
 }
 
 /// The types interleaved at load: those whose interleaved GEMV and GEMM both beat the
