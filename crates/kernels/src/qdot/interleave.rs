@@ -22,7 +22,7 @@
 //!   0..32 and row `r`, bytes `4j..4j+4` of row `r`'s 128), then the high-pair bytes (for `j`
 //!   in 0..16 and row `r`, bytes `4j..4j+4` of its 64).
 //!
-//! [`interleave`] and [`deinterleave`] are exact inverses; [`dot`] is the reference twin of the
+//! [`interleave`] and [`deinterleave`] are exact inverses; [`gemv`] is the reference twin of the
 //! interleaved kernels: the blocks put back and dotted by [`super::reference::dot`].
 
 use super::Acts;
