@@ -323,6 +323,7 @@ fn print_json(engine: &mixtral::Engine, args: &Args, m: &Measured) {
         "repeat": args.repeat.max(1),
         "precision": format!("{:?}", engine.model().precision()).to_lowercase(),
         "kv_dtype": format!("{:?}", engine.model().kv_dtype()).to_lowercase(),
+        "interleaved_weight_bytes": engine.model().interleaved_weight_bytes(),
         "json_schema": args.json_schema.as_ref().map(|p| p.display().to_string()),
         "contend": args.contend,
         "preemptions": m.preemptions,
@@ -363,6 +364,11 @@ fn print_text(engine: &mixtral::Engine, args: &Args, m: &Measured) {
         "precision     {} (activations of the matmuls), KV cache {}",
         format!("{:?}", engine.model().precision()).to_lowercase(),
         format!("{:?}", engine.model().kv_dtype()).to_lowercase()
+    );
+    let interleaved = engine.model().interleaved_weight_bytes();
+    println!(
+        "weights       {} MB interleaved at load (--repack)",
+        interleaved / 1_000_000
     );
     if let Some(path) = &args.json_schema {
         println!("constraint    JSON Schema {}", path.display());

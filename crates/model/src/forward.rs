@@ -259,6 +259,17 @@ impl Model {
         Ok(self)
     }
 
+    /// Bytes of the weights held in the CPU kernels' interleaved layout
+    /// ([`Model::with_interleaved_weights`]); 0 when none are.
+    pub fn interleaved_weight_bytes(&self) -> usize {
+        self.weights
+            .tensors()
+            .iter()
+            .filter(|t| t.layout() == mixtral_tensor::Layout::Rows8)
+            .map(|t| t.as_bytes().len())
+            .sum()
+    }
+
     /// Opens a model directory ([`Checkpoint::open`]) and builds the model.
     pub fn open(dir: impl AsRef<std::path::Path>) -> Result<Model> {
         Model::new(Checkpoint::open(dir)?)
@@ -282,9 +293,21 @@ impl Model {
                     false => Precision::F32,
                 });
                 let isa = Isa::detect();
-                let repack = placement
-                    .repack
-                    .unwrap_or(precision == Precision::Int8 && crate::repack::pays(isa));
+                let pays = precision == Precision::Int8 && crate::repack::pays(isa);
+                if placement.repack == Some(true) && !pays {
+                    return Err(crate::Error::Unsupported {
+                        feature: "repacking weights".into(),
+                        device: format!(
+                            "{} ({}, {precision:?} precision)",
+                            placement.device,
+                            isa.name()
+                        )
+                        .to_lowercase(),
+                        reason: "the interleaved layout is read fast only by the int8 kernels on \
+                                 AVX2; other precisions and ISAs would decode it block by block",
+                    });
+                }
+                let repack = placement.repack.unwrap_or(pays);
                 let mut model = model;
                 if repack {
                     model = model.with_interleaved_weights(progress)?;

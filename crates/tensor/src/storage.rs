@@ -57,6 +57,8 @@ impl Storage {
         let Storage::Mapped { map, range } = self else {
             return;
         };
+        // 4 KiB pages; with larger ones the kernel rounds the start down (memmap2 aligns it)
+        // and may drop a neighbour's partial page too, which only costs it a refault.
         const PAGE: usize = 4096;
         let (start, end) = (range.start.next_multiple_of(PAGE), range.end / PAGE * PAGE);
         if start >= end {

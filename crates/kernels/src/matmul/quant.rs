@@ -264,6 +264,10 @@ pub(super) fn gemv_rows_int8(
     }
 }
 
+// The GEMV's row tile and the GEMM's panel keep every chunk on whole groups of interleaved
+// rows (`whole_groups` checks it at run time too).
+const _: () = assert!(super::NR_GEMV.is_multiple_of(ROWS) && INT8_PANEL_ROWS.is_multiple_of(ROWS));
+
 /// Whether `cols` are whole groups of interleaved rows: the GEMV's chunks start on multiples
 /// of its row tile (8) and end on one or at the weight's last row (a multiple of 8 too).
 fn whole_groups(cols: &Range<usize>) -> bool {

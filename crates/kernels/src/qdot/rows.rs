@@ -122,10 +122,7 @@ unsafe fn tokens<D: BlockDot, const M: usize>(
     y: &mut [f32],
     n: usize,
 ) {
-    let mut a = [acts.row(0, k); M];
-    for (t, at) in a.iter_mut().enumerate() {
-        *at = acts.row((t0 + t) * k, k);
-    }
+    let a = token_rows::<M>(acts, k, t0);
     let nb = check(dtype, rb, &a);
     for j in 0..n {
         // SAFETY: row `j` is `rb` bytes inside `w` (checked by the caller), `nb` blocks.
@@ -134,6 +131,16 @@ unsafe fn tokens<D: BlockDot, const M: usize>(
             y[(t0 + t) * n + j] = r[t];
         }
     }
+}
+
+/// Activation rows `t0..t0 + M` of `acts` (`k` values each).
+#[inline(always)]
+pub(crate) fn token_rows<const M: usize>(
+    acts: &QuantizedActs,
+    k: usize,
+    t0: usize,
+) -> [Acts<'_>; M] {
+    std::array::from_fn(|t| acts.row((t0 + t) * k, k))
 }
 
 /// `y[j] = Σ w_j · a` over the rows of `w`, lengths checked once for all rows.

@@ -101,10 +101,7 @@ unsafe fn tokens<const M: usize>(
     y: &mut [f32],
     n: usize,
 ) {
-    let mut a = [acts.row(0, k); M];
-    for (t, at) in a.iter_mut().enumerate() {
-        *at = acts.row((t0 + t) * k, k);
-    }
+    let a = super::rows::token_rows::<M>(acts, k, t0);
     let nb = super::rows::check(dtype, rb, &a);
     for g in 0..n / ROWS {
         // SAFETY: group `g` is `8 · rb` bytes inside `w`, `nb` blocks a row (checked by the
@@ -388,8 +385,9 @@ unsafe fn q6_k<const M: usize>(g: *const u8, nb: usize, a: &[Acts<'_>; M]) -> [_
 }
 
 /// One token's integer lanes of one Q6_K block run at `p` (the GEMV): each register pair is
-/// loaded and unpacked once into its four quarters' values, which feed four sums at once
-/// (the GEMM's quarter-outer order would unpack every register four times for one token).
+/// loaded and unpacked once into its four quarters' values, each multiplied and scaled at
+/// once (the GEMM's quarter-outer order would unpack every register four times for one
+/// token).
 ///
 /// # Safety
 /// AVX2 must be available; `p` holds one 1680-byte block run and `x` is 256 quants.
@@ -408,7 +406,15 @@ unsafe fn q6_k_one(
         for h in 0..2 {
             let (ql, qh) = (p.add(144 + 512 * h), p.add(1168 + 256 * h));
             for is in 0..2 {
-                let mut sums = [_mm256_setzero_si256(); 4];
+                // The four sub-blocks' scales, held for four registers each; every register
+                // takes its scale in its own `vpmaddwd` (no i16 sums: four more live
+                // registers would spill).
+                let mut sc = [_mm256_setzero_si256(); 4];
+                for (j, sc) in sc.iter_mut().enumerate() {
+                    let s = 8 * h + is + 2 * j;
+                    let pv = _mm256_cvtepi8_epi16(_mm_loadu_si128(pairs.add(16 * (s / 2)).cast()));
+                    *sc = _mm256_shuffle_epi8(pv, dup[s % 2]);
+                }
                 for ii in 0..4 {
                     let i = 4 * is + ii;
                     let (qa, qb, hb) = (
@@ -436,20 +442,8 @@ unsafe fn q6_k_one(
                     ];
                     for j in 0..4 {
                         let xb = broadcast4(x.as_ptr().add(128 * h + 32 * j + 4 * i));
-                        sums[j] = _mm256_add_epi16(sums[j], _mm256_maddubs_epi16(v[j], xb));
-                    }
-                    if ii % 2 == 1 {
-                        // The scales are rebuilt here, not held: sixteen live registers
-                        // would spill.
-                        for (j, sum) in sums.iter_mut().enumerate() {
-                            let s = 8 * h + is + 2 * j;
-                            let pv = _mm256_cvtepi8_epi16(_mm_loadu_si128(
-                                pairs.add(16 * (s / 2)).cast(),
-                            ));
-                            let sc = _mm256_shuffle_epi8(pv, dup[s % 2]);
-                            lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(*sum, sc));
-                            *sum = _mm256_setzero_si256();
-                        }
+                        let pairs = _mm256_maddubs_epi16(v[j], xb);
+                        lanes = _mm256_add_epi32(lanes, _mm256_madd_epi16(pairs, sc[j]));
                     }
                 }
             }
