@@ -144,13 +144,26 @@ fn convert(dtype: DType, src: &[u8], row_bytes: usize, dst: &mut [u8], forward: 
                 for &(from, to, len) in moves(dtype) {
                     let (row_at, run_at) = (block + from, run + to + r * len);
                     if forward {
-                        gd[run_at..run_at + len].copy_from_slice(&gs[row_at..row_at + len]);
+                        copy_run(&mut gd[run_at..run_at + len], &gs[row_at..row_at + len]);
                     } else {
-                        gd[row_at..row_at + len].copy_from_slice(&gs[run_at..run_at + len]);
+                        copy_run(&mut gd[row_at..row_at + len], &gs[run_at..run_at + len]);
                     }
                 }
             }
         }
+    }
+}
+
+/// One move of 2 or 4 bytes, as fixed-size copies: a `copy_from_slice` of a run-time
+/// length is a `memmove` call per move (9% of a load's profile at the 8x7B shape).
+#[inline(always)]
+fn copy_run(dst: &mut [u8], src: &[u8]) {
+    match (dst, src) {
+        (&mut [ref mut d0, ref mut d1, ref mut d2, ref mut d3], &[s0, s1, s2, s3]) => {
+            (*d0, *d1, *d2, *d3) = (s0, s1, s2, s3)
+        }
+        (&mut [ref mut d0, ref mut d1], &[s0, s1]) => (*d0, *d1) = (s0, s1),
+        (dst, src) => dst.copy_from_slice(src),
     }
 }
 
@@ -162,7 +175,7 @@ pub fn block_of(dtype: DType, group: &[u8], r: usize, b: usize, out: &mut [u8]) 
     assert!(r < ROWS && run + ROWS * bb <= group.len() && out.len() == bb);
     for &(from, to, len) in moves(dtype) {
         let at = run + to + r * len;
-        out[from..from + len].copy_from_slice(&group[at..at + len]);
+        copy_run(&mut out[from..from + len], &group[at..at + len]);
     }
 }
 
