@@ -293,8 +293,8 @@ impl Model {
                     false => Precision::F32,
                 });
                 let isa = Isa::detect();
-                let pays = precision == Precision::Int8 && crate::repack::pays(isa);
-                if placement.repack == Some(true) && !pays {
+                let int8 = precision == Precision::Int8;
+                if placement.repack == Some(true) && !(int8 && crate::repack::has_kernels(isa)) {
                     return Err(crate::Error::Unsupported {
                         feature: "repacking weights".into(),
                         device: format!(
@@ -304,10 +304,11 @@ impl Model {
                         )
                         .to_lowercase(),
                         reason: "the interleaved layout is read fast only by the int8 kernels on \
-                                 AVX2; other precisions and ISAs would decode it block by block",
+                                 x86 (AVX2); other precisions and ISAs would decode it block by \
+                                 block",
                     });
                 }
-                let repack = placement.repack.unwrap_or(pays);
+                let repack = placement.repack.unwrap_or(int8 && crate::repack::pays(isa));
                 let mut model = model;
                 if repack {
                     model = model.with_interleaved_weights(progress)?;

@@ -22,6 +22,18 @@ pub(crate) fn pays(isa: Isa) -> bool {
     }
 }
 
+/// Whether `isa` has kernels for the interleaved layout (AVX2, also run on AVX-512
+/// machines): elsewhere only the reference twin reads it.
+pub(crate) fn has_kernels(isa: Isa) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return matches!(isa, Isa::Avx2Fma(_) | Isa::Avx512Bf16(_));
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = isa;
+        false
+    }
+}
+
 /// The types interleaved at load: those whose interleaved GEMV and GEMM both beat the
 /// row-major ones (kernel benchmark, Zen 3, docs/performance.md). Q6_K's interleaved GEMM is
 /// 1.45x faster but its GEMV 1.3x slower (its 6-bit values are rebuilt from two registers for
