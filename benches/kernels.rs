@@ -243,6 +243,10 @@ fn gemm(c: &mut Criterion) {
     matmul_group(c, Dtype::Bf16, mm(512, 1024, 3584), false);
     matmul_group(c, Dtype::F32, mm(512, 1024, 3584), false);
     matmul_group(c, Dtype::Bf16, mm(128, 4096, 1024), false);
+    // One 8x7B expert's gate/up and down projections over a 512-token prompt's share
+    // (top-2 of 8: 128 tokens on average).
+    matmul_group(c, Dtype::Bf16, mm(128, 4096, 14336), false);
+    matmul_group(c, Dtype::Bf16, mm(128, 14336, 4096), false);
 }
 
 /// The memory-bound ops' baseline: copy `src` into `dst` (reads and writes the same bytes).

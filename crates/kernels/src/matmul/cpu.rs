@@ -46,6 +46,9 @@ mod bfmmla;
 #[cfg(target_arch = "aarch64")]
 #[path = "neon.rs"]
 mod neon;
+#[cfg(target_arch = "x86_64")]
+#[path = "panel_avx2.rs"]
+mod panel_avx2;
 #[path = "quant.rs"]
 mod quant;
 
@@ -234,7 +237,14 @@ fn run<T: Elem>(isa: Isa, p: Matmul, x: &[f32], w: &[T], y: &mut [f32], gemv: bo
         // SAFETY: the scalar tiles use no target features.
         Isa::Scalar => unsafe { drive::<T, Scalar>(p, x, w, &out, cols, gemv) },
         #[cfg(target_arch = "x86_64")]
+        // Many rows in the fastest order take the panel GEMM (outputs along the lanes);
+        // the batch-invariant order keeps the dot-product tiles its one-row form matches.
         // SAFETY: both x86 SIMD variants exist only after AVX2, FMA and F16C were detected.
+        Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) if gemv && p.rows > 1 => unsafe {
+            panel_avx2::gemm(p, x, w, &out, cols)
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
         Isa::Avx2Fma(_) | Isa::Avx512Bf16(_) => unsafe {
             avx2::drive_avx2(p, x, w, &out, cols, gemv)
         },
