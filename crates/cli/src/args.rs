@@ -85,7 +85,7 @@ pub(crate) struct ModelArgs {
     /// `template`.
     #[arg(long, default_value = "auto")]
     pub chat_format: mixtral::ChatFormat,
-    /// Copy Q8_0 and Q4_K matrices into the CPU kernels' interleaved layout at load (eight
+    /// Copy Q8_0, Q4_K and Q6_K matrices into the CPU kernels' interleaved layout at load (eight
     /// rows per register; the file's pages are released as each is copied): `auto` (on at
     /// int8 precision on AVX2 CPUs, where it is measured faster), `on` or `off`.
     #[arg(long, default_value = "auto")]

@@ -178,7 +178,7 @@ pub struct Placement {
     /// upload them, which pages them in anyway).
     pub prefault: bool,
     /// Copy the quantized matrices into the CPU kernels' interleaved layout at load
-    /// ([`mixtral_kernels::qdot::interleave`]; Q8_0 and Q4_K), releasing the file's pages as
+    /// ([`mixtral_kernels::qdot::interleave`]; Q8_0, Q4_K and Q6_K), releasing the file's pages as
     /// each is done. `None`: on where it is measured faster (int8 precision on AVX2), off
     /// elsewhere. `Some(true)` is unsupported where no kernel reads the layout fast: a GPU,
     /// another precision than int8, an ISA without the x86 kernels.

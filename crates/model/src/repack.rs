@@ -35,11 +35,11 @@ pub(crate) fn has_kernels(isa: Isa) -> bool {
 }
 
 /// The types interleaved at load: those whose interleaved GEMV and GEMM both beat the
-/// row-major ones (kernel benchmark, Zen 3, docs/performance.md). Q6_K's interleaved GEMM is
-/// 1.45x faster but its GEMV 1.3x slower (its 6-bit values are rebuilt from two registers for
-/// one token), so Q4_K_M files keep their Q6_K matrices as stored.
+/// row-major ones (kernel benchmark, Zen 3, docs/performance.md). Q6_K joined once its GEMV
+/// prefetched the block run ahead (it read three interleaved streams that the hardware
+/// prefetcher followed late, and was 1.3x slower than the row-major GEMV).
 fn repacked_at_load(dtype: DType) -> bool {
-    matches!(dtype, DType::Q8_0 | DType::Q4_K)
+    matches!(dtype, DType::Q8_0 | DType::Q4_K | DType::Q6_K)
 }
 
 /// The matrices a matmul reads whole: attention projections, experts and an untied output
