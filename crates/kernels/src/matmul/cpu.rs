@@ -10,7 +10,9 @@
 //! - **GEMM** (`rows > 1`): blocks of [`MC`] tokens × [`KC`] columns of `x` and [`JB`]
 //!   weight rows × [`KC`] columns of `W` are packed into small per-thread buffers (`W`
 //!   widened to f32 once per block and reused by every token), then tiles of [`MR`] × [`NR`]
-//!   run over them. Packing matters: unpacked rows 4 KiB apart all map to the same L1 sets
+//!   run over them. On x86, calls that did not ask for the batch-invariant order take the
+//!   panel GEMM of `panel_avx2.rs` instead (the same blocking, weights transposed so the
+//!   lanes run along the output features: 6 tokens × 16 features per tile). Packing matters: unpacked rows 4 KiB apart all map to the same L1 sets
 //!   and the tiles thrash (measured: 5× slower). Only these blocks are ever copied, never a
 //!   whole matrix.
 //!
@@ -225,7 +227,8 @@ fn gemm_int8(isa: Isa, p: Matmul, x: &[f32], w: Weight<'_>, y: &mut [f32], order
     }
 }
 
-/// The GEMM (`rows > 1`; one row goes through [`gemv_many`] unless `gemv` is false, when it
+/// The GEMM (`rows > 1`; on x86 the panel GEMM when `gemv` allows, else the dot-product
+/// tiles; one row goes through [`gemv_many`] unless `gemv` is false, when it
 /// takes the GEMM's order too).
 fn run<T: Elem>(isa: Isa, p: Matmul, x: &[f32], w: &[T], y: &mut [f32], gemv: bool) {
     if p.k == 0 {

@@ -17,15 +17,16 @@
 //!   FMAs. The accumulators are the outputs themselves: no horizontal sum.
 //!
 //! Each output sums its columns in order within a block and the blocks are added in order, a
-//! different order from the dot-product tiles', so this path serves only calls that did not
-//! ask for the batch-invariant order.
+//! different order from the dot-product tiles'. The batch-invariant order needs every row to
+//! sum as a call of one row does (`gemv_in_gemm_order`, which streams `W` in place with the
+//! dot-product tiles; a one-row panel would pay its packing for a single use), so this path
+//! serves only calls that did not ask for that order.
 
-use super::{KC, MC};
+use super::{KC, MC, PACKED};
 use crate::isa::Elem;
 use crate::matmul::Matmul;
 use crate::threads::SharedOut;
 use std::arch::x86_64::*;
-use std::cell::RefCell;
 use std::ops::Range;
 
 /// Weight rows (output features) per panel: two 8-lane vectors.
@@ -33,12 +34,6 @@ pub(super) const NR: usize = 16;
 /// Most tokens per tile: 6 × 2 accumulators, two panel vectors and a broadcast use 15 of the
 /// 16 vector registers.
 const MR: usize = 6;
-
-thread_local! {
-    /// Each worker's copied activations (`MC · KC`) and weight panel (`KC · NR`), allocated
-    /// once per thread.
-    static PACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
 
 /// GEMM output columns `cols` of every token: `y[t, j] = Σ_i x[t, i] · W[j, i]`.
 ///
@@ -55,8 +50,10 @@ pub(super) unsafe fn gemm<T: Elem>(
 ) {
     let k = p.k;
     assert!(x.len() >= p.rows * k && w.len() >= cols.end * k && cols.end <= p.n);
-    // Taken out of the thread-local rather than borrowed through a closure: a closure does
-    // not inherit this function's target features, and the micro-kernel would not inline.
+    // The dot-product GEMM's per-thread buffers (the same sizes: `JB · KC == KC · NR`; the two
+    // never nest), taken out of the thread-local rather than borrowed through a closure: a
+    // closure does not inherit this function's target features, and the micro-kernel would
+    // not inline.
     let (mut xb, mut panel) = PACKED.take();
     xb.resize(MC * KC, 0.0);
     panel.resize(KC * NR, 0.0);
@@ -121,8 +118,10 @@ unsafe fn pack<T: Elem>(
     let mut i = 0;
     // Eight rows by eight columns at a time: eight widened row loads, transposed in registers
     // into eight half-panel stores.
-    // SAFETY: row loads read `W[r, cols.start + i .. + 8]` with `i + 8 <= kc`, inside `w`
-    // (asserted); stores write `panel[(i + c) · NR + j0 .. + 8]`, inside `kc · NR`.
+    // SAFETY: row loads read `W[r, cols.start + i .. + 8]` with `i + 8 <= kc` and
+    // `r < rows.end`, inside `w` (asserted); vector stores write `panel[(i + c) · NR + j0 ..
+    // + 8]` with `j0 + 8 <= nj <= NR` and the scalar ones `panel[(i + c) · NR + j]` with
+    // `j < nj`, both with `i + c < kc`, inside `kc · NR` (asserted).
     unsafe {
         let (pw, pp) = (w.as_ptr(), panel.as_mut_ptr());
         while i + 8 <= kc {

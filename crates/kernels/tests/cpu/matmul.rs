@@ -6,6 +6,14 @@ use mixtral_kernels::matmul::{Matmul, Precision, cpu, reference};
 use mixtral_testkit::{Tol, run, uniform};
 use proptest::prelude::*;
 
+/// Runs `f` on an output buffer that starts as NaN, so a kernel that adds into its output
+/// instead of storing the first block's sums shows.
+fn run_nan(n: usize, f: impl FnOnce(&mut [f32])) -> Vec<f32> {
+    let mut y = vec![f32::NAN; n];
+    f(&mut y);
+    y
+}
+
 /// Runs one shape in every dtype and ISA; `Err` names the case.
 fn check(p: Matmul, seed: u64) -> Result<(), String> {
     let x = uniform(p.rows * p.k, seed);
@@ -13,7 +21,7 @@ fn check(p: Matmul, seed: u64) -> Result<(), String> {
     for dtype in 0..3 {
         let want = run(p.rows * p.n, |y| reference::matmul(p, &x, w.view(dtype), y));
         for isa in Isa::available() {
-            let got = run(p.rows * p.n, |y| cpu::matmul(isa, p, &x, w.view(dtype), y));
+            let got = run_nan(p.rows * p.n, |y| cpu::matmul(isa, p, &x, w.view(dtype), y));
             let what = format!("{p:?} {} {isa} seed {seed}", dtype_name(dtype));
             Tol::reduction_f32(p.k).check(&what, &got, &want)?;
         }
@@ -31,7 +39,7 @@ fn check_bf16(p: Matmul, seed: u64) -> Result<(), String> {
             reference::matmul_bf16(p, &x, w.view(dtype), y)
         });
         for isa in Isa::available() {
-            let got = run(p.rows * p.n, |y| {
+            let got = run_nan(p.rows * p.n, |y| {
                 cpu::matmul_bf16(isa, p, &x, w.view(dtype), y)
             });
             let what = format!("bf16 {p:?} {} {isa} seed {seed}", dtype_name(dtype));
@@ -142,6 +150,16 @@ fn gemm_crosses_k_blocks_and_thread_chunks() {
             n: 301,
         },
         2,
+    )
+    .unwrap();
+    // More tokens than one activation block (256): the second block's tiles.
+    check(
+        Matmul {
+            rows: 300,
+            k: 600,
+            n: 40,
+        },
+        6,
     )
     .unwrap();
     check_bf16(
