@@ -397,11 +397,7 @@ pub(crate) unsafe fn drive<T: Elem, K: Tiles>(
         let kc = KC.min(k - k0);
         for tb in (0..p.rows).step_by(MC) {
             let mc = MC.min(p.rows - tb);
-            // [mc, kc] of x, rows `kc` apart: the micro-panels sit in L1 without conflicts.
-            for t in 0..mc {
-                let src = &x[(tb + t) * k + k0..][..kc];
-                xb[t * kc..(t + 1) * kc].copy_from_slice(src);
-            }
+            copy_x_block(x, k, tb..tb + mc, k0..k0 + kc, &mut xb);
             for jb in cols.clone().step_by(JB) {
                 let jn = JB.min(cols.end - jb);
                 // [jn, kc] of W widened to f32 once, reused by all `mc` tokens.
@@ -432,6 +428,17 @@ pub(crate) unsafe fn drive<T: Elem, K: Tiles>(
         }
     }
     PACKED.set((xb, wb));
+}
+
+/// Copies columns `cols` of the token rows `rows` of `x` (rows `k` long) into `xb`, rows
+/// `cols.len()` apart: unpacked rows a power of two apart would share L1 sets with each other
+/// and with the weight block, and the micro-tiles would thrash.
+#[inline(always)]
+fn copy_x_block(x: &[f32], k: usize, rows: Range<usize>, cols: Range<usize>, xb: &mut [f32]) {
+    let kc = cols.len();
+    for (t, r) in rows.enumerate() {
+        xb[t * kc..(t + 1) * kc].copy_from_slice(&x[r * k + cols.start..r * k + cols.end]);
+    }
 }
 
 /// An `mr × nr` tile (edges included) through the fixed-size micro-kernels.

@@ -22,7 +22,7 @@
 //! dot-product tiles; a one-row panel would pay its packing for a single use), so this path
 //! serves only calls that did not ask for that order.
 
-use super::{KC, MC, PACKED};
+use super::{KC, MC, PACKED, copy_x_block};
 use crate::isa::Elem;
 use crate::matmul::Matmul;
 use crate::threads::SharedOut;
@@ -61,10 +61,7 @@ pub(super) unsafe fn gemm<T: Elem>(
         let kc = KC.min(k - k0);
         for tb in (0..p.rows).step_by(MC) {
             let mc = MC.min(p.rows - tb);
-            for t in 0..mc {
-                let src = &x[(tb + t) * k + k0..][..kc];
-                xb[t * kc..(t + 1) * kc].copy_from_slice(src);
-            }
+            copy_x_block(x, k, tb..tb + mc, k0..k0 + kc, &mut xb);
             for jb in cols.clone().step_by(NR) {
                 let nj = NR.min(cols.end - jb);
                 // SAFETY: features per this function's contract.
