@@ -6,6 +6,11 @@
 // Entry points
 //   matmul_gemv_bf16  x bf16 [R, K], W bf16 [N, K] -> y f32 [R, N], R ≤ GEMV_MAX_ROWS (8).
 //                     Used for every decode projection (q, k, v, o, router gate) and lm_head.
+//   matmul_gemv_q80, _q40, _q4k, _q5k, _q6k
+//                     the same with W in the GGUF file's blocks (quant.cuh), decoded in
+//                     registers and multiplied in f32 (the "dequantize, then FMA" choice, not
+//                     dp4a on quantized activations: the activations stay exactly the bf16 the
+//                     other paths see, and the weight bytes, not the ALU, bound a GEMV).
 // Work split: 256 threads = 8 warps per block, GEMV_ROWS_PER_WARP (2) output columns n per
 //   warp (grid.x = ceil(N / 16)). Each lane streams 16-byte chunks (8 bf16) of the warp's W rows
 //   with non-allocating loads, so a warp reads 512 contiguous bytes per row per step, and
@@ -15,7 +20,11 @@
 //   The kernel is bandwidth-bound: lm_head (32000 × 4096) reads 262 MB.
 // Accumulation: f32, per lane in index order over its chunks, then a shuffle tree: not the
 //   reference's left-to-right sum (expect ~√K ulp-level differences).
-// Shape limits: K % 8 == 0, rows of x and W 16-byte aligned, 1 ≤ R ≤ 8.
+// Shape limits: K % 8 == 0, rows of x and W 16-byte aligned, 1 ≤ R ≤ 8; for blocks, K % QK == 0
+//   (32 or 256) and W holds N · K / QK blocks (no alignment: blocks are read bytewise).
+// Quantized work split: the same warps and columns; lane c decodes the 8 values c·8 .. c·8 + 8
+//   of each of its rows (a warp covers 256 consecutive values per step: one K-quant block, or
+//   eight Q8_0 / Q4_0 blocks), so a warp reads each weight byte once, in order.
 
 #define GEMV_THREADS 256
 #define GEMV_ROWS_PER_WARP 2
@@ -62,4 +71,84 @@ matmul_gemv_bf16(const bf16_t* __restrict__ x, const bf16_t* __restrict__ w,
             if (lane == 0 && n0 + j < n) y[(size_t)r * n + n0 + j] = s;
         }
     }
+}
+
+// One warp's GEMV_ROWS_PER_WARP columns over W in blocks of type B.
+template <class B>
+__device__ __forceinline__ void gemv_blocks(const bf16_t* __restrict__ x,
+                                            const qbyte_t* __restrict__ w, float* __restrict__ y,
+                                            int rows, int n, int k) {
+    const int lane = threadIdx.x % WARP;
+    const int n0 = (blockIdx.x * (GEMV_THREADS / WARP) + threadIdx.x / WARP) * GEMV_ROWS_PER_WARP;
+    if (n0 >= n) return;  // warp-uniform
+    const size_t row_bytes = (size_t)(k / B::QK) * B::BYTES;
+
+    float acc[GEMV_MAX_ROWS][GEMV_ROWS_PER_WARP];
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; ++r)
+#pragma unroll
+        for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j) acc[r][j] = 0.0f;
+
+    const qbyte_t* wrow[GEMV_ROWS_PER_WARP];
+#pragma unroll
+    for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j) wrow[j] = w + (size_t)min(n0 + j, n - 1) * row_bytes;
+    const int chunks = k / 8;
+    for (int c = lane; c < chunks; c += WARP) {
+        float wv[GEMV_ROWS_PER_WARP][8];
+#pragma unroll
+        for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j) B::deq8(wrow[j], c * 8, wv[j]);
+#pragma unroll
+        for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+            if (r >= rows) break;
+            const uint4 xv = ((const uint4*)(x + (size_t)r * k))[c];
+            const float xs[8] = {bf16x2_lo(xv.x), bf16x2_hi(xv.x), bf16x2_lo(xv.y),
+                                 bf16x2_hi(xv.y), bf16x2_lo(xv.z), bf16x2_hi(xv.z),
+                                 bf16x2_lo(xv.w), bf16x2_hi(xv.w)};
+#pragma unroll
+            for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j)
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[r][j] = fmaf(xs[i], wv[j][i], acc[r][j]);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
+        if (r >= rows) break;
+#pragma unroll
+        for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j) {
+            const float s = warp_sum(acc[r][j]);
+            if (lane == 0 && n0 + j < n) y[(size_t)r * n + n0 + j] = s;
+        }
+    }
+}
+
+// One entry point per block type, written out: `source::entry_points` reads literal names.
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+matmul_gemv_q80(const bf16_t* __restrict__ x, const qbyte_t* __restrict__ w,
+                float* __restrict__ y, int rows, int n, int k) {
+    gemv_blocks<BlockQ8_0>(x, w, y, rows, n, k);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+matmul_gemv_q40(const bf16_t* __restrict__ x, const qbyte_t* __restrict__ w,
+                float* __restrict__ y, int rows, int n, int k) {
+    gemv_blocks<BlockQ4_0>(x, w, y, rows, n, k);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+matmul_gemv_q4k(const bf16_t* __restrict__ x, const qbyte_t* __restrict__ w,
+                float* __restrict__ y, int rows, int n, int k) {
+    gemv_blocks<BlockQ4_K>(x, w, y, rows, n, k);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+matmul_gemv_q5k(const bf16_t* __restrict__ x, const qbyte_t* __restrict__ w,
+                float* __restrict__ y, int rows, int n, int k) {
+    gemv_blocks<BlockQ5_K>(x, w, y, rows, n, k);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMV_THREADS)
+matmul_gemv_q6k(const bf16_t* __restrict__ x, const qbyte_t* __restrict__ w,
+                float* __restrict__ y, int rows, int n, int k) {
+    gemv_blocks<BlockQ6_K>(x, w, y, rows, n, k);
 }

@@ -20,6 +20,15 @@
 //                         With E = 1, offsets = [0, T], tile_offsets = [0, ceil(T/64)] and
 //                         row_map = null it is a dense bf16 GEMM (prefill projections, lm_head).
 //   moe_combine_f32       y f32 [T, D] = Σ_j weights[t, j] · out[slot_of[t·K + j]], in j order.
+//   moe_gemm_swiglu_<q>, moe_gemm_down_<q> for q in q80, q40, q4k, q5k, q6k
+//                         the same GEMMs over weights in the GGUF file's blocks (quant.cuh):
+//                         each thread decodes its 8 values of a W-tile row in registers, rounds
+//                         them to bf16 and stores them into the same shared tile the bf16
+//                         kernels fill with cp.async (Marlin's approach: dequantize into shared
+//                         memory, then the bf16 tensor cores; not llama.cpp's MMQ int8 path, so
+//                         prefill reads the same bf16 activations as every other matmul). A
+//                         quantized tile load is synchronous, so only the bf16 kernels overlap
+//                         it with the MMAs. The E = 1 down kernel is again the dense GEMM.
 // GEMM work split: grid (ceil(A/64) + E, ceil(N/64)); block x finds its expert by scanning
 //   tile_offsets and exits if it is past the last tile, so an expert with no tokens costs
 //   nothing and no host sync is needed. A block computes a 64-row × 64-column tile (per weight
@@ -29,8 +38,9 @@
 //   once per 64-row tile of each expert; activations A·(D·2 + F·2 + F·2 + D·4) + T·D·4.
 // Accumulation: f32 everywhere (MMA accumulators, SwiGLU, combine); the SwiGLU product is
 //   rounded to bf16 once (the reference keeps it in f32: expect bf16-level differences).
-// Shape limits: K dims (D for the first GEMM, F for the second) % 32 == 0; N % 2 == 0; rows
-//   16-byte aligned; E ≤ 256; A < 2^31. Rows of a tile past the expert's end read zeros.
+// Shape limits: K dims (D for the first GEMM, F for the second) % 32 == 0 (for blocks, % QK);
+//   N % 2 == 0; rows 16-byte aligned; E ≤ 256; A < 2^31. Rows of a tile past the expert's end
+//   read zeros. Stacked experts: expert e's [N, K] matrix starts e·N rows into its buffer.
 
 #define GEMM_BM 64
 #define GEMM_BN 64
@@ -69,6 +79,44 @@ moe_align_u32(const unsigned* __restrict__ ids, int n_assign, int top_k, int n_e
     }
 }
 
+// Where the W tiles come from. `matrix` finds expert e's [n, k] matrix in a stacked buffer,
+// `row` a row of it, and `load` puts 8 values of a row (from k0) into shared memory as bf16,
+// or zeros when the row is past the matrix (`ok` false).
+struct WBf16 {
+    static __device__ __forceinline__ const void* matrix(const void* w, int e, int n, int k) {
+        return (const bf16_t*)w + (size_t)e * n * k;
+    }
+    static __device__ __forceinline__ const void* row(const void* m, size_t r, int k) {
+        return (const bf16_t*)m + r * k;
+    }
+    static __device__ __forceinline__ void load(bf16_t* dst, const void* row, int k0, bool ok) {
+        cp_async16(dst, (const bf16_t*)row + k0, ok);
+    }
+};
+
+template <class B>
+struct WBlocks {
+    static __device__ __forceinline__ size_t row_bytes(int k) {
+        return (size_t)(k / B::QK) * B::BYTES;
+    }
+    static __device__ __forceinline__ const void* matrix(const void* w, int e, int n, int k) {
+        return (const qbyte_t*)w + (size_t)e * n * row_bytes(k);
+    }
+    static __device__ __forceinline__ const void* row(const void* m, size_t r, int k) {
+        return (const qbyte_t*)m + r * row_bytes(k);
+    }
+    static __device__ __forceinline__ void load(bf16_t* dst, const void* row, int k0, bool ok) {
+        uint4 packed = make_uint4(0u, 0u, 0u, 0u);
+        if (ok) {
+            float v[8];
+            B::deq8((const qbyte_t*)row, k0, v);
+            packed = make_uint4(pack_bf16x2(v[0], v[1]), pack_bf16x2(v[2], v[3]),
+                                pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
+        }
+        *(uint4*)dst = packed;
+    }
+};
+
 // One block's tile of the grouped GEMM: out rows [row0, row_end) of expert e, columns
 // [col0, col0 + 64), for NW weight matrices sharing the A tile (2: w1 and w3, 1: w2).
 template <int NW>
@@ -76,10 +124,10 @@ struct GemmTile {
     float acc[NW][2][4][4];  // [matrix][m16 tile][n8 tile][fragment]
 };
 
-template <int NW>
+template <int NW, class WL>
 __device__ __forceinline__ void grouped_gemm_tile(
     const bf16_t* __restrict__ a, const unsigned* __restrict__ row_map,
-    const bf16_t* __restrict__ w0, const bf16_t* __restrict__ w1, int row0, int row_end,
+    const void* __restrict__ w0, const void* __restrict__ w1, int row0, int row_end,
     int col0, int n, int k, GemmTile<NW>& t) {
     __shared__ __align__(16) bf16_t as[2][GEMM_BM][GEMM_LD];
     __shared__ __align__(16) bf16_t ws[2][NW][GEMM_BN][GEMM_LD];
@@ -89,7 +137,7 @@ __device__ __forceinline__ void grouped_gemm_tile(
     // Each thread copies 2 chunks of 16 bytes of the A tile and of each W tile per stage:
     // chunk c -> row c / 4, columns (c % 4) · 8 .. + 8.
     const bf16_t* a_src[2];
-    const bf16_t* w_src[NW][2];
+    const void* w_row[NW][2];
     bool a_ok[2], w_ok[2];
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
@@ -100,8 +148,8 @@ __device__ __forceinline__ void grouped_gemm_tile(
         a_src[i] = a + src_row * k + kc;
         w_ok[i] = col0 + r < n;
         const size_t wrow = w_ok[i] ? (size_t)(col0 + r) : 0;
-        w_src[0][i] = w0 + wrow * k + kc;
-        if (NW == 2) w_src[NW - 1][i] = w1 + wrow * k + kc;
+        w_row[0][i] = WL::row(w0, wrow, k);
+        if (NW == 2) w_row[NW - 1][i] = WL::row(w1, wrow, k);
     }
     auto load_stage = [&](int stage, int k0) {
 #pragma unroll
@@ -109,7 +157,7 @@ __device__ __forceinline__ void grouped_gemm_tile(
             const int c = tid + i * GEMM_THREADS, r = c / 4, kc = (c % 4) * 8;
             cp_async16(&as[stage][r][kc], a_src[i] + k0, a_ok[i]);
 #pragma unroll
-            for (int m = 0; m < NW; ++m) cp_async16(&ws[stage][m][r][kc], w_src[m][i] + k0, w_ok[i]);
+            for (int m = 0; m < NW; ++m) WL::load(&ws[stage][m][r][kc], w_row[m][i], k0 + kc, w_ok[i]);
         }
         cp_async_commit();
     };
@@ -172,19 +220,22 @@ __device__ __forceinline__ bool tile_rows(const unsigned* __restrict__ offsets,
     return true;
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-moe_gemm_swiglu_bf16(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
-                     const bf16_t* __restrict__ w1, const bf16_t* __restrict__ w3,
-                     const unsigned* __restrict__ offsets,
-                     const unsigned* __restrict__ tile_offsets, int n_experts, int ffn,
-                     int hidden, bf16_t* __restrict__ act) {
+template <class WL>
+__device__ __forceinline__ void gemm_swiglu(const bf16_t* __restrict__ x,
+                                            const unsigned* __restrict__ row_token,
+                                            const void* __restrict__ w1,
+                                            const void* __restrict__ w3,
+                                            const unsigned* __restrict__ offsets,
+                                            const unsigned* __restrict__ tile_offsets,
+                                            int n_experts, int ffn, int hidden,
+                                            bf16_t* __restrict__ act) {
     int e, row0, row_end;
     if (!tile_rows(offsets, tile_offsets, n_experts, e, row0, row_end)) return;
     const int col0 = blockIdx.y * GEMM_BN;
-    const size_t expert = (size_t)e * ffn * hidden;
     GemmTile<2> t;
-    grouped_gemm_tile<2>(x, row_token, w1 + expert, w3 + expert, row0, row_end, col0, ffn,
-                         hidden, t);
+    grouped_gemm_tile<2, WL>(x, row_token, WL::matrix(w1, e, ffn, hidden),
+                             WL::matrix(w3, e, ffn, hidden), row0, row_end, col0, ffn, hidden,
+                             t);
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     const int wm = (warp / 2) * 32, wn = (warp % 2) * 32, g = lane / 4, q = lane % 4;
 #pragma unroll
@@ -206,17 +257,20 @@ moe_gemm_swiglu_bf16(const bf16_t* __restrict__ x, const unsigned* __restrict__ 
             }
 }
 
-extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
-moe_gemm_down_bf16(const bf16_t* __restrict__ act, const unsigned* __restrict__ row_map,
-                   const bf16_t* __restrict__ w2, const unsigned* __restrict__ offsets,
-                   const unsigned* __restrict__ tile_offsets, int n_experts, int hidden,
-                   int ffn, float* __restrict__ out) {
+template <class WL>
+__device__ __forceinline__ void gemm_down(const bf16_t* __restrict__ act,
+                                          const unsigned* __restrict__ row_map,
+                                          const void* __restrict__ w2,
+                                          const unsigned* __restrict__ offsets,
+                                          const unsigned* __restrict__ tile_offsets,
+                                          int n_experts, int hidden, int ffn,
+                                          float* __restrict__ out) {
     int e, row0, row_end;
     if (!tile_rows(offsets, tile_offsets, n_experts, e, row0, row_end)) return;
     const int col0 = blockIdx.y * GEMM_BN;
     GemmTile<1> t;
-    grouped_gemm_tile<1>(act, row_map, w2 + (size_t)e * hidden * ffn, nullptr, row0, row_end,
-                         col0, hidden, ffn, t);
+    grouped_gemm_tile<1, WL>(act, row_map, WL::matrix(w2, e, hidden, ffn), nullptr, row0,
+                             row_end, col0, hidden, ffn, t);
     const int lane = threadIdx.x % WARP, warp = threadIdx.x / WARP;
     const int wm = (warp / 2) * 32, wn = (warp % 2) * 32, g = lane / 4, q = lane % 4;
 #pragma unroll
@@ -231,6 +285,121 @@ moe_gemm_down_bf16(const bf16_t* __restrict__ act, const unsigned* __restrict__ 
                 *(float2*)(out + (size_t)row * hidden + col) =
                     make_float2(t.acc[0][i][j][2 * h], t.acc[0][i][j][2 * h + 1]);
             }
+}
+
+// The entry points, one per weight type, written out: `source::entry_points` reads literal
+// names. Arguments as in the header: x/act bf16, row map, weights (bf16 or blocks), the
+// expert tables, then the sizes and the output.
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_swiglu_bf16(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                     const bf16_t* __restrict__ w1, const bf16_t* __restrict__ w3,
+                     const unsigned* __restrict__ offsets,
+                     const unsigned* __restrict__ tile_offsets, int n_experts, int ffn,
+                     int hidden, bf16_t* __restrict__ act) {
+    gemm_swiglu<WBf16>(x, row_token, w1, w3, offsets, tile_offsets, n_experts, ffn, hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_down_bf16(const bf16_t* __restrict__ act, const unsigned* __restrict__ row_map,
+                   const bf16_t* __restrict__ w2, const unsigned* __restrict__ offsets,
+                   const unsigned* __restrict__ tile_offsets, int n_experts, int hidden,
+                   int ffn, float* __restrict__ out) {
+    gemm_down<WBf16>(act, row_map, w2, offsets, tile_offsets, n_experts, hidden, ffn, out);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_swiglu_q80(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                    const qbyte_t* __restrict__ w1, const qbyte_t* __restrict__ w3,
+                    const unsigned* __restrict__ offsets,
+                    const unsigned* __restrict__ tile_offsets, int n_experts, int ffn,
+                    int hidden, bf16_t* __restrict__ act) {
+    gemm_swiglu<WBlocks<BlockQ8_0>>(x, row_token, w1, w3, offsets, tile_offsets, n_experts, ffn,
+                              hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_down_q80(const bf16_t* __restrict__ act, const unsigned* __restrict__ row_map,
+                  const qbyte_t* __restrict__ w2, const unsigned* __restrict__ offsets,
+                  const unsigned* __restrict__ tile_offsets, int n_experts, int hidden,
+                  int ffn, float* __restrict__ out) {
+    gemm_down<WBlocks<BlockQ8_0>>(act, row_map, w2, offsets, tile_offsets, n_experts, hidden, ffn,
+                            out);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_swiglu_q40(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                    const qbyte_t* __restrict__ w1, const qbyte_t* __restrict__ w3,
+                    const unsigned* __restrict__ offsets,
+                    const unsigned* __restrict__ tile_offsets, int n_experts, int ffn,
+                    int hidden, bf16_t* __restrict__ act) {
+    gemm_swiglu<WBlocks<BlockQ4_0>>(x, row_token, w1, w3, offsets, tile_offsets, n_experts, ffn,
+                              hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_down_q40(const bf16_t* __restrict__ act, const unsigned* __restrict__ row_map,
+                  const qbyte_t* __restrict__ w2, const unsigned* __restrict__ offsets,
+                  const unsigned* __restrict__ tile_offsets, int n_experts, int hidden,
+                  int ffn, float* __restrict__ out) {
+    gemm_down<WBlocks<BlockQ4_0>>(act, row_map, w2, offsets, tile_offsets, n_experts, hidden, ffn,
+                            out);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_swiglu_q4k(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                    const qbyte_t* __restrict__ w1, const qbyte_t* __restrict__ w3,
+                    const unsigned* __restrict__ offsets,
+                    const unsigned* __restrict__ tile_offsets, int n_experts, int ffn,
+                    int hidden, bf16_t* __restrict__ act) {
+    gemm_swiglu<WBlocks<BlockQ4_K>>(x, row_token, w1, w3, offsets, tile_offsets, n_experts, ffn,
+                              hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_down_q4k(const bf16_t* __restrict__ act, const unsigned* __restrict__ row_map,
+                  const qbyte_t* __restrict__ w2, const unsigned* __restrict__ offsets,
+                  const unsigned* __restrict__ tile_offsets, int n_experts, int hidden,
+                  int ffn, float* __restrict__ out) {
+    gemm_down<WBlocks<BlockQ4_K>>(act, row_map, w2, offsets, tile_offsets, n_experts, hidden, ffn,
+                            out);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_swiglu_q5k(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                    const qbyte_t* __restrict__ w1, const qbyte_t* __restrict__ w3,
+                    const unsigned* __restrict__ offsets,
+                    const unsigned* __restrict__ tile_offsets, int n_experts, int ffn,
+                    int hidden, bf16_t* __restrict__ act) {
+    gemm_swiglu<WBlocks<BlockQ5_K>>(x, row_token, w1, w3, offsets, tile_offsets, n_experts, ffn,
+                              hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_down_q5k(const bf16_t* __restrict__ act, const unsigned* __restrict__ row_map,
+                  const qbyte_t* __restrict__ w2, const unsigned* __restrict__ offsets,
+                  const unsigned* __restrict__ tile_offsets, int n_experts, int hidden,
+                  int ffn, float* __restrict__ out) {
+    gemm_down<WBlocks<BlockQ5_K>>(act, row_map, w2, offsets, tile_offsets, n_experts, hidden, ffn,
+                            out);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_swiglu_q6k(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                    const qbyte_t* __restrict__ w1, const qbyte_t* __restrict__ w3,
+                    const unsigned* __restrict__ offsets,
+                    const unsigned* __restrict__ tile_offsets, int n_experts, int ffn,
+                    int hidden, bf16_t* __restrict__ act) {
+    gemm_swiglu<WBlocks<BlockQ6_K>>(x, row_token, w1, w3, offsets, tile_offsets, n_experts, ffn,
+                              hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(GEMM_THREADS)
+moe_gemm_down_q6k(const bf16_t* __restrict__ act, const unsigned* __restrict__ row_map,
+                  const qbyte_t* __restrict__ w2, const unsigned* __restrict__ offsets,
+                  const unsigned* __restrict__ tile_offsets, int n_experts, int hidden,
+                  int ffn, float* __restrict__ out) {
+    gemm_down<WBlocks<BlockQ6_K>>(act, row_map, w2, offsets, tile_offsets, n_experts, hidden, ffn,
+                            out);
 }
 
 extern "C" __global__ void __launch_bounds__(256)

@@ -22,11 +22,11 @@ impl Source {
         entry_points(self.code)
     }
 
-    /// The full text NVRTC compiles: [`COMMON`], then this file, each behind a `#line`
-    /// directive so compile errors name the right file and line.
+    /// The full text NVRTC compiles: [`COMMON`], [`QUANT`], then this file, each behind a
+    /// `#line` directive so compile errors name the right file and line.
     pub fn nvrtc_source(&self) -> String {
         format!(
-            "#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"{}\"\n{}",
+            "#line 1 \"common.cuh\"\n{COMMON}\n#line 1 \"quant.cuh\"\n{QUANT}\n#line 1 \"{}\"\n{}",
             self.file, self.code
         )
     }
@@ -45,6 +45,10 @@ macro_rules! cu {
 /// `kernels/common.cuh`: bf16 helpers, reductions, cp.async and the bf16 MMA, prepended to
 /// every source.
 pub const COMMON: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/common.cuh"));
+
+/// `kernels/quant.cuh`: GGUF blocks decoded eight values at a time, prepended after
+/// [`COMMON`] (the host test `tests/cuda_quant_host.rs` compiles it on its own too).
+pub const QUANT: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/cuda/quant.cuh"));
 
 /// Every kernel file, one per op family.
 pub const ALL: &[Source] = &[
@@ -67,8 +71,11 @@ pub fn find(file: &str) -> Option<&'static Source> {
     ALL.iter().find(|s| s.file == file)
 }
 
-/// Element types an entry point name may end with.
-pub const DTYPES: &[&str] = &["bf16", "f16", "f32", "u32"];
+/// Element types an entry point name may end with: floats, indices, and the GGUF block types
+/// kept on the device (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K).
+pub const DTYPES: &[&str] = &[
+    "bf16", "f16", "f32", "u32", "q80", "q40", "q4k", "q5k", "q6k",
+];
 
 /// Names of the functions declared `extern "C" __global__` in `code`, in source order. The
 /// marker counts only at the start of a line (so comments mentioning it are ignored); the
@@ -176,12 +183,13 @@ mod tests {
     fn nvrtc_source_prepends_common_and_needs_no_includes() {
         let text = ALL[0].nvrtc_source();
         assert!(text.starts_with("#line 1 \"common.cuh\"\n"));
-        assert!(text.contains(COMMON) && text.ends_with(ALL[0].code));
+        assert!(text.contains(COMMON) && text.contains(QUANT) && text.ends_with(ALL[0].code));
         let includes = |code: &str| code.lines().any(|l| l.trim_start().starts_with("#include"));
         for s in ALL {
             assert!(!includes(s.code), "{}: #include needs a path", s.file);
         }
         assert!(!includes(COMMON), "common.cuh: #include needs a path");
+        assert!(!includes(QUANT), "quant.cuh: #include needs a path");
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //! bit-identical to ggml's `dequantize_row_*` and gguf-py's `gguf.quants.dequantize`.
 //! Matmuls on quantized weights decode a row's blocks as they stream it, never a whole tensor.
 
+pub mod random;
 pub mod reference;
 
+pub use random::random_blocks;
 pub use reference::{dequantize, dequantize_block};
 
 /// The most values one block holds (the K-quants' 256).
