@@ -20,6 +20,11 @@ pub(crate) struct Args {
     /// List every tensor with its dtype, shape and file.
     #[arg(long)]
     tensors: bool,
+    /// Also print what the model would take on this device (`cuda` or `cuda:N`): weights as
+    /// the GPU stores them, the KV cache for `--context` in `--kv-dtype` (default bf16), the
+    /// working memory of a 128-token call, and whether it all fits the card's free memory.
+    #[arg(long, default_value = "cpu")]
+    device: mixtral::Device,
 }
 
 pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -28,6 +33,15 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let ckpt = Checkpoint::open(&path)?;
     let opened = start.elapsed();
     let c = &ckpt.config;
+    if let Some(ctx) = args.context
+        && ctx > c.max_position_embeddings
+    {
+        return Err(format!(
+            "--context {ctx} is past the model's {} positions",
+            c.max_position_embeddings
+        )
+        .into());
+    }
     println!("model        {}", ckpt.dir.display());
     println!("format       {}", format_line(&ckpt));
     println!(
@@ -38,6 +52,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     print_tokenizer(&path, c)?;
     print_weights(&ckpt);
     print_kv_cache(c, args.context, args.kv_dtype);
+
     println!(
         "files        {} ({} tensors)",
         ckpt.store().files().len(),
@@ -47,18 +62,79 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         eprintln!("warning: {w}");
     }
     if args.tensors {
-        for name in ckpt.store().names() {
-            let (info, path) = ckpt.store().info(name).expect("listed name");
-            let file = path.file_name().unwrap_or_default().to_string_lossy();
-            // Names come from the file: escaped, so they cannot drive the terminal.
-            let (name, file) = (
-                mixtral::tensor::escape(name),
-                mixtral::tensor::escape(&file),
-            );
-            println!("{name}\t{}\t{}\t{file}", info.dtype, info.shape);
-        }
+        print_tensors(&ckpt);
+    }
+    if let mixtral::Device::Cuda(ordinal) = args.device {
+        let context = args.context.unwrap_or(c.max_position_embeddings);
+        let kv = args.kv_dtype.unwrap_or(mixtral::KvDType::Bf16);
+        let model = mixtral::model::Model::new(ckpt)?;
+        print_device_plan(&model.cuda_plan(context, kv, 128), ordinal);
     }
     Ok(())
+}
+
+/// Every tensor with its dtype, shape and file.
+fn print_tensors(ckpt: &Checkpoint) {
+    for name in ckpt.store().names() {
+        let (info, path) = ckpt.store().info(name).expect("listed name");
+        let file = path.file_name().unwrap_or_default().to_string_lossy();
+        // Names come from the file: escaped, so they cannot drive the terminal.
+        let (name, file) = (
+            mixtral::tensor::escape(name),
+            mixtral::tensor::escape(&file),
+        );
+        println!("{name}\t{}\t{}\t{file}", info.dtype, info.shape);
+    }
+}
+
+/// What the model takes on GPU `ordinal`, and whether it fits there now.
+fn print_device_plan(plan: &mixtral::model::DevicePlan, ordinal: usize) {
+    let b = |n: usize| report::bytes(n as u64);
+    let card = mixtral::kernels::cuda::CudaBackend::new(ordinal)
+        .and_then(|gpu| Ok((gpu.name().to_owned(), gpu.memory()?)));
+    match &card {
+        Ok((name, (free, total))) => println!(
+            "device       cuda:{ordinal}: {name}, {} free of {}",
+            b(*free),
+            b(*total)
+        ),
+        Err(mixtral::kernels::cuda::Error::NoDriver { .. }) => {
+            println!("device       cuda:{ordinal}: not here (no CUDA driver)")
+        }
+        Err(e) => println!("device       cuda:{ordinal}: not usable ({e})"),
+    }
+    println!(
+        "  weights    {} (GGUF blocks of Q8_0/Q4_0/Q4_K/Q5_K/Q6_K kept as they are, the rest bf16)",
+        b(plan.weights)
+    );
+    println!(
+        "  kv cache   {} {} for {} positions (up to {} while it grows)",
+        b(plan.kv_cache),
+        format!("{:?}", plan.kv_dtype).to_lowercase(),
+        plan.context,
+        b(plan.kv_peak)
+    );
+    println!(
+        "  scratch    {} for calls of {} tokens",
+        b(plan.scratch),
+        plan.rows
+    );
+    let total = plan.total();
+    match card {
+        Ok((_, (free, _))) if total <= free => {
+            println!(
+                "  total      {}: fits, {} to spare",
+                b(total),
+                b(free - total)
+            )
+        }
+        Ok((_, (free, _))) => println!(
+            "  total      {}: does not fit, {} more than is free",
+            b(total),
+            b(total - free)
+        ),
+        Err(_) => println!("  total      {} (no GPU to compare it with)", b(total)),
+    }
 }
 
 /// Layers, widths, RoPE, context and parameter counts.

@@ -117,3 +117,41 @@ fn inspect_validates_the_tokenizer_files_too() {
     std::fs::write(dir.path().join("chat_template.jinja"), "{% for %}").unwrap();
     assert_clean_failure(dir.path(), "chat template");
 }
+
+/// `--device cuda` adds the GPU memory plan: weights as the GPU stores them, the cache at
+/// `--context` in `--kv-dtype` (bf16 by default), scratch and the total, with or without a
+/// GPU to compare it with; a context past the model's is refused.
+#[test]
+fn device_cuda_prints_the_memory_plan() {
+    let gguf =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/quant/tiny-q/Q4_K_M.gguf");
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_mixtral"))
+            .args(["inspect", "--device", "cuda", "--model"])
+            .arg(&gguf)
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = |b: Vec<u8>| String::from_utf8(b).unwrap();
+        (out.status.code(), text(out.stdout), text(out.stderr))
+    };
+    let (code, stdout, stderr) = run(&["--context", "300"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    for needle in [
+        "device       cuda:0: ",
+        "  weights    ",
+        "kept as they are",
+        " bf16 for 300 positions (up to ",
+        "  scratch    ",
+        "for calls of 128 tokens",
+        "  total      ",
+    ] {
+        assert!(stdout.contains(needle), "`{needle}` missing:\n{stdout}");
+    }
+    let (code, stdout, _) = run(&["--context", "300", "--kv-dtype", "f32"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains(" f32 for 300 positions"), "{stdout}");
+    let (code, _, stderr) = run(&["--context", "99999999"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("past the model's"), "{stderr}");
+}

@@ -11,7 +11,8 @@ use half::bf16;
 use mixtral_kernels::Weight;
 use mixtral_kernels::attention::{Attention, reference as att_ref};
 use mixtral_kernels::cuda::{
-    CudaBackend, DeviceBuffer, Error, F16, KvElement, compile, fill, library, source,
+    CudaBackend, DeviceBuffer, DeviceMatrix, Error, F16, KvElement, Storage, compile, fill,
+    library, source,
 };
 use mixtral_kernels::matmul::{Matmul, reference as mm_ref};
 use mixtral_kernels::moe::{Expert, Moe, reference as moe_ref};
@@ -134,9 +135,10 @@ fn matmul_gemv_and_dense_gemm_match_reference() {
         let w = to_bf16(&uniform(n * k, 100 + i as u64));
         let want = mixtral_testkit::run(rows * n, |y| mm_ref::matmul(p, &x, Weight::BF16(&w), y));
         let dx = gpu.upload_f32_as_bf16(&x, "x").unwrap();
-        let dw = gpu
-            .upload(&w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "w")
-            .unwrap();
+        let dw = DeviceMatrix::Bf16(
+            gpu.upload(&w.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "w")
+                .unwrap(),
+        );
         let mut dy = gpu.alloc::<f32>(rows * n, "y").unwrap();
         gpu.matmul(p, &dx, &dw, &mut dy).unwrap();
         let got = gpu.read(&dy, rows * n).unwrap();
@@ -314,15 +316,17 @@ fn moe_case(gpu: &CudaBackend, p: Moe, n_experts: usize, ids: Option<Vec<u32>>, 
         moe_ref::moe(p, &x, &ids, &weights, &experts, y)
     });
 
-    let mut de = gpu.alloc_experts(n_experts, d, f, "experts").unwrap();
+    let mut de = gpu
+        .alloc_experts(n_experts, d, f, [Storage::Bf16; 2], "experts")
+        .unwrap();
     let mut progress_cb = |_: usize, _: usize| {};
     let mut progress = mixtral_kernels::cuda::Progress::new(0, &mut progress_cb);
     for (e, [w1, w2, w3]) in ws.iter().enumerate() {
-        gpu.write_weight_bf16(&mut de.w1, e * f * d, Weight::BF16(w1), &mut progress)
+        gpu.write_matrix(&mut de.w1, e * f * d, Weight::BF16(w1), &mut progress)
             .unwrap();
-        gpu.write_weight_bf16(&mut de.w2, e * f * d, Weight::BF16(w2), &mut progress)
+        gpu.write_matrix(&mut de.w2, e * f * d, Weight::BF16(w2), &mut progress)
             .unwrap();
-        gpu.write_weight_bf16(&mut de.w3, e * f * d, Weight::BF16(w3), &mut progress)
+        gpu.write_matrix(&mut de.w3, e * f * d, Weight::BF16(w3), &mut progress)
             .unwrap();
     }
     let routing = gpu
@@ -545,14 +549,16 @@ fn embedding_and_argmax_are_exact() {
     let ids = [0u32, 999, 5, 5, 17];
     let dids = gpu.upload_tokens(&ids, vocab).unwrap();
     let mut out = gpu.alloc::<f32>(ids.len() * cols, "out").unwrap();
+    let dt = DeviceMatrix::Bf16(dt);
     gpu.embedding(&dids, &dt, cols, &mut out).unwrap();
+    let dt = dt.as_bf16().expect("bf16");
     let want: Vec<f32> = ids
         .iter()
         .flat_map(|&i| table[i as usize * cols..][..cols].to_vec())
         .collect();
     assert_eq!(gpu.read(&out, want.len()).unwrap(), want);
     let mut out16 = gpu.alloc::<u16>(ids.len() * cols, "out16").unwrap();
-    gpu.embedding_bf16(&dids, &dt, cols, &mut out16).unwrap();
+    gpu.embedding_bf16(&dids, dt, cols, &mut out16).unwrap();
     assert_eq!(gpu.read_bf16_as_f32(&out16, want.len()).unwrap(), want);
     assert!(matches!(
         gpu.upload_tokens(&[1000], vocab),
@@ -602,7 +608,7 @@ fn residual_add_is_exact() {
 fn launchers_reject_bad_shapes_on_the_device() {
     let Some(gpu) = gpu() else { return };
     let x = gpu.alloc::<u16>(9 * 64, "x").unwrap();
-    let w = gpu.alloc::<u16>(64 * 10, "w").unwrap();
+    let w = DeviceMatrix::Bf16(gpu.alloc::<u16>(64 * 10, "w").unwrap());
     let mut y = gpu.alloc::<f32>(9 * 10, "y").unwrap();
     let gemv = gpu.matmul_gemv(
         Matmul {
@@ -634,4 +640,188 @@ fn launchers_reject_bad_shapes_on_the_device() {
         Err(Error::OutOfMemory { bytes, .. }) => assert_eq!(bytes, 1 << 50),
         other => panic!("expected OutOfMemory, got {other:?}"),
     }
+}
+
+// ---- GPU: weights kept in GGUF blocks ------------------------------------------------------
+
+use mixtral_kernels::QuantBlocks;
+use mixtral_kernels::cuda::BlockType;
+use mixtral_kernels::dequant::{dequantize, random_blocks};
+
+/// Random blocks of `t` for `values` values, and the matrix they make on the device.
+fn block_matrix(
+    gpu: &CudaBackend,
+    t: BlockType,
+    values: usize,
+    seed: u64,
+) -> (Vec<u8>, DeviceMatrix) {
+    let dtype = t.dtype();
+    let bytes = random_blocks(dtype, values / dtype.block_len(), seed, 0.5).expect("a block type");
+    let w = Weight::Quant(QuantBlocks::new(dtype, &bytes));
+    let mut cb = |_: usize, _: usize| {};
+    let mut progress = mixtral_kernels::cuda::Progress::new(bytes.len(), &mut cb);
+    let m = gpu
+        .upload_matrix(Storage::Blocks(t), w, "blocks", &mut progress)
+        .unwrap();
+    assert_eq!((m.values(), m.bytes()), (values, bytes.len()));
+    (bytes, m)
+}
+
+#[test]
+fn quantized_matmul_matches_reference_on_every_block_type() {
+    let Some(gpu) = gpu() else { return };
+    // GEMV (≤ 8 rows) and the dense tensor-core GEMM (> 8 rows, weights rounded to bf16 in
+    // shared memory).
+    let shapes = [
+        (1, 256, 10),
+        (3, 512, 33),
+        (8, 256, 130),
+        (9, 512, 64),
+        (70, 256, 130),
+    ];
+    for t in BlockType::ALL {
+        for (i, &(rows, k, n)) in shapes.iter().enumerate() {
+            let p = Matmul { rows, k, n };
+            let seed = 1000 * t as u64 + i as u64;
+            let x = round_bf16(&uniform(rows * k, seed));
+            let (bytes, dw) = block_matrix(&gpu, t, n * k, seed + 7);
+            let w = Weight::Quant(QuantBlocks::new(t.dtype(), &bytes));
+            let want = mixtral_testkit::run(rows * n, |y| mm_ref::matmul(p, &x, w, y));
+            let dx = gpu.upload_f32_as_bf16(&x, "x").unwrap();
+            let mut dy = gpu.alloc::<f32>(rows * n, "y").unwrap();
+            gpu.matmul(p, &dx, &dw, &mut dy).unwrap();
+            let got = gpu.read(&dy, rows * n).unwrap();
+            let what = format!("matmul {t:?} {p:?}");
+            if rows <= 8 {
+                // Exact weights, f32 sums in another order.
+                check_close(&what, &got, &want, 2e-5 * (k as f32).sqrt(), 1e-4).unwrap();
+            } else {
+                check_rel(&what, &got, &want, 1e-2).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn quantized_moe_matches_reference() {
+    let Some(gpu) = gpu() else { return };
+    let (d, f, n_experts) = (256, 512, 8);
+    // Q4_K_M's pair (Q4_K gate/up, Q6_K down), and each type alone.
+    let mut pairs = vec![(BlockType::Q4_K, BlockType::Q6_K)];
+    pairs.extend(BlockType::ALL.map(|t| (t, t)));
+    for (c, &(gate_up, down)) in pairs.iter().enumerate() {
+        for n_tokens in [1, 3, 70] {
+            let p = Moe {
+                n_tokens,
+                hidden: d,
+                ffn: f,
+                top_k: 2,
+            };
+            let seed = 100 * c as u64 + n_tokens as u64;
+            let x = round_bf16(&uniform(n_tokens * d, seed));
+            let ids: Vec<u32> = (0..n_tokens * 2)
+                .map(|a| ((a / 2 * 3 + a % 2 * 5) % n_experts) as u32)
+                .collect();
+            let weights: Vec<f32> = (0..ids.len()).map(|a| 0.3 + 0.1 * (a % 3) as f32).collect();
+            let mut de = gpu
+                .alloc_experts(
+                    n_experts,
+                    d,
+                    f,
+                    [Storage::Blocks(gate_up), Storage::Blocks(down)],
+                    "experts",
+                )
+                .unwrap();
+            let mut host = Vec::new();
+            for e in 0..n_experts as u64 {
+                let s = seed * 1000 + e * 3;
+                let blocks = |t: BlockType, s| {
+                    random_blocks(t.dtype(), f * d / t.dtype().block_len(), s, 0.2).unwrap()
+                };
+                host.push([
+                    blocks(gate_up, s),
+                    blocks(down, s + 1),
+                    blocks(gate_up, s + 2),
+                ]);
+            }
+            let mut cb = |_: usize, _: usize| {};
+            let mut progress = mixtral_kernels::cuda::Progress::new(0, &mut cb);
+            for (e, [w1, w2, w3]) in host.iter().enumerate() {
+                let q = |t: BlockType, b| Weight::Quant(QuantBlocks::new(t.dtype(), b));
+                gpu.write_matrix(&mut de.w1, e * f * d, q(gate_up, w1), &mut progress)
+                    .unwrap();
+                gpu.write_matrix(&mut de.w2, e * f * d, q(down, w2), &mut progress)
+                    .unwrap();
+                gpu.write_matrix(&mut de.w3, e * f * d, q(gate_up, w3), &mut progress)
+                    .unwrap();
+            }
+            let experts: Vec<Expert<'_>> = host
+                .iter()
+                .map(|[w1, w2, w3]| Expert {
+                    w1: Weight::Quant(QuantBlocks::new(gate_up.dtype(), w1)),
+                    w2: Weight::Quant(QuantBlocks::new(down.dtype(), w2)),
+                    w3: Weight::Quant(QuantBlocks::new(gate_up.dtype(), w3)),
+                })
+                .collect();
+            let want = mixtral_testkit::run(x.len(), |y| {
+                moe_ref::moe(p, &x, &ids, &weights, &experts, y)
+            });
+            let routing = gpu.upload_routing(&ids, &weights, n_experts, 2).unwrap();
+            let dx = gpu.upload_f32_as_bf16(&x, "x").unwrap();
+            let mut scratch = gpu.alloc_moe_scratch(p, n_experts).unwrap();
+            let mut dy: DeviceBuffer<f32> = gpu.alloc(x.len(), "y").unwrap();
+            gpu.moe(p, &dx, &routing, &de, &mut scratch, &mut dy)
+                .unwrap();
+            let got = gpu.read(&dy, x.len()).unwrap();
+            // Weights and the SwiGLU product are rounded to bf16 on the way to the tensor cores.
+            let what = format!("moe {gate_up:?}/{down:?} {p:?}");
+            let w = check_rel(&what, &got, &want, 2e-2).unwrap();
+            println!("{what}: max |diff| / max |ref| = {:.2e}", w.rel);
+        }
+    }
+}
+
+#[test]
+fn quantized_embedding_is_exact() {
+    let Some(gpu) = gpu() else { return };
+    let (vocab, cols) = (40, 512);
+    let ids = [0u32, 39, 5, 5, 17];
+    let dids = gpu.upload_tokens(&ids, vocab).unwrap();
+    for t in BlockType::ALL {
+        let (bytes, table) = block_matrix(&gpu, t, vocab * cols, 77 + t as u64);
+        let mut all = vec![0f32; vocab * cols];
+        dequantize(t.dtype(), &bytes, &mut all);
+        let want: Vec<f32> = ids
+            .iter()
+            .flat_map(|&i| all[i as usize * cols..][..cols].to_vec())
+            .collect();
+        let mut out = gpu.alloc::<f32>(want.len(), "out").unwrap();
+        gpu.embedding(&dids, &table, cols, &mut out).unwrap();
+        // quant.cuh decodes in the reference's order with no FMA contraction: bit-equal.
+        assert_eq!(gpu.read(&out, want.len()).unwrap(), want, "{t:?}");
+    }
+    // A matrix of one type refuses another's blocks, and rows the block length does not divide.
+    let q8 = random_blocks(mixtral_tensor::DType::Q8_0, 4, 1, 1.0).unwrap();
+    let mut m = gpu
+        .alloc_matrix(Storage::Blocks(BlockType::Q4_K), 256, "m")
+        .unwrap();
+    let mut cb = |_: usize, _: usize| {};
+    let mut progress = mixtral_kernels::cuda::Progress::new(0, &mut cb);
+    let wrong = Weight::Quant(QuantBlocks::new(mixtral_tensor::DType::Q8_0, &q8));
+    assert!(matches!(
+        gpu.write_matrix(&mut m, 0, wrong, &mut progress),
+        Err(Error::Input { .. })
+    ));
+    let (_, m) = block_matrix(&gpu, BlockType::Q4_K, 4 * 256, 5);
+    let x = gpu.alloc::<u16>(128, "x").unwrap();
+    let mut y = gpu.alloc::<f32>(8, "y").unwrap();
+    let p = Matmul {
+        rows: 1,
+        k: 128,
+        n: 8,
+    };
+    assert!(matches!(
+        gpu.matmul(p, &x, &m, &mut y),
+        Err(Error::Limit { .. })
+    ));
 }

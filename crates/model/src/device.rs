@@ -10,6 +10,8 @@
 
 pub(crate) mod cpu;
 pub(crate) mod cuda;
+pub(crate) mod cuda_plan;
+pub(crate) mod random;
 
 use crate::Result;
 use mixtral_kernels::attention::Attention;

@@ -127,8 +127,9 @@ pub enum DeviceId {
     /// The host CPU: the fast SIMD kernels (or their reference twins).
     #[default]
     Cpu,
-    /// An NVIDIA GPU (by ordinal): weights uploaded once as bf16, the KV cache and every
-    /// activation on the device. Fails with a clear error where no CUDA driver is found.
+    /// An NVIDIA GPU (by ordinal): weights uploaded once (GGUF blocks kept, else bf16), the
+    /// KV cache and every activation on the device. Fails with a clear error where no CUDA
+    /// driver is found.
     Cuda(usize),
 }
 
@@ -334,8 +335,9 @@ impl Model {
                         return Err(crate::Error::Unsupported {
                             feature: format!("precision {p:?}").to_lowercase(),
                             device,
-                            reason: "the CUDA backend multiplies bf16 weights by bf16 activations \
-                                     (accumulating in f32); use --precision bf16 or auto",
+                            reason: "the CUDA backend multiplies bf16 activations by bf16 or \
+                                     block-decoded weights (accumulating in f32); use --precision \
+                                     bf16 or auto",
                         });
                     }
                 }
@@ -361,13 +363,46 @@ impl Model {
         }
     }
 
-    /// The same model uploaded to `gpu` as bf16 (weights streamed with `progress(done,
-    /// total)` in device bytes; `OutOfMemory` before copying anything when they cannot fit).
+    /// What this model would take on a GPU ([`DevicePlan`](crate::DevicePlan)): its weights
+    /// as the device stores them (GGUF blocks of the types the kernels decode stay blocks, the
+    /// rest bf16), one sequence's `kv_dtype` cache at `context` positions (at most the
+    /// model's), and the working memory of calls of `rows` tokens. Pure arithmetic: no GPU is
+    /// needed. A model already on a GPU, or made there, has no host weights to count: its
+    /// plan's weights are 0.
+    pub fn cuda_plan(&self, context: usize, kv_dtype: KvDType, rows: usize) -> crate::DevicePlan {
+        let context = context.min(self.config.max_position_embeddings);
+        crate::device::cuda_plan::plan(&self.config, &self.weights, context, kv_dtype, rows)
+    }
+
+    /// The same model uploaded to `gpu` (weights streamed with `progress(done, total)` in
+    /// device bytes: GGUF blocks as they are, the rest as bf16). Fails with `OutOfMemory`,
+    /// naming the sizes, before copying anything when the weights, one call's working memory
+    /// and a first block of KV cache cannot fit in the card's free memory.
     pub fn on_gpu(
         mut self,
         gpu: &CudaBackend,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Model> {
+        let least = self.cuda_plan(1, KvDType::Bf16, 1);
+        let (free, total) = gpu.memory()?;
+        if least.total() > free {
+            return Err(mixtral_kernels::cuda::Error::OutOfMemory {
+                what: format!(
+                    "the model: {} of weights, {} of working memory and {} for the first \
+                     {} cached positions",
+                    crate::device::cuda_plan::gib(least.weights),
+                    crate::device::cuda_plan::gib(least.scratch),
+                    crate::device::cuda_plan::gib(least.kv_peak),
+                    least.kv_cache
+                        / crate::device::cuda_plan::kv_row_bytes(&self.config, KvDType::Bf16)
+                            .max(1),
+                ),
+                bytes: least.total(),
+                free,
+                total,
+            }
+            .into());
+        }
         let device = Cuda { gpu: gpu.clone() };
         let weights = device.upload(&self.config, &self.weights, progress)?;
         self.exec = Exec::Cuda(Box::new(Gpu {
@@ -379,12 +414,17 @@ impl Model {
         Ok(self)
     }
 
-    /// A model of `config`'s shape with random bf16 weights made on `gpu` (no host copy, and
-    /// no host weights: [`Model::weights`] then holds none of them): for benchmarks at real
-    /// sizes.
-    pub fn random_on_gpu(config: &Config, gpu: &CudaBackend, seed: u64) -> Result<Model> {
+    /// A model of `config`'s shape with random weights stored as `mix` says (bf16, or the
+    /// block types of a llama.cpp file of that type), made on `gpu` (no host copy, and no host
+    /// weights: [`Model::weights`] then holds none of them): for benchmarks at real sizes.
+    pub fn random_on_gpu(
+        config: &Config,
+        gpu: &CudaBackend,
+        mix: crate::WeightMix,
+        seed: u64,
+    ) -> Result<Model> {
         let device = Cuda { gpu: gpu.clone() };
-        let weights = device.random(config, seed)?;
+        let weights = device.random(config, mix, seed)?;
         let empty = mixtral_tensor::Tensor::from_vec::<f32>(vec![], [0usize])?;
         Ok(Model {
             config: config.clone(),

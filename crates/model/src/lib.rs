@@ -51,6 +51,8 @@ pub use cache::KvCache;
 pub use checkpoint::Checkpoint;
 pub use config::{Config, MAX_CONTEXT, MAX_DIM};
 pub use device::cuda::DeviceWeight;
+pub use device::cuda_plan::DevicePlan;
+pub use device::random::{WeightMix, WeightRole};
 pub use device::{Layer, Stack};
 pub use error::{Error, Result};
 pub use forward::{

@@ -459,3 +459,41 @@ fn a_100_kb_tensor_name_in_a_gguf_file_is_shown_cut_short() {
     assert!(text.len() < 400, "{} bytes: {}", text.len(), &text[..400]);
     assert!(text.contains("102400 bytes"), "{text}");
 }
+
+/// `Model::cuda_plan` counts a GGUF file's weights as the GPU stores them: the bytes of every
+/// tensor whose blocks the kernels decode, as the file holds them, and 2 bytes a value for the
+/// rest (f32 norms and router, rounded to bf16); plus the cache and scratch arithmetic. Needs
+/// no GPU: this is what `inspect --device cuda` prints and what loading checks first.
+#[test]
+fn cuda_plan_counts_blocks_as_the_file_holds_them() {
+    use mixtral_kernels::cuda::BlockType;
+    use mixtral_model::KvDType;
+    let ckpt = Checkpoint::open(quant_dir().join("Q4_K_M.gguf")).unwrap();
+    let mut want = 0usize;
+    let mut kept = 0usize;
+    for name in ckpt.store().names() {
+        let (info, _) = ckpt.store().info(name).unwrap();
+        let dtype = info.dtype().expect("a dtype this engine reads");
+        if BlockType::of(dtype).is_some() {
+            want += info.range.len();
+            kept += 1;
+        } else {
+            want += info.shape.numel() * 2;
+        }
+    }
+    assert!(kept > 0, "the fixture holds blocks");
+    let c = ckpt.config.clone();
+    let model = Model::new(ckpt).unwrap();
+    let plan = model.cuda_plan(300, KvDType::F16, 128);
+    assert_eq!(plan.weights, want);
+    let per_position = 2 * c.num_hidden_layers * c.kv_dim() * 2;
+    // 300 positions: the cache grows 256 → 512 (capped at the model's context).
+    let grown = 512.min(c.max_position_embeddings.max(300));
+    assert_eq!(plan.kv_cache, grown * per_position);
+    assert_eq!(plan.kv_peak, (grown + 256) * per_position);
+    assert!(plan.scratch >= 128 * c.vocab_size * 4, "logits alone");
+    assert_eq!(plan.total(), plan.weights + plan.kv_peak + plan.scratch);
+    // A context past the model's is sized at the model's.
+    let past = model.cuda_plan(usize::MAX, KvDType::Bf16, 1);
+    assert_eq!(past.context, c.max_position_embeddings);
+}

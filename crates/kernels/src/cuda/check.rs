@@ -4,6 +4,7 @@
 //! The kernels trust what is checked here: buffer extents, expert ids `< E ≤ 256`, inner GEMM
 //! sizes that are multiples of 32, `head_dim ≤ 128`, positions inside the cache.
 
+use super::blocks::Storage;
 use super::error::{at_least, limit};
 use super::{Error, Result};
 use crate::attention::Attention;
@@ -109,21 +110,27 @@ pub fn routing(ids: &[u32], weights: &[f32], n_experts: usize, top_k: usize) -> 
     }
 }
 
-/// `embedding_*`: `n` ids into `[n, cols]`, table `[vocab, cols]`.
+/// `embedding_*`: `n` ids into `[n, cols]`, table `[vocab, cols]` of `table` values stored in
+/// blocks of `block` values (1 for bf16).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the op, the call's ids, the table's shape and storage, and the output"
+)]
 pub fn embedding(
     op: &'static str,
     n: usize,
     vocab: usize,
     cols: usize,
+    block: usize,
     table: usize,
     out: usize,
 ) -> Result<LaunchConfig> {
     limit(
-        cols.is_multiple_of(8) && cols > 0,
+        cols.is_multiple_of(8) && cols.is_multiple_of(block) && cols > 0,
         op,
         "cols",
         cols,
-        "a positive multiple of 8",
+        "a positive multiple of 8 and of the block length",
     )?;
     int(op, "cols", cols)?;
     at_least(op, "table", table, vocab * cols)?;
@@ -238,24 +245,31 @@ fn matmul_lengths(op: &'static str, p: Matmul, x: usize, w: usize, y: usize) -> 
     at_least(op, "y", y, p.rows * p.n)
 }
 
-/// `matmul_gemv_bf16`: 1..=8 rows, `k % 8 == 0`.
-pub fn gemv(p: Matmul, x: usize, w: usize, y: usize) -> Result<LaunchConfig> {
-    const OP: &str = "matmul_gemv_bf16";
+/// `matmul_gemv_*` (`op`): 1..=8 rows, `k` a multiple of 8 and of the weight's block length
+/// (`block`, 1 for bf16); `w` counts values.
+pub fn gemv(
+    op: &'static str,
+    block: usize,
+    p: Matmul,
+    x: usize,
+    w: usize,
+    y: usize,
+) -> Result<LaunchConfig> {
     limit(
         (1..=GEMV_MAX_ROWS).contains(&p.rows),
-        OP,
+        op,
         "rows",
         p.rows,
         "1 ≤ rows ≤ 8",
     )?;
     limit(
-        p.k.is_multiple_of(8) && p.k > 0,
-        OP,
+        p.k.is_multiple_of(8) && p.k.is_multiple_of(block) && p.k > 0,
+        op,
         "k",
         p.k,
-        "a positive multiple of 8",
+        "a positive multiple of 8 and of the block length",
     )?;
-    matmul_lengths(OP, p, x, w, y)?;
+    matmul_lengths(op, p, x, w, y)?;
     Ok(grid(p.n.div_ceil(16), 1, 256))
 }
 
@@ -270,15 +284,16 @@ pub fn gemm_grid(rows: usize, n_experts: usize, n: usize) -> LaunchConfig {
     )
 }
 
-/// A dense GEMM through `moe_gemm_down_bf16` with one group: `k % 32 == 0`, even `n`.
-pub fn dense(p: Matmul, x: usize, w: usize, y: usize) -> Result<LaunchConfig> {
-    const OP: &str = "matmul (moe_gemm_down_bf16, one group)";
+/// A dense GEMM through `moe_gemm_down_*` with one group: `k` a multiple of 32 and of the
+/// weight's block length (`block`), even `n`; `w` counts values.
+pub fn dense(block: usize, p: Matmul, x: usize, w: usize, y: usize) -> Result<LaunchConfig> {
+    const OP: &str = "matmul (moe_gemm_down_*, one group)";
     limit(
-        p.k.is_multiple_of(GEMM_K_STEP) && p.k > 0,
+        p.k.is_multiple_of(GEMM_K_STEP) && p.k.is_multiple_of(block) && p.k > 0,
         OP,
         "k",
         p.k,
-        "a positive multiple of 32",
+        "a positive multiple of 32 and of the block length",
     )?;
     limit(
         p.n.is_multiple_of(2) && p.n > 0,
@@ -297,8 +312,10 @@ pub fn dense(p: Matmul, x: usize, w: usize, y: usize) -> Result<LaunchConfig> {
 pub struct MoeArgs {
     /// `(E, K)` the routing buffers hold, and their length.
     pub routing: (usize, usize, usize),
-    /// `(E, D, F)` of the experts, and the shortest of the w1 / w3 / w2 lengths.
+    /// `(E, D, F)` of the experts, and the fewest values any of w1 / w3 / w2 holds.
     pub experts: (usize, usize, usize, usize),
+    /// How w1, w3 and w2 are stored (w1 and w3 alike: one kernel reads both).
+    pub storage: [Storage; 3],
     /// Token rows the scratch buffers hold.
     pub capacity: usize,
     /// Lengths of `x` and `y`.
@@ -341,6 +358,31 @@ pub fn moe(p: Moe, a: MoeArgs) -> Result<[LaunchConfig; 4]> {
         "ffn",
         p.ffn,
         "a positive multiple of 32",
+    )?;
+    if a.storage[0] != a.storage[1] {
+        return Err(Error::Input {
+            op: OP,
+            what: format!(
+                "gate stored as {:?} but up as {:?}: one kernel reads both",
+                a.storage[0], a.storage[1]
+            ),
+        });
+    }
+    // The gate/up GEMMs run along D, the down GEMM along F.
+    let (gate_up, down) = (a.storage[0].block_len(), a.storage[2].block_len());
+    limit(
+        p.hidden.is_multiple_of(gate_up),
+        OP,
+        "hidden",
+        p.hidden,
+        "a multiple of the gate/up block length",
+    )?;
+    limit(
+        p.ffn.is_multiple_of(down),
+        OP,
+        "ffn",
+        p.ffn,
+        "a multiple of the down block length",
     )?;
     limit(
         p.n_tokens <= a.capacity,
@@ -502,6 +544,7 @@ pub fn argmax(rows: usize, cols: usize, logits: usize, out: usize) -> Result<Lau
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cuda::BlockType;
 
     fn is_limit(r: Result<impl std::fmt::Debug>, what: &str) {
         match r {
@@ -524,6 +567,8 @@ mod tests {
         window: None,
     };
 
+    const G: &str = "matmul_gemv_bf16";
+
     #[test]
     fn gemv_limits() {
         let p = Matmul {
@@ -531,9 +576,11 @@ mod tests {
             k: 64,
             n: 10,
         };
-        is_limit(gemv(p, 9 * 64, 640, 90), "rows");
+        is_limit(gemv(G, 1, p, 9 * 64, 640, 90), "rows");
         is_limit(
             gemv(
+                G,
+                1,
                 Matmul {
                     rows: 1,
                     k: 12,
@@ -547,6 +594,8 @@ mod tests {
         );
         is_shape(
             gemv(
+                G,
+                1,
                 Matmul {
                     rows: 2,
                     k: 64,
@@ -560,6 +609,8 @@ mod tests {
         );
         is_shape(
             gemv(
+                G,
+                1,
                 Matmul {
                     rows: 2,
                     k: 64,
@@ -572,6 +623,8 @@ mod tests {
             "w",
         );
         let cfg = gemv(
+            G,
+            1,
             Matmul {
                 rows: 8,
                 k: 4096,
@@ -589,6 +642,7 @@ mod tests {
     fn dense_gemm_needs_k_multiple_of_32_and_even_n() {
         is_limit(
             dense(
+                1,
                 Matmul {
                     rows: 100,
                     k: 48,
@@ -602,6 +656,7 @@ mod tests {
         );
         is_limit(
             dense(
+                1,
                 Matmul {
                     rows: 100,
                     k: 64,
@@ -614,6 +669,7 @@ mod tests {
             "n",
         );
         let cfg = dense(
+            1,
             Matmul {
                 rows: 100,
                 k: 64,
@@ -631,10 +687,44 @@ mod tests {
         MoeArgs {
             routing: (e, k, t * k),
             experts: (e, d, f, e * d * f),
+            storage: [Storage::Bf16; 3],
             capacity: t,
             x: t * d,
             y: t * d,
         }
+    }
+
+    #[test]
+    fn block_lengths_bound_k_and_the_moe_dims() {
+        let q4k = Storage::Blocks(BlockType::Q4_K);
+        let p = Matmul {
+            rows: 1,
+            k: 128,
+            n: 4,
+        };
+        is_limit(gemv("matmul_gemv_q4k", 256, p, 128, 512, 4), "k");
+        is_limit(dense(256, Matmul { rows: 20, ..p }, 2560, 512, 80), "k");
+        is_limit(
+            embedding("embedding_f32_q4k", 1, 4, 128, 256, 512, 128),
+            "cols",
+        );
+        assert!(gemv("matmul_gemv_q4k", 256, Matmul { k: 256, ..p }, 256, 1024, 4).is_ok());
+        let m = Moe {
+            n_tokens: 4,
+            hidden: 256,
+            ffn: 128,
+            top_k: 2,
+        };
+        let mut a = moe_args(8, 2, 256, 128, 4);
+        a.storage = [q4k, q4k, Storage::Blocks(BlockType::Q6_K)];
+        is_limit(moe(m, a), "ffn");
+        a.storage[2] = Storage::Blocks(BlockType::Q8_0);
+        assert!(moe(m, a).is_ok());
+        a.storage[1] = Storage::Bf16;
+        assert!(matches!(moe(m, a), Err(Error::Input { .. })));
+        let mut narrow = moe_args(8, 2, 128, 128, 4);
+        narrow.storage = [q4k, q4k, Storage::Bf16];
+        is_limit(moe(Moe { hidden: 128, ..m }, narrow), "hidden");
     }
 
     #[test]
@@ -776,8 +866,8 @@ mod tests {
 
     #[test]
     fn other_kernels() {
-        is_limit(embedding("embedding_bf16", 3, 10, 12, 120, 36), "cols");
-        is_shape(embedding("embedding_bf16", 3, 10, 16, 159, 48), "table");
+        is_limit(embedding("embedding_bf16", 3, 10, 12, 1, 120, 36), "cols");
+        is_shape(embedding("embedding_bf16", 3, 10, 16, 1, 159, 48), "table");
         let norm = RmsNorm {
             rows: 2,
             cols: 8193,

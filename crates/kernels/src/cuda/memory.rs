@@ -111,7 +111,7 @@ impl<'a> Progress<'a> {
         self.done
     }
 
-    fn advance(&mut self, bytes: usize) {
+    pub(crate) fn advance(&mut self, bytes: usize) {
         self.done += bytes;
         (self.f)(self.done, self.total);
     }

@@ -23,6 +23,7 @@
 //! - **`unsafe` stays here.** Kernel launches are the only `unsafe` (each with its SAFETY
 //!   line); the model crate drives the device through the safe launchers in [`ops`].
 
+pub mod blocks;
 mod check;
 pub mod compile;
 mod device;
@@ -33,6 +34,7 @@ mod memory;
 pub mod ops;
 pub mod source;
 
+pub use blocks::{BlockType, DeviceMatrix, Storage};
 pub use device::CudaBackend;
 pub use error::{Error, Result};
 pub use memory::{Bf16, DeviceBuffer, F16, KvElement, Progress};

@@ -7,6 +7,7 @@
 //! were checked on the host: [`TokenIds`] (ids < V), [`Positions`] (increasing, with their
 //! maximum known), [`Routing`] (expert ids < E, written by the router kernel or checked).
 
+use super::blocks::{DeviceMatrix, Storage};
 use super::check::{self, MoeArgs, int};
 use super::error::limit;
 use super::memory::{Bf16, DeviceBuffer, KvElement};
@@ -25,6 +26,51 @@ pub use super::check::{
     DECODE_MAX_SPLITS, GEMM_K_STEP, GEMM_TILE_ROWS, GEMV_MAX_ROWS, MAX_EXPERTS, MAX_HEAD_DIM,
     RMS_MAX_COLS, ROUTER_MAX_EXPERTS,
 };
+
+/// `matmul_gemv_*` for bf16, then each [`super::BlockType`] in order.
+pub(crate) const GEMV_OPS: [&str; 6] = [
+    "matmul_gemv_bf16",
+    "matmul_gemv_q80",
+    "matmul_gemv_q40",
+    "matmul_gemv_q4k",
+    "matmul_gemv_q5k",
+    "matmul_gemv_q6k",
+];
+/// `moe_gemm_swiglu_*`, in the same order.
+pub(crate) const SWIGLU_OPS: [&str; 6] = [
+    "moe_gemm_swiglu_bf16",
+    "moe_gemm_swiglu_q80",
+    "moe_gemm_swiglu_q40",
+    "moe_gemm_swiglu_q4k",
+    "moe_gemm_swiglu_q5k",
+    "moe_gemm_swiglu_q6k",
+];
+/// `moe_gemm_down_*` (also the dense GEMM), in the same order.
+pub(crate) const DOWN_OPS: [&str; 6] = [
+    "moe_gemm_down_bf16",
+    "moe_gemm_down_q80",
+    "moe_gemm_down_q40",
+    "moe_gemm_down_q4k",
+    "moe_gemm_down_q5k",
+    "moe_gemm_down_q6k",
+];
+/// `embedding_f32_*`, in the same order.
+pub(crate) const EMBEDDING_OPS: [&str; 6] = [
+    "embedding_f32_bf16",
+    "embedding_f32_q80",
+    "embedding_f32_q40",
+    "embedding_f32_q4k",
+    "embedding_f32_q5k",
+    "embedding_f32_q6k",
+];
+
+/// Pushes a matrix's device pointer (bf16 elements or bytes of blocks).
+fn push_matrix<'a>(b: &mut LaunchArgs<'a>, m: &'a DeviceMatrix) {
+    match m {
+        DeviceMatrix::Bf16(buf) => b.arg(buf.slice()),
+        DeviceMatrix::Blocks(_, buf) => b.arg(buf.slice()),
+    };
+}
 
 fn src(file: &'static str) -> &'static Source {
     find(file).expect("every launcher names a file of source::ALL")
@@ -118,15 +164,16 @@ impl Routing {
     }
 }
 
-/// One layer's experts on the device, stacked: `w1`, `w3` `[E, F, D]`, `w2` `[E, D, F]`.
+/// One layer's experts on the device, stacked: `w1`, `w3` `[E, F, D]`, `w2` `[E, D, F]`, in
+/// bf16 or in blocks (`w1` and `w3` share one storage: one kernel reads both).
 #[derive(Debug)]
 pub struct DeviceExperts {
     /// Gate projections `[E, F, D]`.
-    pub w1: DeviceBuffer<Bf16>,
+    pub w1: DeviceMatrix,
     /// Up projections `[E, F, D]`.
-    pub w3: DeviceBuffer<Bf16>,
+    pub w3: DeviceMatrix,
     /// Down projections `[E, D, F]`.
-    pub w2: DeviceBuffer<Bf16>,
+    pub w2: DeviceMatrix,
     /// `E`.
     pub n_experts: usize,
     /// `D`.
@@ -219,19 +266,21 @@ impl CudaBackend {
         })
     }
 
-    /// Stacked expert buffers for `n_experts` experts of shape `hidden` × `ffn`, zeroed.
+    /// Stacked expert buffers for `n_experts` experts of shape `hidden` × `ffn`, zeroed: the
+    /// gate and up projections stored as `storage[0]`, the down projections as `storage[1]`.
     pub fn alloc_experts(
         &self,
         n_experts: usize,
         hidden: usize,
         ffn: usize,
+        storage: [Storage; 2],
         what: &str,
     ) -> Result<DeviceExperts> {
         let n = n_experts * hidden * ffn;
         Ok(DeviceExperts {
-            w1: self.alloc(n, &format!("{what} w1"))?,
-            w3: self.alloc(n, &format!("{what} w3"))?,
-            w2: self.alloc(n, &format!("{what} w2"))?,
+            w1: self.alloc_matrix(storage[0], n, &format!("{what} w1"))?,
+            w3: self.alloc_matrix(storage[0], n, &format!("{what} w3"))?,
+            w2: self.alloc_matrix(storage[1], n, &format!("{what} w2"))?,
             n_experts,
             hidden,
             ffn,
@@ -260,24 +309,26 @@ impl CudaBackend {
         })
     }
 
-    /// `embedding_f32_bf16`: rows `ids` of `table` `[V, D]`, widened to f32 into `out` `[T, D]`.
+    /// `embedding_f32_<storage>`: rows `ids` of `table` `[V, D]` (bf16 or blocks), as f32 into
+    /// `out` `[T, D]`.
     pub fn embedding(
         &self,
         ids: &TokenIds,
-        table: &DeviceBuffer<Bf16>,
+        table: &DeviceMatrix,
         cols: usize,
         out: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        const OP: &str = "embedding_f32_bf16";
-        let cfg = check::embedding(OP, ids.len(), ids.vocab, cols, table.len(), out.len())?;
-        let f = self.function(src("embedding.cu"), OP)?;
+        let op = table.storage().pick(&EMBEDDING_OPS);
+        let block = table.storage().block_len();
+        let (n, vocab, values) = (ids.len(), ids.vocab, table.values());
+        let cfg = check::embedding(op, n, vocab, cols, block, values, out.len())?;
+        let f = self.function(src("embedding.cu"), op)?;
         let c = cols as i32;
         let mut b = self.stream().launch_builder(&f);
-        b.arg(ids.buf.slice())
-            .arg(table.slice())
-            .arg(out.slice_mut())
-            .arg(&c);
-        launch(OP, b, cfg)
+        b.arg(ids.buf.slice());
+        push_matrix(&mut b, table);
+        b.arg(out.slice_mut()).arg(&c);
+        launch(op, b, cfg)
     }
 
     /// `embedding_bf16`: rows `ids` of `table` `[V, D]` into `out` `[T, D]`, as bf16.
@@ -289,7 +340,7 @@ impl CudaBackend {
         out: &mut DeviceBuffer<Bf16>,
     ) -> Result<()> {
         const OP: &str = "embedding_bf16";
-        let cfg = check::embedding(OP, ids.len(), ids.vocab, cols, table.len(), out.len())?;
+        let cfg = check::embedding(OP, ids.len(), ids.vocab, cols, 1, table.len(), out.len())?;
         let f = self.function(src("embedding.cu"), OP)?;
         let c = cols as i32;
         let mut b = self.stream().launch_builder(&f);
@@ -427,27 +478,24 @@ impl CudaBackend {
         launch(OP, b, cfg)
     }
 
-    /// `matmul_gemv_bf16`: `y = x Wᵀ` for at most 8 rows, x bf16 `[rows, k]`, W bf16 `[n, k]`,
-    /// y f32. Twin: [`crate::matmul::reference::matmul`].
+    /// `matmul_gemv_<storage>`: `y = x Wᵀ` for at most 8 rows, x bf16 `[rows, k]`, W `[n, k]`
+    /// in bf16 or blocks, y f32. Twin: [`crate::matmul::reference::matmul`].
     pub fn matmul_gemv(
         &self,
         p: Matmul,
         x: &DeviceBuffer<Bf16>,
-        w: &DeviceBuffer<Bf16>,
+        w: &DeviceMatrix,
         y: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        const OP: &str = "matmul_gemv_bf16";
-        let cfg = check::gemv(p, x.len(), w.len(), y.len())?;
-        let f = self.function(src("matmul.cu"), OP)?;
+        let op = w.storage().pick(&GEMV_OPS);
+        let cfg = check::gemv(op, w.storage().block_len(), p, x.len(), w.values(), y.len())?;
+        let f = self.function(src("matmul.cu"), op)?;
         let (r, n, k) = (p.rows as i32, p.n as i32, p.k as i32);
         let mut b = self.stream().launch_builder(&f);
-        b.arg(x.slice())
-            .arg(w.slice())
-            .arg(y.slice_mut())
-            .arg(&r)
-            .arg(&n)
-            .arg(&k);
-        launch(OP, b, cfg)
+        b.arg(x.slice());
+        push_matrix(&mut b, w);
+        b.arg(y.slice_mut()).arg(&r).arg(&n).arg(&k);
+        launch(op, b, cfg)
     }
 
     /// The single-group tables for a dense GEMM over `rows` rows, built once per row count.
@@ -468,30 +516,31 @@ impl CudaBackend {
         Ok(d)
     }
 
-    /// `y = x Wᵀ`, x bf16 `[rows, k]`, W bf16 `[n, k]`, y f32 `[rows, n]`: the GEMV for up to
-    /// 8 rows, else `moe_gemm_down_bf16` as a one-group (dense) tensor-core GEMM, which needs
-    /// `k % 32 == 0` and even `n`. Twin: [`crate::matmul::reference::matmul`].
+    /// `y = x Wᵀ`, x bf16 `[rows, k]`, W `[n, k]` (bf16 or blocks), y f32 `[rows, n]`: the
+    /// GEMV for up to 8 rows, else `moe_gemm_down_<storage>` as a one-group (dense)
+    /// tensor-core GEMM, which needs `k % 32 == 0` and even `n`.
+    /// Twin: [`crate::matmul::reference::matmul`].
     pub fn matmul(
         &self,
         p: Matmul,
         x: &DeviceBuffer<Bf16>,
-        w: &DeviceBuffer<Bf16>,
+        w: &DeviceMatrix,
         y: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         if p.rows <= GEMV_MAX_ROWS {
             return self.matmul_gemv(p, x, w, y);
         }
-        let cfg = check::dense(p, x.len(), w.len(), y.len())?;
+        let cfg = check::dense(w.storage().block_len(), p, x.len(), w.values(), y.len())?;
         let d = self.dense_rows(p.rows)?;
         self.gemm_down(x, w, &d.offsets, &d.tile_offsets, 1, p.n, p.k, y, cfg)
     }
 
-    /// Launches `moe_gemm_down_bf16` with `row_map = nullptr` (shapes already checked).
+    /// Launches `moe_gemm_down_<storage>` with `row_map = nullptr` (shapes already checked).
     #[allow(clippy::too_many_arguments)]
     fn gemm_down(
         &self,
         act: &DeviceBuffer<Bf16>,
-        w2: &DeviceBuffer<Bf16>,
+        w2: &DeviceMatrix,
         offsets: &DeviceBuffer<u32>,
         tile_offsets: &DeviceBuffer<u32>,
         n_experts: usize,
@@ -500,25 +549,24 @@ impl CudaBackend {
         out: &mut DeviceBuffer<f32>,
         cfg: LaunchConfig,
     ) -> Result<()> {
-        const OP: &str = "moe_gemm_down_bf16";
-        let f = self.function(src("moe.cu"), OP)?;
+        let op = w2.storage().pick(&DOWN_OPS);
+        let f = self.function(src("moe.cu"), op)?;
         let (e, n_i, k_i) = (n_experts as i32, n as i32, k as i32);
         let null: u64 = 0; // `row_map = nullptr`: rows are read in place
         let mut b = self.stream().launch_builder(&f);
-        b.arg(act.slice())
-            .arg(&null)
-            .arg(w2.slice())
-            .arg(offsets.slice())
+        b.arg(act.slice()).arg(&null);
+        push_matrix(&mut b, w2);
+        b.arg(offsets.slice())
             .arg(tile_offsets.slice())
             .arg(&e)
             .arg(&n_i)
             .arg(&k_i)
             .arg(out.slice_mut());
-        launch(OP, b, cfg)
+        launch(op, b, cfg)
     }
 
-    /// The sparse MoE block on the device: `moe_align_u32` → `moe_gemm_swiglu_bf16` →
-    /// `moe_gemm_down_bf16` → `moe_combine_f32`, `y` `[T, D]` f32 from `x` `[T, D]` bf16.
+    /// The sparse MoE block on the device: `moe_align_u32` → `moe_gemm_swiglu_<storage>` →
+    /// `moe_gemm_down_<storage>` → `moe_combine_f32`, `y` `[T, D]` f32 from `x` `[T, D]` bf16.
     /// No host sync: the grids are sized from T·K and E. Twin: [`crate::moe::reference::moe`].
     #[allow(clippy::too_many_arguments)]
     pub fn moe(
@@ -530,10 +578,12 @@ impl CudaBackend {
         scratch: &mut MoeScratch,
         y: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
-        let w_len = experts.w1.len().min(experts.w3.len()).min(experts.w2.len());
+        let (w1, w3, w2) = (&experts.w1, &experts.w3, &experts.w2);
+        let w_len = w1.values().min(w3.values()).min(w2.values());
         let args = MoeArgs {
             routing: (routing.n_experts, routing.top_k, routing.ids.len()),
             experts: (experts.n_experts, experts.hidden, experts.ffn, w_len),
+            storage: [w1.storage(), w3.storage(), w2.storage()],
             capacity: scratch.capacity,
             x: x.len(),
             y: y.len(),
@@ -559,19 +609,19 @@ impl CudaBackend {
             .arg(scratch.row_token.slice_mut());
         launch("moe_align_u32", b, align)?;
 
-        let f = self.function(moe_src, "moe_gemm_swiglu_bf16")?;
+        let swiglu_op = w1.storage().pick(&SWIGLU_OPS);
+        let f = self.function(moe_src, swiglu_op)?;
         let mut b = self.stream().launch_builder(&f);
-        b.arg(x.slice())
-            .arg(scratch.row_token.slice())
-            .arg(experts.w1.slice())
-            .arg(experts.w3.slice())
-            .arg(scratch.offsets.slice())
+        b.arg(x.slice()).arg(scratch.row_token.slice());
+        push_matrix(&mut b, w1);
+        push_matrix(&mut b, w3);
+        b.arg(scratch.offsets.slice())
             .arg(scratch.tile_offsets.slice())
             .arg(&e)
             .arg(&f_)
             .arg(&d)
             .arg(scratch.act.slice_mut());
-        launch("moe_gemm_swiglu_bf16", b, swiglu)?;
+        launch(swiglu_op, b, swiglu)?;
 
         let (offsets, tiles) = (&scratch.offsets, &scratch.tile_offsets);
         self.gemm_down(

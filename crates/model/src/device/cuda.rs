@@ -1,8 +1,11 @@
-//! The CUDA device: the graph's ops as launches on one GPU, over bf16 weights uploaded once.
+//! The CUDA device: the graph's ops as launches on one GPU, over weights uploaded once.
 //!
-//! Precision: weights are bf16 on the device (f32 and f16 checkpoints are rounded to bf16
-//! while uploading, quantized ones decoded); the residual stream, matmul outputs, softmax and
-//! every accumulation are f32; normed activations and the KV cache are bf16. So compare
+//! Precision: GGUF weights of the types the kernels decode (Q8_0, Q4_0, Q4_K, Q5_K, Q6_K) stay
+//! in their blocks on the device, copied as the file holds them; every other weight is bf16
+//! (f32 and f16 checkpoints are rounded to bf16 while uploading, other block types decoded).
+//! Matmuls over blocks decode them in registers (exactly, for ≤ 8 rows) or into bf16 tiles for
+//! the tensor cores (prefill). The residual stream, matmul outputs, softmax and every
+//! accumulation are f32; normed activations and the KV cache are bf16 by default. So compare
 //! against the f32 reference with the fixtures' bf16 tolerances.
 //!
 //! Nothing comes back to the host inside a call unless the call asked for it: steering and
@@ -14,8 +17,8 @@ use crate::{Config, KvDType, Result};
 use mixtral_kernels::Weight;
 use mixtral_kernels::attention::Attention;
 use mixtral_kernels::cuda::{
-    self, Bf16, CudaBackend, DecodeScratch, DeviceBuffer, DeviceExperts, F16, KvElement,
-    MoeScratch, Positions, Progress, Routing, TokenIds,
+    self, Bf16, CudaBackend, DecodeScratch, DeviceBuffer, DeviceExperts, DeviceMatrix, F16,
+    KvElement, MoeScratch, Positions, Progress, Routing, Storage, TokenIds,
 };
 use mixtral_kernels::matmul::Matmul;
 use mixtral_kernels::moe::Moe;
@@ -26,7 +29,7 @@ use mixtral_tensor::Tensor;
 use std::sync::Arc;
 
 /// Positions a device cache grows by at least: a decode step rarely reallocates.
-const CACHE_BLOCK: usize = 256;
+pub(crate) const CACHE_BLOCK: usize = 256;
 
 /// One GPU.
 #[derive(Clone, Debug)]
@@ -34,13 +37,75 @@ pub(crate) struct Cuda {
     pub gpu: CudaBackend,
 }
 
-/// A bf16 weight on the device, `[n, k]` (a norm vector is `[D, 1]`); shared, so a tied
-/// lm_head is the embedding's one copy.
+/// A weight on the device, `[n, k]` in bf16 or GGUF blocks (a norm vector is `[D, 1]`, always
+/// bf16); shared, so a tied lm_head is the embedding's one copy.
 #[derive(Clone, Debug)]
 pub struct DeviceWeight {
-    buf: Arc<DeviceBuffer<Bf16>>,
+    buf: Arc<DeviceMatrix>,
     n: usize,
     k: usize,
+}
+
+impl DeviceWeight {
+    /// A weight of `[n, k]` held in `buf`.
+    pub(crate) fn new(buf: Arc<DeviceMatrix>, n: usize, k: usize) -> DeviceWeight {
+        DeviceWeight { buf, n, k }
+    }
+
+    /// The bf16 elements of a norm vector (always uploaded as bf16).
+    fn bf16(&self, what: &'static str) -> Result<&DeviceBuffer<Bf16>> {
+        self.buf.as_bf16().ok_or_else(|| {
+            cuda::Error::Input {
+                op: what,
+                what: format!("a {:?} weight where bf16 is needed", self.buf.storage()),
+            }
+            .into()
+        })
+    }
+}
+
+/// How a checkpoint tensor is stored on the device: its blocks where the kernels decode them,
+/// else bf16.
+fn storage_of(t: &Tensor) -> Storage {
+    Storage::for_dtype(t.dtype())
+}
+
+/// How one layer's experts are stored: gate and up (one kernel reads both, so they must
+/// agree, and agree across experts) and down. A layer whose experts disagree is bf16.
+fn expert_storage(lw: &crate::weights::LayerWeights) -> [Storage; 2] {
+    let all = |f: &dyn Fn(&crate::weights::ExpertWeights) -> &Tensor| {
+        let first = lw.experts.first().map(|x| storage_of(f(x)));
+        match first {
+            Some(s) if lw.experts.iter().all(|x| storage_of(f(x)) == s) => s,
+            _ => Storage::Bf16,
+        }
+    };
+    let (w1, w3, w2) = (all(&|x| &x.w1), all(&|x| &x.w3), all(&|x| &x.w2));
+    let gate_up = if w1 == w3 { w1 } else { Storage::Bf16 };
+    [gate_up, w2]
+}
+
+/// Device bytes of `c`'s weights as [`Cuda::upload`] stores them (a tied head counted once).
+pub(crate) fn device_weight_bytes(c: &Config, weights: &crate::Weights) -> usize {
+    let tied = same(&weights.lm_head, &weights.embed);
+    let norm = |t: &Tensor| Storage::Bf16.bytes(t.numel());
+    let matrix = |t: &Tensor| storage_of(t).bytes(t.numel());
+    let mut total = matrix(&weights.embed) + norm(&weights.norm);
+    if !tied {
+        total += matrix(&weights.lm_head);
+    }
+    let (d, f) = (c.hidden_size, c.intermediate_size);
+    for lw in &weights.layers {
+        let [gate_up, down] = expert_storage(lw);
+        let per_expert = 2 * gate_up.bytes(f * d) + down.bytes(d * f);
+        total += per_expert * lw.experts.len();
+        total += norm(&lw.attn_norm) + norm(&lw.moe_norm);
+        total += [&lw.wq, &lw.wk, &lw.wv, &lw.wo, &lw.router]
+            .into_iter()
+            .map(matrix)
+            .sum::<usize>();
+    }
+    total
 }
 
 /// The model's weights on the device.
@@ -154,10 +219,7 @@ impl KvStore for CudaKv {
         if positions <= self.rows {
             return Ok(());
         }
-        let rows = positions
-            .max(2 * self.rows)
-            .max(CACHE_BLOCK)
-            .min(self.max.max(positions));
+        let rows = super::cuda_plan::grown_rows(self.rows, positions, self.max);
         let sizes = (self.rows * self.kv_dim, rows, self.kv_dim);
         let (gpu, n) = (&self.gpu, self.n_layers);
         match &mut self.layers {
@@ -209,9 +271,9 @@ fn same(a: &Tensor, b: &Tensor) -> bool {
 }
 
 impl Cuda {
-    /// Uploads `weights` as bf16, calling `progress(done, total)` (device bytes) as they
-    /// stream. Fails with `OutOfMemory` (naming the bytes needed) before copying anything
-    /// when the weights cannot fit.
+    /// Uploads `weights` (blocks kept as blocks, everything else as bf16), calling
+    /// `progress(done, total)` (device bytes) as they stream. Fails with `OutOfMemory` (naming
+    /// the bytes needed) before copying anything when the weights cannot fit.
     pub(crate) fn upload(
         &self,
         c: &Config,
@@ -220,11 +282,11 @@ impl Cuda {
     ) -> Result<DeviceStack> {
         let gpu = &self.gpu;
         let tied = same(&weights.lm_head, &weights.embed);
-        let total: usize = weights.tensors().iter().map(|t| t.numel() * 2).sum();
+        let total = device_weight_bytes(c, weights);
         let (free, all) = gpu.memory()?;
         if total > free {
             return Err(cuda::Error::OutOfMemory {
-                what: format!("{} layers of bf16 weights", c.num_hidden_layers),
+                what: format!("{} layers of weights", c.num_hidden_layers),
                 bytes: total,
                 free,
                 total: all,
@@ -233,106 +295,54 @@ impl Cuda {
         }
         let mut progress = Progress::new(total, progress);
         let pr = &mut progress;
-        let up = |t: &Tensor, what: &str, pr: &mut Progress<'_>| -> Result<DeviceWeight> {
+        let up = |t: &Tensor, storage: Storage, what: &str, pr: &mut Progress<'_>| {
             let dims = t.dims();
             let (n, k) = (dims[0], dims.get(1).copied().unwrap_or(1));
-            let buf = Arc::new(gpu.upload_weight_bf16(view(t)?, what, pr)?);
-            Ok(DeviceWeight { buf, n, k })
+            let buf = Arc::new(gpu.upload_matrix(storage, view(t)?, what, pr)?);
+            Ok::<_, crate::Error>(DeviceWeight { buf, n, k })
         };
-        let embed = up(&weights.embed, "embed_tokens", pr)?;
+        let matrix = |t: &Tensor, what: &str, pr: &mut Progress<'_>| up(t, storage_of(t), what, pr);
+        let norm = |t: &Tensor, what: &str, pr: &mut Progress<'_>| up(t, Storage::Bf16, what, pr);
+        let embed = matrix(&weights.embed, "embed_tokens", pr)?;
         let lm_head = match tied {
             // One copy on the device too: the head reads the embedding table.
             true => embed.clone(),
-            false => up(&weights.lm_head, "lm_head", pr)?,
+            false => matrix(&weights.lm_head, "lm_head", pr)?,
         };
-        let norm = up(&weights.norm, "norm", pr)?;
+        let norm_w = norm(&weights.norm, "norm", pr)?;
         let (d, f, e) = (c.hidden_size, c.intermediate_size, c.num_local_experts);
         let mut layers = Vec::with_capacity(weights.layers.len());
         for (l, lw) in weights.layers.iter().enumerate() {
             let what = |n: &str| format!("layer {l} {n}");
-            let mut experts = gpu.alloc_experts(e, d, f, &what("experts"))?;
+            let storage = expert_storage(lw);
+            let mut experts = gpu.alloc_experts(e, d, f, storage, &what("experts"))?;
             for (i, x) in lw.experts.iter().enumerate() {
                 let at = i * f * d;
-                gpu.write_weight_bf16(&mut experts.w1, at, view(&x.w1)?, pr)?;
-                gpu.write_weight_bf16(&mut experts.w3, at, view(&x.w3)?, pr)?;
-                gpu.write_weight_bf16(&mut experts.w2, at, view(&x.w2)?, pr)?;
+                gpu.write_matrix(&mut experts.w1, at, view(&x.w1)?, pr)?;
+                gpu.write_matrix(&mut experts.w3, at, view(&x.w3)?, pr)?;
+                gpu.write_matrix(&mut experts.w2, at, view(&x.w2)?, pr)?;
             }
             layers.push(Layer {
-                attn_norm: up(&lw.attn_norm, &what("input_layernorm"), pr)?,
-                wq: up(&lw.wq, &what("q_proj"), pr)?,
-                wk: up(&lw.wk, &what("k_proj"), pr)?,
-                wv: up(&lw.wv, &what("v_proj"), pr)?,
-                wo: up(&lw.wo, &what("o_proj"), pr)?,
-                moe_norm: up(&lw.moe_norm, &what("post_attention_layernorm"), pr)?,
-                router: up(&lw.router, &what("gate"), pr)?,
+                attn_norm: norm(&lw.attn_norm, &what("input_layernorm"), pr)?,
+                wq: matrix(&lw.wq, &what("q_proj"), pr)?,
+                wk: matrix(&lw.wk, &what("k_proj"), pr)?,
+                wv: matrix(&lw.wv, &what("v_proj"), pr)?,
+                wo: matrix(&lw.wo, &what("o_proj"), pr)?,
+                moe_norm: norm(&lw.moe_norm, &what("post_attention_layernorm"), pr)?,
+                router: matrix(&lw.router, &what("gate"), pr)?,
                 experts,
             });
         }
         Ok(Stack {
             embed,
             layers,
-            norm,
+            norm: norm_w,
             lm_head,
         })
     }
 
-    /// A model of `c`'s shape with uniform random bf16 weights made on the device (no host
-    /// copy): for benchmarks at real sizes. Each matrix is scaled by `1/√fan_in` so the
-    /// activations keep a sane magnitude through the layers.
-    pub(crate) fn random(&self, c: &Config, seed: u64) -> Result<DeviceStack> {
-        let gpu = &self.gpu;
-        let (d, v, e, f) = (
-            c.hidden_size,
-            c.vocab_size,
-            c.num_local_experts,
-            c.intermediate_size,
-        );
-        // A distinct seed per tensor, so no two matrices repeat each other's values.
-        let count = std::cell::Cell::new(0u64);
-        let next_seed = || {
-            count.set(count.get() + 1);
-            seed.wrapping_add(count.get() << 32)
-        };
-        let fill = |n: usize, k: usize, fan_in: usize, what: &str| -> Result<DeviceWeight> {
-            let mut buf = gpu.alloc::<Bf16>(n * k, what)?;
-            gpu.fill_uniform_bf16(&mut buf, next_seed(), 1.0 / (fan_in as f32).sqrt())?;
-            Ok(DeviceWeight {
-                buf: Arc::new(buf),
-                n,
-                k,
-            })
-        };
-        let mut layers = Vec::new();
-        for l in 0..c.num_hidden_layers {
-            let what = |n: &str| format!("layer {l} {n}");
-            let mut experts = gpu.alloc_experts(e, d, f, &what("experts"))?;
-            for (buf, fan_in) in [
-                (&mut experts.w1, d),
-                (&mut experts.w3, d),
-                (&mut experts.w2, f),
-            ] {
-                gpu.fill_uniform_bf16(buf, next_seed(), 1.0 / (fan_in as f32).sqrt())?;
-            }
-            layers.push(Layer {
-                attn_norm: fill(d, 1, 1, &what("input_layernorm"))?,
-                wq: fill(c.q_dim(), d, d, &what("q_proj"))?,
-                wk: fill(c.kv_dim(), d, d, &what("k_proj"))?,
-                wv: fill(c.kv_dim(), d, d, &what("v_proj"))?,
-                wo: fill(d, c.q_dim(), c.q_dim(), &what("o_proj"))?,
-                moe_norm: fill(d, 1, 1, &what("post_attention_layernorm"))?,
-                router: fill(e, d, d, &what("gate"))?,
-                experts,
-            });
-        }
-        Ok(Stack {
-            embed: fill(v, d, 1, "embed_tokens")?,
-            layers,
-            norm: fill(d, 1, 1, "norm")?,
-            lm_head: fill(v, d, d, "lm_head")?,
-        })
-    }
-
-    /// Activations for `rows` tokens.
+    /// Activations for `rows` tokens (`cuda_plan::scratch_bytes` counts them: keep the two
+    /// in step).
     fn alloc_acts(&self, c: &Config, rows: usize) -> Result<Acts<Cuda>> {
         let gpu = &self.gpu;
         let (d, e, k) = (c.hidden_size, c.num_local_experts, c.num_experts_per_tok);
@@ -500,7 +510,7 @@ impl Device for Cuda {
         w: &DeviceWeight,
         y: &mut DeviceBuffer<Bf16>,
     ) -> Result<()> {
-        Ok(self.gpu.rms_norm(p, x, &w.buf, y)?)
+        Ok(self.gpu.rms_norm(p, x, w.bf16("rms_norm")?, y)?)
     }
 
     fn add(&self, h: &mut DeviceBuffer<f32>, y: &DeviceBuffer<f32>, len: usize) -> Result<()> {
