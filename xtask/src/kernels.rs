@@ -25,7 +25,7 @@ const KNOWN_ARCHS: &[(&str, &str)] = &[
     ("sm_90", "compute_90"),
 ];
 /// Kernels that must not spill: they carry the decode and prefill time.
-const HOT_PREFIXES: &[&str] = &["moe_gemm", "matmul_gemv", "attention_"];
+const HOT_PREFIXES: &[&str] = &["moe_gemm", "moe_gemv", "matmul_gemv", "attention_"];
 /// Kernels whose SASS must contain tensor-core MMA instructions.
 const TENSOR_CORE_PREFIX: &str = "moe_gemm";
 

@@ -29,6 +29,17 @@
 //                         prefill reads the same bf16 activations as every other matmul). A
 //                         quantized tile load is synchronous, so only the bf16 kernels overlap
 //                         it with the MMAs. The E = 1 down kernel is again the dense GEMM.
+//   moe_gemv_swiglu_<q>, moe_gemv_down_<q> for q in q80, q40, q4k, q5k, q6k
+//                         the same two products for few rows (decode: T·K ≤ 128 assignments),
+//                         as GEMVs: block y takes one expert's next ≤ 8 rows (found by scanning
+//                         `offsets`, so no host sync), each warp 2 output columns, each lane
+//                         decoding 8 values of a weight row per step in registers (quant.cuh)
+//                         and multiplying them into all the chunk's rows in f32. An expert's
+//                         weights are read once per 8 of its rows, in order, with no tile
+//                         padding: what a bandwidth-bound step needs. Same outputs as the GEMMs
+//                         (act bf16 [A, F] in slot order, out f32 [A, D]), then moe_combine_f32.
+// GEMV work split: grid (ceil(N/16), ceil(A/8) + E), 256 threads; blocks past the last chunk
+//   exit. Accumulation in f32 per lane, then a shuffle tree; exact weights (no bf16 rounding).
 // GEMM work split: grid (ceil(A/64) + E, ceil(N/64)); block x finds its expert by scanning
 //   tile_offsets and exits if it is past the last tile, so an expert with no tokens costs
 //   nothing and no host sync is needed. A block computes a 64-row × 64-column tile (per weight
@@ -92,6 +103,11 @@ struct WBf16 {
     static __device__ __forceinline__ void load(bf16_t* dst, const void* row, int k0, bool ok) {
         cp_async16(dst, (const bf16_t*)row + k0, ok);
     }
+    static __device__ __forceinline__ void vals8(const void* row, int k0, float* v) {
+        const uint4 u = ld_stream_u4((const bf16_t*)row + k0);
+        v[0] = bf16x2_lo(u.x), v[1] = bf16x2_hi(u.x), v[2] = bf16x2_lo(u.y), v[3] = bf16x2_hi(u.y);
+        v[4] = bf16x2_lo(u.z), v[5] = bf16x2_hi(u.z), v[6] = bf16x2_lo(u.w), v[7] = bf16x2_hi(u.w);
+    }
 };
 
 template <class B>
@@ -114,6 +130,9 @@ struct WBlocks {
                                 pack_bf16x2(v[4], v[5]), pack_bf16x2(v[6], v[7]));
         }
         *(uint4*)dst = packed;
+    }
+    static __device__ __forceinline__ void vals8(const void* row, int k0, float* v) {
+        B::deq8((const qbyte_t*)row, k0, v);
     }
 };
 
@@ -287,6 +306,136 @@ __device__ __forceinline__ void gemm_down(const bf16_t* __restrict__ act,
             }
 }
 
+// ---- the MoE as GEMVs, for few rows ---------------------------------------------------------
+
+#define MGV_THREADS 256
+#define MGV_COLS 2  // output columns per warp
+#define MGV_ROWS 8  // rows of one expert per block
+
+// Finds block y's chunk: expert e's rows [r0, r0 + rows), rows ≤ 8; false past the last one.
+__device__ __forceinline__ bool gemv_chunk(const unsigned* __restrict__ offsets, int n_experts,
+                                           int& e, int& r0, int& rows) {
+    int c = blockIdx.y;
+    for (e = 0; e < n_experts; ++e) {
+        const int count = (int)(offsets[e + 1] - offsets[e]);
+        const int chunks = (count + MGV_ROWS - 1) / MGV_ROWS;
+        if (c < chunks) {
+            r0 = (int)offsets[e] + c * MGV_ROWS;
+            rows = min(MGV_ROWS, (int)offsets[e + 1] - r0);
+            return true;
+        }
+        c -= chunks;
+    }
+    return false;
+}
+
+// One warp's sums over k for NW matrices of expert e, columns col0 .. col0 + 2, and the
+// chunk's rows (input row of permuted row s: row_map[s], or s itself without a map), reduced
+// across the warp: every lane ends with every total.
+template <class WL, int NW>
+__device__ __forceinline__ void moe_gemv_sums(const bf16_t* __restrict__ a,
+                                              const unsigned* __restrict__ row_map,
+                                              const void* __restrict__ w0,
+                                              const void* __restrict__ w1, int e, int r0,
+                                              int rows, int col0, int n, int k,
+                                              float (&acc)[NW][MGV_ROWS][MGV_COLS]) {
+    const int lane = threadIdx.x % WARP;
+#pragma unroll
+    for (int m = 0; m < NW; ++m)
+#pragma unroll
+        for (int r = 0; r < MGV_ROWS; ++r)
+#pragma unroll
+            for (int j = 0; j < MGV_COLS; ++j) acc[m][r][j] = 0.0f;
+    const void* wrow[NW][MGV_COLS];
+#pragma unroll
+    for (int m = 0; m < NW; ++m)
+#pragma unroll
+        for (int j = 0; j < MGV_COLS; ++j)
+            // A missing last column re-reads a valid row; its sum is never written.
+            wrow[m][j] = WL::row(WL::matrix(m == 0 ? w0 : w1, e, n, k), min(col0 + j, n - 1), k);
+    const bf16_t* arow[MGV_ROWS];
+#pragma unroll
+    for (int r = 0; r < MGV_ROWS; ++r) {
+        const int s = r0 + min(r, rows - 1);
+        arow[r] = a + (size_t)(row_map ? row_map[s] : (unsigned)s) * k;
+    }
+    for (int c = lane; c < k / 8; c += WARP) {
+        float wv[NW][MGV_COLS][8];
+#pragma unroll
+        for (int m = 0; m < NW; ++m)
+#pragma unroll
+            for (int j = 0; j < MGV_COLS; ++j) WL::vals8(wrow[m][j], c * 8, wv[m][j]);
+#pragma unroll
+        for (int r = 0; r < MGV_ROWS; ++r) {
+            if (r >= rows) break;
+            const uint4 xv = ((const uint4*)arow[r])[c];
+            const float xs[8] = {bf16x2_lo(xv.x), bf16x2_hi(xv.x), bf16x2_lo(xv.y),
+                                 bf16x2_hi(xv.y), bf16x2_lo(xv.z), bf16x2_hi(xv.z),
+                                 bf16x2_lo(xv.w), bf16x2_hi(xv.w)};
+#pragma unroll
+            for (int m = 0; m < NW; ++m)
+#pragma unroll
+                for (int j = 0; j < MGV_COLS; ++j)
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) acc[m][r][j] = fmaf(xs[i], wv[m][j][i], acc[m][r][j]);
+        }
+    }
+#pragma unroll
+    for (int m = 0; m < NW; ++m)
+#pragma unroll
+        for (int r = 0; r < MGV_ROWS; ++r)
+#pragma unroll
+            for (int j = 0; j < MGV_COLS; ++j) acc[m][r][j] = warp_sum(acc[m][r][j]);
+}
+
+template <class WL>
+__device__ __forceinline__ void gemv_swiglu(const bf16_t* __restrict__ x,
+                                            const unsigned* __restrict__ row_token,
+                                            const void* __restrict__ w1,
+                                            const void* __restrict__ w3,
+                                            const unsigned* __restrict__ offsets,
+                                            int n_experts, int ffn, int hidden,
+                                            bf16_t* __restrict__ act) {
+    const int col0 = (blockIdx.x * (MGV_THREADS / WARP) + threadIdx.x / WARP) * MGV_COLS;
+    int e, r0, rows;
+    if (col0 >= ffn || !gemv_chunk(offsets, n_experts, e, r0, rows)) return;  // warp-uniform
+    float acc[2][MGV_ROWS][MGV_COLS];
+    moe_gemv_sums<WL, 2>(x, row_token, w1, w3, e, r0, rows, col0, ffn, hidden, acc);
+    if (threadIdx.x % WARP != 0) return;
+#pragma unroll
+    for (int r = 0; r < MGV_ROWS; ++r) {
+        if (r >= rows) break;
+#pragma unroll
+        for (int j = 0; j < MGV_COLS; ++j) {
+            if (col0 + j >= ffn) break;
+            const float gate = acc[0][r][j], up = acc[1][r][j];
+            act[(size_t)(r0 + r) * ffn + col0 + j] = f32_to_bf16(gate / (1.0f + expf(-gate)) * up);
+        }
+    }
+}
+
+template <class WL>
+__device__ __forceinline__ void gemv_down(const bf16_t* __restrict__ act,
+                                          const void* __restrict__ w2,
+                                          const unsigned* __restrict__ offsets, int n_experts,
+                                          int hidden, int ffn, float* __restrict__ out) {
+    const int col0 = (blockIdx.x * (MGV_THREADS / WARP) + threadIdx.x / WARP) * MGV_COLS;
+    int e, r0, rows;
+    if (col0 >= hidden || !gemv_chunk(offsets, n_experts, e, r0, rows)) return;  // warp-uniform
+    float acc[1][MGV_ROWS][MGV_COLS];
+    moe_gemv_sums<WL, 1>(act, nullptr, w2, nullptr, e, r0, rows, col0, hidden, ffn, acc);
+    if (threadIdx.x % WARP != 0) return;
+#pragma unroll
+    for (int r = 0; r < MGV_ROWS; ++r) {
+        if (r >= rows) break;
+#pragma unroll
+        for (int j = 0; j < MGV_COLS; ++j) {
+            if (col0 + j >= hidden) break;
+            out[(size_t)(r0 + r) * hidden + col0 + j] = acc[0][r][j];
+        }
+    }
+}
+
 // The entry points, one per weight type, written out: `source::entry_points` reads literal
 // names. Arguments as in the header: x/act bf16, row map, weights (bf16 or blocks), the
 // expert tables, then the sizes and the output.
@@ -400,6 +549,81 @@ moe_gemm_down_q6k(const bf16_t* __restrict__ act, const unsigned* __restrict__ r
                   int ffn, float* __restrict__ out) {
     gemm_down<WBlocks<BlockQ6_K>>(act, row_map, w2, offsets, tile_offsets, n_experts, hidden, ffn,
                             out);
+}
+
+extern "C" __global__ void __launch_bounds__(MGV_THREADS)
+moe_gemv_swiglu_q80(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                    const qbyte_t* __restrict__ w1, const qbyte_t* __restrict__ w3,
+                    const unsigned* __restrict__ offsets, int n_experts, int ffn, int hidden,
+                    bf16_t* __restrict__ act) {
+    gemv_swiglu<WBlocks<BlockQ8_0>>(x, row_token, w1, w3, offsets, n_experts, ffn, hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(MGV_THREADS)
+moe_gemv_down_q80(const bf16_t* __restrict__ act, const qbyte_t* __restrict__ w2,
+                  const unsigned* __restrict__ offsets, int n_experts, int hidden, int ffn,
+                  float* __restrict__ out) {
+    gemv_down<WBlocks<BlockQ8_0>>(act, w2, offsets, n_experts, hidden, ffn, out);
+}
+
+extern "C" __global__ void __launch_bounds__(MGV_THREADS)
+moe_gemv_swiglu_q40(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                    const qbyte_t* __restrict__ w1, const qbyte_t* __restrict__ w3,
+                    const unsigned* __restrict__ offsets, int n_experts, int ffn, int hidden,
+                    bf16_t* __restrict__ act) {
+    gemv_swiglu<WBlocks<BlockQ4_0>>(x, row_token, w1, w3, offsets, n_experts, ffn, hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(MGV_THREADS)
+moe_gemv_down_q40(const bf16_t* __restrict__ act, const qbyte_t* __restrict__ w2,
+                  const unsigned* __restrict__ offsets, int n_experts, int hidden, int ffn,
+                  float* __restrict__ out) {
+    gemv_down<WBlocks<BlockQ4_0>>(act, w2, offsets, n_experts, hidden, ffn, out);
+}
+
+extern "C" __global__ void __launch_bounds__(MGV_THREADS)
+moe_gemv_swiglu_q4k(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                    const qbyte_t* __restrict__ w1, const qbyte_t* __restrict__ w3,
+                    const unsigned* __restrict__ offsets, int n_experts, int ffn, int hidden,
+                    bf16_t* __restrict__ act) {
+    gemv_swiglu<WBlocks<BlockQ4_K>>(x, row_token, w1, w3, offsets, n_experts, ffn, hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(MGV_THREADS)
+moe_gemv_down_q4k(const bf16_t* __restrict__ act, const qbyte_t* __restrict__ w2,
+                  const unsigned* __restrict__ offsets, int n_experts, int hidden, int ffn,
+                  float* __restrict__ out) {
+    gemv_down<WBlocks<BlockQ4_K>>(act, w2, offsets, n_experts, hidden, ffn, out);
+}
+
+extern "C" __global__ void __launch_bounds__(MGV_THREADS)
+moe_gemv_swiglu_q5k(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                    const qbyte_t* __restrict__ w1, const qbyte_t* __restrict__ w3,
+                    const unsigned* __restrict__ offsets, int n_experts, int ffn, int hidden,
+                    bf16_t* __restrict__ act) {
+    gemv_swiglu<WBlocks<BlockQ5_K>>(x, row_token, w1, w3, offsets, n_experts, ffn, hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(MGV_THREADS)
+moe_gemv_down_q5k(const bf16_t* __restrict__ act, const qbyte_t* __restrict__ w2,
+                  const unsigned* __restrict__ offsets, int n_experts, int hidden, int ffn,
+                  float* __restrict__ out) {
+    gemv_down<WBlocks<BlockQ5_K>>(act, w2, offsets, n_experts, hidden, ffn, out);
+}
+
+extern "C" __global__ void __launch_bounds__(MGV_THREADS)
+moe_gemv_swiglu_q6k(const bf16_t* __restrict__ x, const unsigned* __restrict__ row_token,
+                    const qbyte_t* __restrict__ w1, const qbyte_t* __restrict__ w3,
+                    const unsigned* __restrict__ offsets, int n_experts, int ffn, int hidden,
+                    bf16_t* __restrict__ act) {
+    gemv_swiglu<WBlocks<BlockQ6_K>>(x, row_token, w1, w3, offsets, n_experts, ffn, hidden, act);
+}
+
+extern "C" __global__ void __launch_bounds__(MGV_THREADS)
+moe_gemv_down_q6k(const bf16_t* __restrict__ act, const qbyte_t* __restrict__ w2,
+                  const unsigned* __restrict__ offsets, int n_experts, int hidden, int ffn,
+                  float* __restrict__ out) {
+    gemv_down<WBlocks<BlockQ6_K>>(act, w2, offsets, n_experts, hidden, ffn, out);
 }
 
 extern "C" __global__ void __launch_bounds__(256)

@@ -710,7 +710,9 @@ fn quantized_moe_matches_reference() {
     let mut pairs = vec![(BlockType::Q4_K, BlockType::Q6_K)];
     pairs.extend(BlockType::ALL.map(|t| (t, t)));
     for (c, &(gate_up, down)) in pairs.iter().enumerate() {
-        for n_tokens in [1, 3, 70] {
+        // 1 and 3 tokens: the MoE GEMVs; 64 (128 assignments, experts over 8 rows): the last
+        // GEMV size; 70: the tile GEMMs.
+        for n_tokens in [1, 3, 64, 70] {
             let p = Moe {
                 n_tokens,
                 hidden: d,

@@ -66,7 +66,7 @@ impl BlockType {
     }
 
     /// Index into the entry-point tables below.
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -304,6 +304,26 @@ mod tests {
                     };
                     assert!(name.ends_with(suffix), "{name} is not {t:?}'s");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn moe_gemv_entry_points_exist_for_every_block_type() {
+        let src = super::super::source::find("moe.cu").expect("listed");
+        for t in BlockType::ALL {
+            for table in [
+                super::super::ops::SWIGLU_GEMV_OPS,
+                super::super::ops::DOWN_GEMV_OPS,
+            ] {
+                let name = table[t.index()];
+                assert!(src.entry_points().contains(&name), "moe.cu: {name}");
+                let gemm = Storage::Blocks(t).pick(&super::super::ops::DOWN_OPS);
+                assert_eq!(
+                    name.rsplit('_').next(),
+                    gemm.rsplit('_').next(),
+                    "{name} vs {gemm}"
+                );
             }
         }
     }

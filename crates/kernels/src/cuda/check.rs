@@ -284,6 +284,22 @@ pub fn gemm_grid(rows: usize, n_experts: usize, n: usize) -> LaunchConfig {
     )
 }
 
+/// MoE calls of at most this many (token, expert) assignments run their expert products as
+/// GEMVs over 8-row chunks when the weights are blocks (`moe_gemv_*`): decode and small
+/// batches, where the tile GEMM's synchronous block loads would leave it latency-bound.
+pub const MOE_GEMV_MAX_ASSIGNMENTS: usize = 128;
+
+/// The MoE GEMVs' grid for `assignments` rows over `n_experts` experts and `n` output columns:
+/// y bounds the 8-row chunk count from above (Σ ceil(rows_e / 8) ≤ ceil(rows / 8) + E); blocks
+/// past the real count exit at once.
+pub fn moe_gemv_grid(assignments: usize, n_experts: usize, n: usize) -> LaunchConfig {
+    grid(
+        n.div_ceil(16),
+        assignments.div_ceil(GEMV_MAX_ROWS) + n_experts,
+        256,
+    )
+}
+
 /// A dense GEMM through `moe_gemm_down_*` with one group: `k` a multiple of 32 and of the
 /// weight's block length (`block`), even `n`; `w` counts values.
 pub fn dense(block: usize, p: Matmul, x: usize, w: usize, y: usize) -> Result<LaunchConfig> {
@@ -725,6 +741,27 @@ mod tests {
         let mut narrow = moe_args(8, 2, 128, 128, 4);
         narrow.storage = [q4k, q4k, Storage::Bf16];
         is_limit(moe(Moe { hidden: 128, ..m }, narrow), "hidden");
+    }
+
+    #[test]
+    fn moe_gemv_grid_covers_every_chunk_of_any_split() {
+        // Σ ceil(rows_e / 8) over any split of A rows among E experts is ≤ ceil(A / 8) + E.
+        let mut state = 7u64;
+        for _ in 0..500 {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let e = 1 + (state >> 59) as usize; // 1..=32
+            let a = 1 + (state >> 40) as usize % MOE_GEMV_MAX_ASSIGNMENTS;
+            let mut counts = vec![0usize; e];
+            for i in 0..a {
+                counts[(state as usize).wrapping_add(i * i * 31) % e] += 1;
+            }
+            let chunks: usize = counts.iter().map(|c| c.div_ceil(GEMV_MAX_ROWS)).sum();
+            let cfg = moe_gemv_grid(a, e, 4096);
+            assert!(chunks <= cfg.grid_dim.1 as usize, "{counts:?}");
+            assert_eq!(cfg.grid_dim.0, 256);
+        }
     }
 
     #[test]

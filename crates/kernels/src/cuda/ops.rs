@@ -64,6 +64,39 @@ pub(crate) const EMBEDDING_OPS: [&str; 6] = [
     "embedding_f32_q6k",
 ];
 
+/// `moe_gemv_swiglu_*` for each [`super::BlockType`] in order (no bf16 form: bf16 experts
+/// keep the cp.async-pipelined tile GEMM, measured at 88% of the copy floor on an H100).
+pub(crate) const SWIGLU_GEMV_OPS: [&str; 5] = [
+    "moe_gemv_swiglu_q80",
+    "moe_gemv_swiglu_q40",
+    "moe_gemv_swiglu_q4k",
+    "moe_gemv_swiglu_q5k",
+    "moe_gemv_swiglu_q6k",
+];
+/// `moe_gemv_down_*`, in the same order.
+pub(crate) const DOWN_GEMV_OPS: [&str; 5] = [
+    "moe_gemv_down_q80",
+    "moe_gemv_down_q40",
+    "moe_gemv_down_q4k",
+    "moe_gemv_down_q5k",
+    "moe_gemv_down_q6k",
+];
+
+/// The GEMV form of a MoE product over `m`, for a call of `assignments` rows: blocks only,
+/// and few rows.
+fn moe_gemv_op(
+    m: &DeviceMatrix,
+    table: &[&'static str; 5],
+    assignments: usize,
+) -> Option<&'static str> {
+    match m {
+        DeviceMatrix::Blocks(t, _) if assignments <= check::MOE_GEMV_MAX_ASSIGNMENTS => {
+            Some(table[t.index()])
+        }
+        _ => None,
+    }
+}
+
 /// Pushes a matrix's device pointer (bf16 elements or bytes of blocks).
 fn push_matrix<'a>(b: &mut LaunchArgs<'a>, m: &'a DeviceMatrix) {
     match m {
@@ -609,32 +642,55 @@ impl CudaBackend {
             .arg(scratch.row_token.slice_mut());
         launch("moe_align_u32", b, align)?;
 
-        let swiglu_op = w1.storage().pick(&SWIGLU_OPS);
-        let f = self.function(moe_src, swiglu_op)?;
-        let mut b = self.stream().launch_builder(&f);
-        b.arg(x.slice()).arg(scratch.row_token.slice());
-        push_matrix(&mut b, w1);
-        push_matrix(&mut b, w3);
-        b.arg(scratch.offsets.slice())
-            .arg(scratch.tile_offsets.slice())
-            .arg(&e)
-            .arg(&f_)
-            .arg(&d)
-            .arg(scratch.act.slice_mut());
-        launch(swiglu_op, b, swiglu)?;
-
-        let (offsets, tiles) = (&scratch.offsets, &scratch.tile_offsets);
-        self.gemm_down(
-            &scratch.act,
-            &experts.w2,
-            offsets,
-            tiles,
-            experts.n_experts,
-            p.hidden,
-            p.ffn,
-            &mut scratch.out,
-            down,
-        )?;
+        let assignments = p.n_tokens * p.top_k;
+        if let Some(op) = moe_gemv_op(w1, &SWIGLU_GEMV_OPS, assignments) {
+            let f = self.function(moe_src, op)?;
+            let mut b = self.stream().launch_builder(&f);
+            b.arg(x.slice()).arg(scratch.row_token.slice());
+            push_matrix(&mut b, w1);
+            push_matrix(&mut b, w3);
+            b.arg(scratch.offsets.slice())
+                .arg(&e)
+                .arg(&f_)
+                .arg(&d)
+                .arg(scratch.act.slice_mut());
+            launch(
+                op,
+                b,
+                check::moe_gemv_grid(assignments, experts.n_experts, p.ffn),
+            )?;
+        } else {
+            self.moe_gemm_swiglu(x, experts, scratch, (e, f_, d), swiglu)?;
+        }
+        if let Some(op) = moe_gemv_op(w2, &DOWN_GEMV_OPS, assignments) {
+            let f = self.function(moe_src, op)?;
+            let mut b = self.stream().launch_builder(&f);
+            b.arg(scratch.act.slice());
+            push_matrix(&mut b, w2);
+            b.arg(scratch.offsets.slice())
+                .arg(&e)
+                .arg(&d)
+                .arg(&f_)
+                .arg(scratch.out.slice_mut());
+            launch(
+                op,
+                b,
+                check::moe_gemv_grid(assignments, experts.n_experts, p.hidden),
+            )?;
+        } else {
+            let (offsets, tiles) = (&scratch.offsets, &scratch.tile_offsets);
+            self.gemm_down(
+                &scratch.act,
+                w2,
+                offsets,
+                tiles,
+                experts.n_experts,
+                p.hidden,
+                p.ffn,
+                &mut scratch.out,
+                down,
+            )?;
+        }
 
         let f = self.function(moe_src, "moe_combine_f32")?;
         let mut b = self.stream().launch_builder(&f);
@@ -645,6 +701,31 @@ impl CudaBackend {
             .arg(&d)
             .arg(y.slice_mut());
         launch("moe_combine_f32", b, combine)
+    }
+
+    /// Launches `moe_gemm_swiglu_<storage>` (shapes already checked; `(E, F, D)` as kernel
+    /// ints).
+    fn moe_gemm_swiglu(
+        &self,
+        x: &DeviceBuffer<Bf16>,
+        experts: &DeviceExperts,
+        scratch: &mut MoeScratch,
+        (e, f_, d): (i32, i32, i32),
+        cfg: LaunchConfig,
+    ) -> Result<()> {
+        let op = experts.w1.storage().pick(&SWIGLU_OPS);
+        let f = self.function(src("moe.cu"), op)?;
+        let mut b = self.stream().launch_builder(&f);
+        b.arg(x.slice()).arg(scratch.row_token.slice());
+        push_matrix(&mut b, &experts.w1);
+        push_matrix(&mut b, &experts.w3);
+        b.arg(scratch.offsets.slice())
+            .arg(scratch.tile_offsets.slice())
+            .arg(&e)
+            .arg(&f_)
+            .arg(&d)
+            .arg(scratch.act.slice_mut());
+        launch(op, b, cfg)
     }
 
     /// `attention_prefill_<dtype>`: causal GQA of `q` f32 `[T, H·Dh]` at `positions` over the
