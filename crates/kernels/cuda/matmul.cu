@@ -24,7 +24,10 @@
 //   (32 or 256) and W holds N · K / QK blocks (no alignment: blocks are read bytewise).
 // Quantized work split: the same warps and columns; lane c decodes the 8 values c·8 .. c·8 + 8
 //   of each of its rows (a warp covers 256 consecutive values per step: one K-quant block, or
-//   eight Q8_0 / Q4_0 blocks), so a warp reads each weight byte once, in order.
+//   eight Q8_0 / Q4_0 blocks), so a warp's step reads one contiguous run of blocks from memory.
+//   Within it, lanes re-read shared bytes (a K-quant's scales; Q4_K's low and high nibbles are
+//   the same bytes) through L1, with about ten byte loads per 8 values: if a GPU run shows the
+//   issue rate, not DRAM, bounding it, wider loads per lane are the next step.
 
 #define GEMV_THREADS 256
 #define GEMV_ROWS_PER_WARP 2

@@ -18,7 +18,10 @@
 
 #ifndef QDEV
 #define QDEV __device__ __forceinline__
-// A product never fused into a following add: `d·q - m` rounds twice, as the reference does.
+// A product never fused into a following add: `d·q - m` rounds as the reference's does. With
+// these types every product is exact in f32 anyway (an 11-bit f16 mantissa times scales and
+// quants of at most 8 and 6 bits), so fused or not the difference rounds once; QMUL keeps
+// that true if a type with wider factors joins.
 #define QMUL(a, b) __fmul_rn(a, b)
 #endif
 

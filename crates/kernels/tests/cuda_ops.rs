@@ -705,7 +705,8 @@ fn quantized_matmul_matches_reference_on_every_block_type() {
 #[test]
 fn quantized_moe_matches_reference() {
     let Some(gpu) = gpu() else { return };
-    let (d, f, n_experts) = (256, 512, 8);
+    // D = 512: gate/up rows of two K-quant blocks.
+    let (d, f, n_experts) = (512, 512, 8);
     // Q4_K_M's pair (Q4_K gate/up, Q6_K down), and each type alone.
     let mut pairs = vec![(BlockType::Q4_K, BlockType::Q6_K)];
     pairs.extend(BlockType::ALL.map(|t| (t, t)));
@@ -721,8 +722,17 @@ fn quantized_moe_matches_reference() {
             };
             let seed = 100 * c as u64 + n_tokens as u64;
             let x = round_bf16(&uniform(n_tokens * d, seed));
-            let ids: Vec<u32> = (0..n_tokens * 2)
-                .map(|a| ((a / 2 * 3 + a % 2 * 5) % n_experts) as u32)
+            // Skewed: expert 0 takes 15 of every 16 tokens (over 64 rows at 70 tokens: a
+            // second GEMM tile, and eight GEMV chunks at 64), the rest spread.
+            let ids: Vec<u32> = (0..n_tokens)
+                .flat_map(|t| {
+                    let first = if t % 16 != 15 { 0 } else { 1 + t % 7 };
+                    let mut second = 1 + (t * 3 + 1) % 7;
+                    if second == first {
+                        second = 1 + second % 7;
+                    }
+                    [first as u32, second as u32]
+                })
                 .collect();
             let weights: Vec<f32> = (0..ids.len()).map(|a| 0.3 + 0.1 * (a % 3) as f32).collect();
             let mut de = gpu

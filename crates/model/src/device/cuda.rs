@@ -64,10 +64,16 @@ impl DeviceWeight {
     }
 }
 
-/// How a checkpoint tensor is stored on the device: its blocks where the kernels decode them,
-/// else bf16.
+/// How a checkpoint tensor is stored on the device: its blocks where the kernels decode them
+/// and they are in the file's row order, else bf16 (a tensor the CPU repacked into its
+/// interleaved layout is decoded to bf16 at upload, as every other layout is).
 fn storage_of(t: &Tensor) -> Storage {
-    Storage::for_dtype(t.dtype())
+    match Weight::new(t) {
+        Ok(Weight::Quant(q)) if q.layout == mixtral_kernels::BlockLayout::Rows => {
+            Storage::for_dtype(q.dtype)
+        }
+        _ => Storage::Bf16,
+    }
 }
 
 /// How one layer's experts are stored: gate and up (one kernel reads both, so they must

@@ -17,7 +17,8 @@ pub struct DevicePlan {
     pub kv_cache: usize,
     /// The largest the cache holds while growing into `kv_cache` (the old and new copies).
     pub kv_peak: usize,
-    /// Activations and kernel work space for a call of `rows` tokens.
+    /// Activations and kernel work space for a call of `rows` tokens (and the one-token set
+    /// held while they are allocated: growing frees the old set and makes a 1-row one first).
     pub scratch: usize,
     /// Positions the cache is sized for.
     pub context: usize,
@@ -63,6 +64,8 @@ fn rows_at(context: usize, max: usize) -> (usize, usize) {
 /// Bytes of the activations and work space `Cuda::alloc_acts` allocates for `rows` tokens
 /// (kept in step with it: one line per buffer, in its order).
 pub(crate) fn scratch_bytes(c: &Config, rows: usize) -> usize {
+    // Configs are bounded (`MAX_DIM`) and rows capped here, so nothing below overflows.
+    let rows = rows.min(MAX_ROWS);
     let (d, e, k, v) = (
         c.hidden_size,
         c.num_local_experts,
@@ -94,6 +97,9 @@ pub(crate) fn scratch_bytes(c: &Config, rows: usize) -> usize {
     per_call.iter().sum()
 }
 
+/// Rows a plan's call is counted at most (a million tokens in one forward call).
+const MAX_ROWS: usize = 1 << 20;
+
 /// Bytes of one cached position: keys and values of every layer.
 pub(crate) fn kv_row_bytes(c: &Config, kv_dtype: KvDType) -> usize {
     2 * c.num_hidden_layers * c.kv_dim() * kv_dtype.bytes()
@@ -119,9 +125,9 @@ pub(crate) fn plan(
         weights: cuda::device_weight_bytes(c, weights),
         kv_cache: per_row.saturating_mul(at),
         kv_peak: per_row.saturating_mul(at.saturating_add(before)),
-        scratch: scratch_bytes(c, rows.max(1)),
+        scratch: scratch_bytes(c, rows.max(1)) + scratch_bytes(c, 1),
         context,
-        rows: rows.max(1),
+        rows: rows.clamp(1, MAX_ROWS),
         kv_dtype,
     }
 }
