@@ -7,15 +7,18 @@
 //! and 16 (one token per sequence per step, each sequence after a 128-token prompt), with
 //! batch 1 also as a share of its floor: the bytes one token reads (attention, router, two
 //! experts per layer, the head; blocks included) at the device-to-device copy bandwidth
-//! measured in the same run. Then the grouped-expert MoE against one dense GEMM of the same
-//! FLOPs, the lm_head GEMV's bandwidth, and the copy itself. Timing: stream synchronised
-//! before and after, wall clock, mean over the repeats after a warm-up; L2 is not flushed
-//! (every weight set timed is far larger than L2).
+//! measured in the same run, and where a batch-1 decode step's device time goes per op group
+//! (timing events after each op: attention, each matmul shape, router, MoE, head; an
+//! interval is charged to the op that ends it, so host launch gaps show). Then the
+//! grouped-expert MoE against one dense GEMM of the same FLOPs, and the lm_head GEMV's
+//! bandwidth in bf16 and Q6_K. Timing: stream synchronised before and after, wall clock, mean
+//! over the repeats after a warm-up; L2 is not flushed (every weight set timed is far larger
+//! than L2).
 //!
 //! `cargo run --release -p mixtral-model --example gpu_bench [-- --types bf16,q4_k_m]
 //! [--layers N] [--quick]`. Without a GPU it prints `skipped: no CUDA driver (…)` and exits 0.
 
-use mixtral_kernels::cuda::{CudaBackend, DeviceBuffer, DeviceMatrix, Storage};
+use mixtral_kernels::cuda::{Breakdown, CudaBackend, DeviceBuffer, DeviceMatrix, Storage};
 use mixtral_kernels::matmul::Matmul;
 use mixtral_kernels::moe::Moe;
 use mixtral_model::{BatchItem, BatchScratch, Config, Model, WeightMix, WeightRole};
@@ -101,8 +104,12 @@ fn run() -> Res<()> {
         "| type | layers | weights on the device | prefill 512 | decode b=1 | % of floor | b=4 | b=8 | b=16 | b=16 ÷ b=1 |"
     );
     println!("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+    let mut breakdowns = Vec::new();
     for mix in mixes {
-        per_type(&gpu, &shape, mix, layers_arg, copy, quick)?;
+        breakdowns.push(per_type(&gpu, &shape, mix, layers_arg, copy, quick)?);
+    }
+    for (mix, layers, b) in breakdowns {
+        print_breakdown(mix, layers, &b);
     }
     println!();
     moe_vs_dense(&gpu, &shape, quick)?;
@@ -125,7 +132,27 @@ fn mix_bytes(c: &Config, mix: WeightMix, layer: usize) -> (usize, usize) {
     (attn + e * expert, attn + c.num_experts_per_tok * expert)
 }
 
-/// One type's row of the table.
+/// Where one decode step's device time goes, per op group (timing events after each op; an
+/// interval is charged to the op that ends it, host launch gaps included).
+fn print_breakdown(mix: WeightMix, layers: usize, b: &Breakdown) {
+    println!(
+        "\ndecode step, batch 1, {} ({layers} layers): {:.3} ms of device time per token",
+        mix.name(),
+        b.total_ms
+    );
+    println!("| op group | ms per token | per layer | share | marks per token |");
+    println!("| --- | --- | --- | --- | --- |");
+    for (group, ms, marks) in &b.groups {
+        println!(
+            "| {group} | {ms:.3} | {:.4} | {:.1}% | {} |",
+            ms / layers as f64,
+            100.0 * ms / b.total_ms.max(1e-12),
+            marks
+        );
+    }
+}
+
+/// One type's row of the table, and its decode breakdown (per token).
 fn per_type(
     gpu: &CudaBackend,
     shape: &Config,
@@ -133,7 +160,7 @@ fn per_type(
     layers_arg: Option<usize>,
     copy: f64,
     quick: bool,
-) -> Res<()> {
+) -> Res<(WeightMix, usize, Breakdown)> {
     let (d, v) = (shape.hidden_size, shape.vocab_size);
     let head = |c: &Config| {
         let at = |role| mix.storage(role, 0, c.num_hidden_layers);
@@ -182,6 +209,19 @@ fn per_type(
         next = model.greedy(&[next], &[at], &mut cache)?;
         Ok(())
     })?;
+    // The same steps again with a timing event after every op group.
+    const TIMED: usize = 8;
+    gpu.open_timeline()?;
+    for _ in 0..TIMED {
+        let at = cache.len();
+        next = model.greedy(&[next], &[at], &mut cache)?;
+    }
+    let mut breakdown = gpu.close_timeline()?;
+    for g in &mut breakdown.groups {
+        g.1 /= TIMED as f64;
+        g.2 /= TIMED;
+    }
+    breakdown.total_ms /= TIMED as f64;
     drop(cache);
     // The floor reads every byte once at the copy's read rate (copy moves each byte twice).
     let floor = (read + head_read) as f64 / (copy / 2.0);
@@ -225,7 +265,7 @@ fn per_type(
         batched[2],
         batched[2] * one,
     );
-    Ok(())
+    Ok((mix, layers, breakdown))
 }
 
 /// The grouped MoE at 4096 tokens, top-2 of 8, against one dense GEMM of the same FLOPs.

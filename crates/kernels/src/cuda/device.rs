@@ -29,6 +29,8 @@ struct Inner {
     modules: Mutex<HashMap<&'static str, Arc<Loaded>>>,
     /// `[0, rows]` / `[0, ceil(rows / 64)]` group tables for the dense GEMM, by row count.
     pub(crate) dense_rows: Mutex<HashMap<usize, Arc<super::ops::DenseRows>>>,
+    /// Timing marks, recorded only while a timeline is open.
+    timeline: super::timeline::Timeline,
 }
 
 /// One CUDA device with one stream; cheap to clone (the clones share the device state).
@@ -102,6 +104,7 @@ impl CudaBackend {
                 multiprocessors: multiprocessors.max(1) as usize,
                 modules: Mutex::new(HashMap::new()),
                 dense_rows: Mutex::new(HashMap::new()),
+                timeline: Default::default(),
             }),
         })
     }
@@ -149,6 +152,10 @@ impl CudaBackend {
 
     pub(crate) fn stream(&self) -> &Arc<CudaStream> {
         &self.inner.stream
+    }
+
+    pub(crate) fn timeline(&self) -> &super::timeline::Timeline {
+        &self.inner.timeline
     }
 
     pub(crate) fn dense_rows_cache(&self) -> &Mutex<HashMap<usize, Arc<super::ops::DenseRows>>> {

@@ -33,9 +33,11 @@ pub mod library;
 mod memory;
 pub mod ops;
 pub mod source;
+mod timeline;
 
 pub use blocks::{BlockType, DeviceMatrix, Storage};
 pub use device::CudaBackend;
 pub use error::{Error, Result};
 pub use memory::{Bf16, DeviceBuffer, F16, KvElement, Progress};
 pub use ops::{DecodeScratch, DeviceExperts, MoeScratch, Positions, Routing, TokenIds};
+pub use timeline::Breakdown;

@@ -506,7 +506,8 @@ impl Device for Cuda {
         h: &mut DeviceBuffer<f32>,
     ) -> Result<()> {
         let ids = ids.as_ref().expect("begin uploads the ids");
-        Ok(self.gpu.embedding(ids, &table.buf, d, h)?)
+        self.gpu.embedding(ids, &table.buf, d, h)?;
+        Ok(self.gpu.mark("embed")?)
     }
 
     fn rms_norm(
@@ -516,11 +517,13 @@ impl Device for Cuda {
         w: &DeviceWeight,
         y: &mut DeviceBuffer<Bf16>,
     ) -> Result<()> {
-        Ok(self.gpu.rms_norm(p, x, w.bf16("rms_norm")?, y)?)
+        self.gpu.rms_norm(p, x, w.bf16("rms_norm")?, y)?;
+        Ok(self.gpu.mark("rms_norm")?)
     }
 
     fn add(&self, h: &mut DeviceBuffer<f32>, y: &DeviceBuffer<f32>, len: usize) -> Result<()> {
-        Ok(self.gpu.add(h, y, len)?)
+        self.gpu.add(h, y, len)?;
+        Ok(self.gpu.mark("residual add")?)
     }
 
     fn matmul(
@@ -537,6 +540,14 @@ impl Device for Cuda {
                 n: w.n,
             };
             self.gpu.matmul(p, x, &w.buf, y)?;
+        }
+        let count = jobs.len();
+        if let [(w, _), ..] = &*jobs
+            && self.gpu.timing()
+        {
+            // Named by shape: ×3 is q/k/v; n = E the router, n = V the head, n = D o_proj.
+            let name = format!("matmul ×{count} n={} ({:?})", w.n, w.buf.storage());
+            self.gpu.mark(&name)?;
         }
         Ok(())
     }
@@ -556,7 +567,8 @@ impl Device for Cuda {
         if let [seq] = seqs {
             let pos = &io.pos.seqs[0];
             let qkv = (&mut *io.q, &*io.k, io.v);
-            return self.attend_one(l, p, rope, pos, qkv, seq, &mut work.decode, out);
+            self.attend_one(l, p, rope, pos, qkv, seq, &mut work.decode, out)?;
+            return Ok(gpu.mark("rope + attention")?);
         }
         // Several sequences: each one's rows go through the kernels on their own.
         for (seq, pos) in seqs.iter_mut().zip(&io.pos.seqs) {
@@ -568,7 +580,7 @@ impl Device for Cuda {
             self.attend_one(l, p, rope, pos, qkv, seq, &mut work.decode, &mut work.att)?;
             gpu.copy(&work.att, 0, out, a * qd, n * qd)?;
         }
-        Ok(())
+        Ok(gpu.mark("rope + attention")?)
     }
 
     fn top_k(&self, p: Router, logits: &DeviceBuffer<f32>, routing: &mut Routing) -> Result<()> {
@@ -576,7 +588,8 @@ impl Device for Cuda {
             let rows = routing.capacity();
             *routing = self.gpu.alloc_routing(rows, p.n_experts, p.top_k)?;
         }
-        Ok(self.gpu.router_top_k(p, logits, routing)?)
+        self.gpu.router_top_k(p, logits, routing)?;
+        Ok(self.gpu.mark("router top-k")?)
     }
 
     fn moe(
@@ -598,7 +611,8 @@ impl Device for Cuda {
             work.moe = self.gpu.alloc_moe_scratch(grown, experts.n_experts)?;
             work.moe_k = p.top_k;
         }
-        Ok(self.gpu.moe(p, x, routing, experts, &mut work.moe, y)?)
+        self.gpu.moe(p, x, routing, experts, &mut work.moe, y)?;
+        Ok(self.gpu.mark("moe")?)
     }
 
     fn gather(
@@ -611,7 +625,7 @@ impl Device for Cuda {
         for (i, &r) in rows.iter().enumerate() {
             self.gpu.copy(src, r * d, dst, i * d, d)?;
         }
-        Ok(())
+        Ok(self.gpu.mark("gather head rows")?)
     }
 
     fn edit(
