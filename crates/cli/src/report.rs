@@ -4,10 +4,16 @@ use std::error::Error;
 
 /// Writes `error: …` and each `caused by: …` to stderr.
 pub(crate) fn error(err: &(dyn Error + 'static)) {
-    eprintln!("error: {err}");
+    let mut shown = err.to_string();
+    eprintln!("error: {shown}");
     let mut source = err.source();
     while let Some(cause) = source {
-        eprintln!("  caused by: {cause}");
+        // A transparent wrapper's cause has its own text: print it once.
+        let text = cause.to_string();
+        if !shown.ends_with(&text) {
+            eprintln!("  caused by: {text}");
+            shown = text;
+        }
         source = cause.source();
     }
 }

@@ -196,3 +196,48 @@ impl Error {
 
 /// The result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `e`'s message followed by each cause's, `: `-joined: one line for places that show a single
+/// string (an HTTP error body, a Python exception). Each error's own message leaves its cause
+/// out, so nothing repeats; a transparent wrapper's cause (same text) is skipped.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !message.ends_with(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = s.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chain_names_each_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = Error::Tokenizer(mixtral_tokenizer::Error::Io {
+            path: "/m/tokenizer.json".into(),
+            source: io(),
+        });
+        assert_eq!(e.to_string(), "cannot read tokenizer file /m/tokenizer.json");
+        assert_eq!(
+            error_chain(&e),
+            "cannot read tokenizer file /m/tokenizer.json: no such file"
+        );
+        // Two transparent layers over a tensor-file error: still one copy of each text.
+        let e = Error::Model(mixtral_model::Error::Tensor(mixtral_tensor::Error::Io {
+            path: "/m/a.safetensors".into(),
+            source: io(),
+        }));
+        assert_eq!(
+            error_chain(&e),
+            "cannot open, map or write /m/a.safetensors: no such file"
+        );
+    }
+}

@@ -53,7 +53,7 @@ pub use chat_format::{
 pub use constraint::Constraint;
 pub use defaults::Defaults;
 pub use engine::{Device, Engine, LoadOptions, LogitsOptions, MAX_THREADS, Precision};
-pub use error::{Error, ErrorKind, Result};
+pub use error::{Error, ErrorKind, Result, error_chain};
 pub use generate::{
     CancelToken, FinishReason, GenerateParams, Generation, MAX_CACHE_SALT_BYTES, Overrides, Prompt,
     Session, Stats, Token,

@@ -49,25 +49,9 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     Ok(())
 }
 
-/// The message of `e` with its causes, `: `-joined (thiserror's `Display` shows one level).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut message = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        // A transparent wrapper repeats its source's text.
-        if !message.ends_with(&text) {
-            message.push_str(": ");
-            message.push_str(&text);
-        }
-        source = s.source();
-    }
-    message
-}
-
 /// The exception for a facade error, of the class of its kind.
 pub(crate) fn to_py(e: &mixtral::Error) -> PyErr {
-    let message = chain(e);
+    let message = mixtral::error_chain(e);
     match e.kind() {
         ErrorKind::ModelFiles => ModelFilesError::new_err(message),
         ErrorKind::InvalidInput => InvalidInputError::new_err(message),

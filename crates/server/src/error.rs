@@ -162,24 +162,25 @@ impl ApiError {
     pub fn from_engine(e: &mixtral::Error) -> ApiError {
         use mixtral::Error as E;
         use mixtral::model::Error as M;
+        // The message and its causes: an error's own text leaves its cause out.
+        let msg = mixtral::error_chain(e);
         match e {
-            E::QueueFull { .. } => ApiError::busy(e.to_string()),
+            E::QueueFull { .. } => ApiError::busy(msg),
             E::KvBudget { .. } => {
-                ApiError::invalid(Some("max_tokens"), e.to_string()).with_code("kv_budget_exceeded")
+                ApiError::invalid(Some("max_tokens"), msg).with_code("kv_budget_exceeded")
             }
-            E::Batch(_) => ApiError::unavailable(e.to_string()),
+            E::Batch(_) => ApiError::unavailable(msg),
             E::Model(M::ContextOverflow { .. }) | E::PromptTooLong { .. } => {
-                ApiError::invalid(Some("messages"), e.to_string())
-                    .with_code("context_length_exceeded")
+                ApiError::invalid(Some("messages"), msg).with_code("context_length_exceeded")
             }
             E::Model(M::EmptyInput | M::TokenOutOfRange { .. }) => {
-                ApiError::invalid(Some("prompt"), e.to_string())
+                ApiError::invalid(Some("prompt"), msg)
             }
-            E::Tokenizer(_) => ApiError::invalid(Some("messages"), e.to_string()),
+            E::Tokenizer(_) => ApiError::invalid(Some("messages"), msg),
             E::Sampler(_) | E::InvalidOption { .. } | E::Constraint(_) => {
-                ApiError::invalid(None, e.to_string())
+                ApiError::invalid(None, msg)
             }
-            _ => ApiError::internal(e.to_string()),
+            _ => ApiError::internal(msg),
         }
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// The operating system refused to open, map or write a file.
-    #[error("{}: {source}", path.display())]
+    #[error("cannot open, map or write {}", path.display())]
     Io {
         /// The file involved.
         path: PathBuf,

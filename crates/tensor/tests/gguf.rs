@@ -1561,10 +1561,14 @@ fn streaming_writes_what_to_bytes_writes_and_cleans_up_on_a_short_tensor() {
     let err = streamed
         .write_streaming(&short, &specs, |_, sink| sink.write(&[0u8; 3]))
         .unwrap_err();
+    // The message names the file; its cause says what went wrong.
+    let cause = std::error::Error::source(&err).map(|c| c.to_string());
+    assert!(err.to_string().contains("short.gguf"), "{err}");
     assert!(
-        err.to_string()
-            .contains("tensor `a`: 3 bytes written, 68 expected"),
-        "{err}"
+        cause
+            .as_deref()
+            .is_some_and(|c| c.contains("tensor `a`: 3 bytes written, 68 expected")),
+        "{err}: {cause:?}"
     );
     assert!(!short.exists());
 }
