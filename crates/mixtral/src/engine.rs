@@ -413,23 +413,16 @@ impl Engine {
             hidden_states: opts.hidden_states,
         };
         let mut cache = self.model.new_cache();
-        // No token: a flag nobody sets (one load per layer).
-        static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-        let stop = opts
-            .cancel
-            .as_ref()
-            .map_or(&NEVER, crate::CancelToken::flag);
-        self.run(|| {
-            self.model.prefill_stoppable(
-                tokens,
-                &positions,
-                &mut cache,
-                fwd,
-                &opts.intervention,
-                stop,
-            )
-        })
-        .map_err(crate::generate::cancelled)
+        let mut step = mixtral_model::Step::new(tokens, &positions)
+            .options(fwd)
+            .steer(&opts.intervention);
+        // Stoppable only with a token: without one no flag is read (and a GPU never waits
+        // for its queue between layers to read it).
+        if let Some(token) = &opts.cancel {
+            step = step.stop(token.flag());
+        }
+        self.run(|| self.model.forward(step, &mut cache))
+            .map_err(crate::generate::cancelled)
     }
 
     /// Where the model runs.

@@ -225,7 +225,10 @@ mod tests {
             path: "/m/tokenizer.json".into(),
             source: io(),
         });
-        assert_eq!(e.to_string(), "cannot read tokenizer file /m/tokenizer.json");
+        assert_eq!(
+            e.to_string(),
+            "cannot read tokenizer file /m/tokenizer.json"
+        );
         assert_eq!(
             error_chain(&e),
             "cannot read tokenizer file /m/tokenizer.json: no such file"

@@ -3,7 +3,7 @@
 
 use crate::constraint::{Constraint, Guide};
 use crate::{Engine, Result};
-use mixtral_model::{ForwardOptions, Intervention, KvCache};
+use mixtral_model::{ForwardOptions, Intervention, KvCache, Step};
 use mixtral_sampler::{Sampled, Sampler, SamplerConfig, StopConfig, StopReason, Stopper};
 use mixtral_tokenizer::IncrementalDecoder;
 use mixtral_tokenizer::chat::Message;
@@ -613,11 +613,13 @@ impl Engine {
         let cache = &mut session.cache;
         let out = self
             .run(|| {
-                // No token: a flag nobody sets (one load per layer).
-                static NEVER: AtomicBool = AtomicBool::new(false);
-                let stop = cancel.map_or(&NEVER, CancelToken::flag);
-                self.model
-                    .prefill_stoppable(chunk, &positions, cache, opts, steer, stop)
+                let mut step = Step::new(chunk, &positions).options(opts).steer(steer);
+                // Stoppable only with a token: without one no flag is read (and a GPU never
+                // waits for its queue between layers to read it).
+                if let Some(token) = cancel {
+                    step = step.stop(token.flag());
+                }
+                self.model.forward(step, cache)
             })
             .map_err(cancelled)?;
         session.ids.extend_from_slice(chunk);

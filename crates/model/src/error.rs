@@ -128,7 +128,7 @@ pub enum Error {
     /// A forward call was given no tokens.
     #[error("empty input: at least one token is needed")]
     EmptyInput,
-    /// A stoppable forward call ([`crate::Model::prefill_stoppable`]) was stopped on request,
+    /// A stoppable forward call ([`crate::Step::stop`]) was stopped on request,
     /// before `layer`; the cache is as it was before the call.
     #[error("stopped on request before layer {layer}")]
     Stopped {

@@ -6,7 +6,7 @@ use crate::cache::Store;
 use crate::device::cpu::Cpu;
 use crate::device::cuda::{Cuda, CudaKv, DeviceStack};
 use crate::device::{Acts, Device as _, Seq, Stack};
-use crate::graph::{self, Head, Records, Step};
+use crate::graph::{self, Head, Records, Step as GraphStep};
 use crate::input::check_input;
 use crate::steer::Intervention;
 use crate::{Checkpoint, Config, Kernels, KvCache, KvDType, Result, RoutingTrace, Weights};
@@ -605,7 +605,8 @@ impl Model {
     }
 
     /// Runs `tokens` at `positions` (which must continue the cache: `cache.len()`,
-    /// `cache.len() + 1`, …) and appends their keys and values to `cache`.
+    /// `cache.len() + 1`, …) and appends their keys and values to `cache`: [`Model::forward`]
+    /// with no intervention and no stop flag.
     pub fn prefill(
         &self,
         tokens: &[u32],
@@ -613,64 +614,30 @@ impl Model {
         cache: &mut KvCache,
         opts: ForwardOptions,
     ) -> Result<Output> {
-        self.prefill_steered(tokens, positions, cache, opts, &Intervention::default())
+        self.forward(Step::new(tokens, positions).options(opts), cache)
     }
 
-    /// [`Model::prefill`] under an [`Intervention`] on the router. The cache remembers the
-    /// intervention it was filled under: continuing it under another is an error
-    /// ([`crate::Error::CacheSteering`]), never a silent mix.
-    pub fn prefill_steered(
-        &self,
-        tokens: &[u32],
-        positions: &[usize],
-        cache: &mut KvCache,
-        opts: ForwardOptions,
-        steer: &Intervention,
-    ) -> Result<Output> {
-        self.prefill_in(tokens, positions, cache, opts, steer, None)
-    }
-
-    /// [`Model::prefill_steered`] that `stop` can end from another thread: it is checked before
-    /// each layer, so a long prompt stops within one layer's time of the request, with
-    /// [`crate::Error::Stopped`] and the cache as it was before the call.
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "prefill_steered's arguments plus the stop flag"
-    )]
-    pub fn prefill_stoppable(
-        &self,
-        tokens: &[u32],
-        positions: &[usize],
-        cache: &mut KvCache,
-        opts: ForwardOptions,
-        steer: &Intervention,
-        stop: &AtomicBool,
-    ) -> Result<Output> {
-        self.prefill_in(tokens, positions, cache, opts, steer, Some(stop))
-    }
-
-    #[expect(
-        clippy::too_many_arguments,
-        reason = "prefill_steered's arguments plus the stop flag"
-    )]
-    fn prefill_in(
-        &self,
-        tokens: &[u32],
-        positions: &[usize],
-        cache: &mut KvCache,
-        opts: ForwardOptions,
-        steer: &Intervention,
-        stop: Option<&AtomicBool>,
-    ) -> Result<Output> {
+    /// Runs one [`Step`] of one sequence: its tokens continue `cache` (their keys and values
+    /// are appended), under the step's intervention on the router if any, recording and
+    /// returning what its options ask for.
+    ///
+    /// The cache remembers the intervention it was filled under: continuing it under another
+    /// is an error ([`crate::Error::CacheSteering`]), never a silent mix. A step's stop flag,
+    /// set from another thread, is checked before each layer, so a long prompt stops within
+    /// one layer's time with [`crate::Error::Stopped`] and the cache as it was before the call.
+    pub fn forward(&self, step: Step<'_>, cache: &mut KvCache) -> Result<Output> {
+        let none = Intervention::default();
+        let steer = step.steer.unwrap_or(&none);
+        let (tokens, opts) = (step.tokens, step.options);
         let mut rec = Records::new(&self.config, tokens.len(), opts, steer.top_k(&self.config));
-        let step = Step {
+        let graph_step = GraphStep {
             tokens,
-            positions,
+            positions: step.positions,
             steer,
             head: Head::Tail(opts.logits.rows(tokens.len())),
-            stop,
+            stop: step.stop,
         };
-        let rows = self.run_one(&step, cache, &mut rec)?;
+        let rows = self.run_one(&graph_step, cache, &mut rec)?;
         Ok(Output {
             logits: cache.logits.clone(),
             rows,
@@ -702,7 +669,7 @@ impl Model {
         self.decode_logits_steered(token, position, cache, &Intervention::default())
     }
 
-    /// [`Model::decode_logits`] under an [`Intervention`] (see [`Model::prefill_steered`]).
+    /// [`Model::decode_logits`] under an [`Intervention`] (see [`Model::forward`]).
     pub fn decode_logits_steered<'c>(
         &self,
         token: u32,
@@ -711,7 +678,7 @@ impl Model {
         steer: &Intervention,
     ) -> Result<&'c [f32]> {
         let mut rec = Records::default();
-        let step = Step {
+        let step = GraphStep {
             tokens: &[token],
             positions: &[position],
             steer,
@@ -725,7 +692,7 @@ impl Model {
     /// Greedy step: runs `tokens` (continuing `cache`) and returns the argmax of the last
     /// row's logits (the first index of the largest, as the sampler's greedy path picks).
     pub fn greedy(&self, tokens: &[u32], positions: &[usize], cache: &mut KvCache) -> Result<u32> {
-        let step = Step {
+        let step = GraphStep {
             tokens,
             positions,
             steer: &Intervention::default(),
@@ -745,7 +712,12 @@ impl Model {
 
     /// One sequence's call: checks it, runs the graph on the model's device, commits the
     /// cache and leaves the logits in `cache.logits`. Returns the logits' row count.
-    fn run_one(&self, step: &Step<'_>, cache: &mut KvCache, rec: &mut Records) -> Result<usize> {
+    fn run_one(
+        &self,
+        step: &GraphStep<'_>,
+        cache: &mut KvCache,
+        rec: &mut Records,
+    ) -> Result<usize> {
         check_input(&self.config, step.tokens, step.positions, cache.len())?;
         step.steer.validate(&self.config)?;
         cache.claim_steering(step.steer.fingerprint())?;
@@ -832,7 +804,7 @@ impl Model {
         if tokens.is_empty() {
             return Err(crate::Error::EmptyInput);
         }
-        let step = Step {
+        let step = GraphStep {
             tokens,
             positions,
             steer: &none,
@@ -938,7 +910,7 @@ fn run<D: crate::device::Device>(
     w: &Stack<D::Weight, D::Experts>,
     seqs: &mut [Seq<'_, D::Kv>],
     acts: &mut Acts<D>,
-    step: &Step<'_>,
+    step: &GraphStep<'_>,
     rec: &mut Records,
     logits: &mut Vec<f32>,
 ) -> Result<usize> {
@@ -946,6 +918,69 @@ fn run<D: crate::device::Device>(
     logits.clear();
     d.read(&acts.logits, rows * c.vocab_size, logits)?;
     Ok(rows)
+}
+
+/// One forward call of one sequence ([`Model::forward`]): tokens that continue a cache at
+/// their positions, what to return and record, and optionally an intervention on the router
+/// and a flag that stops the call between layers. Build it with [`Step::new`] and the
+/// setters:
+///
+/// ```no_run
+/// # fn demo(model: &mixtral_model::Model, iv: &mixtral_model::Intervention) -> mixtral_model::Result<()> {
+/// use mixtral_model::{ForwardOptions, Logits, Step};
+/// let stop = std::sync::atomic::AtomicBool::new(false);
+/// let mut cache = model.new_cache();
+/// let opts = ForwardOptions { logits: Logits::Last, ..ForwardOptions::default() };
+/// let step = Step::new(&[1, 2, 3], &[0, 1, 2]).options(opts).steer(iv).stop(&stop);
+/// let out = model.forward(step, &mut cache)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Copy, Debug)]
+pub struct Step<'a> {
+    /// The tokens, continuing the cache.
+    pub tokens: &'a [u32],
+    /// Their positions: `cache.len()`, `cache.len() + 1`, ….
+    pub positions: &'a [usize],
+    /// Which logits rows to return and what to record.
+    pub options: ForwardOptions,
+    /// An intervention on the router (none: the model as trained).
+    pub steer: Option<&'a Intervention>,
+    /// Set from another thread to stop the call before its next layer.
+    pub stop: Option<&'a AtomicBool>,
+}
+
+impl<'a> Step<'a> {
+    /// `tokens` at `positions`, default options, no intervention, no stop flag.
+    pub fn new(tokens: &'a [u32], positions: &'a [usize]) -> Step<'a> {
+        Step {
+            tokens,
+            positions,
+            options: ForwardOptions::default(),
+            steer: None,
+            stop: None,
+        }
+    }
+
+    /// With `options` (logits rows, recording).
+    pub fn options(self, options: ForwardOptions) -> Step<'a> {
+        Step { options, ..self }
+    }
+
+    /// Under `steer`.
+    pub fn steer(self, steer: &'a Intervention) -> Step<'a> {
+        Step {
+            steer: Some(steer),
+            ..self
+        }
+    }
+
+    /// Stoppable through `stop`.
+    pub fn stop(self, stop: &'a AtomicBool) -> Step<'a> {
+        Step {
+            stop: Some(stop),
+            ..self
+        }
+    }
 }
 
 /// One sequence's part of a [`Model::forward_batch`] call.

@@ -57,6 +57,7 @@ pub use device::{Layer, Stack};
 pub use error::{Error, Result};
 pub use forward::{
     BatchItem, BatchScratch, DeviceId, ForwardOptions, Logits, Model, Output, Placement, Recorded,
+    Step,
 };
 pub use kv_cache::{KvDType, LayerView};
 pub use kv_pool::{KvPool, PAGE_POSITIONS};

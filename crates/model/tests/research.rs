@@ -8,7 +8,7 @@ mod common;
 
 use common::devices::devices;
 use mixtral_model::{
-    Error, ForceRouting, ForwardOptions, Intervention, Logits, Model, RouterLogits,
+    Error, ForceRouting, ForwardOptions, Intervention, Logits, Model, RouterLogits, Step,
 };
 use mixtral_tensor::SafetensorsFile;
 use mixtral_testkit::json_ids as ids;
@@ -59,12 +59,11 @@ fn greedy(m: &Model, prompt: &[u32], n: usize, iv: &Intervention) -> Vec<u32> {
     let mut cache = m.new_cache();
     let positions: Vec<usize> = (0..prompt.len()).collect();
     let out = m
-        .prefill_steered(
-            prompt,
-            &positions,
+        .forward(
+            Step::new(prompt, &positions)
+                .options(ForwardOptions::default())
+                .steer(iv),
             &mut cache,
-            ForwardOptions::default(),
-            iv,
         )
         .unwrap();
     let mut next = argmax(out.last()) as u32;
@@ -72,7 +71,12 @@ fn greedy(m: &Model, prompt: &[u32], n: usize, iv: &Intervention) -> Vec<u32> {
     while tokens.len() < n {
         let pos = cache.len();
         let out = m
-            .prefill_steered(&[next], &[pos], &mut cache, ForwardOptions::default(), iv)
+            .forward(
+                Step::new(&[next], &[pos])
+                    .options(ForwardOptions::default())
+                    .steer(iv),
+                &mut cache,
+            )
             .unwrap();
         next = argmax(out.last()) as u32;
         tokens.push(next);
@@ -124,12 +128,11 @@ fn observations_and_interventions_match_transformers() {
                 let iv = intervention(spec);
                 let label = format!("{what} {}", spec["name"].as_str().unwrap());
                 let out = model
-                    .prefill_steered(
-                        &tokens,
-                        &positions,
+                    .forward(
+                        Step::new(&tokens, &positions)
+                            .options(all(false, false))
+                            .steer(&iv),
                         &mut model.new_cache(),
-                        all(false, false),
-                        &iv,
                     )
                     .unwrap();
                 let want = t(&format!("p0.{}.logits", spec["name"].as_str().unwrap()));
@@ -173,12 +176,11 @@ fn hook_equals_ablation(model: &Model) {
     };
     let run = |iv: &Intervention| {
         model
-            .prefill_steered(
-                &tokens,
-                &positions,
+            .forward(
+                Step::new(&tokens, &positions)
+                    .options(all(true, false))
+                    .steer(iv),
                 &mut model.new_cache(),
-                all(true, false),
-                iv,
             )
             .unwrap()
     };
@@ -203,7 +205,10 @@ fn one_intervention_per_cache(model: &Model) {
     let mut cache = model.new_cache();
     let opts = ForwardOptions::default();
     model
-        .prefill_steered(&[1, 2, 3], &[0, 1, 2], &mut cache, opts, &iv)
+        .forward(
+            Step::new(&[1, 2, 3], &[0, 1, 2]).options(opts).steer(&iv),
+            &mut cache,
+        )
         .unwrap();
     let err = model.decode(4, 3, &mut cache, opts).unwrap_err();
     assert!(
@@ -223,12 +228,15 @@ fn one_intervention_per_cache(model: &Model) {
     };
     assert!(
         model
-            .prefill_steered(&[4], &[3], &mut cache, opts, &other)
+            .forward(
+                Step::new(&[4], &[3]).options(opts).steer(&other),
+                &mut cache
+            )
             .is_err()
     );
     // The same intervention continues; an emptied cache takes any.
     model
-        .prefill_steered(&[4], &[3], &mut cache, opts, &iv)
+        .forward(Step::new(&[4], &[3]).options(opts).steer(&iv), &mut cache)
         .unwrap();
     cache.truncate(0);
     model.decode(1, 0, &mut cache, opts).unwrap();
@@ -283,12 +291,11 @@ fn interventions_that_do_not_fit_are_refused() {
     ];
     for iv in bad {
         let err = model
-            .prefill_steered(
-                &[1],
-                &[0],
+            .forward(
+                Step::new(&[1], &[0])
+                    .options(ForwardOptions::default())
+                    .steer(&iv),
                 &mut model.new_cache(),
-                ForwardOptions::default(),
-                &iv,
             )
             .unwrap_err();
         assert!(matches!(err, Error::Intervention { .. }), "{iv:?}: {err}");
