@@ -203,6 +203,7 @@ pub(crate) fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             // say so and let the conversation go on without it.
             Err(e) if matches!(e.kind(), ErrorKind::InvalidInput | ErrorKind::Cancelled) => {
                 turns.pop();
+                let e = mixtral::error_chain(&e);
                 eprintln!("error: {e} (that message was not kept; /reset starts over)");
             }
             Err(e) => return Err(e.into()),

@@ -104,7 +104,10 @@ fn print_device_plan(plan: &mixtral::model::DevicePlan, ordinal: usize) {
         Err(mixtral::kernels::cuda::Error::NoDriver { .. }) => {
             println!("device       cuda:{ordinal}: not here (no CUDA driver)")
         }
-        Err(e) => println!("device       cuda:{ordinal}: not usable ({e})"),
+        Err(e) => println!(
+            "device       cuda:{ordinal}: not usable ({})",
+            mixtral::error_chain(e)
+        ),
     }
     println!(
         "  weights    {} (GGUF blocks of Q8_0/Q4_0/Q4_K/Q5_K/Q6_K kept as they are, the rest bf16)",

@@ -103,11 +103,6 @@ struct WBf16 {
     static __device__ __forceinline__ void load(bf16_t* dst, const void* row, int k0, bool ok) {
         cp_async16(dst, (const bf16_t*)row + k0, ok);
     }
-    static __device__ __forceinline__ void vals8(const void* row, int k0, float* v) {
-        const uint4 u = ld_stream_u4((const bf16_t*)row + k0);
-        v[0] = bf16x2_lo(u.x), v[1] = bf16x2_hi(u.x), v[2] = bf16x2_lo(u.y), v[3] = bf16x2_hi(u.y);
-        v[4] = bf16x2_lo(u.z), v[5] = bf16x2_hi(u.z), v[6] = bf16x2_lo(u.w), v[7] = bf16x2_hi(u.w);
-    }
 };
 
 template <class B>
@@ -383,9 +378,11 @@ __device__ __forceinline__ void moe_gemv_sums(const bf16_t* __restrict__ a,
 #pragma unroll
     for (int m = 0; m < NW; ++m)
 #pragma unroll
-        for (int r = 0; r < MGV_ROWS; ++r)
+        for (int r = 0; r < MGV_ROWS; ++r) {
+            if (r >= rows) break;  // block-uniform: decode reduces one row, not eight
 #pragma unroll
             for (int j = 0; j < MGV_COLS; ++j) acc[m][r][j] = warp_sum(acc[m][r][j]);
+        }
 }
 
 template <class WL>

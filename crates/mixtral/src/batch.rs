@@ -141,7 +141,7 @@ impl RequestHandle {
             match event {
                 Event::Token(t) => tokens.push(t),
                 Event::Done(f) => return Ok((tokens, f)),
-                Event::Error(e) => return Err(Error::Batch(e.to_string())),
+                Event::Error(e) => return Err(Error::Batch(crate::error_chain(&*e))),
             }
         }
         Err(Error::Batch("the scheduler stopped".into()))
@@ -285,7 +285,7 @@ impl Shared {
 ///         match event {
 ///             Event::Token(t) => print!("{}", t.text),
 ///             Event::Done(done) => println!(" [{}]", done.reason.as_str()),
-///             Event::Error(e) => eprintln!("error: {e}"),
+///             Event::Error(e) => eprintln!("error: {}", mixtral::error_chain(&*e)),
 ///         }
 ///     }
 /// }

@@ -172,7 +172,11 @@ async fn collect(meta: Meta, mut rx: UnboundedReceiver<Event>, _cancel: CancelOn
                 meta.log(&done, finish);
                 return axum::Json(body).into_response();
             }
-            Event::Error(e) => return meta.app.error(ApiError::internal(e.to_string())),
+            Event::Error(e) => {
+                return meta
+                    .app
+                    .error(ApiError::internal(mixtral::error_chain(&*e)));
+            }
         }
     }
     meta.app.error(ApiError::internal("the scheduler stopped"))
@@ -449,7 +453,7 @@ impl Events {
                 self.end();
             }
             Event::Error(e) => {
-                let error = ApiError::internal(e.to_string()).body();
+                let error = ApiError::internal(mixtral::error_chain(&*e)).body();
                 self.push(&error);
                 self.end();
             }

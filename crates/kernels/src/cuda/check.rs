@@ -294,11 +294,17 @@ pub const MOE_GEMV_MAX_ASSIGNMENTS: usize = 128;
 /// past the real count exit at once.
 pub fn moe_gemv_grid(assignments: usize, n_experts: usize, n: usize) -> LaunchConfig {
     grid(
-        n.div_ceil(16),
-        assignments.div_ceil(GEMV_MAX_ROWS) + n_experts,
-        256,
+        n.div_ceil(MOE_GEMV_COLS_PER_BLOCK),
+        assignments.div_ceil(MOE_GEMV_ROWS) + n_experts,
+        MOE_GEMV_THREADS,
     )
 }
+
+/// moe.cu's `MGV_THREADS`, `MGV_ROWS` and columns per block (`MGV_COLS` per warp × 8 warps);
+/// a test reads them from the source.
+const MOE_GEMV_THREADS: u32 = 256;
+const MOE_GEMV_ROWS: usize = 8;
+const MOE_GEMV_COLS_PER_BLOCK: usize = 16;
 
 /// A dense GEMM through `moe_gemm_down_*` with one group: `k` a multiple of 32 and of the
 /// weight's block length (`block`), even `n`; `w` counts values.
@@ -741,6 +747,22 @@ mod tests {
         let mut narrow = moe_args(8, 2, 128, 128, 4);
         narrow.storage = [q4k, q4k, Storage::Bf16];
         is_limit(moe(Moe { hidden: 128, ..m }, narrow), "hidden");
+    }
+
+    #[test]
+    fn moe_gemv_grid_matches_the_kernel_constants() {
+        let code = crate::cuda::source::find("moe.cu").expect("listed").code;
+        let define = |name: &str| -> usize {
+            let line = code
+                .lines()
+                .find(|l| l.starts_with(&format!("#define {name} ")))
+                .unwrap_or_else(|| panic!("moe.cu defines {name}"));
+            line.split_whitespace().nth(2).unwrap().parse().unwrap()
+        };
+        assert_eq!(define("MGV_THREADS"), MOE_GEMV_THREADS as usize);
+        assert_eq!(define("MGV_ROWS"), MOE_GEMV_ROWS);
+        let warps = define("MGV_THREADS") / 32;
+        assert_eq!(define("MGV_COLS") * warps, MOE_GEMV_COLS_PER_BLOCK);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use super::check::{
     DECODE_MAX_SPLITS, GEMM_K_STEP, GEMM_TILE_ROWS, GEMV_MAX_ROWS, MAX_EXPERTS, MAX_HEAD_DIM,
-    RMS_MAX_COLS, ROUTER_MAX_EXPERTS,
+    MOE_GEMV_MAX_ASSIGNMENTS, RMS_MAX_COLS, ROUTER_MAX_EXPERTS,
 };
 
 /// `matmul_gemv_*` for bf16, then each [`super::BlockType`] in order.
@@ -600,6 +600,9 @@ impl CudaBackend {
 
     /// The sparse MoE block on the device: `moe_align_u32` → `moe_gemm_swiglu_<storage>` →
     /// `moe_gemm_down_<storage>` → `moe_combine_f32`, `y` `[T, D]` f32 from `x` `[T, D]` bf16.
+    /// Block weights in calls of at most [`MOE_GEMV_MAX_ASSIGNMENTS`] assignments take
+    /// `moe_gemv_swiglu_<q>` / `moe_gemv_down_<q>` instead of the tile GEMMs (each product
+    /// picks by its own matrix's storage).
     /// No host sync: the grids are sized from T·K and E. Twin: [`crate::moe::reference::moe`].
     #[allow(clippy::too_many_arguments)]
     pub fn moe(

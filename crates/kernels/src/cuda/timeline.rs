@@ -4,7 +4,10 @@
 //! The interval between two marks is charged to the later mark's name: the op that ended
 //! there, plus any time the device sat idle waiting for the host to launch it. So a step
 //! bound by launches shows it as time spread over many small ops, and the sum of the
-//! intervals equals the step's device time.
+//! intervals is the stream's time from the first mark to the last, host gaps included (the
+//! model marks its host-side work too: reading logits back, uploading the next ids).
+//! Events come from a pool made when the timeline opens, so a mark costs one
+//! `cuEventRecord`, not an event creation: the timing should not make the gaps it measures.
 
 use super::{CudaBackend, Error, Result};
 use cudarc::driver::CudaEvent;
@@ -13,11 +16,18 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// The marks of an open timeline.
+/// The marks of an open timeline, and the events they use.
 #[derive(Default)]
 pub(crate) struct Timeline {
     open: AtomicBool,
-    marks: Mutex<Vec<(String, CudaEvent)>>,
+    marks: Mutex<Marks>,
+}
+
+/// Names recorded so far (event `i` of `pool` holds mark `i`), and the events.
+#[derive(Default)]
+struct Marks {
+    names: Vec<String>,
+    pool: Vec<CudaEvent>,
 }
 
 /// Milliseconds of device time per op group over a timeline, and how many marks each had.
@@ -25,7 +35,8 @@ pub(crate) struct Timeline {
 pub struct Breakdown {
     /// `(group, total ms, marks)`, largest total first.
     pub groups: Vec<(String, f64, usize)>,
-    /// Sum of every interval: the device time from the first mark to the last.
+    /// Sum of every interval: the stream's time from the first mark to the last, host gaps
+    /// included.
     pub total_ms: f64,
 }
 
@@ -53,17 +64,28 @@ impl Breakdown {
 }
 
 impl CudaBackend {
-    /// Starts recording a timing event after every op group (see [`CudaBackend::mark`]); the
-    /// first mark is `start`.
-    pub fn open_timeline(&self) -> Result<()> {
+    /// Starts recording a timing event after every op group (see [`CudaBackend::mark`]), with
+    /// `capacity` events made now (more are made as needed); the first mark is `start`.
+    pub fn open_timeline(&self, capacity: usize) -> Result<()> {
         let timeline = self.timeline();
-        timeline
-            .marks
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        {
+            let mut marks = timeline.marks.lock().unwrap_or_else(|p| p.into_inner());
+            marks.names.clear();
+            while marks.pool.len() < capacity {
+                let event = self.timing_event()?;
+                marks.pool.push(event);
+            }
+        }
         timeline.open.store(true, Ordering::Release);
         self.mark("start")
+    }
+
+    /// A new event that records time.
+    fn timing_event(&self) -> Result<CudaEvent> {
+        self.stream()
+            .context()
+            .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+            .map_err(Error::driver("creating a timing event"))
     }
 
     /// Whether a timeline is open (callers that build a mark's name check this first).
@@ -77,12 +99,16 @@ impl CudaBackend {
         if !timeline.open.load(Ordering::Acquire) {
             return Ok(());
         }
-        let event = self
-            .stream()
-            .record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(Error::driver("recording a timing event"))?;
         let mut marks = timeline.marks.lock().unwrap_or_else(|p| p.into_inner());
-        marks.push((group.to_owned(), event));
+        let i = marks.names.len();
+        if i == marks.pool.len() {
+            let event = self.timing_event()?;
+            marks.pool.push(event);
+        }
+        marks.pool[i]
+            .record(self.stream())
+            .map_err(Error::driver("recording a timing event"))?;
+        marks.names.push(group.to_owned());
         Ok(())
     }
 
@@ -90,12 +116,12 @@ impl CudaBackend {
     pub fn close_timeline(&self) -> Result<Breakdown> {
         let timeline = self.timeline();
         timeline.open.store(false, Ordering::Release);
-        let marks = std::mem::take(&mut *timeline.marks.lock().unwrap_or_else(|p| p.into_inner()));
-        let Some((_, first)) = marks.first() else {
+        let marks = timeline.marks.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(first) = marks.pool.first().filter(|_| !marks.names.is_empty()) else {
             return Ok(Breakdown::default());
         };
-        let mut offsets = Vec::with_capacity(marks.len());
-        for (name, event) in &marks {
+        let mut offsets = Vec::with_capacity(marks.names.len());
+        for (name, event) in marks.names.iter().zip(&marks.pool) {
             let ms = first
                 .elapsed_ms(event)
                 .map_err(Error::driver("reading a timing event"))?;

@@ -495,7 +495,8 @@ impl Device for Cuda {
             let pos = self.gpu.upload_positions(&positions[seq.rows.clone()])?;
             a.pos.seqs.push(pos);
         }
-        Ok(())
+        // Since the last mark: the host between calls (sampling) and these uploads.
+        Ok(self.gpu.mark("host: between calls, uploads")?)
     }
 
     fn embed(
@@ -671,7 +672,7 @@ impl Device for Cuda {
 
     fn read(&self, x: &DeviceBuffer<f32>, len: usize, out: &mut Vec<f32>) -> Result<()> {
         out.extend(self.gpu.read(x, len)?);
-        Ok(())
+        Ok(self.gpu.mark("read back to the host")?)
     }
 
     fn read_act(&self, x: &DeviceBuffer<Bf16>, len: usize, out: &mut Vec<f32>) -> Result<()> {
