@@ -253,18 +253,14 @@ unsafe fn q4_k<const M: usize>(g: *const u8, nb: usize, a: &[Acts<'_>; M]) -> [_
                     }
                 }
             }
-            // The eight rows' min of each sub-block, as i16 pairs: the same for every token,
-            // so shuffled once per block run, not once per token.
-            let mut m = [_mm256_setzero_si256(); 8];
-            for (s, m) in m.iter_mut().enumerate() {
-                *m = _mm256_shuffle_epi8(if s < 4 { m_lo } else { m_hi }, pick[s % 4]);
-            }
             for t in 0..M {
                 // Σ_s min_s · (sum of the sub-block's 32 activation quants), as pairs of
                 // 16-value sums against the min twice.
                 let bsums = a[t].bsums.as_ptr().add(16 * b);
                 let mut mins = _mm256_setzero_si256();
-                for (s, &m) in m.iter().enumerate() {
+                for s in 0..8 {
+                    let src = if s < 4 { m_lo } else { m_hi };
+                    let m = _mm256_shuffle_epi8(src, pick[s % 4]);
                     let pair = _mm256_set1_epi32(bsums.add(2 * s).cast::<i32>().read_unaligned());
                     mins = _mm256_add_epi32(mins, _mm256_madd_epi16(m, pair));
                 }
