@@ -42,6 +42,12 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
     return (unsigned)f32_to_bf16(lo) | ((unsigned)f32_to_bf16(hi) << 16);
 }
 
+// The eight bf16 of a uint4 (16 bytes), widened to f32 in address order.
+__device__ __forceinline__ void unpack_bf16x8(uint4 u, float* v) {
+    v[0] = bf16x2_lo(u.x), v[1] = bf16x2_hi(u.x), v[2] = bf16x2_lo(u.y), v[3] = bf16x2_hi(u.y);
+    v[4] = bf16x2_lo(u.z), v[5] = bf16x2_hi(u.z), v[6] = bf16x2_lo(u.w), v[7] = bf16x2_hi(u.w);
+}
+
 // Dot product of eight bf16 pairs held in two uint4 words, accumulated in f32 in index order.
 __device__ __forceinline__ float dot_bf16x8(uint4 a, uint4 b, float acc) {
     acc = fmaf(bf16x2_lo(a.x), bf16x2_lo(b.x), acc);

@@ -103,10 +103,8 @@ __device__ __forceinline__ void gemv_blocks(const bf16_t* __restrict__ x,
 #pragma unroll
         for (int r = 0; r < GEMV_MAX_ROWS; ++r) {
             if (r >= rows) break;
-            const uint4 xv = ((const uint4*)(x + (size_t)r * k))[c];
-            const float xs[8] = {bf16x2_lo(xv.x), bf16x2_hi(xv.x), bf16x2_lo(xv.y),
-                                 bf16x2_hi(xv.y), bf16x2_lo(xv.z), bf16x2_hi(xv.z),
-                                 bf16x2_lo(xv.w), bf16x2_hi(xv.w)};
+            float xs[8];
+            unpack_bf16x8(((const uint4*)(x + (size_t)r * k))[c], xs);
 #pragma unroll
             for (int j = 0; j < GEMV_ROWS_PER_WARP; ++j)
 #pragma unroll

@@ -363,10 +363,8 @@ __device__ __forceinline__ void moe_gemv_sums(const bf16_t* __restrict__ a,
 #pragma unroll
         for (int r = 0; r < MGV_ROWS; ++r) {
             if (r >= rows) break;
-            const uint4 xv = ((const uint4*)arow[r])[c];
-            const float xs[8] = {bf16x2_lo(xv.x), bf16x2_hi(xv.x), bf16x2_lo(xv.y),
-                                 bf16x2_hi(xv.y), bf16x2_lo(xv.z), bf16x2_hi(xv.z),
-                                 bf16x2_lo(xv.w), bf16x2_hi(xv.w)};
+            float xs[8];
+            unpack_bf16x8(((const uint4*)arow[r])[c], xs);
 #pragma unroll
             for (int m = 0; m < NW; ++m)
 #pragma unroll
