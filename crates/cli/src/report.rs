@@ -8,7 +8,7 @@ pub(crate) fn error(err: &(dyn Error + 'static)) {
     eprintln!("error: {shown}");
     let mut source = err.source();
     while let Some(cause) = source {
-        // A transparent wrapper's cause has its own text: print it once.
+        // A message that quotes its cause, or a transparent wrapper: print the text once.
         let text = cause.to_string();
         if !shown.ends_with(&text) {
             eprintln!("  caused by: {text}");

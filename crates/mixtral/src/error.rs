@@ -198,8 +198,8 @@ impl Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// `e`'s message followed by each cause's, `: `-joined: one line for places that show a single
-/// string (an HTTP error body, a Python exception). Each error's own message leaves its cause
-/// out, so nothing repeats; a transparent wrapper's cause (same text) is skipped.
+/// string (an HTTP error body, a Python exception). A cause whose text the line already ends
+/// with (a message that quotes its cause, or a transparent wrapper) is not repeated.
 pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut message = e.to_string();
     let mut source = e.source();
@@ -225,10 +225,7 @@ mod tests {
             path: "/m/tokenizer.json".into(),
             source: io(),
         });
-        assert_eq!(
-            e.to_string(),
-            "cannot read tokenizer file /m/tokenizer.json"
-        );
+        // The message quotes its cause: the chain does not repeat it.
         assert_eq!(
             error_chain(&e),
             "cannot read tokenizer file /m/tokenizer.json: no such file"
@@ -238,9 +235,16 @@ mod tests {
             path: "/m/a.safetensors".into(),
             source: io(),
         }));
-        assert_eq!(
-            error_chain(&e),
-            "cannot open, map or write /m/a.safetensors: no such file"
+        assert_eq!(error_chain(&e), "/m/a.safetensors: no such file");
+        // A cause the message does not quote is appended.
+        let e = Error::GenerationConfig {
+            path: "/m/generation_config.json".into(),
+            source: serde_json::from_str::<u8>("x").unwrap_err(),
+        };
+        let chain = error_chain(&e);
+        assert!(
+            chain.starts_with("/m/generation_config.json: invalid generation config: expected"),
+            "{chain}"
         );
     }
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum Error {
     /// The operating system refused to open, map or write a file.
-    #[error("cannot open, map or write {}", path.display())]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file involved.
         path: PathBuf,

@@ -40,7 +40,7 @@ pub enum Error {
     },
 
     /// A tokenizer file could not be read (missing, unreadable).
-    #[error("cannot read tokenizer file {path}")]
+    #[error("cannot read tokenizer file {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
@@ -50,7 +50,7 @@ pub enum Error {
     },
 
     /// A tokenizer file is not valid JSON, or not the JSON shape expected of it.
-    #[error("malformed JSON in {path}")]
+    #[error("malformed JSON in {path}: {source}")]
     Json {
         /// The file.
         path: PathBuf,
@@ -94,7 +94,7 @@ pub enum Error {
     },
 
     /// The underlying `tokenizers` pipeline failed on some text.
-    #[error("tokenizer failed to encode text")]
+    #[error("tokenizer failed to encode text: {source}")]
     Encode {
         /// The `tokenizers` crate's error.
         #[source]
