@@ -383,26 +383,6 @@ impl Model {
         gpu: &CudaBackend,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Model> {
-        let least = self.cuda_plan(1, KvDType::Bf16, 1);
-        let (free, total) = gpu.memory()?;
-        if least.total() > free {
-            return Err(mixtral_kernels::cuda::Error::OutOfMemory {
-                what: format!(
-                    "the model: {} of weights, {} of working memory and {} for the first \
-                     {} cached positions",
-                    crate::device::cuda_plan::gib(least.weights),
-                    crate::device::cuda_plan::gib(least.scratch),
-                    crate::device::cuda_plan::gib(least.kv_peak),
-                    least.kv_cache
-                        / crate::device::cuda_plan::kv_row_bytes(&self.config, KvDType::Bf16)
-                            .max(1),
-                ),
-                bytes: least.total(),
-                free,
-                total,
-            }
-            .into());
-        }
         let device = Cuda { gpu: gpu.clone() };
         let weights = device.upload(&self.config, &self.weights, progress)?;
         self.exec = Exec::Cuda(Box::new(Gpu {

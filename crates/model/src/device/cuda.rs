@@ -278,8 +278,9 @@ fn same(a: &Tensor, b: &Tensor) -> bool {
 
 impl Cuda {
     /// Uploads `weights` (blocks kept as blocks, everything else as bf16), calling
-    /// `progress(done, total)` (device bytes) as they stream. Fails with `OutOfMemory` (naming
-    /// the bytes needed) before copying anything when the weights cannot fit.
+    /// `progress(done, total)` (device bytes) as they stream. Fails with `OutOfMemory`,
+    /// naming the sizes, before copying anything when the weights, one call's working memory
+    /// and a first block of KV cache cannot fit in the card's free memory.
     pub(crate) fn upload(
         &self,
         c: &Config,
@@ -288,17 +289,27 @@ impl Cuda {
     ) -> Result<DeviceStack> {
         let gpu = &self.gpu;
         let tied = same(&weights.lm_head, &weights.embed);
-        let total = device_weight_bytes(c, weights);
+        let least = super::cuda_plan::plan(c, weights, 1, KvDType::Bf16, 1);
         let (free, all) = gpu.memory()?;
-        if total > free {
+        if least.total() > free {
+            let gib = super::cuda_plan::gib;
+            let row = super::cuda_plan::kv_row_bytes(c, KvDType::Bf16).max(1);
+            let positions = least.kv_cache / row;
             return Err(cuda::Error::OutOfMemory {
-                what: format!("{} layers of weights", c.num_hidden_layers),
-                bytes: total,
+                what: format!(
+                    "the model: {} of weights, {} of working memory and {} for the first \
+                     {positions} cached positions",
+                    gib(least.weights),
+                    gib(least.scratch),
+                    gib(least.kv_peak),
+                ),
+                bytes: least.total(),
                 free,
                 total: all,
             }
             .into());
         }
+        let total = least.weights;
         let mut progress = Progress::new(total, progress);
         let pr = &mut progress;
         let up = |t: &Tensor, storage: Storage, what: &str, pr: &mut Progress<'_>| {
