@@ -413,14 +413,10 @@ impl Engine {
             hidden_states: opts.hidden_states,
         };
         let mut cache = self.model.new_cache();
-        let mut step = mixtral_model::Step::new(tokens, &positions)
+        let step = mixtral_model::Step::new(tokens, &positions)
             .options(fwd)
-            .steer(&opts.intervention);
-        // Stoppable only with a token: without one no flag is read (and a GPU never waits
-        // for its queue between layers to read it).
-        if let Some(token) = &opts.cancel {
-            step = step.stop(token.flag());
-        }
+            .steer(&opts.intervention)
+            .stop(opts.cancel.as_ref().map(crate::CancelToken::flag));
         self.run(|| self.model.forward(step, &mut cache))
             .map_err(crate::generate::cancelled)
     }

@@ -613,12 +613,10 @@ impl Engine {
         let cache = &mut session.cache;
         let out = self
             .run(|| {
-                let mut step = Step::new(chunk, &positions).options(opts).steer(steer);
-                // Stoppable only with a token: without one no flag is read (and a GPU never
-                // waits for its queue between layers to read it).
-                if let Some(token) = cancel {
-                    step = step.stop(token.flag());
-                }
+                let step = Step::new(chunk, &positions)
+                    .options(opts)
+                    .steer(steer)
+                    .stop(cancel.map(CancelToken::flag));
                 self.model.forward(step, cache)
             })
             .map_err(cancelled)?;

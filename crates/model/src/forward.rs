@@ -954,10 +954,11 @@ impl<'a> Step<'a> {
         }
     }
 
-    /// Stoppable through `stop`.
-    pub fn stop(self, stop: &'a AtomicBool) -> Step<'a> {
+    /// Stoppable through `stop` (a flag, or `None`: not stoppable). A call without a flag
+    /// reads none, so a GPU never waits for its queue between layers to read one.
+    pub fn stop(self, stop: impl Into<Option<&'a AtomicBool>>) -> Step<'a> {
         Step {
-            stop: Some(stop),
+            stop: stop.into(),
             ..self
         }
     }
